@@ -1,0 +1,20 @@
+# Warnings are errors for our own code (generated protobuf code gets its own,
+# laxer target flags in proto/CMakeLists.txt).
+set(OMNIRELAY_WARNINGS -Wall -Wextra -Wpedantic -Werror -Wno-unused-parameter)
+
+if(OMNIRELAY_SANITIZE STREQUAL "address")
+  # ASan + UBSan together; UBSan findings abort so ctest sees them as failures.
+  add_compile_options(-fsanitize=address,undefined -fno-sanitize-recover=undefined
+                      -fno-omit-frame-pointer)
+  add_link_options(-fsanitize=address,undefined)
+elseif(OMNIRELAY_SANITIZE STREQUAL "thread")
+  add_compile_options(-fsanitize=thread -fno-omit-frame-pointer)
+  add_link_options(-fsanitize=thread)
+elseif(NOT OMNIRELAY_SANITIZE STREQUAL "")
+  message(FATAL_ERROR "OMNIRELAY_SANITIZE must be '', 'address' or 'thread'")
+endif()
+
+find_program(CCACHE_PROGRAM ccache)
+if(CCACHE_PROGRAM)
+  set(CMAKE_CXX_COMPILER_LAUNCHER ${CCACHE_PROGRAM})
+endif()

@@ -1,0 +1,268 @@
+#include "omnirelay/core/metrics.h"
+
+#include <algorithm>
+#include <cassert>
+#include <cctype>
+#include <limits>
+#include <sstream>
+
+#include "prometheus/counter.h"
+#include "prometheus/family.h"
+#include "prometheus/gauge.h"
+#include "prometheus/metric_family.h"
+#include "prometheus/registry.h"
+#include "prometheus/text_serializer.h"
+
+namespace omnirelay::core {
+
+std::string_view MetricKindName(MetricKind kind) {
+  switch (kind) {
+    case MetricKind::kCounter:
+      return "counter";
+    case MetricKind::kUpDownCounter:
+      return "updowncounter";
+    case MetricKind::kGauge:
+      return "gauge";
+    case MetricKind::kHistogram:
+      return "histogram";
+  }
+  return "unknown";
+}
+
+void Counter::Add(double amount) { impl_->Increment(amount); }
+double Counter::Value() const { return impl_->Value(); }
+void UpDownCounter::Add(double delta) { impl_->Increment(delta); }
+double UpDownCounter::Value() const { return impl_->Value(); }
+void Gauge::Set(double value) { impl_->Set(value); }
+double Gauge::Value() const { return impl_->Value(); }
+
+const std::vector<double>& DefaultLatencyBucketsMs() {
+  static const std::vector<double> buckets = {0.1, 0.25, 0.5, 1,    2.5,  5,    10,    25,
+                                              50,  100,  250, 500,  1000, 2500, 5000, 10000};
+  return buckets;
+}
+
+namespace {
+
+prometheus::Labels ToLabels(const Tags& tags) {
+  prometheus::Labels labels;
+  for (const auto& [key, value] : tags) labels.emplace(MetricsRegistry::PrometheusLabel(key), value);
+  return labels;
+}
+
+std::string_view UnitSuffix(std::string_view unit) {
+  if (unit == "ms") return "_milliseconds";
+  if (unit == "s") return "_seconds";
+  if (unit == "us") return "_microseconds";
+  if (unit == "By") return "_bytes";
+  return "";  // "1", "{request}" and other annotations add no suffix (OTel->Prometheus rules)
+}
+
+}  // namespace
+
+// One metric name: its descriptor, its prometheus-cpp family (counters and
+// gauges) or our own histogram series, and every series created so far.
+struct MetricsRegistry::Family {
+  std::string name;
+  MetricKind kind;
+  std::string unit;
+  std::string help;
+  std::vector<double> buckets;
+  prometheus::Family<prometheus::Counter>* counters = nullptr;
+  prometheus::Family<prometheus::Gauge>* gauges = nullptr;
+  // Series handles are heap-allocated so references stay valid as maps grow.
+  std::map<Tags, std::unique_ptr<Counter>> counter_series;
+  std::map<Tags, std::unique_ptr<UpDownCounter>> updown_series;
+  std::map<Tags, std::unique_ptr<Gauge>> gauge_series;
+  std::map<Tags, std::unique_ptr<Histogram>> histogram_series;
+};
+
+// Renders our histograms as prometheus-cpp families so one serializer
+// renders everything. Caller holds mu_.
+std::vector<prometheus::MetricFamily> MetricsRegistry::CollectHistogramsLocked() const {
+  std::vector<prometheus::MetricFamily> out;
+  for (const auto& [name, family] : families_) {
+    if (family->kind != MetricKind::kHistogram) continue;
+    prometheus::MetricFamily rendered;
+    rendered.name = PrometheusName(name, family->kind, family->unit);
+    rendered.help = family->help;
+    rendered.type = prometheus::MetricType::Histogram;
+    const auto& bounds = family->buckets.empty() ? DefaultLatencyBucketsMs() : family->buckets;
+    for (const auto& [tags, series] : family->histogram_series) {
+      prometheus::ClientMetric metric;
+      for (const auto& [key, value] : tags) metric.label.push_back({PrometheusLabel(key), value});
+      const auto& data = series->data();
+      metric.histogram.sample_count = data.Count();
+      metric.histogram.sample_sum = data.Sum();
+      for (double bound : bounds) {
+        metric.histogram.bucket.push_back({data.CountAtOrBelow(bound), bound});
+      }
+      metric.histogram.bucket.push_back({data.Count(), std::numeric_limits<double>::infinity()});
+      rendered.metric.push_back(std::move(metric));
+    }
+    out.push_back(std::move(rendered));
+  }
+  return out;
+}
+
+MetricsRegistry::MetricsRegistry() : registry_(std::make_shared<prometheus::Registry>()) {}
+MetricsRegistry::~MetricsRegistry() = default;
+
+std::shared_ptr<MetricsRegistry> MetricsRegistry::Default() {
+  static auto* registry = new std::shared_ptr<MetricsRegistry>(std::make_shared<MetricsRegistry>());
+  return *registry;
+}
+
+std::string MetricsRegistry::PrometheusLabel(std::string_view dotted_tag) {
+  std::string out(dotted_tag);
+  for (char& c : out) {
+    if (!(std::isalnum(static_cast<unsigned char>(c)) || c == '_')) c = '_';
+  }
+  return out;
+}
+
+std::string MetricsRegistry::PrometheusName(std::string_view dotted, MetricKind kind,
+                                            std::string_view unit) {
+  std::string out = PrometheusLabel(dotted);
+  const std::string_view suffix = UnitSuffix(unit);
+  if (!suffix.empty() && !out.ends_with(suffix)) out += suffix;
+  if (kind == MetricKind::kCounter) out += "_total";
+  return out;
+}
+
+MetricsRegistry::Family& MetricsRegistry::FamilyFor(const MetricDescriptor& descriptor) {
+  auto it = families_.find(descriptor.name);
+  if (it != families_.end()) {
+    assert(it->second->kind == descriptor.kind && "metric registered with two kinds");
+    return *it->second;
+  }
+  auto family = std::make_unique<Family>();
+  family->name = std::string(descriptor.name);
+  family->kind = descriptor.kind;
+  family->unit = std::string(descriptor.unit);
+  family->help = std::string(descriptor.help);
+  family->buckets = descriptor.buckets;
+  const std::string prom_name =
+      PrometheusName(descriptor.name, descriptor.kind, descriptor.unit);
+  switch (descriptor.kind) {
+    case MetricKind::kCounter:
+      family->counters = &prometheus::BuildCounter()
+                              .Name(prom_name)
+                              .Help(std::string(descriptor.help))
+                              .Register(*registry_);
+      break;
+    case MetricKind::kUpDownCounter:
+    case MetricKind::kGauge:
+      family->gauges = &prometheus::BuildGauge()
+                            .Name(prom_name)
+                            .Help(std::string(descriptor.help))
+                            .Register(*registry_);
+      break;
+    case MetricKind::kHistogram:
+      break;
+  }
+  auto& ref = *family;
+  families_.emplace(family->name, std::move(family));
+  return ref;
+}
+
+Counter& MetricsRegistry::GetCounter(const MetricDescriptor& descriptor, const Tags& tags) {
+  std::lock_guard lock(mu_);
+  Family& family = FamilyFor(descriptor);
+  auto& slot = family.counter_series[tags];
+  if (!slot) slot = std::make_unique<Counter>(&family.counters->Add(ToLabels(tags)));
+  return *slot;
+}
+
+UpDownCounter& MetricsRegistry::GetUpDownCounter(const MetricDescriptor& descriptor,
+                                                 const Tags& tags) {
+  std::lock_guard lock(mu_);
+  Family& family = FamilyFor(descriptor);
+  auto& slot = family.updown_series[tags];
+  if (!slot) slot = std::make_unique<UpDownCounter>(&family.gauges->Add(ToLabels(tags)));
+  return *slot;
+}
+
+Gauge& MetricsRegistry::GetGauge(const MetricDescriptor& descriptor, const Tags& tags) {
+  std::lock_guard lock(mu_);
+  Family& family = FamilyFor(descriptor);
+  auto& slot = family.gauge_series[tags];
+  if (!slot) slot = std::make_unique<Gauge>(&family.gauges->Add(ToLabels(tags)));
+  return *slot;
+}
+
+Histogram& MetricsRegistry::GetHistogram(const MetricDescriptor& descriptor, const Tags& tags) {
+  std::lock_guard lock(mu_);
+  Family& family = FamilyFor(descriptor);
+  auto& slot = family.histogram_series[tags];
+  if (!slot) {
+    // Resolve to 1/1000 of the unit (microseconds for ms histograms).
+    slot = std::make_unique<Histogram>(1000.0);
+  }
+  return *slot;
+}
+
+std::string MetricsRegistry::RenderPrometheus() const {
+  std::lock_guard lock(mu_);
+  auto families = registry_->Collect();
+  auto histograms = CollectHistogramsLocked();
+  families.insert(families.end(), std::make_move_iterator(histograms.begin()),
+                  std::make_move_iterator(histograms.end()));
+  std::sort(families.begin(), families.end(),
+            [](const auto& a, const auto& b) { return a.name < b.name; });
+  std::ostringstream out;
+  prometheus::TextSerializer().Serialize(out, families);
+  return out.str();
+}
+
+std::vector<MetricPoint> MetricsRegistry::Snapshot() const {
+  std::lock_guard lock(mu_);
+  std::vector<MetricPoint> points;
+  for (const auto& [name, family] : families_) {
+    auto point_for = [&](const Tags& tags) {
+      MetricPoint point;
+      point.name = name;
+      point.kind = family->kind;
+      point.unit = family->unit;
+      point.tags = tags;
+      return point;
+    };
+    for (const auto& [tags, series] : family->counter_series) {
+      points.push_back(point_for(tags));
+      points.back().value = series->Value();
+    }
+    for (const auto& [tags, series] : family->updown_series) {
+      points.push_back(point_for(tags));
+      points.back().value = series->Value();
+    }
+    for (const auto& [tags, series] : family->gauge_series) {
+      points.push_back(point_for(tags));
+      points.back().value = series->Value();
+    }
+    for (const auto& [tags, series] : family->histogram_series) {
+      points.push_back(point_for(tags));
+      points.back().histogram = series->data().Summarize();
+      points.back().value = static_cast<double>(points.back().histogram.count);
+    }
+  }
+  return points;
+}
+
+double MetricsRegistry::Total(std::string_view name, const Tags& tag_filter) const {
+  double total = 0;
+  for (const auto& point : Snapshot()) {
+    if (point.name != name) continue;
+    bool matches = true;
+    for (const auto& [key, value] : tag_filter) {
+      auto it = point.tags.find(key);
+      if (it == point.tags.end() || it->second != value) {
+        matches = false;
+        break;
+      }
+    }
+    if (matches) total += point.value;
+  }
+  return total;
+}
+
+}  // namespace omnirelay::core

@@ -1,0 +1,112 @@
+#include "omnirelay/core/metrics.h"
+
+#include <thread>
+
+#include <gtest/gtest.h>
+
+namespace omnirelay::core {
+namespace {
+
+const MetricDescriptor kPoolExhausted{"omnirelay.peer.pool_exhausted", MetricKind::kCounter, "1",
+                                      "Requests that found every peer busy."};
+const MetricDescriptor kLeaseRejected{"omnirelay.peer.lease_rejected", MetricKind::kCounter, "1",
+                                      "Lease attempts refused by a peer."};
+const MetricDescriptor kInflight{"omnirelay.peer.inflight", MetricKind::kUpDownCounter, "1",
+                                 "Requests in flight per peer."};
+const MetricDescriptor kLeaseDuration{"omnirelay.peer.lease.duration", MetricKind::kHistogram,
+                                      "ms", "Lease hold time.", {1, 10, 100}};
+
+TEST(MetricsNamingTest, DottedNamesBecomePrometheusNames) {
+  EXPECT_EQ(MetricsRegistry::PrometheusName("omnirelay.peer.pool_exhausted", MetricKind::kCounter,
+                                            "1"),
+            "omnirelay_peer_pool_exhausted_total");
+  EXPECT_EQ(MetricsRegistry::PrometheusName("omnirelay.peer.lease.duration",
+                                            MetricKind::kHistogram, "ms"),
+            "omnirelay_peer_lease_duration_milliseconds");
+  EXPECT_EQ(MetricsRegistry::PrometheusName("omnirelay.peer.inflight", MetricKind::kUpDownCounter,
+                                            "{request}"),
+            "omnirelay_peer_inflight");
+  EXPECT_EQ(MetricsRegistry::PrometheusLabel("peer.rejection_reason"), "peer_rejection_reason");
+}
+
+TEST(MetricsRegistryTest, ExactPrometheusExposition) {
+  MetricsRegistry registry;
+  registry.GetCounter(kPoolExhausted, {{"rpc.service", "trace.Analytics"}}).Add();
+  registry.GetCounter(kPoolExhausted, {{"rpc.service", "trace.Analytics"}}).Add(2);
+  registry.GetCounter(kLeaseRejected, {{"peer.rejection_reason", "busy"}, {"rpc.peer", "b1"}})
+      .Add(5);
+  registry.GetUpDownCounter(kInflight, {{"rpc.peer", "b1"}}).Add(3);
+  registry.GetUpDownCounter(kInflight, {{"rpc.peer", "b1"}}).Add(-1);
+  auto& duration = registry.GetHistogram(kLeaseDuration, {{"rpc.peer", "b1"}});
+  duration.Record(0.5);
+  duration.Record(5);
+  duration.Record(50);
+  duration.Record(500);
+
+  const std::string expected =
+      "# HELP omnirelay_peer_inflight Requests in flight per peer.\n"
+      "# TYPE omnirelay_peer_inflight gauge\n"
+      "omnirelay_peer_inflight{rpc_peer=\"b1\"} 2\n"
+      "# HELP omnirelay_peer_lease_duration_milliseconds Lease hold time.\n"
+      "# TYPE omnirelay_peer_lease_duration_milliseconds histogram\n"
+      "omnirelay_peer_lease_duration_milliseconds_count{rpc_peer=\"b1\"} 4\n"
+      "omnirelay_peer_lease_duration_milliseconds_sum{rpc_peer=\"b1\"} 555.5\n"
+      "omnirelay_peer_lease_duration_milliseconds_bucket{rpc_peer=\"b1\",le=\"1\"} 1\n"
+      "omnirelay_peer_lease_duration_milliseconds_bucket{rpc_peer=\"b1\",le=\"10\"} 2\n"
+      "omnirelay_peer_lease_duration_milliseconds_bucket{rpc_peer=\"b1\",le=\"100\"} 3\n"
+      "omnirelay_peer_lease_duration_milliseconds_bucket{rpc_peer=\"b1\",le=\"+Inf\"} 4\n"
+      "# HELP omnirelay_peer_lease_rejected_total Lease attempts refused by a peer.\n"
+      "# TYPE omnirelay_peer_lease_rejected_total counter\n"
+      "omnirelay_peer_lease_rejected_total{peer_rejection_reason=\"busy\",rpc_peer=\"b1\"} 5\n"
+      "# HELP omnirelay_peer_pool_exhausted_total Requests that found every peer busy.\n"
+      "# TYPE omnirelay_peer_pool_exhausted_total counter\n"
+      "omnirelay_peer_pool_exhausted_total{rpc_service=\"trace.Analytics\"} 3\n";
+  EXPECT_EQ(registry.RenderPrometheus(), expected);
+}
+
+TEST(MetricsRegistryTest, SnapshotKeepsDottedNamesAndTags) {
+  MetricsRegistry registry;
+  registry.GetCounter(kLeaseRejected, {{"peer.rejection_reason", "busy"}, {"rpc.peer", "a"}}).Add(2);
+  registry.GetCounter(kLeaseRejected, {{"peer.rejection_reason", "busy"}, {"rpc.peer", "b"}}).Add(3);
+  registry.GetCounter(kLeaseRejected, {{"peer.rejection_reason", "unhealthy"}, {"rpc.peer", "b"}})
+      .Add(7);
+  registry.GetHistogram(kLeaseDuration).Record(4);
+
+  EXPECT_EQ(registry.Total("omnirelay.peer.lease_rejected"), 12);
+  EXPECT_EQ(registry.Total("omnirelay.peer.lease_rejected", {{"peer.rejection_reason", "busy"}}),
+            5);
+  EXPECT_EQ(registry.Total("omnirelay.peer.lease_rejected", {{"rpc.peer", "b"}}), 10);
+  EXPECT_EQ(registry.Total("omnirelay.peer.missing"), 0);
+
+  bool saw_histogram = false;
+  for (const auto& point : registry.Snapshot()) {
+    if (point.name == "omnirelay.peer.lease.duration") {
+      saw_histogram = true;
+      EXPECT_EQ(point.kind, MetricKind::kHistogram);
+      EXPECT_EQ(point.histogram.count, 1u);
+      EXPECT_NEAR(point.histogram.p99, 4, 0.1);
+    }
+  }
+  EXPECT_TRUE(saw_histogram);
+}
+
+TEST(MetricsRegistryTest, SeriesReferencesAreStableAndConcurrent) {
+  MetricsRegistry registry;
+  Counter& counter = registry.GetCounter(kPoolExhausted);
+  std::vector<std::thread> threads;
+  for (int t = 0; t < 4; ++t) {
+    threads.emplace_back([&, t] {
+      for (int i = 0; i < 10000; ++i) {
+        counter.Add();
+        // Creating other series concurrently must not move `counter`.
+        registry.GetCounter(kLeaseRejected, {{"rpc.peer", std::to_string(t * 100 + i % 50)}});
+      }
+    });
+  }
+  for (auto& thread : threads) thread.join();
+  EXPECT_EQ(counter.Value(), 40000);
+  EXPECT_EQ(&counter, &registry.GetCounter(kPoolExhausted));
+}
+
+}  // namespace
+}  // namespace omnirelay::core
