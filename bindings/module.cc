@@ -1,0 +1,9 @@
+#include <pybind11/pybind11.h>
+
+#include "bindings/registrations.h"
+
+PYBIND11_MODULE(_core, m) {
+  m.doc() = "OmniRelay C++ core (private: use the `omnirelay` package)";
+  omnirelay::bindings::RegisterCore(m);
+  omnirelay::bindings::RegisterPeers(m);
+}

@@ -1,0 +1,299 @@
+#include "omnirelay/http/http_server.h"
+
+#include <sys/socket.h>
+#include <sys/time.h>
+
+#include <boost/asio/co_spawn.hpp>
+#include <boost/asio/detached.hpp>
+#include <boost/asio/io_context.hpp>
+#include <boost/asio/ip/tcp.hpp>
+#include <boost/asio/redirect_error.hpp>
+#include <boost/asio/steady_timer.hpp>
+#include <boost/asio/use_awaitable.hpp>
+#include <boost/beast/core.hpp>
+#include <boost/beast/http.hpp>
+#include <future>
+
+#include "omnirelay/core/logging.h"
+
+namespace omnirelay::http {
+
+namespace asio = boost::asio;
+namespace beast = boost::beast;
+namespace bhttp = boost::beast::http;
+using tcp = asio::ip::tcp;
+
+namespace {
+
+int HexValue(char c) {
+  if (c >= '0' && c <= '9') return c - '0';
+  if (c >= 'a' && c <= 'f') return c - 'a' + 10;
+  if (c >= 'A' && c <= 'F') return c - 'A' + 10;
+  return -1;
+}
+
+std::string UrlDecode(std::string_view text) {
+  std::string out;
+  out.reserve(text.size());
+  for (size_t i = 0; i < text.size(); ++i) {
+    if (text[i] == '+') {
+      out += ' ';
+    } else if (text[i] == '%' && i + 2 < text.size() && HexValue(text[i + 1]) >= 0 &&
+               HexValue(text[i + 2]) >= 0) {
+      out += static_cast<char>(HexValue(text[i + 1]) * 16 + HexValue(text[i + 2]));
+      i += 2;
+    } else {
+      out += text[i];
+    }
+  }
+  return out;
+}
+
+}  // namespace
+
+std::optional<std::string> HttpRequest::QueryParam(std::string_view name) const {
+  std::string_view rest = query;
+  while (!rest.empty()) {
+    const size_t amp = rest.find('&');
+    std::string_view pair = rest.substr(0, amp);
+    rest = amp == std::string_view::npos ? std::string_view() : rest.substr(amp + 1);
+    const size_t eq = pair.find('=');
+    if (UrlDecode(pair.substr(0, eq)) == name) {
+      return eq == std::string_view::npos ? std::string() : UrlDecode(pair.substr(eq + 1));
+    }
+  }
+  return std::nullopt;
+}
+
+HttpResponse HttpResponse::Text(int status, std::string body) {
+  HttpResponse response;
+  response.status = status;
+  response.body = std::move(body);
+  return response;
+}
+
+HttpResponse HttpResponse::Json(int status, std::string body) {
+  HttpResponse response;
+  response.status = status;
+  response.content_type = "application/json";
+  response.body = std::move(body);
+  return response;
+}
+
+// Coroutines are member functions (not capturing lambdas): a coroutine
+// lambda's captures die with the lambda object, before the coroutine resumes.
+struct HttpServer::Impl {
+  explicit Impl(HttpServer* owner) : server(owner) {}
+  asio::awaitable<void> AcceptLoop();
+  asio::awaitable<void> Session(tcp::socket socket);
+
+  HttpServer* server;
+  asio::io_context io;
+  std::optional<asio::executor_work_guard<asio::io_context::executor_type>> work{io.get_executor()};
+  tcp::acceptor acceptor{io};
+  std::atomic<bool> stopping{false};
+};
+
+asio::awaitable<void> HttpServer::Impl::Session(tcp::socket socket) {
+  beast::tcp_stream stream(std::move(socket));
+  beast::flat_buffer buffer;
+  std::string remote;
+  beast::error_code ep_ec;
+  auto remote_ep = stream.socket().remote_endpoint(ep_ec);
+  if (!ep_ec) remote = remote_ep.address().to_string() + ":" + std::to_string(remote_ep.port());
+  for (;;) {
+    bhttp::request_parser<bhttp::string_body> parser;
+    parser.body_limit(server->options_.max_body_bytes);
+    beast::error_code read_ec;
+    co_await bhttp::async_read(stream, buffer, parser,
+                               asio::redirect_error(asio::use_awaitable, read_ec));
+    if (read_ec) break;  // closed, reset or malformed: drop the connection
+    auto& raw = parser.get();
+    server->active_requests_.fetch_add(1);
+    HttpRequest request;
+    request.method = std::string(raw.method_string());
+    request.target = std::string(raw.target());
+    const size_t q = request.target.find('?');
+    request.path = request.target.substr(0, q);
+    if (q != std::string::npos) request.query = request.target.substr(q + 1);
+    for (const auto& field : raw) {
+      request.headers.Add(std::string(field.name_string()), std::string(field.value()));
+    }
+    request.body = std::move(raw.body());
+    request.remote_address = remote;
+
+    HttpResponse reply;
+    try {
+      reply = server->Dispatch(request);
+    } catch (const std::exception& error) {  // a handler bug must not kill the server
+      core::LogError("http.handler_exception", {{"path", request.path}, {"error", error.what()}});
+      reply = HttpResponse::Text(500, "internal error\n");
+    }
+    bhttp::response<bhttp::string_body> response(static_cast<bhttp::status>(reply.status),
+                                                 raw.version());
+    response.set(bhttp::field::server, "omnirelay");
+    response.set(bhttp::field::content_type, reply.content_type);
+    for (const auto& [name, value] : reply.headers.entries()) response.set(name, value);
+    const bool keep_alive = raw.keep_alive() && !stopping.load();
+    response.keep_alive(keep_alive);
+    response.body() = std::move(reply.body);
+    response.prepare_payload();
+    beast::error_code write_ec;
+    co_await bhttp::async_write(stream, response,
+                                asio::redirect_error(asio::use_awaitable, write_ec));
+    server->active_requests_.fetch_sub(1);
+    if (write_ec || !keep_alive) break;
+  }
+  beast::error_code ignored;
+  stream.socket().shutdown(tcp::socket::shutdown_send, ignored);
+}
+
+asio::awaitable<void> HttpServer::Impl::AcceptLoop() {
+  for (;;) {
+    beast::error_code accept_ec;
+    tcp::socket socket =
+        co_await acceptor.async_accept(asio::redirect_error(asio::use_awaitable, accept_ec));
+    if (accept_ec) {
+      if (stopping.load() || accept_ec == asio::error::operation_aborted) co_return;
+      continue;  // e.g. EMFILE: keep serving the connections we have
+    }
+    socket.set_option(tcp::no_delay(true));
+    asio::co_spawn(io, Session(std::move(socket)), asio::detached);
+  }
+}
+
+HttpServer::HttpServer(HttpServerOptions options)
+    : options_(std::move(options)), impl_(std::make_unique<Impl>(this)) {
+  fallback_ = [](const HttpRequest& request) {
+    return HttpResponse::Text(404, "no route for " + request.path + "\n");
+  };
+}
+
+HttpServer::~HttpServer() { Stop(); }
+
+void HttpServer::Route(std::string method, std::string path, HttpHandler handler) {
+  if (!path.empty() && path.back() == '/' && path != "/") {
+    prefixes_.push_back({{std::move(method), std::move(path)}, std::move(handler)});
+    // Longest prefix first so lookups can stop at the first match.
+    std::sort(prefixes_.begin(), prefixes_.end(), [](const auto& a, const auto& b) {
+      return a.first.second.size() > b.first.second.size();
+    });
+  } else {
+    exact_[{std::move(method), std::move(path)}] = std::move(handler);
+  }
+}
+
+void HttpServer::Fallback(HttpHandler handler) { fallback_ = std::move(handler); }
+
+HttpResponse HttpServer::Dispatch(const HttpRequest& request) const {
+  for (const std::string& method : {request.method, std::string()}) {
+    auto it = exact_.find({method, request.path});
+    if (it != exact_.end()) return it->second(request);
+  }
+  for (const auto& [key, handler] : prefixes_) {
+    if ((key.first.empty() || key.first == request.method) &&
+        request.path.starts_with(key.second)) {
+      return handler(request);
+    }
+  }
+  return fallback_(request);
+}
+
+std::string HttpServer::address() const { return options_.host + ":" + std::to_string(port()); }
+
+absl::Status HttpServer::Start() {
+  beast::error_code ec;
+  auto address = asio::ip::make_address(options_.host, ec);
+  if (ec) return absl::InvalidArgumentError("bad listen host '" + options_.host + "'");
+  tcp::endpoint endpoint(address, options_.port);
+  auto& acceptor = impl_->acceptor;
+  acceptor.open(endpoint.protocol(), ec);
+  if (!ec) acceptor.set_option(asio::socket_base::reuse_address(true), ec);
+  if (!ec) acceptor.bind(endpoint, ec);
+  if (!ec) acceptor.listen(asio::socket_base::max_listen_connections, ec);
+  if (ec) {
+    return absl::UnavailableError("cannot listen on " + options_.host + ":" +
+                                  std::to_string(options_.port) + ": " + ec.message());
+  }
+  bound_port_ = acceptor.local_endpoint().port();
+  running_ = true;
+
+  asio::co_spawn(impl_->io, impl_->AcceptLoop(), asio::detached);
+
+  for (int i = 0; i < std::max(1, options_.threads); ++i) {
+    workers_.emplace_back([this] { impl_->io.run(); });
+  }
+  return absl::OkStatus();
+}
+
+void HttpServer::Stop() {
+  if (!running_.exchange(false)) return;
+  impl_->stopping = true;
+  // Close the listener on the io thread (acceptor ops are not thread-safe) and
+  // wait for it, so no connection lands in a backlog nobody will accept.
+  std::promise<void> closed;
+  asio::post(impl_->io, [this, &closed] {
+    beast::error_code ignored;
+    impl_->acceptor.close(ignored);
+    closed.set_value();
+  });
+  closed.get_future().wait();
+  // Let in-flight requests finish writing their replies.
+  const auto give_up = std::chrono::steady_clock::now() + options_.drain_timeout;
+  while (active_requests_.load() > 0 && std::chrono::steady_clock::now() < give_up) {
+    std::this_thread::sleep_for(std::chrono::milliseconds(5));
+  }
+  impl_->work.reset();
+  impl_->io.stop();  // idle keep-alive connections are abandoned here
+  for (auto& worker : workers_) worker.join();
+  workers_.clear();
+}
+
+absl::StatusOr<HttpClientResult> HttpCall(const std::string& host, uint16_t port,
+                                          const std::string& method, const std::string& target,
+                                          const std::string& body, const core::Headers& headers,
+                                          std::chrono::milliseconds timeout) {
+  asio::io_context io;
+  beast::tcp_stream stream(io);
+  stream.expires_after(timeout);
+  tcp::resolver resolver(io);
+  beast::error_code ec;
+  auto endpoints = resolver.resolve(host, std::to_string(port), ec);
+  if (ec) return absl::UnavailableError("resolve " + host + ": " + ec.message());
+  stream.connect(endpoints, ec);
+  if (ec) {
+    return absl::UnavailableError("connect " + host + ":" + std::to_string(port) + ": " +
+                                  ec.message());
+  }
+  // The synchronous calls below ignore the stream's expiry; bound them with
+  // socket timeouts so a wedged server cannot hang the caller.
+  struct timeval tv;
+  tv.tv_sec = timeout.count() / 1000;
+  tv.tv_usec = (timeout.count() % 1000) * 1000;
+  ::setsockopt(stream.socket().native_handle(), SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof(tv));
+  ::setsockopt(stream.socket().native_handle(), SOL_SOCKET, SO_SNDTIMEO, &tv, sizeof(tv));
+  bhttp::request<bhttp::string_body> request(bhttp::string_to_verb(method), target, 11);
+  request.set(bhttp::field::host, host);
+  for (const auto& [name, value] : headers.entries()) request.set(name, value);
+  request.body() = body;
+  request.prepare_payload();
+  bhttp::write(stream, request, ec);
+  if (ec) return absl::UnavailableError("write: " + ec.message());
+  beast::flat_buffer buffer;
+  bhttp::response<bhttp::string_body> response;
+  bhttp::read(stream, buffer, response, ec);
+  if (ec == beast::error::timeout || ec == asio::error::would_block ||
+      ec == asio::error::try_again) {
+    return absl::DeadlineExceededError("HTTP call timed out");
+  }
+  if (ec) return absl::UnavailableError("read: " + ec.message());
+  HttpClientResult result;
+  result.status = static_cast<int>(response.result_int());
+  for (const auto& field : response) {
+    result.headers.Add(std::string(field.name_string()), std::string(field.value()));
+  }
+  result.body = std::move(response.body());
+  return result;
+}
+
+}  // namespace omnirelay::http

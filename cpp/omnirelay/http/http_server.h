@@ -1,0 +1,115 @@
+#pragma once
+// A small asynchronous HTTP/1.1 server on Boost.Beast + Asio (C++20 coroutines).
+//
+// Used by the admin/diagnostics endpoints (/healthz, /readyz, /metrics,
+// /omnirelay/introspect, ...) and as the base of the HTTP inbound.
+//
+// Model: `threads` Asio worker threads run one io_context; every connection
+// is a coroutine that reads a request, calls the matching handler on that
+// worker thread, writes the reply and loops (keep-alive). Handlers therefore
+// must not block for long; they are called concurrently from several threads.
+//
+// Routing is exact-path first, then the longest registered prefix ending in
+// '/', then the fallback handler (404 by default). Register routes before
+// Start(); the route table is immutable afterwards (no locking on lookup).
+//
+// Stop() closes the listener, lets in-flight requests finish their reply
+// (bounded by `drain_timeout`), then joins the workers. Thread-safe.
+#include <atomic>
+#include <chrono>
+#include <cstdint>
+#include <functional>
+#include <map>
+#include <memory>
+#include <string>
+#include <thread>
+#include <vector>
+
+#include "omnirelay/core/request_meta.h"
+#include "omnirelay/core/status.h"
+
+namespace omnirelay::http {
+
+struct HttpRequest {
+  std::string method;  // "GET", "POST", ...
+  std::string target;  // raw target incl. query
+  std::string path;    // target without the query
+  std::string query;   // after '?', undecoded
+  core::Headers headers;
+  std::string body;
+  std::string remote_address;
+
+  // Value of `name` in the query string (decoded), if present.
+  std::optional<std::string> QueryParam(std::string_view name) const;
+};
+
+struct HttpResponse {
+  int status = 200;
+  std::string content_type = "text/plain; charset=utf-8";
+  core::Headers headers;
+  std::string body;
+
+  static HttpResponse Text(int status, std::string body);
+  static HttpResponse Json(int status, std::string body);
+};
+
+using HttpHandler = std::function<HttpResponse(const HttpRequest&)>;
+
+struct HttpServerOptions {
+  std::string host = "127.0.0.1";
+  uint16_t port = 0;  // 0 = pick a free port (see HttpServer::port())
+  int threads = 1;
+  std::chrono::milliseconds drain_timeout{5000};
+  size_t max_body_bytes = 16 * 1024 * 1024;
+};
+
+class HttpServer {
+ public:
+  explicit HttpServer(HttpServerOptions options);
+  ~HttpServer();
+  HttpServer(const HttpServer&) = delete;
+  HttpServer& operator=(const HttpServer&) = delete;
+
+  // `method` empty matches any method. A path ending in '/' is a prefix route.
+  void Route(std::string method, std::string path, HttpHandler handler);
+  void Fallback(HttpHandler handler);
+
+  // Binds and starts serving. Fails with Unavailable if the address is taken.
+  absl::Status Start();
+  void Stop();
+
+  // The bound port (useful with port 0). Valid after Start().
+  uint16_t port() const { return bound_port_.load(); }
+  std::string address() const;  // "host:port"
+  bool running() const { return running_.load(); }
+  int64_t active_requests() const { return active_requests_.load(); }
+
+ private:
+  struct Impl;
+  HttpResponse Dispatch(const HttpRequest& request) const;
+
+  HttpServerOptions options_;
+  std::map<std::pair<std::string, std::string>, HttpHandler> exact_;
+  std::vector<std::pair<std::pair<std::string, std::string>, HttpHandler>> prefixes_;
+  HttpHandler fallback_;
+  std::unique_ptr<Impl> impl_;
+  std::vector<std::thread> workers_;
+  std::atomic<uint16_t> bound_port_{0};
+  std::atomic<bool> running_{false};
+  std::atomic<int64_t> active_requests_{0};
+};
+
+// Minimal blocking HTTP/1.1 client (one request per connection) for tests,
+// health probes and the CLI's admin verbs. Not for the data plane.
+struct HttpClientResult {
+  int status = 0;
+  core::Headers headers;
+  std::string body;
+};
+absl::StatusOr<HttpClientResult> HttpCall(const std::string& host, uint16_t port,
+                                          const std::string& method, const std::string& target,
+                                          const std::string& body = {},
+                                          const core::Headers& headers = {},
+                                          std::chrono::milliseconds timeout = std::chrono::seconds(10));
+
+}  // namespace omnirelay::http
