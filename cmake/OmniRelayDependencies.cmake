@@ -22,6 +22,11 @@ if(OMNIRELAY_BUILD_BENCHMARKS)
   find_package(benchmark REQUIRED)
 endif()
 if(OMNIRELAY_BUILD_PYTHON)
+  # Debian's interpreter is the supported one (its dist-packages hold pytest,
+  # grpcio, yaml); other interpreters first on PATH are ignored unless asked for.
+  if(NOT Python3_EXECUTABLE AND EXISTS /usr/bin/python3)
+    set(Python3_EXECUTABLE /usr/bin/python3 CACHE FILEPATH "Python interpreter")
+  endif()
   find_package(Python3 COMPONENTS Interpreter Development.Module REQUIRED)
   find_package(pybind11 CONFIG REQUIRED)
 endif()

@@ -1,0 +1,21 @@
+// omnirelay-native: the C++ half of the `omnirelay` command. The Python
+// console script `omnirelay` (python/omnirelay/cli.py) executes this binary
+// for the native verbs (serve, benchmark, ...) and implements the Python ones
+// (scenario, up, ...) itself, so users see one command.
+#include <iostream>
+
+#include "omnirelay/cli/commands.h"
+
+int main(int argc, char** argv) {
+  CLI::App app{"OmniRelay: an RPC mesh engine (native commands)", "omnirelay"};
+  app.require_subcommand(1);
+  int exit_code = 0;
+  omnirelay::cli::AddServeCommand(app, &exit_code);
+  omnirelay::cli::AddVersionCommand(app, &exit_code);
+  try {
+    app.parse(argc, argv);
+  } catch (const CLI::ParseError& error) {
+    return app.exit(error);
+  }
+  return exit_code;
+}
