@@ -1,6 +1,8 @@
 // Bindings of the shared core: status codes, RequestMeta, clocks, metrics,
 // histogram, logging. Times cross as float seconds since the Unix epoch and
 // durations as datetime.timedelta or float seconds (pybind11/chrono).
+#include <cmath>
+
 #include <pybind11/chrono.h>
 #include <pybind11/functional.h>
 #include <pybind11/stl.h>
@@ -22,13 +24,19 @@ namespace {
 using core::Duration;
 using core::TimePoint;
 
+// Epoch seconds as a double carry ~0.2 us of precision today; splitting whole
+// seconds from the fraction keeps values such as x.250 s exact both ways.
 double ToEpochSeconds(TimePoint time) {
-  return std::chrono::duration<double>(time.time_since_epoch()).count();
+  const auto nanos = std::chrono::duration_cast<std::chrono::nanoseconds>(time.time_since_epoch());
+  const auto whole = std::chrono::duration_cast<std::chrono::seconds>(nanos);
+  return static_cast<double>(whole.count()) + static_cast<double>((nanos - whole).count()) / 1e9;
 }
 
 TimePoint FromEpochSeconds(double seconds) {
+  const double whole = std::floor(seconds);
+  const auto fraction = std::chrono::nanoseconds(std::llround((seconds - whole) * 1e9));
   return TimePoint(std::chrono::duration_cast<TimePoint::duration>(
-      std::chrono::duration<double>(seconds)));
+      std::chrono::seconds(static_cast<int64_t>(whole)) + fraction));
 }
 
 py::dict SummaryToDict(const core::HistogramSummary& summary) {

@@ -27,6 +27,14 @@ function(omnirelay_test name)
   if(ARG_LABELS)
     set_tests_properties(${name} PROPERTIES LABELS "${ARG_LABELS}")
   endif()
+  # Tests labelled `tsan` (concurrent code) are what the ThreadSanitizer CI
+  # stage builds and runs: `cmake --build build/tsan --target omnirelay_tsan_tests`.
+  if("tsan" IN_LIST ARG_LABELS)
+    if(NOT TARGET omnirelay_tsan_tests)
+      add_custom_target(omnirelay_tsan_tests)
+    endif()
+    add_dependencies(omnirelay_tsan_tests ${name})
+  endif()
 endfunction()
 
 # omnirelay_benchmark(NAME SOURCES ... DEPS ...)

@@ -1,0 +1,5 @@
+import sys
+
+from omnirelay.cli import main
+
+sys.exit(main())
