@@ -1,0 +1,145 @@
+#pragma once
+// PeerListCoordinator: the acquisition loop every outbound and control-plane
+// client goes through to lease a peer.
+//
+// Rules (they fix the earlier implementation, where busy peers short-circuited
+// deadlines):
+//   1. No peers registered -> Unavailable ("peer-list-empty").
+//   2. Effective deadline = min(meta.deadline, now + meta.time_to_live)
+//      (core::RequestMeta::EffectiveDeadline); none when neither is set. A
+//      deadline already past on arrival -> DeadlineExceeded at once.
+//   3. The chooser's pick is tried first; if it refuses, every peer is probed
+//      in the chooser's ProbeOrder before giving up. Each refusal counts
+//      omnirelay.peer.lease_rejected{peer.rejection_reason=busy|unhealthy|circuit_open}.
+//   4. No deadline and every peer refused -> count omnirelay.peer.pool_exhausted
+//      and fail ResourceExhausted ("peer-pool-exhausted") immediately. Such a
+//      request never ends in DeadlineExceeded.
+//   5. With a deadline and every peer refused -> wait, woken by a release, a
+//      peer turning available/eligible, or the list changing (no polling),
+//      and probe again; at the deadline (a Clock timer, so ManualClock drives
+//      it) fail DeadlineExceeded ("peer-acquire-deadline"), counting
+//      omnirelay.peer.acquire_deadline_exceeded and NOT pool_exhausted.
+//   6. Membership/status changes publish a new immutable snapshot and wake
+//      waiters, who re-read it: joins, leaves and recoveries are picked up
+//      while requests wait, and leasing resumes with no restart.
+//
+// Thread-safety: Acquire, PeerLease::Release and every other method are
+// thread-safe. The hot path reads an immutable shared_ptr<const PeerSnapshot>
+// (atomic load) and per-peer atomics; membership changes serialise on one
+// mutex. Acquire blocks only in rule 5.
+// Ownership: the coordinator owns its chooser and peers (via snapshots);
+// leases keep the snapshot they were taken from (and so the peer) alive, and
+// may outlive the coordinator.
+#include <atomic>
+#include <condition_variable>
+#include <memory>
+#include <mutex>
+#include <optional>
+#include <string>
+#include <string_view>
+#include <vector>
+
+#include "omnirelay/core/clock.h"
+#include "omnirelay/core/metrics.h"
+#include "omnirelay/core/request_meta.h"
+#include "omnirelay/core/status.h"
+#include "omnirelay/peers/chooser.h"
+#include "omnirelay/peers/health_tracker.h"
+#include "omnirelay/peers/peer.h"
+
+namespace omnirelay::peers {
+
+struct PeerListCoordinatorOptions {
+  // Metric tags (rpc.service, rpc.procedure, rpc.transport); empty = omitted.
+  std::string service;
+  std::string procedure;
+  std::string transport;
+  std::string chooser = "fewest-pending";  // the seeds' default
+  ChooserOptions chooser_options;
+  PeerOptions peer_defaults;  // for AddPeer without explicit options
+};
+
+class CoordinatorShared;
+
+// One leased in-flight slot on a peer. Move-only. Release() exactly once; a
+// lease destroyed unreleased is released as Cancelled (neither success nor
+// failure) with no latency.
+class PeerLease {
+ public:
+  PeerLease() = default;
+  PeerLease(PeerLease&& other) noexcept { *this = std::move(other); }
+  PeerLease& operator=(PeerLease&& other) noexcept;
+  PeerLease(const PeerLease&) = delete;
+  PeerLease& operator=(const PeerLease&) = delete;
+  ~PeerLease();
+
+  explicit operator bool() const { return snapshot_ != nullptr; }
+  Peer* peer() const { return snapshot_ ? snapshot_->raw[index_] : nullptr; }
+  bool probe() const { return probe_; }
+
+  void Release(core::StatusCode outcome, core::Duration latency);
+  void Release(const absl::Status& outcome, core::Duration latency) {
+    Release(outcome.code(), latency);
+  }
+
+ private:
+  friend class PeerListCoordinator;
+  PeerLease(std::shared_ptr<const PeerSnapshot> snapshot, int index, bool probe)
+      : snapshot_(std::move(snapshot)), index_(index), probe_(probe) {}
+  std::shared_ptr<const PeerSnapshot> snapshot_;
+  int index_ = -1;
+  bool probe_ = false;
+};
+
+class PeerListCoordinator {
+ public:
+  // InvalidArgument for an unknown chooser name. `tracker` may be null.
+  static absl::StatusOr<std::unique_ptr<PeerListCoordinator>> Create(
+      PeerListCoordinatorOptions options, std::shared_ptr<core::Clock> clock,
+      std::shared_ptr<core::MetricsRegistry> metrics,
+      std::shared_ptr<PeerLeaseHealthTracker> tracker = nullptr);
+  ~PeerListCoordinator();
+  PeerListCoordinator(const PeerListCoordinator&) = delete;
+  PeerListCoordinator& operator=(const PeerListCoordinator&) = delete;
+
+  // AlreadyExists for a duplicate id; InvalidArgument for an empty id+endpoint.
+  absl::StatusOr<std::shared_ptr<Peer>> AddPeer(PeerDescriptor descriptor,
+                                                std::optional<PeerOptions> options = std::nullopt);
+  // NotFound for an unknown id. Leases on the peer stay valid.
+  absl::Status RemovePeer(std::string_view peer_id);
+  // Makes the list exactly `descriptors` (e.g. a gossip membership snapshot):
+  // adds the new, removes the missing, keeps existing peers' state.
+  absl::Status ReplacePeers(std::vector<PeerDescriptor> descriptors);
+  absl::Status SetPeerStatus(std::string_view peer_id, PeerStatus status);
+  std::shared_ptr<Peer> FindPeer(std::string_view peer_id) const;
+
+  // Rules above. Returns a lease, or Unavailable / ResourceExhausted /
+  // DeadlineExceeded (each with an error code).
+  absl::StatusOr<PeerLease> Acquire(const core::RequestMeta& meta);
+
+  std::shared_ptr<const PeerSnapshot> snapshot() const;
+  std::vector<PeerState> PeerStates() const;
+  int waiting() const;  // requests currently blocked in rule 5
+  PeerChooser& chooser();
+  const PeerListCoordinatorOptions& options() const { return options_; }
+
+ private:
+  PeerListCoordinator(PeerListCoordinatorOptions options, std::shared_ptr<CoordinatorShared> shared,
+                      std::shared_ptr<PeerLeaseHealthTracker> tracker);
+  // Requires update_mu_.
+  void PublishLocked(std::vector<std::shared_ptr<Peer>> peers);
+  std::shared_ptr<Peer> MakePeerLocked(PeerDescriptor descriptor,
+                                       std::optional<PeerOptions> options);
+  absl::StatusOr<PeerLease> AcquireSlow(std::shared_ptr<const PeerSnapshot> snapshot,
+                                        const core::RequestMeta& meta,
+                                        std::optional<core::TimePoint> deadline, int tried);
+
+  const PeerListCoordinatorOptions options_;
+  const std::shared_ptr<CoordinatorShared> shared_;
+  const std::shared_ptr<PeerLeaseHealthTracker> tracker_;
+  std::uint64_t tracker_listener_ = 0;
+  core::Tags tags_;
+  mutable std::mutex update_mu_;
+};
+
+}  // namespace omnirelay::peers

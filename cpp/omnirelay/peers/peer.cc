@@ -1,0 +1,283 @@
+#include "omnirelay/peers/peer.h"
+
+#include <algorithm>
+#include <cmath>
+#include <utility>
+
+#include "omnirelay/peers/peer_metrics.h"
+
+namespace omnirelay::peers {
+namespace {
+
+std::int64_t ToNanos(core::TimePoint time) {
+  return std::chrono::duration_cast<std::chrono::nanoseconds>(time.time_since_epoch()).count();
+}
+
+std::optional<core::TimePoint> FromNanos(std::int64_t nanos) {
+  if (nanos == 0) return std::nullopt;
+  return core::TimePoint(
+      std::chrono::duration_cast<core::TimePoint::duration>(std::chrono::nanoseconds(nanos)));
+}
+
+double ToMs(core::Duration duration) {
+  return std::chrono::duration<double, std::milli>(duration).count();
+}
+
+}  // namespace
+
+std::string_view PeerStatusName(PeerStatus status) {
+  switch (status) {
+    case PeerStatus::kUnknown:
+      return "unknown";
+    case PeerStatus::kAvailable:
+      return "available";
+    case PeerStatus::kUnavailable:
+      return "unavailable";
+  }
+  return "unknown";
+}
+
+std::string_view AcquireResultName(AcquireResult result) {
+  switch (result) {
+    case AcquireResult::kAcquired:
+      return "acquired";
+    case AcquireResult::kBusy:
+      return "busy";
+    case AcquireResult::kUnhealthy:
+      return "unhealthy";
+    case AcquireResult::kCircuitOpen:
+      return "circuit_open";
+  }
+  return "unknown";
+}
+
+bool PeerDescriptor::SupportsProtocol(std::string_view protocol) const {
+  return std::find(protocols.begin(), protocols.end(), protocol) != protocols.end();
+}
+
+std::shared_ptr<Peer> Peer::Create(PeerDescriptor descriptor, PeerOptions options,
+                                   std::shared_ptr<core::Clock> clock,
+                                   std::shared_ptr<core::MetricsRegistry> metrics,
+                                   core::Tags tags) {
+  if (descriptor.id.empty()) descriptor.id = descriptor.endpoint;
+  std::shared_ptr<Peer> peer(new Peer(std::move(descriptor), std::move(options), std::move(clock),
+                                      std::move(metrics), std::move(tags)));
+  if (peer->options_.breaker) {
+    // The breaker outlives nothing: its timer holds a weak_ptr to it, and its
+    // listener a weak_ptr to us, so a late timer never touches a dead peer.
+    std::weak_ptr<Peer> weak = peer;
+    peer->breaker_ = CircuitBreaker::Create(*peer->options_.breaker, peer->clock_,
+                                            [weak](BreakerState from, BreakerState to) {
+                                              if (auto self = weak.lock()) {
+                                                self->OnBreakerTransition(from, to);
+                                              }
+                                            });
+  }
+  return peer;
+}
+
+Peer::Peer(PeerDescriptor descriptor, PeerOptions options, std::shared_ptr<core::Clock> clock,
+           std::shared_ptr<core::MetricsRegistry> metrics, core::Tags tags)
+    : descriptor_(std::move(descriptor)),
+      options_(std::move(options)),
+      clock_(std::move(clock)),
+      metrics_(std::move(metrics)),
+      tags_([&] {
+        tags[kTagPeer] = descriptor_.id;
+        return tags;
+      }()),
+      status_(descriptor_.status) {
+  if (metrics_) {
+    // Look every series up once: Get* takes the registry mutex.
+    series_.inflight = &metrics_->GetUpDownCounter(metric::kInflight, tags_);
+    series_.successes = &metrics_->GetCounter(metric::kSuccesses, tags_);
+    series_.failures = &metrics_->GetCounter(metric::kFailures, tags_);
+    auto with_reason = [&](const char* reason) {
+      core::Tags tags = tags_;
+      tags[kTagRejectionReason] = reason;
+      return &metrics_->GetCounter(metric::kLeaseRejected, tags);
+    };
+    series_.rejected_busy = with_reason("busy");
+    series_.rejected_unhealthy = with_reason("unhealthy");
+    series_.rejected_circuit_open = with_reason("circuit_open");
+    series_.duration = &metrics_->GetHistogram(metric::kLeaseDuration, tags_);
+  }
+}
+
+Peer::~Peer() = default;
+
+void Peer::SetStatus(PeerStatus status) {
+  if (status_.exchange(status, std::memory_order_acq_rel) != status) NotifyObserver();
+}
+
+bool Peer::IsEligible() const {
+  if (status() == PeerStatus::kUnavailable) return false;
+  if (health_ && !health_->eligible()) return false;
+  if (breaker_ && breaker_->state() == BreakerState::kOpen) return false;
+  return true;
+}
+
+void Peer::Refuse(AcquireResult result) {
+  if (!metrics_) return;
+  switch (result) {
+    case AcquireResult::kBusy:
+      series_.rejected_busy->Add(1);
+      break;
+    case AcquireResult::kUnhealthy:
+      series_.rejected_unhealthy->Add(1);
+      break;
+    case AcquireResult::kCircuitOpen:
+      series_.rejected_circuit_open->Add(1);
+      break;
+    case AcquireResult::kAcquired:
+      break;
+  }
+}
+
+Admission Peer::TryAcquire() {
+  Admission admission;
+  if (status() == PeerStatus::kUnavailable || (health_ && !health_->eligible())) {
+    admission.result = AcquireResult::kUnhealthy;
+    Refuse(admission.result);
+    return admission;
+  }
+  if (breaker_) {
+    auto breaker_admission = breaker_->TryAdmit();
+    if (breaker_admission == CircuitBreaker::Admission::kRejected) {
+      admission.result = AcquireResult::kCircuitOpen;
+      Refuse(admission.result);
+      return admission;
+    }
+    admission.probe = breaker_admission == CircuitBreaker::Admission::kProbe;
+  }
+  if (options_.max_inflight > 0) {
+    int current = inflight_.load(std::memory_order_relaxed);
+    do {
+      if (current >= options_.max_inflight) {
+        if (admission.probe) breaker_->ReturnProbe();
+        admission.probe = false;
+        admission.result = AcquireResult::kBusy;
+        Refuse(admission.result);
+        return admission;
+      }
+    } while (!inflight_.compare_exchange_weak(current, current + 1, std::memory_order_acq_rel));
+  } else {
+    inflight_.fetch_add(1, std::memory_order_acq_rel);
+  }
+  if (series_.inflight) series_.inflight->Add(1);
+  admission.result = AcquireResult::kAcquired;
+  return admission;
+}
+
+void Peer::Release(core::StatusCode outcome, core::Duration latency, bool probe) {
+  // seq_cst: pairs with the coordinator's waiter count so a waiter either sees
+  // this slot free or is woken (see PeerListCoordinator).
+  inflight_.fetch_sub(1, std::memory_order_seq_cst);
+  if (series_.inflight) series_.inflight->Add(-1);
+  if (series_.duration) series_.duration->Record(ToMs(latency));
+  RecordOutcome(outcome, latency);
+  if (breaker_) breaker_->RecordOutcome(outcome, probe);
+}
+
+void Peer::RecordFeedback(core::StatusCode outcome, core::Duration rtt) {
+  RecordOutcome(outcome, rtt);
+  if (breaker_) breaker_->RecordOutcome(outcome, false);
+}
+
+void Peer::RecordOutcome(core::StatusCode outcome, core::Duration latency) {
+  const bool failure = outcome != core::StatusCode::kOk && core::IsServerFailure(outcome);
+  if (outcome == core::StatusCode::kOk) {
+    successes_.fetch_add(1, std::memory_order_relaxed);
+    last_success_ns_.store(ToNanos(clock_->Now()), std::memory_order_relaxed);
+    if (series_.successes) series_.successes->Add(1);
+  } else if (failure) {
+    failures_.fetch_add(1, std::memory_order_relaxed);
+    last_failure_ns_.store(ToNanos(clock_->Now()), std::memory_order_relaxed);
+    if (series_.failures) series_.failures->Add(1);
+  }
+  if (latency.count() <= 0) return;  // no measurement (cancelled lease, synthetic release)
+  double sample = ToMs(latency);
+  double old = ewma_ms_.load(std::memory_order_relaxed);
+  double next;
+  do {
+    next = old < 0 ? sample : old + options_.ewma_alpha * (sample - old);
+  } while (!ewma_ms_.compare_exchange_weak(old, next, std::memory_order_relaxed));
+  std::uint32_t index = window_next_.fetch_add(1, std::memory_order_relaxed);
+  window_[index % kLatencyWindow].store(static_cast<float>(sample), std::memory_order_relaxed);
+}
+
+std::optional<double> Peer::LatencyEwmaMs() const {
+  double value = ewma_ms_.load(std::memory_order_relaxed);
+  if (value < 0) return std::nullopt;
+  return value;
+}
+
+LatencyPercentiles Peer::WindowPercentiles() const {
+  std::uint32_t count = std::min(window_next_.load(std::memory_order_relaxed), kLatencyWindow);
+  std::vector<float> samples(count);
+  for (std::uint32_t i = 0; i < count; ++i) {
+    samples[i] = window_[i].load(std::memory_order_relaxed);
+  }
+  std::sort(samples.begin(), samples.end());
+  LatencyPercentiles out;
+  out.samples = count;
+  if (count == 0) return out;
+  // Nearest-rank percentile: the smallest sample with at least q of the window at or below it.
+  auto rank = [&](double q) {
+    auto index = static_cast<std::size_t>(std::ceil(q * count));
+    return static_cast<double>(samples[std::clamp<std::size_t>(index, 1, count) - 1]);
+  };
+  out.p50_ms = rank(0.50);
+  out.p90_ms = rank(0.90);
+  out.p99_ms = rank(0.99);
+  return out;
+}
+
+PeerState Peer::Snapshot() const {
+  PeerState state;
+  state.descriptor = descriptor_;
+  state.status = status();
+  state.eligible = IsEligible();
+  state.health_eligible = !health_ || health_->eligible();
+  state.inflight = inflight();
+  state.max_inflight = options_.max_inflight;
+  state.successes = successes_.load(std::memory_order_relaxed);
+  state.failures = failures_.load(std::memory_order_relaxed);
+  state.last_success = FromNanos(last_success_ns_.load(std::memory_order_relaxed));
+  state.last_failure = FromNanos(last_failure_ns_.load(std::memory_order_relaxed));
+  state.latency_ewma_ms = LatencyEwmaMs();
+  state.latency = WindowPercentiles();
+  if (breaker_) state.breaker = breaker_->Snapshot();
+  return state;
+}
+
+void Peer::SetHealthHandle(std::shared_ptr<const PeerHealthHandle> handle) {
+  health_ = std::move(handle);
+}
+
+void Peer::SetObserver(Observer observer) {
+  auto shared = observer ? std::make_shared<const Observer>(std::move(observer)) : nullptr;
+  std::lock_guard lock(observer_mu_);
+  observer_ = std::move(shared);
+}
+
+void Peer::NotifyObserver() {
+  std::shared_ptr<const Observer> observer;
+  {
+    std::lock_guard lock(observer_mu_);
+    observer = observer_;
+  }
+  if (observer) (*observer)(*this);
+}
+
+void Peer::OnBreakerTransition(BreakerState from, BreakerState to) {
+  if (metrics_) {
+    core::Tags tags = tags_;
+    tags[kTagBreakerFrom] = std::string(BreakerStateName(from));
+    tags[kTagBreakerTo] = std::string(BreakerStateName(to));
+    metrics_->GetCounter(metric::kBreakerTransitions, tags).Add(1);
+  }
+  NotifyObserver();
+}
+
+}  // namespace omnirelay::peers

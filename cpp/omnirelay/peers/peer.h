@@ -1,0 +1,196 @@
+#pragma once
+// The peer model: a transport-neutral descriptor plus the live state the
+// choosers and the coordinator read on every pick.
+//
+//   PeerDescriptor  what a peer is (id, endpoint URI, role, region/zone,
+//                   labels, protocol hints such as "h3"), as built from
+//                   configuration or a gossip/leadership snapshot.
+//   Peer            live state: status, in-flight count with an optional cap,
+//                   circuit breaker, health-tracker handle, last success and
+//                   failure, latency EWMA and a window of recent latencies.
+//
+// Acquire/release protocol: TryAcquire() either takes one in-flight slot
+// (result kAcquired, `probe` set when the breaker is half-open) or refuses
+// with the reason (kBusy at the cap, kUnhealthy when Unavailable or the health
+// tracker says ineligible, kCircuitOpen); every refusal is counted in
+// omnirelay.peer.lease_rejected. Release(outcome, latency, probe) gives the
+// slot back and feeds the breaker, the latency statistics and the metrics.
+// RecordFeedback() feeds RTT/outcomes of calls that did not go through a
+// lease (control-plane pings, gossip probes).
+//
+// Thread-safety: all methods are thread-safe. TryAcquire/Release are
+// lock-free (atomics) unless the breaker is half-open or records a failure.
+// SetHealthHandle must be called before the peer is shared with other threads.
+// Ownership: held by shared_ptr; a peer belongs to at most one coordinator.
+#include <array>
+#include <atomic>
+#include <cstdint>
+#include <functional>
+#include <map>
+#include <memory>
+#include <mutex>
+#include <optional>
+#include <string>
+#include <string_view>
+#include <vector>
+
+#include "omnirelay/core/clock.h"
+#include "omnirelay/core/metrics.h"
+#include "omnirelay/core/status.h"
+#include "omnirelay/peers/circuit_breaker.h"
+#include "omnirelay/peers/health_tracker.h"
+
+namespace omnirelay::peers {
+
+enum class PeerStatus : std::uint8_t { kUnknown = 0, kAvailable = 1, kUnavailable = 2 };
+std::string_view PeerStatusName(PeerStatus status);  // "unknown", "available", "unavailable"
+
+struct PeerDescriptor {
+  std::string id;        // unique within a list; defaults to the endpoint
+  std::string endpoint;  // URI, e.g. "grpc://10.0.0.7:9090" or "https://analytics-1:8443"
+  std::string role;      // e.g. "leader", "replica", "gateway"
+  std::string region;
+  std::string zone;
+  std::map<std::string, std::string> labels;
+  std::vector<std::string> protocols;        // hints: "http1", "h2", "h3", "grpc"
+  PeerStatus status = PeerStatus::kUnknown;  // initial health state
+
+  bool SupportsProtocol(std::string_view protocol) const;
+  bool SupportsHttp3() const { return SupportsProtocol("h3") || SupportsProtocol("http3"); }
+};
+
+struct PeerOptions {
+  // Concurrent leases the peer accepts; 0 = unlimited. At the cap it is busy.
+  int max_inflight = 0;
+  // Breaker settings; nullopt disables the breaker for this peer.
+  std::optional<CircuitBreakerOptions> breaker = CircuitBreakerOptions{};
+  // Weight of a new latency sample in the EWMA (0 < alpha <= 1).
+  double ewma_alpha = 0.3;
+};
+
+enum class AcquireResult : std::uint8_t { kAcquired, kBusy, kUnhealthy, kCircuitOpen };
+std::string_view AcquireResultName(AcquireResult result);  // "acquired", "busy", ...
+
+struct Admission {
+  AcquireResult result = AcquireResult::kBusy;
+  bool probe = false;  // a half-open breaker probe: pass it back to Release
+  bool ok() const { return result == AcquireResult::kAcquired; }
+};
+
+struct LatencyPercentiles {
+  std::uint32_t samples = 0;  // in the window (at most kLatencyWindow)
+  double p50_ms = 0;
+  double p90_ms = 0;
+  double p99_ms = 0;
+};
+
+struct PeerState {
+  PeerDescriptor descriptor;
+  PeerStatus status = PeerStatus::kUnknown;
+  bool eligible = true;
+  bool health_eligible = true;
+  int inflight = 0;
+  int max_inflight = 0;
+  std::uint64_t successes = 0;
+  std::uint64_t failures = 0;
+  std::optional<core::TimePoint> last_success;
+  std::optional<core::TimePoint> last_failure;
+  std::optional<double> latency_ewma_ms;
+  LatencyPercentiles latency;
+  std::optional<BreakerSnapshot> breaker;
+};
+
+class Peer : public std::enable_shared_from_this<Peer> {
+ public:
+  // Window of recent latencies behind the percentiles: the last 256 samples.
+  static constexpr std::uint32_t kLatencyWindow = 256;
+  using Observer = std::function<void(Peer&)>;
+
+  // `metrics` may be null. `tags` (rpc.service, rpc.transport, ...) are added
+  // to every series; rpc.peer is added here.
+  static std::shared_ptr<Peer> Create(PeerDescriptor descriptor, PeerOptions options,
+                                      std::shared_ptr<core::Clock> clock,
+                                      std::shared_ptr<core::MetricsRegistry> metrics = nullptr,
+                                      core::Tags tags = {});
+  ~Peer();
+  Peer(const Peer&) = delete;
+  Peer& operator=(const Peer&) = delete;
+
+  const PeerDescriptor& descriptor() const { return descriptor_; }
+  const std::string& id() const { return descriptor_.id; }
+
+  PeerStatus status() const { return status_.load(std::memory_order_acquire); }
+  void SetStatus(PeerStatus status);
+  int inflight() const { return inflight_.load(std::memory_order_acquire); }
+  int max_inflight() const { return options_.max_inflight; }
+  // Eligible: not Unavailable, health tracker agrees, breaker not open.
+  // Capacity is separate (a busy peer is eligible but refuses).
+  bool IsEligible() const;
+  bool AtCapacity() const {
+    return options_.max_inflight > 0 && inflight() >= options_.max_inflight;
+  }
+
+  Admission TryAcquire();
+  // Outcome codes: OK = success; core::IsServerFailure codes = failure (count
+  // for the breaker); anything else is neither (a client error).
+  void Release(core::StatusCode outcome, core::Duration latency, bool probe = false);
+  void RecordFeedback(core::StatusCode outcome, core::Duration rtt);
+
+  // EWMA of latency in ms, or nullopt before the first sample.
+  std::optional<double> LatencyEwmaMs() const;
+  LatencyPercentiles WindowPercentiles() const;
+  PeerState Snapshot() const;
+  CircuitBreaker* breaker() const { return breaker_.get(); }
+
+  void SetHealthHandle(std::shared_ptr<const PeerHealthHandle> handle);
+  // Called (outside locks) when status, breaker state or health changes.
+  void SetObserver(Observer observer);
+  void NotifyObserver();
+
+  // Position in the owning coordinator's current snapshot (-1: none); choosers
+  // use it to find their per-peer bookkeeping in O(1).
+  int slot() const { return slot_.load(std::memory_order_acquire); }
+  void set_slot(int slot) { slot_.store(slot, std::memory_order_release); }
+
+ private:
+  struct Series {
+    core::UpDownCounter* inflight = nullptr;
+    core::Counter* successes = nullptr;
+    core::Counter* failures = nullptr;
+    core::Counter* rejected_busy = nullptr;
+    core::Counter* rejected_unhealthy = nullptr;
+    core::Counter* rejected_circuit_open = nullptr;
+    core::Histogram* duration = nullptr;
+  };
+
+  Peer(PeerDescriptor descriptor, PeerOptions options, std::shared_ptr<core::Clock> clock,
+       std::shared_ptr<core::MetricsRegistry> metrics, core::Tags tags);
+  void Refuse(AcquireResult result);
+  void RecordOutcome(core::StatusCode outcome, core::Duration latency);
+  void OnBreakerTransition(BreakerState from, BreakerState to);
+
+  const PeerDescriptor descriptor_;
+  const PeerOptions options_;
+  const std::shared_ptr<core::Clock> clock_;
+  const std::shared_ptr<core::MetricsRegistry> metrics_;
+  const core::Tags tags_;
+  Series series_;
+  std::shared_ptr<CircuitBreaker> breaker_;
+  std::shared_ptr<const PeerHealthHandle> health_;
+
+  std::atomic<PeerStatus> status_;
+  std::atomic<int> inflight_{0};
+  std::atomic<int> slot_{-1};
+  std::atomic<std::uint64_t> successes_{0};
+  std::atomic<std::uint64_t> failures_{0};
+  std::atomic<std::int64_t> last_success_ns_{0};  // since epoch; 0 = never
+  std::atomic<std::int64_t> last_failure_ns_{0};
+  std::atomic<double> ewma_ms_{-1};  // < 0: no sample yet
+  std::atomic<std::uint32_t> window_next_{0};
+  std::array<std::atomic<float>, kLatencyWindow> window_{};
+
+  std::mutex observer_mu_;
+  std::shared_ptr<const Observer> observer_;
+};
+
+}  // namespace omnirelay::peers
