@@ -36,6 +36,8 @@ def _native_help(binary) -> str:
 
 
 def main(argv: Optional[List[str]] = None) -> int:
+    import omnirelay.harness.verbs  # noqa: F401  (registers `up` and `scenario`)
+
     argv = list(sys.argv[1:] if argv is None else argv)
     if argv and argv[0] in PYTHON_VERBS:
         return PYTHON_VERBS[argv[0]][1](argv[1:])
