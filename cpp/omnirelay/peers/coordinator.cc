@@ -55,8 +55,10 @@ class CoordinatorShared {
 
   void OnRelease(const PeerSnapshot& lease_snapshot, int index, Peer& peer) {
     PeerChanged(&lease_snapshot, index, peer);
-    // Pairs with the seq_cst fence in AcquireSlow: either the waiter sees the
-    // freed slot when it probes, or we see it registered and wake it.
+    // Dekker-style pairing, all seq_cst: Peer::Release's decrement then this
+    // load, against AcquireSlow's waiters increment then Peer::TryAcquire's
+    // load. Either the waiter sees the freed slot when it probes, or we see
+    // it registered and wake it.
     if (waiters.load(std::memory_order_seq_cst) > 0) Wake();
   }
 
@@ -334,7 +336,6 @@ absl::StatusOr<PeerLease> PeerListCoordinator::AcquireSlow(
     // before registration, so that peer is probed again below.
     shared.waiters.fetch_add(1, std::memory_order_seq_cst);
     registration.shared = &shared;
-    std::atomic_thread_fence(std::memory_order_seq_cst);
     tried = -1;
   }
   std::vector<int> order;

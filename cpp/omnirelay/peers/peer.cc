@@ -151,7 +151,8 @@ Admission Peer::TryAcquire() {
     admission.probe = breaker_admission == CircuitBreaker::Admission::kProbe;
   }
   if (options_.max_inflight > 0) {
-    int current = inflight_.load(std::memory_order_relaxed);
+    // seq_cst: see CoordinatorShared::OnRelease (a plain load on x86).
+    int current = inflight_.load(std::memory_order_seq_cst);
     do {
       if (current >= options_.max_inflight) {
         if (admission.probe) breaker_->ReturnProbe();
