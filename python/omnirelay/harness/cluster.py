@@ -404,8 +404,8 @@ class Cluster:
         }
 
     # -- events ---------------------------------------------------------------------
-    def event(self, kind: str, **fields: Any) -> None:
-        record = {"ts": _now(), "event": kind, **fields}
+    def event(self, event_name: str, /, **fields: Any) -> None:
+        record = {"ts": _now(), "event": event_name, **fields}
         with self._events_lock:
             if self._events_file is not None:
                 self._events_file.write(json.dumps(record, default=str) + "\n")
