@@ -12,6 +12,8 @@ int main(int argc, char** argv) {
   int exit_code = 0;
   omnirelay::cli::AddServeCommand(app, &exit_code);
   omnirelay::cli::AddVersionCommand(app, &exit_code);
+  omnirelay::cli::AddEchoCommand(app, &exit_code);
+  omnirelay::cli::AddConfigCommand(app, &exit_code);
   try {
     app.parse(argc, argv);
   } catch (const CLI::ParseError& error) {

@@ -1,51 +1,37 @@
-// `omnirelay serve`: runs one node until SIGTERM/SIGINT.
+// `omnirelay serve`: runs one node from a configuration until SIGTERM/SIGINT.
 //
-// Today a node is its admin surface (health, readiness, metrics,
-// introspection); the data plane (dispatcher, transports, outbounds) plugs in
-// here as it lands. Readiness is announced twice: /readyz turns 200 and, with
+//   omnirelay serve --config gateway.yaml --set outbounds.analytics.peerChooser=round-robin
+//
+// Configuration precedence: file, then OMNIRELAY__* environment, then --set,
+// then the dedicated flags (--name, --admin-address, --grpc-address,
+// --http-address). Readiness is announced twice: /readyz turns 200 and, with
 // --ready-file, a JSON file with the bound addresses appears (written to a
 // temp name and renamed, so a reader never sees half a file).
-#include <csignal>
+#include <signal.h>
+#include <unistd.h>
+
 #include <cstdio>
 #include <fstream>
 #include <iostream>
-#include <thread>
-
 #include <nlohmann/json.hpp>
 
 #include "omnirelay/cli/commands.h"
+#include "omnirelay/cli/run_node.h"
 #include "omnirelay/core/logging.h"
-#include "omnirelay/core/metrics.h"
-#include "omnirelay/core/request_meta.h"
-#include "omnirelay/http/http_server.h"
+#include "omnirelay/node/node.h"
 
 namespace omnirelay::cli {
 namespace {
 
 struct ServeOptions {
-  std::string name = "omnirelay";
-  std::string admin_address = "127.0.0.1:9901";
-  std::string ready_file;
-  std::string log_level = "info";
-  std::string log_file;
+  std::string config_file;
+  std::vector<std::string> sets;
+  std::string name;
+  std::string admin_address;
+  std::string grpc_address;
+  std::string http_address;
+  RunNodeOptions run;
 };
-
-// Splits "host:port"; port 0 means "any free port".
-absl::StatusOr<std::pair<std::string, uint16_t>> SplitAddress(const std::string& address) {
-  const auto colon = address.rfind(':');
-  if (colon == std::string::npos) {
-    return absl::InvalidArgumentError("address '" + address + "' is not host:port");
-  }
-  int port = -1;
-  try {
-    port = std::stoi(address.substr(colon + 1));
-  } catch (...) {
-  }
-  if (port < 0 || port > 65535) {
-    return absl::InvalidArgumentError("address '" + address + "' has no valid port");
-  }
-  return std::make_pair(address.substr(0, colon), static_cast<uint16_t>(port));
-}
 
 bool WriteReadyFile(const std::string& path, const nlohmann::json& contents) {
   const std::string temp = path + ".tmp";
@@ -57,99 +43,112 @@ bool WriteReadyFile(const std::string& path, const nlohmann::json& contents) {
   return std::rename(temp.c_str(), path.c_str()) == 0;
 }
 
+bool IsHostPort(const std::string& address) {
+  const auto colon = address.rfind(':');
+  if (colon == std::string::npos || colon + 1 >= address.size()) return false;
+  for (size_t i = colon + 1; i < address.size(); ++i) {
+    if (!std::isdigit(static_cast<unsigned char>(address[i]))) return false;
+  }
+  return std::stol(address.substr(colon + 1)) <= 65535;
+}
+
 int RunServe(const ServeOptions& options) {
+  std::vector<std::string> sets = options.sets;
+  // Flags override the file: express them as --set entries so validation
+  // reports them with the same key paths.
+  for (const auto& [flag, value, key] :
+       {std::tuple{"--admin-address", options.admin_address, "admin.address"},
+        std::tuple{"--grpc-address", options.grpc_address, "inbounds.grpc.address"},
+        std::tuple{"--http-address", options.http_address, "inbounds.http.address"}}) {
+    if (value.empty()) continue;
+    if (!IsHostPort(value)) {
+      std::cerr << "omnirelay " << options.run.command << ": " << flag << ": address '" << value
+                << "' is not host:port\n";
+      return 2;
+    }
+    sets.push_back(std::string(key) + "=\"" + value + "\"");
+  }
+  if (!options.name.empty()) sets.push_back("service=\"" + options.name + "\"");
+  auto config = config::Load(options.config_file, sets);
+  if (!config.ok()) {
+    std::cerr << "omnirelay " << options.run.command << ": invalid configuration:\n"
+              << config.status().message() << "\n";
+    return 2;
+  }
+  return RunNode(std::move(*config), options.run);
+}
+
+}  // namespace
+
+int RunNode(config::NodeConfig config, const RunNodeOptions& options) {
   if (auto level = core::ParseLogLevel(options.log_level)) {
     core::SetLogLevel(*level);
   } else {
-    std::cerr << "omnirelay serve: unknown --log-level '" << options.log_level << "'\n";
+    std::cerr << "omnirelay " << options.command << ": unknown --log-level '" << options.log_level
+              << "'\n";
     return 2;
   }
   if (!options.log_file.empty()) core::SetLogFile(options.log_file);
 
-  auto address = SplitAddress(options.admin_address);
-  if (!address.ok()) {
-    std::cerr << "omnirelay serve: --admin-address: " << address.status().message() << "\n";
-    return 2;
-  }
-
-  // Block the termination signals in every thread; one thread waits for them
-  // with sigwait, so no work happens inside a signal handler.
+  // Block the termination signals in every thread (before any is started);
+  // one thread waits for them with sigwait, so no work runs in a handler.
   sigset_t signals;
   sigemptyset(&signals);
   sigaddset(&signals, SIGTERM);
   sigaddset(&signals, SIGINT);
   pthread_sigmask(SIG_BLOCK, &signals, nullptr);
 
-  std::atomic<bool> draining{false};
-  const auto started = std::chrono::system_clock::now();
-  auto metrics = core::MetricsRegistry::Default();
-
-  http::HttpServer admin({.host = address->first, .port = address->second, .threads = 1});
-  admin.Route("GET", "/healthz", [](const http::HttpRequest&) {
-    return http::HttpResponse::Json(200, R"({"status":"ok"})");
-  });
-  admin.Route("GET", "/readyz", [&draining](const http::HttpRequest&) {
-    if (draining.load()) {
-      auto response = http::HttpResponse::Json(503, R"({"ready":false,"reasons":["draining"]})");
-      response.headers.Set("retry-after", "1");
-      return response;
-    }
-    return http::HttpResponse::Json(200, R"({"ready":true,"reasons":[]})");
-  });
-  admin.Route("GET", "/metrics", [metrics](const http::HttpRequest&) {
-    http::HttpResponse response = http::HttpResponse::Text(200, metrics->RenderPrometheus());
-    response.content_type = "text/plain; version=0.0.4; charset=utf-8";
-    return response;
-  });
-  admin.Route("GET", "/omnirelay/introspect", [&](const http::HttpRequest&) {
-    nlohmann::json body = {
-        {"service", options.name},
-        {"status", draining.load() ? "draining" : "running"},
-        {"startedAt", core::FormatTimestamp(started)},
-        {"adminAddress", admin.address()},
-        {"procedures", nlohmann::json::array()},
-        {"outbounds", nlohmann::json::object()},
-    };
-    return http::HttpResponse::Json(200, body.dump());
-  });
-  if (auto status = admin.Start(); !status.ok()) {
-    std::cerr << "omnirelay serve: admin server: " << status.message() << "\n";
+  const auto drain_timeout =
+      std::chrono::duration_cast<std::chrono::milliseconds>(config.drain_timeout);
+  auto node = node::Node::Create(std::move(config));
+  if (!node.ok()) {
+    std::cerr << "omnirelay " << options.command << ": " << node.status().message() << "\n";
+    return 2;
+  }
+  if (auto status = (*node)->Start(); !status.ok()) {
+    std::cerr << "omnirelay " << options.command << ": " << status.message() << "\n";
     return 1;
   }
-
-  const nlohmann::json ready = {{"name", options.name},
-                                {"pid", static_cast<int>(::getpid())},
-                                {"admin", admin.address()}};
+  const nlohmann::json ready = (*node)->ReadyInfo();
   if (!options.ready_file.empty() && !WriteReadyFile(options.ready_file, ready)) {
-    std::cerr << "omnirelay serve: cannot write ready file " << options.ready_file << "\n";
-    admin.Stop();
+    std::cerr << "omnirelay " << options.command << ": cannot write ready file "
+              << options.ready_file << "\n";
+    (*node)->Stop();
     return 1;
   }
   core::LogInfo("node.ready", ready);
 
   int signal_number = 0;
   sigwait(&signals, &signal_number);
-  core::LogInfo("node.draining", {{"signal", signal_number}});
-  draining = true;
-  admin.Stop();
-  core::LogInfo("node.stopped", {{"name", options.name}});
+  (*node)->Drain();
+  core::LogInfo("node.draining",
+                {{"signal", signal_number}, {"inFlight", (*node)->dispatcher().in_flight()}});
+  const bool idle = (*node)->WaitIdle(drain_timeout);
+  (*node)->Stop();
+  core::LogInfo("node.stopped", {{"name", (*node)->config().service}, {"drained", idle}});
   return 0;
 }
-
-}  // namespace
 
 void AddServeCommand(CLI::App& app, int* exit_code) {
   auto options = std::make_shared<ServeOptions>();
   auto* command = app.add_subcommand("serve", "Run an OmniRelay node until SIGTERM/SIGINT");
-  command->add_option("--name", options->name, "Node name (introspection, logs)");
-  command->add_option("--admin-address", options->admin_address,
-                      "host:port of the admin endpoints (/healthz, /readyz, /metrics); port 0 = any")
+  command->add_option("--config", options->config_file,
+                      "JSON or YAML file with an omniRelay section");
+  command->add_option("--set", options->sets,
+                      "Override a configuration key: key=value (repeatable)");
+  command->add_option("--name", options->name, "Service name (overrides omniRelay.service)");
+  command
+      ->add_option("--admin-address", options->admin_address,
+                   "host:port of the admin endpoints (/healthz, /readyz, /metrics); port 0 = any")
       ->envname("OMNIRELAY_ADMIN_ADDRESS");
-  command->add_option("--ready-file", options->ready_file,
+  command->add_option("--grpc-address", options->grpc_address, "gRPC inbound host:port");
+  command->add_option("--http-address", options->http_address, "HTTP inbound host:port");
+  command->add_option("--ready-file", options->run.ready_file,
                       "Write a JSON file with the bound addresses once listening");
-  command->add_option("--log-level", options->log_level, "trace|debug|info|warn|error|off")
+  command->add_option("--log-level", options->run.log_level, "trace|debug|info|warn|error|off")
       ->envname("OMNIRELAY_LOG_LEVEL");
-  command->add_option("--log-file", options->log_file, "Append JSON-lines logs here (default stderr)");
+  command->add_option("--log-file", options->run.log_file,
+                      "Append JSON-lines logs here (default stderr)");
   command->callback([options, exit_code] { *exit_code = RunServe(*options); });
 }
 

@@ -10,6 +10,7 @@
 #include <boost/asio/redirect_error.hpp>
 #include <boost/asio/steady_timer.hpp>
 #include <boost/asio/use_awaitable.hpp>
+#include <boost/asio/write.hpp>
 #include <boost/beast/core.hpp>
 #include <boost/beast/http.hpp>
 #include <future>
@@ -128,6 +129,37 @@ asio::awaitable<void> HttpServer::Impl::Session(tcp::socket socket) {
     } catch (const std::exception& error) {  // a handler bug must not kill the server
       core::LogError("http.handler_exception", {{"path", request.path}, {"error", error.what()}});
       reply = HttpResponse::Text(500, "internal error\n");
+    }
+    if (reply.stream) {
+      // Streamed reply: synchronous chunk writes on this worker thread.
+      bhttp::response<bhttp::empty_body> head(static_cast<bhttp::status>(reply.status),
+                                              raw.version());
+      head.set(bhttp::field::server, "omnirelay");
+      head.set(bhttp::field::content_type, reply.content_type);
+      for (const auto& [name, value] : reply.headers.entries()) head.set(name, value);
+      head.chunked(true);
+      head.keep_alive(false);
+      bhttp::response_serializer<bhttp::empty_body> serializer(head);
+      beast::error_code stream_ec;
+      bhttp::write_header(stream.socket(), serializer, stream_ec);
+      if (!stream_ec) {
+        auto& socket = stream.socket();
+        std::function<bool(std::string_view)> write = [&socket](std::string_view chunk) {
+          if (chunk.empty()) return true;
+          beast::error_code ec;
+          asio::write(socket, bhttp::make_chunk(asio::buffer(chunk.data(), chunk.size())), ec);
+          return !ec;
+        };
+        try {
+          reply.stream(write);
+        } catch (const std::exception& error) {
+          core::LogError("http.stream_exception",
+                         {{"path", request.path}, {"error", error.what()}});
+        }
+        asio::write(socket, bhttp::make_chunk_last(), stream_ec);
+      }
+      server->active_requests_.fetch_sub(1);
+      break;
     }
     bhttp::response<bhttp::string_body> response(static_cast<bhttp::status>(reply.status),
                                                  raw.version());

@@ -48,6 +48,12 @@ struct HttpResponse {
   std::string content_type = "text/plain; charset=utf-8";
   core::Headers headers;
   std::string body;
+  // Streaming reply (Server-Sent Events and other long responses): when set,
+  // `body` is ignored, the headers go out with chunked transfer encoding and
+  // `stream` runs on the worker thread with a writer that sends one chunk per
+  // call, blocking, and returns false once the client is gone. It occupies
+  // its worker thread for the whole stream (size `threads` accordingly).
+  std::function<void(const std::function<bool(std::string_view)>& write)> stream;
 
   static HttpResponse Text(int status, std::string body);
   static HttpResponse Json(int status, std::string body);
@@ -106,10 +112,9 @@ struct HttpClientResult {
   core::Headers headers;
   std::string body;
 };
-absl::StatusOr<HttpClientResult> HttpCall(const std::string& host, uint16_t port,
-                                          const std::string& method, const std::string& target,
-                                          const std::string& body = {},
-                                          const core::Headers& headers = {},
-                                          std::chrono::milliseconds timeout = std::chrono::seconds(10));
+absl::StatusOr<HttpClientResult> HttpCall(
+    const std::string& host, uint16_t port, const std::string& method, const std::string& target,
+    const std::string& body = {}, const core::Headers& headers = {},
+    std::chrono::milliseconds timeout = std::chrono::seconds(10));
 
 }  // namespace omnirelay::http

@@ -1,0 +1,613 @@
+#include "omnirelay/config/config.h"
+
+#include <yaml-cpp/yaml.h>
+
+#include <algorithm>
+#include <cctype>
+#include <fstream>
+#include <sstream>
+
+#include "omnirelay/core/request_meta.h"
+
+#if OMNIRELAY_HAVE_PEERS
+#include "omnirelay/peers/chooser.h"
+#endif
+
+extern char** environ;
+
+namespace omnirelay::config {
+namespace {
+
+std::string Lower(std::string_view s) {
+  std::string out(s);
+  for (auto& c : out) c = static_cast<char>(std::tolower(static_cast<unsigned char>(c)));
+  return out;
+}
+
+// Collects every problem with its key path.
+class Errors {
+ public:
+  void Add(const std::string& path, const std::string& message) {
+    lines_.push_back(path + ": " + message);
+  }
+  bool empty() const { return lines_.empty(); }
+  absl::Status ToStatus() const {
+    std::string all;
+    for (const auto& l : lines_) all += (all.empty() ? "" : "\n") + l;
+    return absl::InvalidArgumentError(all);
+  }
+
+ private:
+  std::vector<std::string> lines_;
+};
+
+// A view of one JSON object that tracks which keys were consumed, so unknown
+// keys (typos) are reported. Keys match case-insensitively (environment
+// overrides arrive upper-cased).
+class Obj {
+ public:
+  Obj(const nlohmann::json& json, std::string path, Errors& errors)
+      : json_(json), path_(std::move(path)), errors_(errors) {
+    if (!json_.is_object()) errors_.Add(path_, "must be an object");
+  }
+  ~Obj() {
+    if (!json_.is_object()) return;
+    for (const auto& [key, value] : json_.items()) {
+      if (std::find(used_.begin(), used_.end(), Lower(key)) == used_.end()) {
+        errors_.Add(path_ + "." + key, "unknown key");
+      }
+    }
+  }
+  const nlohmann::json* Get(std::string_view key) {
+    used_.push_back(Lower(key));
+    if (!json_.is_object()) return nullptr;
+    for (const auto& [k, v] : json_.items()) {
+      if (Lower(k) == Lower(key)) return &v;
+    }
+    return nullptr;
+  }
+  std::string Path(std::string_view key) const { return path_ + "." + std::string(key); }
+
+  void String(std::string_view key, std::string& out) {
+    if (const auto* v = Get(key)) {
+      if (v->is_string()) {
+        out = v->get<std::string>();
+      } else if (v->is_number() || v->is_boolean()) {
+        out = v->dump();
+      } else {
+        errors_.Add(Path(key), "must be a string");
+      }
+    }
+  }
+  void Int(std::string_view key, int& out, int min = 0) {
+    if (const auto* v = Get(key)) {
+      std::optional<long long> n;
+      if (v->is_number_integer()) n = v->get<long long>();
+      if (v->is_string()) {
+        try {
+          size_t used = 0;
+          n = std::stoll(v->get<std::string>(), &used);
+          if (used != v->get<std::string>().size()) n.reset();
+        } catch (...) {
+        }
+      }
+      if (!n || *n < min || *n > 1'000'000'000) {
+        errors_.Add(Path(key),
+                    "must be an integer >= " + std::to_string(min) + ", got " + v->dump());
+      } else {
+        out = static_cast<int>(*n);
+      }
+    }
+  }
+  void Double(std::string_view key, double& out, double min = 0) {
+    if (const auto* v = Get(key)) {
+      std::optional<double> n;
+      if (v->is_number()) n = v->get<double>();
+      if (v->is_string()) {
+        try {
+          n = std::stod(v->get<std::string>());
+        } catch (...) {
+        }
+      }
+      if (!n || *n < min) {
+        errors_.Add(Path(key), "must be a number >= " + std::to_string(min) + ", got " + v->dump());
+      } else {
+        out = *n;
+      }
+    }
+  }
+  void Bool(std::string_view key, bool& out) {
+    if (const auto* v = Get(key)) {
+      if (v->is_boolean()) {
+        out = v->get<bool>();
+      } else if (v->is_string() && (Lower(v->get<std::string>()) == "true" ||
+                                    Lower(v->get<std::string>()) == "false")) {
+        out = Lower(v->get<std::string>()) == "true";
+      } else {
+        errors_.Add(Path(key), "must be true or false, got " + v->dump());
+      }
+    }
+  }
+  void Dur(std::string_view key, core::Duration& out) {
+    if (const auto* v = Get(key)) {
+      std::optional<core::Duration> d;
+      if (v->is_number() && v->get<double>() >= 0) {
+        d = std::chrono::duration_cast<core::Duration>(
+            std::chrono::duration<double, std::milli>(v->get<double>()));
+      } else if (v->is_string()) {
+        d = core::ParseDuration(v->get<std::string>());
+      }
+      if (!d) {
+        errors_.Add(Path(key), "must be a duration like \"250ms\", \"1.5s\", got " + v->dump());
+      } else {
+        out = *d;
+      }
+    }
+  }
+  void Strings(std::string_view key, std::vector<std::string>& out) {
+    if (const auto* v = Get(key)) {
+      if (v->is_string()) {
+        // "a,b,c" (handy for --set and environment overrides)
+        out.clear();
+        std::stringstream ss(v->get<std::string>());
+        std::string item;
+        while (std::getline(ss, item, ',')) {
+          if (!item.empty()) out.push_back(item);
+        }
+        return;
+      }
+      if (!v->is_array()) {
+        errors_.Add(Path(key), "must be a list of strings");
+        return;
+      }
+      out.clear();
+      for (size_t i = 0; i < v->size(); ++i) {
+        if (!(*v)[i].is_string()) {
+          errors_.Add(Path(key) + "[" + std::to_string(i) + "]", "must be a string");
+        } else {
+          out.push_back((*v)[i].get<std::string>());
+        }
+      }
+    }
+  }
+  Errors& errors() { return errors_; }
+
+ private:
+  const nlohmann::json& json_;
+  std::string path_;
+  Errors& errors_;
+  std::vector<std::string> used_;
+};
+
+bool ValidAddress(const std::string& address) {
+  const auto colon = address.rfind(':');
+  if (colon == std::string::npos || colon == 0) return false;
+  const std::string port = address.substr(colon + 1);
+  if (port.empty() || port.size() > 5 ||
+      !std::all_of(port.begin(), port.end(), [](char c) { return std::isdigit(c); })) {
+    return false;
+  }
+  return std::stoi(port) <= 65535;
+}
+
+std::string StripScheme(std::string s) {
+  for (const char* scheme : {"http://", "https://", "grpc://"}) {
+    if (s.rfind(scheme, 0) == 0) s = s.substr(std::string_view(scheme).size());
+  }
+  if (auto slash = s.find('/'); slash != std::string::npos) s = s.substr(0, slash);
+  return s;
+}
+
+void ParseInbound(Obj& parent, std::string_view key, std::optional<InboundConfig>& out) {
+  const auto* v = parent.Get(key);
+  if (v == nullptr || v->is_null()) return;
+  const std::string path = parent.Path(key);
+  const nlohmann::json* node = v;
+  if (v->is_array()) {  // [{address}] as in appsettings: the first entry
+    if (v->empty()) return;
+    if (v->size() > 1)
+      parent.errors().Add(path, "only one " + std::string(key) + " inbound is supported");
+    node = &(*v)[0];
+  }
+  Obj obj(*node, path, parent.errors());
+  InboundConfig inbound;
+  obj.String("address", inbound.address);
+  std::vector<std::string> urls;
+  obj.Strings("urls", urls);
+  if (inbound.address.empty() && !urls.empty()) inbound.address = StripScheme(urls.front());
+  obj.Int("threads", inbound.threads, 1);
+  if (inbound.address.empty()) {
+    parent.errors().Add(path + ".address", "is required");
+  } else if (!ValidAddress(inbound.address)) {
+    parent.errors().Add(path + ".address", "'" + inbound.address + "' is not host:port");
+  }
+  out = inbound;
+}
+
+void ParseProfile(Obj& obj, RateLimitProfileConfig& p) {
+  obj.Int("maxConcurrency", p.max_concurrency);
+  obj.Double("tokensPerSecond", p.tokens_per_second);
+  obj.Double("burst", p.burst);
+}
+
+// Splits "a.b.c" into parts.
+std::vector<std::string> SplitPath(std::string_view key, char sep) {
+  std::vector<std::string> parts;
+  size_t start = 0;
+  for (;;) {
+    size_t pos = key.find(sep, start);
+    parts.emplace_back(key.substr(start, pos == std::string_view::npos ? pos : pos - start));
+    if (pos == std::string_view::npos) break;
+    start = pos + 1;
+  }
+  return parts;
+}
+
+absl::Status SetPath(nlohmann::json& root, std::vector<std::string> parts, nlohmann::json value) {
+  if (parts.empty() || Lower(parts[0]) != "omnirelay") parts.insert(parts.begin(), "omniRelay");
+  nlohmann::json* node = &root;
+  std::string path;
+  for (size_t i = 0; i < parts.size(); ++i) {
+    if (parts[i].empty()) return absl::InvalidArgumentError("empty key segment in '" + path + "'");
+    path += (path.empty() ? "" : ".") + parts[i];
+    if (node->is_null()) *node = nlohmann::json::object();
+    if (node->is_array()) {
+      size_t index = 0;
+      try {
+        index = std::stoul(parts[i]);
+      } catch (...) {
+        return absl::InvalidArgumentError(path + ": list index expected");
+      }
+      if (index > node->size()) return absl::InvalidArgumentError(path + ": index out of range");
+      if (index == node->size()) node->push_back(nullptr);
+      node = &(*node)[index];
+      continue;
+    }
+    if (!node->is_object()) return absl::InvalidArgumentError(path + ": parent is not an object");
+    std::string key = parts[i];
+    for (auto& [k, v] : node->items()) {
+      if (Lower(k) == Lower(parts[i])) key = k;
+    }
+    node = &(*node)[key];
+  }
+  *node = std::move(value);
+  return absl::OkStatus();
+}
+
+nlohmann::json ParseValue(const std::string& text) {
+  auto parsed = nlohmann::json::parse(text, nullptr, false);
+  if (parsed.is_discarded()) return text;
+  return parsed;
+}
+
+nlohmann::json YamlNode(const YAML::Node& node) {
+  switch (node.Type()) {
+    case YAML::NodeType::Map: {
+      nlohmann::json out = nlohmann::json::object();
+      for (const auto& kv : node) out[kv.first.as<std::string>()] = YamlNode(kv.second);
+      return out;
+    }
+    case YAML::NodeType::Sequence: {
+      nlohmann::json out = nlohmann::json::array();
+      for (const auto& item : node) out.push_back(YamlNode(item));
+      return out;
+    }
+    case YAML::NodeType::Scalar: {
+      const std::string text = node.Scalar();
+      if (node.Tag() == "!") return text;  // quoted scalar stays a string
+      if (text == "true" || text == "True") return true;
+      if (text == "false" || text == "False") return false;
+      if (text == "null" || text == "~") return nullptr;
+      auto parsed = nlohmann::json::parse(text, nullptr, false);
+      if (!parsed.is_discarded() && parsed.is_number()) return parsed;
+      return text;
+    }
+    default:
+      return nullptr;
+  }
+}
+
+}  // namespace
+
+const std::vector<std::string>& MiddlewareNames() {
+  static const std::vector<std::string> names = {"recovery",  "tracing",  "metrics",    "logging",
+                                                 "principal", "deadline", "rate-limit", "retry"};
+  return names;
+}
+
+std::vector<std::string> KnownChoosers() {
+#if OMNIRELAY_HAVE_PEERS
+  return peers::ChooserNames();
+#else
+  return {"round-robin", "fewest-pending", "two-random", "random"};
+#endif
+}
+
+absl::StatusOr<nlohmann::json> YamlToJson(const std::string& text) {
+  try {
+    return YamlNode(YAML::Load(text));
+  } catch (const YAML::Exception& error) {
+    return absl::InvalidArgumentError(std::string("YAML: ") + error.what());
+  }
+}
+
+absl::StatusOr<nlohmann::json> LoadFile(const std::string& path) {
+  std::ifstream in(path);
+  if (!in) return absl::NotFoundError("cannot read config file '" + path + "'");
+  std::stringstream buffer;
+  buffer << in.rdbuf();
+  const std::string text = buffer.str();
+  const bool yaml = path.ends_with(".yaml") || path.ends_with(".yml");
+  if (yaml) {
+    auto parsed = YamlToJson(text);
+    if (!parsed.ok())
+      return absl::InvalidArgumentError(path + ": " + std::string(parsed.status().message()));
+    return parsed;
+  }
+  auto parsed = nlohmann::json::parse(text, nullptr, false, /*ignore_comments=*/true);
+  if (parsed.is_discarded()) return absl::InvalidArgumentError(path + ": not valid JSON");
+  return parsed;
+}
+
+absl::Status ApplyEnvironment(nlohmann::json& root, char** environ_list) {
+  char** env = environ_list != nullptr ? environ_list : environ;
+  for (; env != nullptr && *env != nullptr; ++env) {
+    std::string_view entry(*env);
+    if (!entry.starts_with("OMNIRELAY__")) continue;
+    const auto eq = entry.find('=');
+    if (eq == std::string_view::npos) continue;
+    std::string key(entry.substr(std::string_view("OMNIRELAY__").size(),
+                                 eq - std::string_view("OMNIRELAY__").size()));
+    std::vector<std::string> parts;
+    for (auto& p : SplitPath(key, '_')) parts.push_back(p);
+    // "__" separates levels; single underscores inside a segment are rare in
+    // our keys, so split on "__" only.
+    parts.clear();
+    size_t start = 0;
+    for (;;) {
+      size_t pos = key.find("__", start);
+      parts.push_back(key.substr(start, pos == std::string::npos ? pos : pos - start));
+      if (pos == std::string::npos) break;
+      start = pos + 2;
+    }
+    if (auto s = SetPath(root, parts, ParseValue(std::string(entry.substr(eq + 1)))); !s.ok()) {
+      return absl::InvalidArgumentError("environment " + std::string(entry.substr(0, eq)) + ": " +
+                                        std::string(s.message()));
+    }
+  }
+  return absl::OkStatus();
+}
+
+absl::Status ApplySets(nlohmann::json& root, const std::vector<std::string>& sets) {
+  for (const auto& set : sets) {
+    const auto eq = set.find('=');
+    if (eq == std::string::npos || eq == 0) {
+      return absl::InvalidArgumentError("--set '" + set + "': expected key=value");
+    }
+    if (auto s = SetPath(root, SplitPath(set.substr(0, eq), '.'), ParseValue(set.substr(eq + 1)));
+        !s.ok()) {
+      return absl::InvalidArgumentError("--set '" + set + "': " + std::string(s.message()));
+    }
+  }
+  return absl::OkStatus();
+}
+
+absl::StatusOr<NodeConfig> Parse(const nlohmann::json& root) {
+  Errors errors;
+  NodeConfig config;
+  if (!root.is_object()) return absl::InvalidArgumentError("configuration: must be an object");
+  const nlohmann::json* section = nullptr;
+  for (const auto& [k, v] : root.items()) {
+    if (Lower(k) == "omnirelay") section = &v;
+  }
+  if (section == nullptr) return absl::InvalidArgumentError("omniRelay: section is missing");
+  {
+    Obj top(*section, "omniRelay", errors);
+    top.String("service", config.service);
+    if (config.service.empty()) errors.Add("omniRelay.service", "must not be empty");
+    if (const auto* inbounds = top.Get("inbounds")) {
+      Obj in(*inbounds, "omniRelay.inbounds", errors);
+      ParseInbound(in, "grpc", config.grpc);
+      ParseInbound(in, "http", config.http);
+    }
+    if (const auto* admin = top.Get("admin")) {
+      Obj a(*admin, "omniRelay.admin", errors);
+      a.String("address", config.admin_address);
+      if (!ValidAddress(config.admin_address)) {
+        errors.Add("omniRelay.admin.address", "'" + config.admin_address + "' is not host:port");
+      }
+    }
+    if (const auto* drain = top.Get("drain")) {
+      Obj d(*drain, "omniRelay.drain", errors);
+      d.Dur("timeout", config.drain_timeout);
+    }
+    const auto choosers = KnownChoosers();
+    if (const auto* outbounds = top.Get("outbounds")) {
+      if (!outbounds->is_object()) {
+        errors.Add("omniRelay.outbounds", "must be an object of named outbounds");
+      } else {
+        for (const auto& [name, value] : outbounds->items()) {
+          const std::string path = "omniRelay.outbounds." + name;
+          Obj o(value, path, errors);
+          OutboundConfig out;
+          out.name = name;
+          o.String("transport", out.transport);
+          out.transport = Lower(out.transport);
+          if (out.transport != "grpc" && out.transport != "http") {
+            errors.Add(path + ".transport",
+                       "unknown transport '" + out.transport + "' (grpc, http)");
+          }
+          o.String("service", out.service);
+          o.String("procedure", out.procedure);
+          o.Strings("endpoints", out.endpoints);
+          if (out.endpoints.empty()) errors.Add(path + ".endpoints", "needs at least one endpoint");
+          for (size_t i = 0; i < out.endpoints.size(); ++i) {
+            if (!ValidAddress(StripScheme(out.endpoints[i]))) {
+              errors.Add(path + ".endpoints[" + std::to_string(i) + "]",
+                         "'" + out.endpoints[i] + "' is not a host:port endpoint");
+            }
+          }
+          o.String("peerChooser", out.peer_chooser);
+          if (std::find(choosers.begin(), choosers.end(), out.peer_chooser) == choosers.end()) {
+            std::string known;
+            for (const auto& c : choosers) known += (known.empty() ? "" : ", ") + c;
+            errors.Add(path + ".peerChooser",
+                       "unknown chooser '" + out.peer_chooser + "' (known: " + known + ")");
+          }
+          o.Int("maxInFlightPerPeer", out.max_in_flight_per_peer);
+          o.Int("threads", out.threads, 1);
+          if (const auto* cb = o.Get("circuitBreaker")) {
+            Obj c(*cb, path + ".circuitBreaker", errors);
+            c.Bool("enabled", out.circuit_breaker.enabled);
+            c.Int("consecutiveFailures", out.circuit_breaker.consecutive_failures, 1);
+            c.Dur("openDelay", out.circuit_breaker.open_delay);
+          }
+          if (const auto* retry = o.Get("retry")) {
+            Obj r(*retry, path + ".retry", errors);
+            out.retry.enabled = true;
+            r.Bool("enabled", out.retry.enabled);
+            r.Int("maxAttempts", out.retry.max_attempts, 1);
+            r.Dur("initialBackoff", out.retry.initial_backoff);
+            r.Dur("maxBackoff", out.retry.max_backoff);
+            r.Double("multiplier", out.retry.multiplier, 1);
+            r.Double("jitter", out.retry.jitter);
+            if (out.retry.jitter > 1) errors.Add(path + ".retry.jitter", "must be within [0, 1]");
+            r.Double("budgetRatio", out.retry.budget_ratio);
+            r.Double("budgetMax", out.retry.budget_max);
+          }
+          config.outbounds[name] = out;
+        }
+      }
+    }
+    if (const auto* routes = top.Get("routes")) {
+      if (!routes->is_array()) {
+        errors.Add("omniRelay.routes", "must be a list");
+      } else {
+        for (size_t i = 0; i < routes->size(); ++i) {
+          const std::string path = "omniRelay.routes[" + std::to_string(i) + "]";
+          Obj r((*routes)[i], path, errors);
+          RouteConfig route;
+          r.String("prefix", route.prefix);
+          r.String("outbound", route.outbound);
+          r.String("kind", route.kind);
+          if (route.outbound.empty()) {
+            errors.Add(path + ".outbound", "is required");
+          } else if (!config.outbounds.count(route.outbound)) {
+            errors.Add(path + ".outbound", "unknown outbound '" + route.outbound + "'");
+          }
+          if (route.kind != "unary" && route.kind != "oneway" && route.kind != "server-stream" &&
+              route.kind != "client-stream" && route.kind != "duplex") {
+            errors.Add(path + ".kind",
+                       "unknown kind '" + route.kind +
+                           "' (unary, oneway, server-stream, client-stream, duplex)");
+          }
+          config.routes.push_back(route);
+        }
+      }
+    }
+    if (const auto* mw = top.Get("middleware")) {
+      Obj m(*mw, "omniRelay.middleware", errors);
+      m.Strings("inbound", config.middleware.inbound);
+      m.Strings("outbound", config.middleware.outbound);
+      for (const auto* list : {&config.middleware.inbound, &config.middleware.outbound}) {
+        const std::string which = list == &config.middleware.inbound ? "inbound" : "outbound";
+        for (size_t i = 0; i < list->size(); ++i) {
+          const auto& names = MiddlewareNames();
+          if (std::find(names.begin(), names.end(), (*list)[i]) == names.end()) {
+            errors.Add("omniRelay.middleware." + which + "[" + std::to_string(i) + "]",
+                       "unknown middleware '" + (*list)[i] + "'");
+          }
+        }
+      }
+      if (const auto* rl = m.Get("rateLimit")) {
+        Obj r(*rl, "omniRelay.middleware.rateLimit", errors);
+        RateLimitProfileConfig profile;
+        ParseProfile(r, profile);
+        if (const auto* bp = r.Get("backpressure")) {
+          Obj b(*bp, "omniRelay.middleware.rateLimit.backpressure", errors);
+          ParseProfile(b, config.middleware.backpressure);
+        }
+        config.middleware.rate_limit = profile;
+      }
+    }
+    if (const auto* echo = top.Get("echo")) {
+      Obj e(*echo, "omniRelay.echo", errors);
+      config.echo.enabled = true;
+      e.Bool("enabled", config.echo.enabled);
+      e.String("instance", config.echo.instance);
+      e.Int("maxConcurrency", config.echo.max_concurrency);
+      e.Dur("latency", config.echo.latency);
+    }
+  }
+  if (!errors.empty()) return errors.ToStatus();
+  return config;
+}
+
+absl::StatusOr<NodeConfig> Load(const std::string& path, const std::vector<std::string>& sets,
+                                bool use_environment) {
+  nlohmann::json root = nlohmann::json::object();
+  if (!path.empty()) {
+    auto loaded = LoadFile(path);
+    if (!loaded.ok()) return loaded.status();
+    root = std::move(*loaded);
+  }
+  if (use_environment) {
+    if (auto s = ApplyEnvironment(root); !s.ok()) return s;
+  }
+  if (auto s = ApplySets(root, sets); !s.ok()) return s;
+  return Parse(root);
+}
+
+nlohmann::json ToJson(const NodeConfig& c) {
+  auto ms = [](core::Duration d) {
+    return std::chrono::duration_cast<std::chrono::milliseconds>(d).count();
+  };
+  nlohmann::json outbounds = nlohmann::json::object();
+  for (const auto& [name, o] : c.outbounds) {
+    outbounds[name] = {{"transport", o.transport},
+                       {"service", o.service},
+                       {"procedure", o.procedure},
+                       {"endpoints", o.endpoints},
+                       {"peerChooser", o.peer_chooser},
+                       {"maxInFlightPerPeer", o.max_in_flight_per_peer},
+                       {"circuitBreaker",
+                        {{"enabled", o.circuit_breaker.enabled},
+                         {"consecutiveFailures", o.circuit_breaker.consecutive_failures},
+                         {"openDelayMs", ms(o.circuit_breaker.open_delay)}}},
+                       {"retry",
+                        {{"enabled", o.retry.enabled},
+                         {"maxAttempts", o.retry.max_attempts},
+                         {"initialBackoffMs", ms(o.retry.initial_backoff)},
+                         {"maxBackoffMs", ms(o.retry.max_backoff)},
+                         {"budgetRatio", o.retry.budget_ratio}}}};
+  }
+  nlohmann::json routes = nlohmann::json::array();
+  for (const auto& r : c.routes) {
+    routes.push_back({{"prefix", r.prefix}, {"outbound", r.outbound}, {"kind", r.kind}});
+  }
+  nlohmann::json inbounds = nlohmann::json::object();
+  if (c.grpc) inbounds["grpc"] = {{"address", c.grpc->address}, {"threads", c.grpc->threads}};
+  if (c.http) inbounds["http"] = {{"address", c.http->address}, {"threads", c.http->threads}};
+  nlohmann::json out = {
+      {"service", c.service},
+      {"inbounds", inbounds},
+      {"admin", {{"address", c.admin_address}}},
+      {"outbounds", outbounds},
+      {"routes", routes},
+      {"middleware", {{"inbound", c.middleware.inbound}, {"outbound", c.middleware.outbound}}},
+      {"echo",
+       {{"enabled", c.echo.enabled},
+        {"instance", c.echo.instance},
+        {"maxConcurrency", c.echo.max_concurrency},
+        {"latencyMs", ms(c.echo.latency)}}},
+      {"drain", {{"timeoutMs", ms(c.drain_timeout)}}}};
+  if (c.middleware.rate_limit) {
+    out["middleware"]["rateLimit"] = {
+        {"maxConcurrency", c.middleware.rate_limit->max_concurrency},
+        {"tokensPerSecond", c.middleware.rate_limit->tokens_per_second},
+        {"burst", c.middleware.rate_limit->burst}};
+  }
+  return {{"omniRelay", out}};
+}
+
+}  // namespace omnirelay::config

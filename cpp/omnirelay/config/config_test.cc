@@ -1,0 +1,91 @@
+#include "omnirelay/config/config.h"
+
+#include <gtest/gtest.h>
+
+namespace omnirelay::config {
+namespace {
+
+nlohmann::json Base() {
+  return nlohmann::json::parse(R"({
+    "omniRelay": {
+      "service": "gateway",
+      "inbounds": {"grpc": {"address": "127.0.0.1:0"}},
+      "outbounds": {
+        "analytics": {
+          "transport": "grpc",
+          "service": "trace.Analytics",
+          "procedure": "trace.Analytics/Process",
+          "endpoints": ["https://analytics-1:8443", "https://analytics-2:8443"],
+          "peerChooser": "fewest-pending"
+        }
+      },
+      "routes": [{"prefix": "/trace.Analytics/", "outbound": "analytics"}]
+    }
+  })");
+}
+
+TEST(ConfigTest, ParsesSeedShape) {
+  auto config = Parse(Base());
+  ASSERT_TRUE(config.ok()) << config.status();
+  EXPECT_EQ(config->service, "gateway");
+  ASSERT_TRUE(config->grpc.has_value());
+  EXPECT_EQ(config->outbounds.at("analytics").endpoints.size(), 2u);
+  EXPECT_EQ(config->routes.at(0).outbound, "analytics");
+}
+
+TEST(ConfigTest, UnknownChooserNamesTheKey) {
+  auto root = Base();
+  root["omniRelay"]["outbounds"]["analytics"]["peerChooser"] = "fewest";
+  auto config = Parse(root);
+  ASSERT_FALSE(config.ok());
+  EXPECT_NE(std::string(config.status().message())
+                .find("omniRelay.outbounds.analytics.peerChooser: unknown chooser 'fewest'"),
+            std::string::npos)
+      << config.status();
+}
+
+TEST(ConfigTest, UnknownKeyAndBadRouteAreReported) {
+  auto root = Base();
+  root["omniRelay"]["outbounds"]["analytics"]["endpoint"] = "typo";
+  root["omniRelay"]["routes"][0]["outbound"] = "missing";
+  auto config = Parse(root);
+  ASSERT_FALSE(config.ok());
+  const std::string message(config.status().message());
+  EXPECT_NE(message.find("omniRelay.outbounds.analytics.endpoint: unknown key"), std::string::npos);
+  EXPECT_NE(message.find("omniRelay.routes[0].outbound: unknown outbound 'missing'"),
+            std::string::npos);
+}
+
+TEST(ConfigTest, SetAndEnvironmentOverride) {
+  auto root = Base();
+  ASSERT_TRUE(ApplySets(root, {"outbounds.analytics.maxInFlightPerPeer=4"}).ok());
+  std::string env_entry = "OMNIRELAY__OUTBOUNDS__ANALYTICS__PEERCHOOSER=round-robin";
+  char* env[] = {env_entry.data(), nullptr};
+  ASSERT_TRUE(ApplyEnvironment(root, env).ok());
+  auto config = Parse(root);
+  ASSERT_TRUE(config.ok()) << config.status();
+  EXPECT_EQ(config->outbounds.at("analytics").max_in_flight_per_peer, 4);
+  EXPECT_EQ(config->outbounds.at("analytics").peer_chooser, "round-robin");
+}
+
+TEST(ConfigTest, YamlMatchesJson) {
+  auto yaml = YamlToJson(R"(
+omniRelay:
+  service: gateway
+  inbounds:
+    http:
+      address: "127.0.0.1:0"
+  echo:
+    maxConcurrency: 4
+    latency: 5ms
+)");
+  ASSERT_TRUE(yaml.ok());
+  auto config = Parse(*yaml);
+  ASSERT_TRUE(config.ok()) << config.status();
+  EXPECT_TRUE(config->echo.enabled);
+  EXPECT_EQ(config->echo.max_concurrency, 4);
+  EXPECT_EQ(config->echo.latency, std::chrono::milliseconds(5));
+}
+
+}  // namespace
+}  // namespace omnirelay::config

@@ -1,0 +1,125 @@
+#pragma once
+// gRPC inbound and outbound on grpc++ (Debian's 1.51), byte level.
+//
+// Inbound: an AsyncGenericService on `threads` server completion queues, one
+// polling thread each. Any "/service/method" is accepted; the dispatcher
+// resolves it (procedure, alias or forwarding route) or the call ends in
+// UNIMPLEMENTED. Unary and oneway calls run as a completion-queue state
+// machine without a thread per call; streaming kinds run their blocking
+// handler on a thread of their own that waits for each queue operation.
+//
+// Outbound: N peers from a PeerPool, one channel per peer. Unary calls use
+// the async generic stub on the *calling thread's* completion queue when the
+// caller is an inbound queue thread (a relayed call then lives on one thread
+// from request to reply, no hand-off), else on the outbound's own queue.
+// Deadline = RequestMeta::EffectiveDeadline (earlier of deadline and TTL),
+// set on the peer call, so the peer sees it as its gRPC deadline.
+// Status codes cross unchanged (absl codes are gRPC codes); an attached
+// error code travels as trailing metadata `rpc-error-code`.
+//
+// Metadata mapping: every client metadata entry except the transport's own
+// (grpc-*, :*, content-type, te, user-agent) is copied into
+// RequestMeta::headers and forwarded by outbounds, so unknown headers
+// (traceparent, x-client-principal, ...) cross relays. rpc-caller,
+// rpc-encoding, rpc-shard-key, rpc-routing-key, rpc-routing-delegate fill
+// the RequestMeta fields as well.
+//
+// The forwarding path is this generic grpc++ relay; it sits behind the
+// dispatcher::Outbound / route interface so a leaner HTTP/2 frame relay
+// (nghttp2) can replace it without touching routing or middleware.
+//
+// Thread-safety: Start/Shutdown from one thread; everything else concurrent.
+#include <atomic>
+#include <memory>
+#include <string>
+#include <thread>
+#include <vector>
+
+#include "omnirelay/core/clock.h"
+#include "omnirelay/dispatcher/dispatcher.h"
+#include "omnirelay/transport/peer_pool.h"
+
+namespace grpc {
+class Server;
+class ServerCompletionQueue;
+class CompletionQueue;
+class AsyncGenericService;
+class Channel;
+}  // namespace grpc
+
+namespace omnirelay::transport {
+
+struct GrpcInboundOptions {
+  std::string address = "127.0.0.1:0";
+  int threads = 2;  // completion queues, one polling thread each
+  int max_message_bytes = 16 * 1024 * 1024;
+};
+
+class GrpcInbound {
+ public:
+  GrpcInbound(GrpcInboundOptions options, std::shared_ptr<dispatcher::Dispatcher> dispatcher);
+  ~GrpcInbound();
+  GrpcInbound(const GrpcInbound&) = delete;
+  GrpcInbound& operator=(const GrpcInbound&) = delete;
+
+  absl::Status Start();
+  // Stops accepting, cancels what is left after `grace`, joins the threads.
+  void Shutdown(std::chrono::milliseconds grace = std::chrono::milliseconds(2000));
+  int port() const { return port_; }
+  std::string address() const;
+
+ private:
+  void Poll(int index);
+  GrpcInboundOptions options_;
+  std::shared_ptr<dispatcher::Dispatcher> dispatcher_;
+  std::unique_ptr<grpc::AsyncGenericService> service_;
+  std::unique_ptr<grpc::Server> server_;
+  std::vector<std::unique_ptr<grpc::ServerCompletionQueue>> cqs_;
+  std::vector<std::thread> threads_;
+  int port_ = 0;
+  bool shut_down_ = false;
+};
+
+struct GrpcOutboundOptions {
+  std::string name;
+  std::string service;    // remote service; overrides the request's when set
+  std::string procedure;  // fixed remote procedure ("Svc/Method" or "Method"); optional
+  std::vector<std::string> endpoints;  // "host:port", "http://host:port" or "https://..."
+  PeerPoolOptions peers;
+  int threads = 1;  // own completion-queue threads for callers off the inbound threads
+};
+
+class GrpcOutbound final : public dispatcher::Outbound {
+ public:
+  GrpcOutbound(GrpcOutboundOptions options, std::shared_ptr<PeerPool> pool,
+               std::shared_ptr<core::Clock> clock);
+  ~GrpcOutbound() override;
+
+  std::string_view transport() const override { return "grpc"; }
+  absl::Status Start() override;
+  void Stop() override;
+  void CallUnary(dispatcher::Request request, dispatcher::UnaryCallback done) override;
+  absl::StatusOr<std::unique_ptr<dispatcher::OutboundStream>> OpenStream(
+      const core::RequestMeta& meta) override;
+  bool HasAvailablePeers() const override { return pool_->HasAvailablePeers(); }
+  nlohmann::json Snapshot() const override;
+  const std::shared_ptr<PeerPool>& pool() const { return pool_; }
+
+ private:
+  std::string MethodPath(const core::RequestMeta& meta) const;
+  grpc::CompletionQueue* PickQueue();
+
+  GrpcOutboundOptions options_;
+  std::shared_ptr<PeerPool> pool_;
+  std::shared_ptr<core::Clock> clock_;
+  std::vector<std::shared_ptr<grpc::Channel>> channels_;
+  std::vector<std::unique_ptr<grpc::CompletionQueue>> cqs_;
+  std::vector<std::thread> threads_;
+  std::atomic<size_t> next_cq_{0};
+  bool started_ = false;
+};
+
+// "http://host:port" / "https://host:port/" / "host:port" -> "host:port".
+std::string GrpcTarget(const std::string& endpoint);
+
+}  // namespace omnirelay::transport
