@@ -22,6 +22,8 @@ PACKAGES=(
   python3-pytest python3-grpcio python3-protobuf python3-yaml python3-psutil
   # tools used by tests and benchmark scripts
   curl
+  # relay benchmark (benchmarks/relay_vs_nginx.py): nginx grpc_pass as the baseline
+  nginx
 )
 
 missing=()
