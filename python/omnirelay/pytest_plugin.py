@@ -170,3 +170,16 @@ def golden(request):
         return assert_golden(data, name, **kwargs)
 
     return check
+
+
+@pytest.fixture
+def run_scenario(scenario):
+    """``def test_x(run_scenario): run_scenario(scenario)`` — runs a scenario
+    module's ``scenario(s)`` function in the ``scenario`` fixture's Scenario;
+    a failing step fails the test (its exception propagates)."""
+
+    def run(fn):
+        fn(scenario)
+        return scenario
+
+    return run

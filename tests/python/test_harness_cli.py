@@ -137,11 +137,19 @@ PLUGIN_SUITE = textwrap.dedent('''
             shape = {n.name: {"role": n.role, "region": n.region} for n in c}
             golden(shape, "shape.json", golden_dir=tmp_path)
 
+    def pause_scenario(s):
+        with s.given("a cluster"):
+            c = s.cluster("three-node")
+        with s.when("node-3 pauses briefly"):
+            c.chaos.pause("node-3", duration_s=0.5)
+        with s.then("it recovers"):
+            s.eventually(lambda: c["node-3"].healthy(0.3), within_s=5)
+
     @pytest.mark.chaos
     @pytest.mark.slow
     @pytest.mark.hyperscale
-    def test_markers_are_declared():
-        pass
+    def test_run_scenario_fixture_and_markers(run_scenario):
+        assert run_scenario(pause_scenario).verdict == "PASS"
 ''')
 
 

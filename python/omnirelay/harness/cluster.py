@@ -261,6 +261,11 @@ class Node:
             if not self.is_running():
                 raise HarnessError(f"cannot pause node {self.name}: not running")
             self.process.send_signal(19)  # SIGSTOP
+            # Delivery is asynchronous: wait (bounded) until every thread is stopped,
+            # so a request sent after pause() returns cannot be answered.
+            deadline = time.monotonic() + 2.0
+            while not proc.all_threads_stopped(self.process.pid) and time.monotonic() < deadline:
+                time.sleep(0.005)
             self.paused = True
             self.cluster.event("node.paused", node=self.name, pid=self.pid)
 

@@ -195,3 +195,19 @@ def process_state(pid: int) -> str:
             return f.read().rsplit(")", 1)[1].split()[0]
     except (FileNotFoundError, IndexError):
         return ""
+
+
+def all_threads_stopped(pid: int) -> bool:
+    """True once every thread of ``pid`` is in the stopped state (or it is gone)."""
+    try:
+        tasks = os.listdir(f"/proc/{pid}/task")
+    except FileNotFoundError:
+        return True
+    for tid in tasks:
+        try:
+            with open(f"/proc/{pid}/task/{tid}/stat") as f:
+                if f.read().rsplit(")", 1)[1].split()[0] not in ("T", "t", "Z", "X"):
+                    return False
+        except (FileNotFoundError, IndexError):
+            continue
+    return True
