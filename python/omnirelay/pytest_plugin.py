@@ -64,6 +64,14 @@ def pytest_configure(config):
         config.addinivalue_line("markers", f"{name}: {description}")
     if config.getoption("--update-golden", default=False):
         os.environ["OMNIRELAY_UPDATE_GOLDEN"] = "1"
+    # An installed package (tests run from elsewhere) still finds the checkout's
+    # topologies/ and scenarios/ under the rootdir.
+    root = Path(str(config.rootdir))
+    for env, folder in (("OMNIRELAY_TOPOLOGY_PATH", "topologies"), ("OMNIRELAY_SCENARIO_PATH", "scenarios")):
+        if (root / folder).is_dir():
+            paths = [p for p in os.environ.get(env, "").split(os.pathsep) if p]
+            if str(root / folder) not in paths:
+                os.environ[env] = os.pathsep.join([*paths, str(root / folder)])
 
 
 @pytest.hookimpl(hookwrapper=True)

@@ -519,6 +519,8 @@ def topology_dirs() -> List[Path]:
     installed = Path(__file__).resolve().parent / "topologies"
     if installed.is_dir():
         dirs.append(installed)
+    if (Path.cwd() / "topologies").is_dir():
+        dirs.append(Path.cwd() / "topologies")
     return dirs
 
 
