@@ -216,6 +216,11 @@ def build_wheel(wheel_directory: str, config_settings=None, metadata_directory=N
     root = SOURCE_DIR / "python"
     for path in _python_sources():
         writer.add_file(path.relative_to(root).as_posix(), path)
+    # Topologies and scenarios ship inside the package so `omnirelay up NAME`
+    # and `omnirelay scenario run NAME` work outside a source checkout.
+    for folder, pattern in (("topologies", "*.yaml"), ("scenarios", "*.py")):
+        for path in sorted((SOURCE_DIR / folder).glob(pattern)):
+            writer.add_file(f"{PACKAGE}/{folder}/{path.name}", path)
     writer.add_file(f"{PACKAGE}/{artifacts['module'].name}", artifacts["module"])
     writer.add_file(f"{PACKAGE}/bin/omnirelay-native", artifacts["native"], executable=True)
     dist_info = f"{_dist_name()}.dist-info"

@@ -512,6 +512,9 @@ def scenario_dirs() -> List[Path]:
     repo_dir = Path(__file__).resolve().parent.parent.parent / "scenarios"
     if repo_dir.is_dir():
         dirs.append(repo_dir)
+    installed = Path(__file__).resolve().parent / "scenarios"  # shipped in the wheel
+    if installed.is_dir():
+        dirs.append(installed)
     dirs.append(Path.cwd() / "scenarios")
     return dirs
 
