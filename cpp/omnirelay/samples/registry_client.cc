@@ -1,0 +1,176 @@
+#include "omnirelay/samples/registry_client.h"
+
+#include <nlohmann/json.hpp>
+
+#include "omnirelay/core/logging.h"
+#include "omnirelay/http/http_server.h"
+
+namespace omnirelay::samples {
+namespace {
+
+using nlohmann::json;
+
+std::string UrlEncode(std::string_view text) {
+  static constexpr char kDigits[] = "0123456789ABCDEF";
+  std::string out;
+  for (unsigned char c : text) {
+    if (std::isalnum(c) || c == '-' || c == '_' || c == '.' || c == '~') {
+      out.push_back(static_cast<char>(c));
+    } else {
+      out.push_back('%');
+      out.push_back(kDigits[c >> 4]);
+      out.push_back(kDigits[c & 0xf]);
+    }
+  }
+  return out;
+}
+
+}  // namespace
+
+absl::StatusOr<std::pair<std::string, uint16_t>> SplitHostPort(std::string_view address) {
+  const auto colon = address.rfind(':');
+  if (colon == std::string_view::npos || colon == 0 || colon + 1 == address.size() ||
+      address.size() - colon - 1 > 5) {
+    return absl::InvalidArgumentError("address '" + std::string(address) + "' is not host:port");
+  }
+  int port = 0;
+  for (char c : address.substr(colon + 1)) {
+    if (c < '0' || c > '9') {
+      return absl::InvalidArgumentError("address '" + std::string(address) + "' has no valid port");
+    }
+    port = port * 10 + (c - '0');
+  }
+  if (port > 65535) {
+    return absl::InvalidArgumentError("address '" + std::string(address) + "' has no valid port");
+  }
+  std::string host(address.substr(0, colon));
+  // "[::1]:80" → "::1"
+  if (host.size() > 2 && host.front() == '[' && host.back() == ']') {
+    host = host.substr(1, host.size() - 2);
+  }
+  return std::make_pair(std::move(host), static_cast<uint16_t>(port));
+}
+
+absl::StatusOr<RegistryClient> RegistryClient::Create(std::string_view address,
+                                                      std::chrono::milliseconds timeout) {
+  auto split = SplitHostPort(address);
+  if (!split.ok()) return split.status();
+  if (split->second == 0) return absl::InvalidArgumentError("registry port must not be 0");
+  return RegistryClient(split->first, split->second, timeout);
+}
+
+absl::StatusOr<std::string> RegistryClient::Post(const std::string& path,
+                                                 const std::string& body) const {
+  core::Headers headers;
+  headers.Set("Content-Type", "application/json");
+  auto result = http::HttpCall(host_, port_, "POST", path, body, headers, timeout_);
+  if (!result.ok()) {
+    return absl::UnavailableError("registry " + host_ + ":" + std::to_string(port_) + ": " +
+                                  std::string(result.status().message()));
+  }
+  if (result->status != 200) {
+    return absl::InternalError("registry " + path + " answered " + std::to_string(result->status) +
+                               ": " + result->body);
+  }
+  return std::move(result->body);
+}
+
+absl::Status RegistryClient::Register(const Instance& instance) const {
+  const json body = {{"id", instance.id}, {"address", instance.address}, {"role", instance.role}};
+  return Post("/register", body.dump()).status();
+}
+
+absl::Status RegistryClient::Unregister(std::string_view id) const {
+  const json body = {{"id", std::string(id)}};
+  return Post("/unregister", body.dump()).status();
+}
+
+absl::StatusOr<std::vector<Instance>> RegistryClient::List(std::string_view role) const {
+  std::string target = "/instances";
+  if (!role.empty()) target += "?role=" + UrlEncode(role);
+  auto result = http::HttpCall(host_, port_, "GET", target, {}, {}, timeout_);
+  if (!result.ok()) {
+    return absl::UnavailableError("registry " + host_ + ":" + std::to_string(port_) + ": " +
+                                  std::string(result.status().message()));
+  }
+  if (result->status != 200) {
+    return absl::InternalError("registry /instances answered " + std::to_string(result->status));
+  }
+  const json list = json::parse(result->body, nullptr, /*allow_exceptions=*/false);
+  if (list.is_discarded() || !list.is_array()) {
+    return absl::InternalError("registry /instances: reply is not a JSON list");
+  }
+  std::vector<Instance> instances;
+  for (const auto& item : list) {
+    auto field = [&item](const char* name) -> std::string {
+      if (!item.is_object()) return {};
+      auto it = item.find(name);
+      return it != item.end() && it->is_string() ? it->get<std::string>() : std::string();
+    };
+    Instance instance{field("id"), field("address"), field("role")};
+    if (instance.id.empty() || instance.address.empty()) {
+      return absl::InternalError("registry /instances: entry without id or address");
+    }
+    instances.push_back(std::move(instance));
+  }
+  return instances;
+}
+
+RegistrationLoop::RegistrationLoop(RegistryClient client, Instance instance,
+                                   std::chrono::milliseconds interval)
+    : client_(std::move(client)), instance_(std::move(instance)), interval_(interval) {}
+
+RegistrationLoop::~RegistrationLoop() { Stop(/*unregister=*/false); }
+
+absl::Status RegistrationLoop::Start() {
+  absl::Status status = client_.Register(instance_);
+  if (status.ok()) {
+    core::LogInfo("registry.registered",
+                  {{"id", instance_.id}, {"address", instance_.address}, {"role", instance_.role}});
+  } else {
+    core::LogWarn("registry.register_failed",
+                  {{"id", instance_.id}, {"error", std::string(status.message())}});
+  }
+  thread_ = std::thread([this] { Run(); });
+  return status;
+}
+
+void RegistrationLoop::Run() {
+  bool healthy = true;
+  std::unique_lock<std::mutex> lock(mu_);
+  while (!cv_.wait_for(lock, interval_, [this] { return stopping_; })) {
+    lock.unlock();
+    const absl::Status status = client_.Heartbeat(instance_);
+    // Log transitions only: a registry that is down for a minute must not
+    // produce sixty identical warnings.
+    if (!status.ok() && healthy) {
+      core::LogWarn("registry.heartbeat_failed",
+                    {{"id", instance_.id}, {"error", std::string(status.message())}});
+    } else if (status.ok() && !healthy) {
+      core::LogInfo("registry.heartbeat_recovered", {{"id", instance_.id}});
+    }
+    healthy = status.ok();
+    lock.lock();
+  }
+}
+
+void RegistrationLoop::Stop(bool unregister) {
+  {
+    std::lock_guard<std::mutex> lock(mu_);
+    if (stopping_) return;
+    stopping_ = true;
+  }
+  cv_.notify_all();
+  if (thread_.joinable()) thread_.join();
+  if (unregister) {
+    const absl::Status status = client_.Unregister(instance_.id);
+    if (status.ok()) {
+      core::LogInfo("registry.unregistered", {{"id", instance_.id}});
+    } else {
+      core::LogWarn("registry.unregister_failed",
+                    {{"id", instance_.id}, {"error", std::string(status.message())}});
+    }
+  }
+}
+
+}  // namespace omnirelay::samples
