@@ -6,4 +6,5 @@ PYBIND11_MODULE(_core, m) {
   m.doc() = "OmniRelay C++ core (private: use the `omnirelay` package)";
   omnirelay::bindings::RegisterCore(m);
   omnirelay::bindings::RegisterPeers(m);
+  omnirelay::bindings::RegisterNode(m);
 }

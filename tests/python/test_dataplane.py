@@ -385,3 +385,50 @@ def test_metrics_show_the_seed_names_after_traffic(nodes, tmp_path):
     assert "omnirelay_rpc_duration_milliseconds" in text
     ready = relay.get_json("/readyz")
     assert ready["ready"] is True
+
+
+def test_contention_pool_exhausted_without_ttl_and_deadline_with_ttl(nodes, tmp_path):
+    # Seed 000: capped peers; TTL-less calls fail ResourceExhausted only after
+    # every peer rejected the lease (never DeadlineExceeded); with a TTL they
+    # wait and end in DeadlineExceeded without inflating pool_exhausted.
+    b1 = nodes(echo_args("c1", "--latency", "400ms"), "c1")
+    b2 = nodes(echo_args("c2", "--latency", "400ms"), "c2")
+    cfg = write_config(tmp_path, "gw", {
+        "service": "gw",
+        "inbounds": {"grpc": {"address": "127.0.0.1:0"}},
+        "admin": {"address": "127.0.0.1:0"},
+        "outbounds": {"analytics": {"transport": "grpc", "endpoints": [b1.grpc, b2.grpc],
+                                    "peerChooser": "fewest-pending", "maxInFlightPerPeer": 1}},
+        "routes": [{"prefix": f"{ECHO}/", "outbound": "analytics"}],
+    })
+    gw = nodes(["serve", "--config", str(cfg)], "gw")
+
+    def burst(timeout):
+        with grpc.insecure_channel(gw.grpc) as channel, ThreadPoolExecutor(6) as pool:
+            call = unary(channel, f"{ECHO}/Echo")
+            futures = [pool.submit(call.with_call, b"x", timeout=timeout) for _ in range(6)]
+            codes = []
+            for f in futures:
+                try:
+                    f.result(timeout=10)
+                    codes.append("OK")
+                except grpc.RpcError as error:
+                    codes.append(error.code().name)
+                    if error.code() == grpc.StatusCode.RESOURCE_EXHAUSTED:
+                        assert dict(error.trailing_metadata())["rpc-error-code"] == "peer-pool-exhausted"
+            return codes
+
+    codes = burst(None)  # TTL-less: no deadline reaches the gateway
+    assert codes.count("OK") == 2 and codes.count("RESOURCE_EXHAUSTED") == 4, codes
+    text = gw.metrics()
+    exhausted = metric_total(text, "omnirelay_peer_pool_exhausted_total")
+    assert exhausted == 4
+    assert metric_total(text, "omnirelay_peer_lease_rejected_total", peer_rejection_reason="busy") >= 8
+    codes = burst(0.15)  # with a TTL shorter than the backends' latency
+    assert "DEADLINE_EXCEEDED" in codes and "RESOURCE_EXHAUSTED" not in codes, codes
+    assert metric_total(gw.metrics(), "omnirelay_peer_pool_exhausted_total") == exhausted
+    health = gw.get_json("/omnirelay/control/lease-health")
+    assert "analytics" in health["outbounds"]
+    # the breaker never counted client-side rejections as peer failures: still ready
+    time.sleep(0.5)
+    assert gw.get_json("/readyz")["ready"] is True

@@ -486,6 +486,7 @@ absl::Status GrpcOutbound::Start() {
     channels_.push_back(
         grpc::CreateCustomChannel(GrpcTarget(address), grpc::InsecureChannelCredentials(), args));
   }
+  for (int i = 0; i < 8; ++i) acquire_workers_.emplace_back([this] { AcquireWorker(); });
   for (int i = 0; i < std::max(1, options_.threads); ++i) {
     cqs_.push_back(std::make_unique<grpc::CompletionQueue>());
     grpc::CompletionQueue* cq = cqs_.back().get();
@@ -495,9 +496,30 @@ absl::Status GrpcOutbound::Start() {
   return absl::OkStatus();
 }
 
+void GrpcOutbound::AcquireWorker() {
+  for (;;) {
+    std::function<void()> task;
+    {
+      std::unique_lock<std::mutex> lock(acquire_mu_);
+      acquire_cv_.wait(lock, [this] { return acquire_stopping_ || !acquire_queue_.empty(); });
+      if (acquire_queue_.empty()) return;
+      task = std::move(acquire_queue_.front());
+      acquire_queue_.pop_front();
+    }
+    task();
+  }
+}
+
 void GrpcOutbound::Stop() {
   if (!started_) return;
   started_ = false;
+  {
+    std::lock_guard<std::mutex> lock(acquire_mu_);
+    acquire_stopping_ = true;
+  }
+  acquire_cv_.notify_all();
+  for (auto& t : acquire_workers_) t.join();
+  acquire_workers_.clear();
   for (auto& cq : cqs_) cq->Shutdown();
   for (auto& t : threads_) t.join();
   threads_.clear();
@@ -522,6 +544,27 @@ std::string GrpcOutbound::MethodPath(const core::RequestMeta& meta) const {
 
 void GrpcOutbound::CallUnary(dispatcher::Request request, dispatcher::UnaryCallback done) {
   const auto deadline = request.meta.EffectiveDeadline(clock_->Now());
+  if (!deadline) {
+    StartUnary(std::move(request), std::move(done), deadline);
+    return;
+  }
+  auto task = std::make_shared<std::pair<dispatcher::Request, dispatcher::UnaryCallback>>(
+      std::move(request), std::move(done));
+  {
+    std::lock_guard<std::mutex> lock(acquire_mu_);
+    if (!acquire_stopping_) {
+      acquire_queue_.push_back([this, task, deadline] {
+        StartUnary(std::move(task->first), std::move(task->second), deadline);
+      });
+      acquire_cv_.notify_one();
+      return;
+    }
+  }
+  task->second(absl::UnavailableError("outbound is stopped"));
+}
+
+void GrpcOutbound::StartUnary(dispatcher::Request request, dispatcher::UnaryCallback done,
+                              std::optional<core::TimePoint> deadline) {
   auto lease = pool_->Acquire(request.meta, deadline);
   if (!lease.ok()) {
     done(lease.status());

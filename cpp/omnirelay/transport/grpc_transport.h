@@ -30,7 +30,11 @@
 //
 // Thread-safety: Start/Shutdown from one thread; everything else concurrent.
 #include <atomic>
+#include <condition_variable>
+#include <deque>
+#include <functional>
 #include <memory>
+#include <mutex>
 #include <string>
 #include <thread>
 #include <vector>
@@ -108,6 +112,9 @@ class GrpcOutbound final : public dispatcher::Outbound {
  private:
   std::string MethodPath(const core::RequestMeta& meta) const;
   grpc::CompletionQueue* PickQueue();
+  void StartUnary(dispatcher::Request request, dispatcher::UnaryCallback done,
+                  std::optional<core::TimePoint> deadline);
+  void AcquireWorker();
 
   GrpcOutboundOptions options_;
   std::shared_ptr<PeerPool> pool_;
@@ -117,6 +124,16 @@ class GrpcOutbound final : public dispatcher::Outbound {
   std::vector<std::thread> threads_;
   std::atomic<size_t> next_cq_{0};
   bool started_ = false;
+  // Calls with a deadline may wait in the peer kit's Acquire (coordinator
+  // rule 5: every peer busy -> wait until a release or the deadline). That
+  // wait must not park a completion-queue thread (the release it waits for
+  // may need that thread), so such calls acquire on these workers; calls
+  // without a deadline never wait and stay inline on the fast path.
+  std::mutex acquire_mu_;
+  std::condition_variable acquire_cv_;
+  std::deque<std::function<void()>> acquire_queue_;
+  std::vector<std::thread> acquire_workers_;
+  bool acquire_stopping_ = false;
 };
 
 // "http://host:port" / "https://host:port/" / "host:port" -> "host:port".

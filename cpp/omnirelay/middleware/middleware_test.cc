@@ -1,0 +1,189 @@
+#include "omnirelay/middleware/middleware.h"
+
+// GCC 12 reports a false -Wrestrict in std::string assignment at -O3 (GCC bug 105329).
+#pragma GCC diagnostic ignored "-Wrestrict"
+
+#include <gtest/gtest.h>
+
+namespace omnirelay::middleware {
+namespace {
+
+using dispatcher::CallInfo;
+using dispatcher::ProcedureKind;
+using dispatcher::Request;
+using dispatcher::Response;
+using dispatcher::UnaryCallback;
+
+Request MakeRequest() {
+  Request r;
+  r.meta.service = "svc";
+  r.meta.procedure = "M";
+  return r;
+}
+
+TEST(RetryMiddlewareTest, RetriesRetryableCodesUntilAttemptsAndStopsBeforeDeadline) {
+  auto clock = std::make_shared<core::ManualClock>();
+  auto metrics = std::make_shared<core::MetricsRegistry>();
+  RetryMiddleware retry({.max_attempts = 10,
+                         .initial_backoff = std::chrono::milliseconds(100),
+                         .max_backoff = std::chrono::milliseconds(100),
+                         .multiplier = 1,
+                         .jitter = 0,
+                         .budget_ratio = 1,
+                         .budget_max = 100,
+                         .budget_initial = 100},
+                        clock, metrics);
+  int attempts = 0;
+  dispatcher::UnaryHandler failing = [&](Request, UnaryCallback done) {
+    ++attempts;
+    done(absl::UnavailableError("down"));
+  };
+  Request request = MakeRequest();
+  request.meta.deadline = clock->Now() + std::chrono::milliseconds(350);
+  std::optional<absl::Status> result;
+  retry.HandleUnary(
+      CallInfo{.kind = ProcedureKind::kUnary, .outbound = true}, request,
+      [&](absl::StatusOr<Response> r) { result = r.status(); }, failing);
+  for (int i = 0; i < 10 && !result; ++i) clock->Advance(std::chrono::milliseconds(100));
+  ASSERT_TRUE(result.has_value());
+  EXPECT_EQ(result->code(), absl::StatusCode::kUnavailable);
+  EXPECT_EQ(attempts, 4);  // t = 0, 100, 200, 300; 400 would be past the deadline
+  EXPECT_EQ(metrics->Total("omnirelay.retry.scheduled"), 3);
+  EXPECT_EQ(metrics->Total("omnirelay.retry.exhausted"), 1);
+}
+
+TEST(RetryMiddlewareTest, BudgetBoundsRetriesAndNonRetryableCodesAreNotRetried) {
+  auto clock = std::make_shared<core::ManualClock>();
+  auto metrics = std::make_shared<core::MetricsRegistry>();
+  RetryMiddleware retry({.max_attempts = 10,
+                         .initial_backoff = std::chrono::milliseconds(1),
+                         .max_backoff = std::chrono::milliseconds(1),
+                         .multiplier = 1,
+                         .jitter = 0,
+                         .budget_ratio = 0,
+                         .budget_max = 2,
+                         .budget_initial = 2},
+                        clock, metrics);
+  int attempts = 0;
+  absl::StatusCode code = absl::StatusCode::kUnavailable;
+  dispatcher::UnaryHandler failing = [&](Request, UnaryCallback done) {
+    ++attempts;
+    done(absl::Status(code, "x"));
+  };
+  for (int call = 0; call < 2; ++call) {
+    bool done = false;
+    retry.HandleUnary(
+        CallInfo{}, MakeRequest(), [&](absl::StatusOr<Response>) { done = true; }, failing);
+    for (int i = 0; i < 20 && !done; ++i) clock->Advance(std::chrono::milliseconds(1));
+    ASSERT_TRUE(done);
+  }
+  EXPECT_EQ(attempts, 4);  // 1 + 2 retries, then 1 with an empty budget
+  code = absl::StatusCode::kInvalidArgument;
+  attempts = 0;
+  retry.HandleUnary(
+      CallInfo{}, MakeRequest(), [](absl::StatusOr<Response>) {}, failing);
+  EXPECT_EQ(attempts, 1);
+}
+
+TEST(DeadlineMiddlewareTest, ExpiredAndLateCallsEndInDeadlineExceeded) {
+  auto clock = std::make_shared<core::ManualClock>();
+  DeadlineMiddleware deadline(clock);
+  Request request = MakeRequest();
+  request.meta.time_to_live = std::chrono::milliseconds(50);
+  UnaryCallback held;
+  std::optional<absl::StatusCode> code;
+  deadline.HandleUnary(
+      CallInfo{}, request, [&](absl::StatusOr<Response> r) { code = r.status().code(); },
+      [&](Request, UnaryCallback done) { held = std::move(done); });
+  EXPECT_FALSE(code.has_value());
+  clock->Advance(std::chrono::milliseconds(60));
+  ASSERT_TRUE(code.has_value());
+  EXPECT_EQ(*code, absl::StatusCode::kDeadlineExceeded);
+  held(Response{});  // the late answer is dropped
+  EXPECT_EQ(*code, absl::StatusCode::kDeadlineExceeded);
+
+  Request past = MakeRequest();
+  past.meta.deadline = clock->Now() - std::chrono::milliseconds(1);
+  bool ran = false;
+  deadline.HandleUnary(
+      CallInfo{}, past, [&](absl::StatusOr<Response> r) { code = r.status().code(); },
+      [&](Request, UnaryCallback done) { ran = true; });
+  EXPECT_FALSE(ran);
+}
+
+TEST(RateLimitMiddlewareTest, ConcurrencyTokensAndBackpressureMode) {
+  auto clock = std::make_shared<core::ManualClock>();
+  auto metrics = std::make_shared<core::MetricsRegistry>();
+  RateLimitMiddleware limiter(
+      {.normal = {.max_concurrency = 2, .tokens_per_second = 0, .burst = 0},
+       .backpressure = {.max_concurrency = 0, .tokens_per_second = 1, .burst = 1}},
+      clock, metrics);
+  std::vector<UnaryCallback> held;
+  std::vector<absl::StatusCode> codes;
+  auto call = [&] {
+    limiter.HandleUnary(
+        CallInfo{}, MakeRequest(),
+        [&](absl::StatusOr<Response> r) { codes.push_back(r.status().code()); },
+        [&](Request, UnaryCallback done) { held.push_back(std::move(done)); });
+  };
+  call();
+  call();
+  call();
+  ASSERT_EQ(codes.size(), 1u);
+  EXPECT_EQ(codes[0], absl::StatusCode::kResourceExhausted);
+  for (auto& h : held) h(Response{});
+  held.clear();
+  codes.clear();
+  limiter.SetBackpressure(true);
+  call();  // takes the only token
+  held.back()(Response{});
+  call();  // bucket empty
+  EXPECT_EQ(codes.back(), absl::StatusCode::kResourceExhausted);
+  clock->Advance(std::chrono::seconds(1));
+  const size_t rejections = codes.size();
+  call();  // refilled: admitted (held by the handler, no answer yet)
+  EXPECT_EQ(codes.size(), rejections);
+  held.back()(Response{});
+  EXPECT_EQ(codes.back(), absl::StatusCode::kOk);
+  EXPECT_EQ(metrics->Total("omnirelay.ratelimit.rejected"), 2);
+}
+
+TEST(TracingTest, TraceParentRoundTripAndChildSpans) {
+  auto parsed = ParseTraceParent("00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01");
+  ASSERT_TRUE(parsed.has_value());
+  EXPECT_EQ(FormatTraceParent(*parsed), "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01");
+  EXPECT_FALSE(ParseTraceParent("00-00000000000000000000000000000000-00f067aa0ba902b7-01"));
+  EXPECT_FALSE(ParseTraceParent("garbage"));
+
+  auto recorder = std::make_shared<SpanRecorder>();
+  TracingMiddleware tracing(recorder, std::make_shared<core::ManualClock>());
+  Request request = MakeRequest();
+  request.meta.headers.Set("traceparent", FormatTraceParent(*parsed));
+  std::string seen;
+  tracing.HandleUnary(
+      CallInfo{}, request, [](absl::StatusOr<Response>) {},
+      [&](Request r, UnaryCallback done) {
+        seen = std::string(*r.meta.headers.Get("traceparent"));
+        done(Response{});
+      });
+  auto spans = recorder->ToJson();
+  ASSERT_EQ(spans.size(), 1u);
+  EXPECT_EQ(spans[0]["traceId"], parsed->trace_id);
+  EXPECT_EQ(spans[0]["parentSpanId"], parsed->span_id);
+  EXPECT_EQ(seen, "00-" + parsed->trace_id + "-" + spans[0]["spanId"].get<std::string>() + "-01");
+}
+
+TEST(PrincipalMiddlewareTest, HeaderThenBearerJwtSubject) {
+  core::RequestMeta meta;
+  meta.headers.Set("x-client-principal", "alice");
+  PrincipalMiddleware::Bind(meta);
+  EXPECT_EQ(*meta.headers.Get("rpc.principal"), "alice");
+  core::RequestMeta jwt;
+  // {"alg":"none"}.{"sub":"bob"}.
+  jwt.headers.Set("authorization", "Bearer eyJhbGciOiJub25lIn0.eyJzdWIiOiJib2IifQ.");
+  PrincipalMiddleware::Bind(jwt);
+  EXPECT_EQ(*jwt.headers.Get("rpc.principal"), "bob");
+}
+
+}  // namespace
+}  // namespace omnirelay::middleware
