@@ -159,19 +159,20 @@ void RegisterPeers(py::module_& m) {
            }),
            py::arg("clock"), py::arg("options") = py::none())
       .def_property_readonly("state", &CircuitBreaker::state)
-      .def("try_admit",
-           [](CircuitBreaker& b) {
-             switch (b.TryAdmit()) {
-               case CircuitBreaker::Admission::kAdmitted:
-                 return std::string("admitted");
-               case CircuitBreaker::Admission::kProbe:
-                 return std::string("probe");
-               case CircuitBreaker::Admission::kRejected:
-                 break;
-             }
-             return std::string("rejected");
-           },
-           "'admitted', 'probe' (half-open; report with probe=True) or 'rejected'.")
+      .def(
+          "try_admit",
+          [](CircuitBreaker& b) {
+            switch (b.TryAdmit()) {
+              case CircuitBreaker::Admission::kAdmitted:
+                return std::string("admitted");
+              case CircuitBreaker::Admission::kProbe:
+                return std::string("probe");
+              case CircuitBreaker::Admission::kRejected:
+                break;
+            }
+            return std::string("rejected");
+          },
+          "'admitted', 'probe' (half-open; report with probe=True) or 'rejected'.")
       .def("record_outcome", &CircuitBreaker::RecordOutcome, py::arg("code"),
            py::arg("probe") = false)
       .def("snapshot", [](const CircuitBreaker& b) { return BreakerToDict(b.Snapshot()); });
@@ -183,8 +184,9 @@ void RegisterPeers(py::module_& m) {
                        std::shared_ptr<core::MetricsRegistry> metrics) {
              PeerOptions options;
              options.max_inflight = max_inflight;
-             options.breaker = breaker_enabled ? std::optional(breaker.value_or(CircuitBreakerOptions{}))
-                                               : std::nullopt;
+             options.breaker = breaker_enabled
+                                   ? std::optional(breaker.value_or(CircuitBreakerOptions{}))
+                                   : std::nullopt;
              options.ewma_alpha = ewma_alpha;
              return Peer::Create(std::move(descriptor), options, std::move(clock),
                                  std::move(metrics));
@@ -203,14 +205,14 @@ void RegisterPeers(py::module_& m) {
                                if (!p.breaker()) return std::nullopt;
                                return p.breaker()->state();
                              })
-      .def("try_acquire",
-           [](Peer& p) {
-             auto admission = p.TryAcquire();
-             return std::make_pair(admission.result, admission.probe);
-           },
-           "Returns (AcquireResult, probe).")
-      .def("release", &Peer::Release, py::arg("code"), py::arg("latency"),
-           py::arg("probe") = false)
+      .def(
+          "try_acquire",
+          [](Peer& p) {
+            auto admission = p.TryAcquire();
+            return std::make_pair(admission.result, admission.probe);
+          },
+          "Returns (AcquireResult, probe).")
+      .def("release", &Peer::Release, py::arg("code"), py::arg("latency"), py::arg("probe") = false)
       .def("record_feedback", &Peer::RecordFeedback, py::arg("code"), py::arg("rtt"),
            "Feed the outcome/RTT of a call made outside a lease (control plane).")
       .def_property_readonly("latency_ewma_ms", &Peer::LatencyEwmaMs)
@@ -246,9 +248,10 @@ void RegisterPeers(py::module_& m) {
       .def("set_metadata", &PeerLeaseHealthTracker::SetMetadata)
       .def("forget", &PeerLeaseHealthTracker::Forget)
       .def("is_peer_eligible", &PeerLeaseHealthTracker::IsPeerEligible)
-      .def("diagnostics",
-           [](const PeerLeaseHealthTracker& t) { return JsonToPython(t.Diagnostics().ToJson()); },
-           "The PeerLeaseHealthDiagnostics payload of /omnirelay/control/lease-health as a dict.")
+      .def(
+          "diagnostics",
+          [](const PeerLeaseHealthTracker& t) { return JsonToPython(t.Diagnostics().ToJson()); },
+          "The PeerLeaseHealthDiagnostics payload of /omnirelay/control/lease-health as a dict.")
       .def("diagnostics_json",
            [](const PeerLeaseHealthTracker& t) { return t.Diagnostics().ToJson().dump(); });
 
@@ -264,14 +267,16 @@ void RegisterPeers(py::module_& m) {
                              })
       .def_property_readonly("probe", &PeerLease::probe)
       .def_property_readonly("active", [](const PeerLease& l) { return static_cast<bool>(l); })
-      .def("release",
-           [](PeerLease& l, core::StatusCode code, Duration latency) { l.Release(code, latency); },
-           py::arg("code") = core::StatusCode::kOk, py::arg("latency") = Duration::zero())
+      .def(
+          "release",
+          [](PeerLease& l, core::StatusCode code, Duration latency) { l.Release(code, latency); },
+          py::arg("code") = core::StatusCode::kOk, py::arg("latency") = Duration::zero())
       .def("__enter__", [](std::shared_ptr<PeerLease> l) { return l; })
       .def("__exit__", [](PeerLease& l, py::object type, py::object, py::object) {
-        // Leaving the block without an explicit release: OK, or UNKNOWN (a
-        // server-side failure for the breaker) when an exception escaped.
-        l.Release(type.is_none() ? core::StatusCode::kOk : core::StatusCode::kUnknown,
+        // Leaving the block without an explicit release: OK, or CANCELLED
+        // when an exception escaped (the caller's code failed, not the peer:
+        // neutral for the breaker). Release explicitly to report a peer error.
+        l.Release(type.is_none() ? core::StatusCode::kOk : core::StatusCode::kCancelled,
                   Duration::zero());
         return false;
       });
@@ -304,53 +309,52 @@ void RegisterPeers(py::module_& m) {
              o.chooser_options.preferred_protocol = std::move(preferred_protocol);
              o.chooser_options.preferred_labels = std::move(preferred_labels);
              o.chooser_options.preferred_ids = std::move(preferred_ids);
-             return ValueOrThrow(PeerListCoordinator::Create(std::move(o), std::move(clock),
-                                                             std::move(metrics),
-                                                             std::move(tracker)));
+             return ValueOrThrow(PeerListCoordinator::Create(
+                 std::move(o), std::move(clock), std::move(metrics), std::move(tracker)));
            }),
            py::arg("chooser") = "fewest-pending", py::arg("clock") = nullptr,
            py::arg("metrics") = nullptr, py::arg("tracker") = nullptr, py::arg("service") = "",
            py::arg("procedure") = "", py::arg("transport") = "", py::arg("max_inflight") = 0,
-           py::arg("breaker") = py::none(), py::arg("breaker_enabled") = true,
-           py::arg("seed") = 0, py::arg("hash_key") = "", py::arg("hash_header") = "session-id",
+           py::arg("breaker") = py::none(), py::arg("breaker_enabled") = true, py::arg("seed") = 0,
+           py::arg("hash_key") = "", py::arg("hash_header") = "session-id",
            py::arg("preferred_zone") = "", py::arg("preferred_region") = "",
            py::arg("preferred_protocol") = "",
            py::arg("preferred_labels") = std::map<std::string, std::string>{},
            py::arg("preferred_ids") = std::vector<std::string>{})
-      .def("add_peer",
-           [](PeerListCoordinator& c, PeerDescriptor descriptor, std::optional<int> max_inflight) {
-             std::optional<PeerOptions> options;
-             if (max_inflight) {
-               options = c.options().peer_defaults;
-               options->max_inflight = *max_inflight;
-             }
-             return ValueOrThrow(c.AddPeer(std::move(descriptor), options));
-           },
-           py::arg("descriptor"), py::arg("max_inflight") = py::none())
+      .def(
+          "add_peer",
+          [](PeerListCoordinator& c, PeerDescriptor descriptor, std::optional<int> max_inflight) {
+            std::optional<PeerOptions> options;
+            if (max_inflight) {
+              options = c.options().peer_defaults;
+              options->max_inflight = *max_inflight;
+            }
+            return ValueOrThrow(c.AddPeer(std::move(descriptor), options));
+          },
+          py::arg("descriptor"), py::arg("max_inflight") = py::none())
       .def("remove_peer",
            [](PeerListCoordinator& c, const std::string& id) { ThrowIfError(c.RemovePeer(id)); })
       .def("replace_peers",
            [](PeerListCoordinator& c, std::vector<PeerDescriptor> descriptors) {
              ThrowIfError(c.ReplacePeers(std::move(descriptors)));
            })
-      .def("set_peer_status",
-           [](PeerListCoordinator& c, const std::string& id, PeerStatus status) {
-             ThrowIfError(c.SetPeerStatus(id, status));
-           })
+      .def("set_peer_status", [](PeerListCoordinator& c, const std::string& id,
+                                 PeerStatus status) { ThrowIfError(c.SetPeerStatus(id, status)); })
       .def("find_peer", &PeerListCoordinator::FindPeer)
-      .def("acquire",
-           [](PeerListCoordinator& c, std::optional<core::RequestMeta> meta) {
-             absl::StatusOr<PeerLease> result;
-             {
-               py::gil_scoped_release release;  // may wait for a peer or the deadline
-               result = c.Acquire(meta.value_or(core::RequestMeta{}));
-             }
-             ThrowIfError(result.status());
-             return std::make_shared<PeerLease>(*std::move(result));
-           },
-           py::arg("meta") = py::none(),
-           "Leases a peer. Raises Unavailable (no peers), ResourceExhausted (no deadline, every "
-           "peer refused) or DeadlineExceeded.")
+      .def(
+          "acquire",
+          [](PeerListCoordinator& c, std::optional<core::RequestMeta> meta) {
+            absl::StatusOr<PeerLease> result;
+            {
+              py::gil_scoped_release release;  // may wait for a peer or the deadline
+              result = c.Acquire(meta.value_or(core::RequestMeta{}));
+            }
+            ThrowIfError(result.status());
+            return std::make_shared<PeerLease>(*std::move(result));
+          },
+          py::arg("meta") = py::none(),
+          "Leases a peer. Raises Unavailable (no peers), ResourceExhausted (no deadline, every "
+          "peer refused) or DeadlineExceeded.")
       .def("peer_states",
            [](const PeerListCoordinator& c) {
              py::list out;
@@ -364,9 +368,8 @@ void RegisterPeers(py::module_& m) {
                                return ids;
                              })
       .def_property_readonly("waiting", &PeerListCoordinator::waiting)
-      .def_property_readonly("chooser_name", [](PeerListCoordinator& c) {
-        return std::string(c.chooser().name());
-      });
+      .def_property_readonly(
+          "chooser_name", [](PeerListCoordinator& c) { return std::string(c.chooser().name()); });
 
   m.def("chooser_names", &ChooserNames);
   m.def("peer_metric_descriptors", [] {

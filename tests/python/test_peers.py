@@ -289,4 +289,11 @@ def test_metrics_tags_and_lease_context_manager():
     assert not lease.active
     assert metrics.total("omnirelay.peer.inflight") == 0
     assert metrics.total("omnirelay.peer.successes") == 1
-    assert "omnirelay_peer_lease_rejected_total" in metrics.render_prometheus() or True
+    assert "omnirelay_peer_pool_exhausted_total" in metrics.render_prometheus()
+
+    with pytest.raises(RuntimeError):
+        with coordinator.acquire():
+            raise RuntimeError("caller bug")
+    state = coordinator.peer_states()[0]
+    assert state["inflight"] == 0
+    assert state["failures"] == 0  # the caller's exception is not the peer's failure

@@ -19,7 +19,27 @@ class CoordinatorShared {
   core::Counter* pool_exhausted = nullptr;
   core::Counter* deadline_exceeded = nullptr;
 
-  std::atomic<std::shared_ptr<const PeerSnapshot>> snapshot;
+  // The published snapshot. A mutex held only for a shared_ptr copy rather
+  // than std::atomic<std::shared_ptr>: GCC 12's implementation of the latter
+  // (a lock bit inside the pointer) is reported as a data race by TSan, and
+  // the copy under an uncontended mutex costs about the same.
+  class SnapshotCell {
+   public:
+    std::shared_ptr<const PeerSnapshot> load(std::memory_order = std::memory_order_seq_cst) const {
+      std::lock_guard lock(mu_);
+      return ptr_;
+    }
+    void store(std::shared_ptr<const PeerSnapshot> next,
+               std::memory_order = std::memory_order_seq_cst) {
+      std::lock_guard lock(mu_);
+      ptr_.swap(next);
+      // `next` (the old snapshot) is released after the lock is dropped.
+    }
+
+   private:
+    mutable std::mutex mu_;
+    std::shared_ptr<const PeerSnapshot> ptr_;
+  } snapshot;
   std::atomic<std::uint64_t> version{0};
 
   // Waiting (rule 5). `waiters` lets releases skip the mutex when nobody

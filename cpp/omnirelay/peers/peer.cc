@@ -175,7 +175,8 @@ void Peer::Release(core::StatusCode outcome, core::Duration latency, bool probe)
   // this slot free or is woken (see PeerListCoordinator).
   inflight_.fetch_sub(1, std::memory_order_seq_cst);
   if (series_.inflight) series_.inflight->Add(-1);
-  if (series_.duration) series_.duration->Record(ToMs(latency));
+  // A zero latency means "not measured" (a lease dropped unreleased).
+  if (series_.duration && latency.count() > 0) series_.duration->Record(ToMs(latency));
   RecordOutcome(outcome, latency);
   if (breaker_) breaker_->RecordOutcome(outcome, probe);
 }

@@ -8,6 +8,7 @@
 //       the coordinator and lease: Pick + Peer::TryAcquire + Peer::Release
 //       with no latency (no EWMA/window work), to show what the
 //       selection itself costs.
+//   BM_Pick/<chooser>/<peers>         Pick alone.
 // Targets (issue 3): round-robin, two-random <= 50 ns; fewest-pending <= 200 ns
 // at 1000 peers; hash <= 100 ns.
 #include <benchmark/benchmark.h>
@@ -92,11 +93,28 @@ void BM_Chooser(benchmark::State& state, const char* chooser) {
   state.SetItemsProcessed(state.iterations());
 }
 
+void BM_Pick(benchmark::State& state, const char* chooser) {
+  // Selection only: Pick on the shared snapshot (fewest-pending's Pick also
+  // moves the picked peer up a bucket; OnPeerChanged moves it back).
+  Setup& setup = GetSetup(chooser, static_cast<int>(state.range(0)));
+  auto snapshot = setup.coordinator->snapshot();
+  PeerChooser& c = setup.coordinator->chooser();
+  std::size_t k = static_cast<std::size_t>(state.thread_index()) * 97;
+  for (auto _ : state) {
+    int index = c.Pick(*snapshot, setup.metas[k++ & 1023]);
+    benchmark::DoNotOptimize(index);
+    if (c.tracks_load()) c.OnPeerChanged(*snapshot, index);
+  }
+  state.SetItemsProcessed(state.iterations());
+}
+
 void Register() {
   for (const char* chooser : kChoosers) {
-    for (auto* fn : {&BM_Coordinator, &BM_Chooser}) {
-      std::string name =
-          std::string(fn == &BM_Coordinator ? "BM_Coordinator/" : "BM_Chooser/") + chooser;
+    for (auto* fn : {&BM_Coordinator, &BM_Chooser, &BM_Pick}) {
+      const char* prefix = fn == &BM_Coordinator ? "BM_Coordinator/"
+                           : fn == &BM_Chooser   ? "BM_Chooser/"
+                                                 : "BM_Pick/";
+      std::string name = std::string(prefix) + chooser;
       benchmark::RegisterBenchmark(name.c_str(), fn, chooser)
           ->Arg(3)
           ->Arg(100)
