@@ -98,16 +98,47 @@ http {{
 """
 
 
-def load(address: str, concurrency: int, duration: str, warmup: str) -> dict:
+def process_tree(pid: int) -> list:
+    """pid and its children (nginx workers)."""
+    pids = [pid]
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+            if int(fields[1]) == pid:
+                pids.append(int(stat.parent.name))
+        except (OSError, IndexError, ValueError):
+            pass
+    return pids
+
+
+def cpu_seconds(pids: list) -> float:
+    """utime + stime of the processes (what the proxy itself spent)."""
+    tick = os.sysconf("SC_CLK_TCK")
+    total = 0
+    for pid in pids:
+        try:
+            fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+            total += int(fields[11]) + int(fields[12])
+        except (OSError, IndexError, ValueError):
+            pass
+    return total / tick
+
+
+def load(address: str, concurrency: int, duration: str, warmup: str, pids=None) -> dict:
     args = [native(), "benchmark", "--transport", "grpc", "--address", address,
             "--procedure", METHOD, "--body", "x" * 64, "--concurrency", str(concurrency),
             "--duration", duration, "--warmup", warmup, "--json", "--quiet"]
+    before = cpu_seconds(pids or [])
     out = subprocess.run(args, capture_output=True, text=True, timeout=600)
+    cpu = cpu_seconds(pids or []) - before
     if out.returncode != 0:
         sys.exit(f"benchmark failed: {out.stderr}")
     report = json.loads(out.stdout)
+    # CPU per call includes the warmup's calls only approximately (warmup is
+    # short next to the measured part); good enough to compare proxies.
+    calls = max(1, report["requests"])
     return {"qps": report["throughput_rps"], "p99": report["latency_ms"]["success"]["p99"],
-            "failures": report["failures"]}
+            "failures": report["failures"], "cpu_us_per_call": cpu / calls * 1e6}
 
 
 def main() -> int:
@@ -161,6 +192,7 @@ def main() -> int:
         procs.append(nginx)
         time.sleep(0.5)
         targets = {"relay": relay.ready["grpc"], "nginx": f"127.0.0.1:{nginx_port}"}
+        tree = {"relay": [relay.p.pid], "nginx": process_tree(nginx.p.pid)}
         # Smoke both before measuring.
         for name, address in targets.items():
             r = load(address, 4, "500ms", "0ms")
@@ -172,22 +204,26 @@ def main() -> int:
             runs = {"relay": [], "nginx": []}
             for i in range(args.runs):
                 for name in ("relay", "nginx"):
-                    r = load(targets[name], c, args.duration, args.warmup)
+                    r = load(targets[name], c, args.duration, args.warmup, tree[name])
                     runs[name].append(r)
                     print(f"  c={c} run {i + 1}/{args.runs} {name:5s} "
-                          f"{r['qps']:9.0f} qps  p99 {r['p99']:7.2f} ms  failures {r['failures']}",
+                          f"{r['qps']:9.0f} qps  p99 {r['p99']:7.2f} ms  "
+                          f"proxy cpu {r['cpu_us_per_call']:5.1f} us/call  failures {r['failures']}",
                           flush=True)
             results[c] = {name: {"qps": statistics.median(x["qps"] for x in rs),
                                  "p99": statistics.median(x["p99"] for x in rs),
+                                 "cpu_us_per_call": statistics.median(
+                                     x["cpu_us_per_call"] for x in rs),
                                  "runs": rs} for name, rs in runs.items()}
         print()
         print(f"{'concurrency':>11}  {'relay qps':>10} {'relay p99':>10}  {'nginx qps':>10} "
-              f"{'nginx p99':>10}  {'qps ratio':>9} {'p99 ratio':>9}")
+              f"{'nginx p99':>10}  {'qps ratio':>9} {'p99 ratio':>9}  {'cpu us/call relay/nginx':>24}")
         for c, r in results.items():
             rq, nq = r["relay"]["qps"], r["nginx"]["qps"]
             rp, np_ = r["relay"]["p99"], r["nginx"]["p99"]
             print(f"{c:>11}  {rq:>10.0f} {rp:>8.2f}ms  {nq:>10.0f} {np_:>8.2f}ms  "
-                  f"{rq / nq:>9.2f} {rp / np_ if np_ else float('nan'):>9.2f}")
+                  f"{rq / nq:>9.2f} {rp / np_ if np_ else float('nan'):>9.2f}  "
+                  f"{r['relay']['cpu_us_per_call']:>12.1f} / {r['nginx']['cpu_us_per_call']:<9.1f}")
         print(f"(median of {args.runs} runs of {args.duration}; 64-byte unary echo; "
               f"3 echo backends; relay threads {args.relay_threads}, nginx workers {args.nginx_workers})")
         if args.json:
