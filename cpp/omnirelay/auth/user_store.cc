@@ -1,7 +1,9 @@
 #include "omnirelay/auth/user_store.h"
 
+#include <fcntl.h>
 #include <openssl/crypto.h>
 #include <openssl/evp.h>
+#include <unistd.h>
 
 #include <filesystem>
 #include <vector>
@@ -67,6 +69,10 @@ absl::StatusOr<std::unique_ptr<UserStore>> UserStore::Open(const std::string& pa
   if (path != ":memory:") {
     const std::string parent = std::filesystem::path(path).parent_path().string();
     if (auto status = MakeDirectories(parent); !status.ok()) return status;
+    // The file holds password hashes: create it private (SQLite would use the
+    // umask, typically 0644; its journal files copy the database's mode).
+    const int fd = ::open(path.c_str(), O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0600);
+    if (fd >= 0) ::close(fd);
   }
   auto db = Database::Open(path);
   if (!db.ok()) return db.status();

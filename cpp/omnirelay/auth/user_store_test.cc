@@ -1,6 +1,7 @@
 #include "omnirelay/auth/user_store.h"
 
 #include <gtest/gtest.h>
+#include <sys/stat.h>
 #include <unistd.h>
 
 #include <filesystem>
@@ -72,6 +73,9 @@ TEST(UserStoreTest, PersistsAndDoesNotReseed) {
     ASSERT_TRUE(store.ok()) << store.status();
     ASSERT_TRUE((*store)->PutUser("testuser", "changed", "user").ok());
   }
+  struct stat info {};
+  ASSERT_EQ(::stat(path.c_str(), &info), 0);
+  EXPECT_EQ(info.st_mode & 0777, 0600u);  // password hashes stay private
   auto reopened = UserStore::Open(path, FastOptions());
   ASSERT_TRUE(reopened.ok());
   EXPECT_FALSE((*reopened)->Authenticate("testuser", "testpass").ok());

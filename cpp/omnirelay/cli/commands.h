@@ -10,5 +10,8 @@ void AddServeCommand(CLI::App& app, int* exit_code);
 void AddVersionCommand(CLI::App& app, int* exit_code);
 void AddEchoCommand(CLI::App& app, int* exit_code);
 void AddConfigCommand(CLI::App& app, int* exit_code);
+void AddAuthCommand(CLI::App& app, int* exit_code);
+void AddWorkerCommand(CLI::App& app, int* exit_code);
+void AddRegistryCommand(CLI::App& app, int* exit_code);
 
 }  // namespace omnirelay::cli

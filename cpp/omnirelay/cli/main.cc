@@ -14,6 +14,9 @@ int main(int argc, char** argv) {
   omnirelay::cli::AddVersionCommand(app, &exit_code);
   omnirelay::cli::AddEchoCommand(app, &exit_code);
   omnirelay::cli::AddConfigCommand(app, &exit_code);
+  omnirelay::cli::AddAuthCommand(app, &exit_code);
+  omnirelay::cli::AddWorkerCommand(app, &exit_code);
+  omnirelay::cli::AddRegistryCommand(app, &exit_code);
   try {
     app.parse(argc, argv);
   } catch (const CLI::ParseError& error) {

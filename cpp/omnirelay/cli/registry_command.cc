@@ -1,0 +1,85 @@
+// `omnirelay registry`: the instance registry of the session-affinity gateway.
+//
+//   omnirelay registry --listen 127.0.0.1:0 --ttl 5s --ready-file registry.json
+//
+// HTTP: POST /register, POST /unregister, GET /instances?role=worker
+// (samples/registry.h). State is in memory: after a restart the workers'
+// next heartbeats (one per second) repopulate it. SIGTERM: graceful exit 0.
+#include <unistd.h>
+
+#include <iostream>
+
+#include "omnirelay/cli/commands.h"
+#include "omnirelay/core/logging.h"
+#include "omnirelay/core/request_meta.h"
+#include "omnirelay/samples/process.h"
+#include "omnirelay/samples/registry.h"
+#include "omnirelay/samples/registry_client.h"
+
+namespace omnirelay::cli {
+namespace {
+
+struct RegistryCommandOptions {
+  std::string listen = "127.0.0.1:0";
+  std::string ttl = "5s";
+  std::string ready_file;
+  std::string log_level = "info";
+  std::string log_file;
+};
+
+int Fail(const std::string& message, int code = 1) {
+  std::cerr << "omnirelay registry: " << message << "\n";
+  return code;
+}
+
+int RunRegistry(const RegistryCommandOptions& options) {
+  auto level = core::ParseLogLevel(options.log_level);
+  if (!level) return Fail("unknown --log-level '" + options.log_level + "'", 2);
+  core::SetLogLevel(*level);
+  if (!options.log_file.empty()) core::SetLogFile(options.log_file);
+  auto ttl = core::ParseDuration(options.ttl);
+  if (!ttl || *ttl <= core::Duration::zero()) {
+    return Fail("--ttl: '" + options.ttl + "' is not a positive duration", 2);
+  }
+  auto listen = samples::SplitHostPort(options.listen);
+  if (!listen.ok()) return Fail("--listen: " + std::string(listen.status().message()), 2);
+  samples::TerminationWaiter waiter;  // before any thread starts
+
+  samples::RegistryServer server({.host = listen->first, .port = listen->second, .threads = 2},
+                                 {.ttl = *ttl});
+  if (auto status = server.Start(); !status.ok()) return Fail(std::string(status.message()));
+  const nlohmann::json ready = {{"role", "registry"},
+                                {"pid", static_cast<int>(::getpid())},
+                                {"address", server.address()},
+                                {"http", server.address()}};
+  if (!options.ready_file.empty() && !samples::WriteReadyFile(options.ready_file, ready)) {
+    server.Stop();
+    return Fail("cannot write ready file " + options.ready_file);
+  }
+  core::LogInfo("registry.ready", ready);
+  const int signal_number = waiter.Wait();
+  core::LogInfo("registry.stopping", {{"signal", signal_number}});
+  server.Stop();
+  core::LogInfo("registry.stopped");
+  return 0;
+}
+
+}  // namespace
+
+void AddRegistryCommand(CLI::App& app, int* exit_code) {
+  auto options = std::make_shared<RegistryCommandOptions>();
+  auto* command = app.add_subcommand("registry", "Run the instance registry (HTTP)");
+  command->add_option("--listen", options->listen, "HTTP host:port; port 0 = any")
+      ->capture_default_str();
+  command->add_option("--ttl", options->ttl, "Entry lifetime without a heartbeat")
+      ->capture_default_str();
+  command->add_option("--ready-file", options->ready_file,
+                      "Write a JSON file with the bound address and pid once listening");
+  command->add_option("--log-level", options->log_level, "trace|debug|info|warn|error|off")
+      ->envname("OMNIRELAY_LOG_LEVEL");
+  command->add_option("--log-file", options->log_file,
+                      "Append JSON-lines logs here (default stderr)");
+  command->callback([options, exit_code] { *exit_code = RunRegistry(*options); });
+}
+
+}  // namespace omnirelay::cli
