@@ -1,0 +1,378 @@
+"""Backends of the session-affinity gateway (issue 6), as real processes.
+
+Starts `omnirelay-native registry`, `auth` and `worker` directly (never behind
+a shell) on 127.0.0.1 with port 0, reads their ready files, and drives them
+with python3-grpcio stubs generated at test time from
+proto/my_service/my_service.proto (protoc + /usr/bin/grpc_python_plugin).
+Every wait is bounded; every process is stopped (SIGTERM, then SIGKILL).
+"""
+
+from __future__ import annotations
+
+import importlib
+import json
+import os
+import shutil
+import signal
+import stat
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+from typing import Any, Dict, List, Optional
+
+import pytest
+
+grpc = pytest.importorskip("grpc")
+
+REPO = Path(__file__).resolve().parents[2]
+PROTO_DIR = REPO / "proto"
+GRPC_PYTHON_PLUGIN = "/usr/bin/grpc_python_plugin"
+START_TIMEOUT = 20.0
+STOP_TIMEOUT = 10.0
+
+
+def _supports_session_verbs(binary: Path) -> bool:
+    try:
+        result = subprocess.run([str(binary), "worker", "--help"], capture_output=True,
+                                timeout=10, text=True)
+    except (OSError, subprocess.TimeoutExpired):
+        return False
+    return result.returncode == 0 and "--instance" in result.stdout
+
+
+def _native_binary() -> Path:
+    override = os.environ.get("OMNIRELAY_NATIVE_BIN")
+    if override:
+        return Path(override)
+    candidates = sorted(REPO.glob("build/*/cpp/omnirelay/cli/omnirelay-native"),
+                        key=lambda p: p.stat().st_mtime, reverse=True)
+    for candidate in candidates:
+        if os.access(candidate, os.X_OK) and _supports_session_verbs(candidate):
+            return candidate
+    pytest.skip("no omnirelay-native with the auth/worker/registry verbs is built")
+    raise AssertionError("unreachable")
+
+
+@pytest.fixture(scope="module")
+def native() -> Path:
+    return _native_binary()
+
+
+@pytest.fixture(scope="module")
+def pb(tmp_path_factory):
+    """Generated my_service_pb2 / my_service_pb2_grpc modules (not committed)."""
+    protoc = shutil.which("protoc")
+    if protoc is None or not os.access(GRPC_PYTHON_PLUGIN, os.X_OK):
+        pytest.skip("needs protoc and grpc_python_plugin (protobuf-compiler-grpc)")
+    out = tmp_path_factory.mktemp("my_service_stubs")
+    subprocess.run([protoc, f"--proto_path={PROTO_DIR}", f"--python_out={out}",
+                    f"--grpc_python_out={out}",
+                    f"--plugin=protoc-gen-grpc_python={GRPC_PYTHON_PLUGIN}",
+                    str(PROTO_DIR / "my_service" / "my_service.proto")],
+                   check=True, timeout=60)
+    sys.path.insert(0, str(out))
+    try:
+        pb2 = importlib.import_module("my_service.my_service_pb2")
+        pb2_grpc = importlib.import_module("my_service.my_service_pb2_grpc")
+    finally:
+        sys.path.remove(str(out))
+
+    class Stubs:
+        messages = pb2
+        services = pb2_grpc
+
+    return Stubs
+
+
+class Process:
+    """One native process announced by its ready file; always stopped."""
+
+    def __init__(self, binary: Path, args: List[str], tmp_path: Path, name: str):
+        self.name = name
+        self.ready_file = tmp_path / f"{name}.ready.json"
+        self.log_file = tmp_path / f"{name}.log"
+        self.popen = subprocess.Popen(
+            [str(binary)] + args + ["--ready-file", str(self.ready_file),
+                                    "--log-file", str(self.log_file)],
+            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        self.ready: Dict[str, Any] = {}
+        deadline = time.monotonic() + START_TIMEOUT
+        while time.monotonic() < deadline:
+            if self.ready_file.exists():
+                self.ready = json.loads(self.ready_file.read_text())
+                return
+            if self.popen.poll() is not None:
+                out, err = self.popen.communicate()
+                raise RuntimeError(f"{name} exited {self.popen.returncode}: {err}{out}")
+            time.sleep(0.02)
+        self.stop()
+        raise RuntimeError(f"{name} did not become ready in {START_TIMEOUT}s")
+
+    @property
+    def address(self) -> str:
+        return self.ready["address"]
+
+    def wait_exit(self, timeout: float) -> Optional[int]:
+        try:
+            return self.popen.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            return None
+
+    def stop(self, sig: int = signal.SIGTERM) -> Optional[int]:
+        if self.popen.poll() is None:
+            self.popen.send_signal(sig)
+            if self.wait_exit(STOP_TIMEOUT) is None:
+                self.popen.kill()
+                self.popen.wait(timeout=STOP_TIMEOUT)
+        self.popen.communicate(timeout=STOP_TIMEOUT)
+        return self.popen.returncode
+
+    def log(self) -> str:
+        return self.log_file.read_text() if self.log_file.exists() else ""
+
+
+@pytest.fixture
+def spawn(native, tmp_path):
+    started: List[Process] = []
+
+    def start(name: str, *args: str) -> Process:
+        process = Process(native, list(args), tmp_path, name)
+        started.append(process)
+        return process
+
+    yield start
+    for process in reversed(started):
+        process.stop()
+
+
+@pytest.fixture
+def registry(spawn) -> Process:
+    # A short TTL lets the "killed worker leaves" check finish quickly.
+    return spawn("registry", "registry", "--listen", "127.0.0.1:0", "--ttl", "1s")
+
+
+@pytest.fixture
+def auth(spawn, tmp_path) -> Process:
+    return spawn("auth", "auth", "--listen", "127.0.0.1:0", "--db", str(tmp_path / "state/users.db"),
+                 "--jwt-secret-file", str(tmp_path / "state/jwt-secret"), "--token-ttl", "10m")
+
+
+def start_worker(spawn, name: str, registry: Optional[Process] = None, *extra: str) -> Process:
+    args = ["worker", "--listen", "127.0.0.1:0", "--instance", name,
+            "--stream-interval", "20ms", "--heartbeat-interval", "200ms"]
+    if registry is not None:
+        args += ["--registry", registry.address]
+    return spawn(name, *args, *extra)
+
+
+def registered(registry: Process, role: str = "worker") -> List[Dict[str, str]]:
+    with urllib.request.urlopen(f"http://{registry.address}/instances?role={role}",
+                                timeout=5) as response:
+        assert response.status == 200
+        return json.loads(response.read())
+
+
+def wait_until(predicate, timeout: float, what: str) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if predicate():
+            return
+        time.sleep(0.05)
+    raise AssertionError(f"timed out after {timeout}s waiting for {what}")
+
+
+def stub(pb, process: Process):
+    channel = grpc.insecure_channel(process.address)
+    return pb.services.MyServiceAPIStub(channel), channel
+
+
+def rpc_error(call) -> grpc.RpcError:
+    with pytest.raises(grpc.RpcError) as info:
+        call()
+    return info.value
+
+
+def session(value: str, token: Optional[str] = None):
+    metadata = [("session-id", value)]
+    if token is not None:
+        metadata.append(("authorization", token))
+    return metadata
+
+
+# ---------------------------------------------------------------- auth service
+
+
+def test_login_errors_and_token(pb, auth, tmp_path):
+    client, channel = stub(pb, auth)
+    m = pb.messages
+    with channel:
+        cases = [
+            (m.LoginRequest(username="", password="testpass", session_id="s1"),
+             grpc.StatusCode.INVALID_ARGUMENT, "username is required"),
+            (m.LoginRequest(username="testuser", password="testpass", session_id=""),
+             grpc.StatusCode.INVALID_ARGUMENT, "session_id is required"),
+            (m.LoginRequest(username="testuser", password="wrong", session_id="s1"),
+             grpc.StatusCode.PERMISSION_DENIED, "invalid username or password"),
+            (m.LoginRequest(username="nobody", password="testpass", session_id="s1"),
+             grpc.StatusCode.PERMISSION_DENIED, "invalid username or password"),
+        ]
+        for request, code, message in cases:
+            error = rpc_error(lambda: client.Login(request, timeout=10))
+            assert (error.code(), error.details()) == (code, message), request
+
+        before = time.time()
+        reply = client.Login(m.LoginRequest(username="testuser", password="testpass",
+                                            session_id="s1"), timeout=10)
+        assert reply.role == "user"
+        assert reply.token.count(".") == 2
+        # --token-ttl 10m; JWT expiry has whole-second precision.
+        assert before + 600 - 2 <= reply.expires_at.seconds <= time.time() + 600
+        other = client.Login(m.LoginRequest(username="testuser", password="testpass",
+                                            session_id="s2"), timeout=10)
+        assert other.token != reply.token
+
+    secret = tmp_path / "state/jwt-secret"
+    assert stat.S_IMODE(secret.stat().st_mode) == 0o600
+    assert len(secret.read_text().strip()) == 64
+    assert stat.S_IMODE((tmp_path / "state/users.db").stat().st_mode) == 0o600
+
+
+def test_auth_restart_keeps_secret_and_users(pb, spawn, tmp_path):
+    args = ["auth", "--listen", "127.0.0.1:0", "--db", str(tmp_path / "users.db"),
+            "--jwt-secret-file", str(tmp_path / "secret")]
+    first = spawn("auth1", *args)
+    secret = (tmp_path / "secret").read_text()
+    assert first.stop() == 0
+    second = spawn("auth2", *args)
+    assert (tmp_path / "secret").read_text() == secret
+    client, channel = stub(pb, second)
+    with channel:
+        reply = client.Login(pb.messages.LoginRequest(username="testuser", password="testpass",
+                                                      session_id="s"), timeout=10)
+    assert reply.token
+
+
+# -------------------------------------------------------------------- workers
+
+
+def test_echo_binds_first_session_and_rejects_others(pb, spawn):
+    w1 = start_worker(spawn, "pod-1")
+    w2 = start_worker(spawn, "pod-2")
+    m = pb.messages
+    c1, ch1 = stub(pb, w1)
+    c2, ch2 = stub(pb, w2)
+    with ch1, ch2:
+        first = c1.MyServiceEcho(m.EchoRequest(value="hello"), metadata=session("A"), timeout=10)
+        assert (first.client_value, first.server_value, first.pod_name, first.client_session_id,
+                first.index, first.server_method) == ("hello", "my_service", "pod-1", "A", 0,
+                                                      "MyServiceEcho")
+        assert first.server_session_id
+        again = c1.MyServiceEcho(m.EchoRequest(value="x"), metadata=session("A"), timeout=10)
+        assert again.server_session_id == first.server_session_id
+
+        error = rpc_error(lambda: c1.MyServiceEcho(m.EchoRequest(value="x"),
+                                                   metadata=session("B"), timeout=10))
+        assert error.code() == grpc.StatusCode.INTERNAL
+        assert error.details() == "Session conflict: was=A, now=B"
+
+        other = c2.MyServiceEcho(m.EchoRequest(value="y"), metadata=session("B"), timeout=10)
+        assert (other.pod_name, other.client_session_id) == ("pod-2", "B")
+        assert other.server_session_id != first.server_session_id
+
+        error = rpc_error(lambda: c2.MyServiceEcho(m.EchoRequest(value="y"), timeout=10))
+        assert (error.code(), error.details()) == (grpc.StatusCode.UNAUTHENTICATED,
+                                                   "missing session-id")
+
+
+def test_subscribe_streams_increasing_index(pb, spawn):
+    worker = start_worker(spawn, "pod-s")
+    client, channel = stub(pb, worker)
+    with channel:
+        call = client.MyServiceSubscribe(pb.messages.EchoRequest(value="sub"),
+                                         metadata=session("S"), timeout=20)
+        indices = []
+        for message in call:
+            assert (message.pod_name, message.client_session_id, message.server_method,
+                    message.client_value) == ("pod-s", "S", "MyServiceSubscribe", "sub")
+            indices.append(message.index)
+            if len(indices) == 5:
+                call.cancel()
+                break
+        assert indices == [0, 1, 2, 3, 4]
+        # The stream bound the instance to S.
+        error = rpc_error(lambda: client.MyServiceEcho(pb.messages.EchoRequest(value="x"),
+                                                       metadata=session("T"), timeout=10))
+        assert error.details() == "Session conflict: was=S, now=T"
+
+
+def test_shutdown_rules_then_worker_exits_and_leaves_registry(pb, spawn, registry):
+    worker = start_worker(spawn, "pod-x", registry)
+    assert registered(registry) == [{"id": "pod-x", "address": worker.address, "role": "worker"}]
+    client, channel = stub(pb, worker)
+    m = pb.messages
+    with channel:
+        error = rpc_error(lambda: client.MyServiceShutdown(m.ShutdownRequest(),
+                                                           metadata=session("A"), timeout=10))
+        assert (error.code(), error.details()) == (grpc.StatusCode.PERMISSION_DENIED,
+                                                   "Server session is not set")
+        echo = client.MyServiceEcho(m.EchoRequest(value="v"), metadata=session("A"), timeout=10)
+        error = rpc_error(lambda: client.MyServiceShutdown(m.ShutdownRequest(),
+                                                           metadata=session("B"), timeout=10))
+        assert (error.code(), error.details()) == (grpc.StatusCode.PERMISSION_DENIED,
+                                                   "Client session mismatch: client=B, server=A")
+        assert worker.popen.poll() is None  # refused shutdowns do not stop it
+
+        reply = client.MyServiceShutdown(m.ShutdownRequest(), metadata=session("A"), timeout=10)
+        assert (reply.pod_name, reply.client_session_id, reply.server_session_id,
+                reply.server_method) == ("pod-x", "A", echo.server_session_id, "MyServiceShutdown")
+    assert worker.wait_exit(10) == 0, worker.log()
+    # A clean exit unregisters at once (well before the 1 s TTL would).
+    assert registered(registry) == []
+
+
+def test_worker_appears_in_and_disappears_from_registry(pb, spawn, registry):
+    w1 = start_worker(spawn, "pod-1", registry)
+    w2 = start_worker(spawn, "pod-2", registry)
+    assert registered(registry) == [
+        {"id": "pod-1", "address": w1.address, "role": "worker"},
+        {"id": "pod-2", "address": w2.address, "role": "worker"},
+    ]
+    # Heartbeats keep entries alive well past the 1 s TTL.
+    time.sleep(2.0)
+    assert [entry["id"] for entry in registered(registry)] == ["pod-1", "pod-2"]
+
+    assert w1.stop(signal.SIGTERM) == 0
+    assert [entry["id"] for entry in registered(registry)] == ["pod-2"]
+
+    # SIGKILL: no unregister; the entry expires after the TTL.
+    w2.stop(signal.SIGKILL)
+    wait_until(lambda: registered(registry) == [], timeout=5, what="pod-2 to expire")
+
+
+def test_worker_verifies_tokens_issued_by_auth(pb, spawn, auth, tmp_path):
+    worker = start_worker(spawn, "pod-v", None, "--jwt-secret-file",
+                          str(tmp_path / "state/jwt-secret"))
+    m = pb.messages
+    a, ach = stub(pb, auth)
+    w, wch = stub(pb, worker)
+    with ach, wch:
+        token = a.Login(m.LoginRequest(username="testuser", password="testpass",
+                                       session_id="S1"), timeout=10).token
+        error = rpc_error(lambda: w.MyServiceEcho(m.EchoRequest(value="x"),
+                                                  metadata=session("S1"), timeout=10))
+        assert (error.code(), error.details()) == (grpc.StatusCode.UNAUTHENTICATED,
+                                                   "missing token")
+        error = rpc_error(lambda: w.MyServiceEcho(m.EchoRequest(value="x"),
+                                                  metadata=session("S2", token), timeout=10))
+        assert (error.code(), error.details()) == (grpc.StatusCode.UNAUTHENTICATED,
+                                                   "session-id does not match token")
+        error = rpc_error(lambda: w.MyServiceEcho(m.EchoRequest(value="x"),
+                                                  metadata=session("S1", "Bearer " + token),
+                                                  timeout=10))
+        assert (error.code(), error.details()) == (grpc.StatusCode.UNAUTHENTICATED,
+                                                   "malformed token")
+        reply = w.MyServiceEcho(m.EchoRequest(value="x"), metadata=session("S1", token),
+                                timeout=10)
+        assert reply.client_session_id == "S1"
