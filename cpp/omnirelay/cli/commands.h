@@ -7,6 +7,7 @@
 namespace omnirelay::cli {
 
 void AddServeCommand(CLI::App& app, int* exit_code);
+void AddBenchmarkCommand(CLI::App& app, int* exit_code);
 void AddVersionCommand(CLI::App& app, int* exit_code);
 void AddEchoCommand(CLI::App& app, int* exit_code);
 void AddConfigCommand(CLI::App& app, int* exit_code);

@@ -11,6 +11,7 @@ int main(int argc, char** argv) {
   app.require_subcommand(1);
   int exit_code = 0;
   omnirelay::cli::AddServeCommand(app, &exit_code);
+  omnirelay::cli::AddBenchmarkCommand(app, &exit_code);
   omnirelay::cli::AddVersionCommand(app, &exit_code);
   omnirelay::cli::AddEchoCommand(app, &exit_code);
   omnirelay::cli::AddConfigCommand(app, &exit_code);
