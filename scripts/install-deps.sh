@@ -24,6 +24,8 @@ PACKAGES=(
   curl
   # relay benchmark (benchmarks/relay_vs_nginx.py): nginx grpc_pass as the baseline
   nginx
+  # load-generator ceiling (benchmarks/benchmark_vs_h2load.py): h2load as the reference client
+  nghttp2-client
 )
 
 missing=()
