@@ -9,6 +9,7 @@
 #include <iostream>
 #include <sstream>
 
+#include "absl/strings/str_cat.h"
 #include "omnirelay/benchmark/load_generator.h"
 #include "omnirelay/cli/commands.h"
 #include "omnirelay/core/request_meta.h"
@@ -97,7 +98,7 @@ int RunBenchmark(BenchmarkFlags& flags) {
   } else {
     std::cout << "omnirelay benchmark: " << flags.load.transport << " " << flags.load.MethodPath()
               << ", concurrency " << flags.load.concurrency
-              << (flags.load.rps > 0 ? ", open loop at " + std::to_string(flags.load.rps) + " rps"
+              << (flags.load.rps > 0 ? ", open loop at " + absl::StrCat(flags.load.rps) + " rps"
                                      : ", closed loop")
               << "\n"
               << report->ToText();
@@ -115,7 +116,11 @@ void AddBenchmarkCommand(CLI::App& app, int* exit_code) {
   command->add_option("--service", load.service, "Remote service name (rpc-service)");
   command->add_option("--procedure", load.procedure,
                       "Procedure: 'service/Method' (gRPC path) or a name within --service");
-  command->add_option("--address", load.addresses, "host:port of a node (repeatable)");
+  // expected(1): one value per occurrence, so `--address a --address b` repeats
+  // and a value can never swallow the next flag.
+  command->add_option("--address", load.addresses, "host:port of a node (repeatable)")
+      ->expected(1)
+      ->multi_option_policy(CLI::MultiOptionPolicy::TakeAll);
   command->add_option("--url", load.url, "URL for --transport http (http://host:port/path)");
   command->add_option("--concurrency", load.concurrency, "Requests in flight at once")
       ->capture_default_str();
@@ -131,7 +136,9 @@ void AddBenchmarkCommand(CLI::App& app, int* exit_code) {
   command->add_option("--encoding", load.encoding, "rpc-encoding, e.g. application/json");
   command->add_option("--body", load.body, "Request body");
   command->add_option("--body-file", flags->body_file, "Read the request body from a file");
-  command->add_option("--header", flags->headers, "Extra header/metadata k=v (repeatable)");
+  command->add_option("--header", flags->headers, "Extra header/metadata k=v (repeatable)")
+      ->expected(1)
+      ->multi_option_policy(CLI::MultiOptionPolicy::TakeAll);
   command->add_option("--shard-key", load.shard_key, "rpc-shard-key");
   command->add_option("--routing-key", load.routing_key, "rpc-routing-key");
   command->add_option("--caller", load.caller, "rpc-caller")->capture_default_str();

@@ -19,6 +19,7 @@ struct EchoOptions {
   std::string latency = "0ms";
   int max_concurrency = 0;
   int threads = 2;
+  std::vector<std::string> procedures;
   std::vector<std::string> sets;
   RunNodeOptions run;
 };
@@ -36,7 +37,8 @@ int RunEcho(const EchoOptions& options) {
                            {"echo",
                             {{"instance", options.instance},
                              {"maxConcurrency", options.max_concurrency},
-                             {"latency", options.latency}}}}}};
+                             {"latency", options.latency},
+                             {"procedures", options.procedures}}}}}};
   if (!options.grpc_address.empty()) {
     root["omniRelay"]["inbounds"]["grpc"] = {{"address", options.grpc_address},
                                              {"threads", options.threads}};
@@ -70,6 +72,9 @@ void AddEchoCommand(CLI::App& app, int* exit_code) {
   command->add_option("--max-concurrency", options->max_concurrency,
                       "Calls in flight before ResourceExhausted (0 = unlimited)");
   command->add_option("--latency", options->latency, "Added latency per call, e.g. 5ms");
+  command->add_option("--procedure", options->procedures,
+                      "Also answer unary echo as service/Method (repeatable), e.g. "
+                      "trace.Analytics/Process");
   command->add_option("--threads", options->threads, "gRPC completion-queue threads");
   command->add_option("--set", options->sets, "Override a configuration key: key=value");
   command->add_option("--ready-file", options->run.ready_file, "Write bound addresses here");

@@ -537,6 +537,15 @@ absl::StatusOr<NodeConfig> Parse(const nlohmann::json& root) {
       e.String("instance", config.echo.instance);
       e.Int("maxConcurrency", config.echo.max_concurrency);
       e.Dur("latency", config.echo.latency);
+      e.Strings("procedures", config.echo.procedures);
+      for (size_t i = 0; i < config.echo.procedures.size(); ++i) {
+        const std::string& name = config.echo.procedures[i];
+        const auto slash = name.find('/', name.starts_with("/") ? 1 : 0);
+        if (slash == std::string::npos || slash + 1 == name.size()) {
+          errors.Add("omniRelay.echo.procedures[" + std::to_string(i) + "]",
+                     "'" + name + "' is not service/Method");
+        }
+      }
     }
   }
   if (!errors.empty()) return errors.ToStatus();
@@ -599,7 +608,8 @@ nlohmann::json ToJson(const NodeConfig& c) {
        {{"enabled", c.echo.enabled},
         {"instance", c.echo.instance},
         {"maxConcurrency", c.echo.max_concurrency},
-        {"latencyMs", ms(c.echo.latency)}}},
+        {"latencyMs", ms(c.echo.latency)},
+        {"procedures", c.echo.procedures}}},
       {"drain", {{"timeoutMs", ms(c.drain_timeout)}}}};
   if (c.middleware.rate_limit) {
     out["middleware"]["rateLimit"] = {

@@ -82,6 +82,9 @@ struct EchoConfig {
   std::string instance = "echo";
   int max_concurrency = 0;
   core::Duration latency{0};
+  // Further "service/Method" names the unary echo answers under, so an echo
+  // node can stand in for a real backend (`trace.Analytics/Process`).
+  std::vector<std::string> procedures;
 };
 
 struct NodeConfig {

@@ -44,6 +44,21 @@ TEST(ConfigTest, UnknownChooserNamesTheKey) {
       << config.status();
 }
 
+TEST(ConfigTest, EchoProceduresAreParsedAndCheckedByName) {
+  auto root = Base();
+  root["omniRelay"]["echo"] = {{"procedures", {"trace.Analytics/Process"}}};
+  auto config = Parse(root);
+  ASSERT_TRUE(config.ok()) << config.status();
+  EXPECT_EQ(config->echo.procedures, std::vector<std::string>{"trace.Analytics/Process"});
+  root["omniRelay"]["echo"]["procedures"] = {"trace.Analytics/Process", "NoSlash"};
+  config = Parse(root);
+  ASSERT_FALSE(config.ok());
+  EXPECT_NE(std::string(config.status().message())
+                .find("omniRelay.echo.procedures[1]: 'NoSlash' is not service/Method"),
+            std::string::npos)
+      << config.status();
+}
+
 TEST(ConfigTest, UnknownKeyAndBadRouteAreReported) {
   auto root = Base();
   root["omniRelay"]["outbounds"]["analytics"]["endpoint"] = "typo";

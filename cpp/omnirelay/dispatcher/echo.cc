@@ -69,6 +69,20 @@ absl::StatusOr<std::shared_ptr<EchoStats>> RegisterEchoProcedures(Dispatcher& di
       shared->second(std::move(shared->first));
     });
   };
+  // The same unary echo under every extra name (one procedure each: aliases
+  // stay within a service, these cross services).
+  for (const std::string& full_name : options.procedures) {
+    std::string_view name = full_name;
+    if (name.starts_with("/")) name.remove_prefix(1);
+    const auto slash = name.find('/');
+    if (slash == std::string_view::npos) {
+      return absl::InvalidArgumentError("echo procedure '" + full_name + "' is not service/Method");
+    }
+    Procedure extra = unary;
+    extra.service = std::string(name.substr(0, slash));
+    extra.name = std::string(name.substr(slash + 1));
+    if (auto s = dispatcher.Register(std::move(extra)); !s.ok()) return s;
+  }
   if (auto s = dispatcher.Register(std::move(unary)); !s.ok()) return s;
 
   Procedure stream;

@@ -33,6 +33,7 @@ struct EchoOptions {
   std::string instance = "echo";
   int max_concurrency = 0;  // 0 = unlimited
   core::Duration latency{0};
+  std::vector<std::string> procedures;  // extra "service/Method" names of the unary echo
 };
 
 struct EchoStats {

@@ -146,7 +146,8 @@ absl::Status Node::Build() {
     auto stats = dispatcher::RegisterEchoProcedures(
         *dispatcher_, {.instance = config_.echo.instance,
                        .max_concurrency = config_.echo.max_concurrency,
-                       .latency = config_.echo.latency});
+                       .latency = config_.echo.latency,
+                       .procedures = config_.echo.procedures});
     if (!stats.ok()) return stats.status();
     echo_stats_ = *stats;
   }

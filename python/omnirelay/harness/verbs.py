@@ -64,7 +64,9 @@ def up(argv: List[str]) -> int:
         topology = Topology.load(args.topology)
         cluster = Cluster(topology, args.artifacts or _default_artifacts("up", topology.name), seed=args.seed,
                           ready_timeout_s=args.ready_timeout, port_overrides=overrides)
-        print(f"omnirelay up: starting {topology.name} ({len(topology.nodes)} nodes)", flush=True)
+        # Progress goes to stderr so that `--json` leaves stdout machine-readable.
+        print(f"omnirelay up: starting {topology.name} ({len(topology.nodes)} nodes)", file=sys.stderr,
+              flush=True)
         cluster.start()
     except (TopologyError, NativeBinaryNotFound, PortInUse, HarnessError, FileNotFoundError) as error:
         print(f"omnirelay up: {error}", file=sys.stderr)
