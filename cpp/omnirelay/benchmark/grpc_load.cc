@@ -170,6 +170,7 @@ absl::StatusOr<LoadReport> RunGrpcLoad(const LoadOptions& options, LoadState& st
     }
     workers.push_back(std::make_unique<GrpcWorker>(options, state, mine, slots, body));
   }
+  state.StartClock();
   std::atomic<bool> done{false};
   std::thread progress([&] { state.ReportProgressUntil(done); });
   std::vector<std::thread> running;

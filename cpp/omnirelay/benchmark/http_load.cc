@@ -2,7 +2,10 @@
 // coroutine with its own keep-alive connection, reconnecting after errors.
 // Requests are POSTs carrying OmniRelay's Rpc-* headers; the reply's
 // `Rpc-Status` header (or, without it, the HTTP status) gives the outcome.
-#include <utility>  // Boost 1.74 awaitable.hpp uses std::exchange without including it
+// Boost 1.74's awaitable.hpp uses std::exchange without including <utility>.
+// clang-format off
+#include <utility>
+// clang-format on
 
 #include <boost/asio/co_spawn.hpp>
 #include <boost/asio/detached.hpp>
@@ -173,6 +176,7 @@ absl::StatusOr<LoadReport> RunHttpLoad(const LoadOptions& options, LoadState& st
   auto endpoints = resolver.resolve(target->host, target->port, ec);
   if (ec) return absl::InvalidArgumentError("cannot resolve " + target->host + ": " + ec.message());
   HttpSlots slots(options, state, *target, endpoints);
+  state.StartClock();
   for (int i = 0; i < options.concurrency; ++i) {
     asio::co_spawn(io, slots.RunSlot(), asio::detached);
   }

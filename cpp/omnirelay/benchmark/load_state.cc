@@ -10,12 +10,15 @@ namespace {
 constexpr auto kForever = std::chrono::hours(24 * 365);
 }
 
-LoadState::LoadState(const LoadOptions& options) : options_(options) {
+LoadState::LoadState(const LoadOptions& options) : options_(options) { StartClock(); }
+
+void LoadState::StartClock() {
   start_ = SteadyClock::now();
-  measure_start_ = start_ + std::chrono::duration_cast<SteadyClock::duration>(options.warmup);
-  end_ = options.duration
-             ? measure_start_ + std::chrono::duration_cast<SteadyClock::duration>(*options.duration)
-             : measure_start_ + kForever;
+  measure_start_ = start_ + std::chrono::duration_cast<SteadyClock::duration>(options_.warmup);
+  end_ =
+      options_.duration
+          ? measure_start_ + std::chrono::duration_cast<SteadyClock::duration>(*options_.duration)
+          : measure_start_ + kForever;
 }
 
 LoadState::Ticket LoadState::Next() {

@@ -17,6 +17,9 @@ using SteadyClock = std::chrono::steady_clock;
 class LoadState {
  public:
   explicit LoadState(const LoadOptions& options);
+  // (Re)starts the schedule's clock; called once the transport is set up, so
+  // channel creation does not count as the first request being late.
+  void StartClock();
 
   // What a slot should do next.
   struct Ticket {
