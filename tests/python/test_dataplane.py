@@ -432,3 +432,49 @@ def test_contention_pool_exhausted_without_ttl_and_deadline_with_ttl(nodes, tmp_
     # the breaker never counted client-side rejections as peer failures: still ready
     time.sleep(0.5)
     assert gw.get_json("/readyz")["ready"] is True
+
+
+def test_readyz_reports_an_outbound_without_available_peers(nodes, tmp_path):
+    import socket
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        dead = f"127.0.0.1:{s.getsockname()[1]}"
+    cfg = write_config(tmp_path, "lonely", {
+        "service": "lonely",
+        "inbounds": {"grpc": {"address": "127.0.0.1:0"}},
+        "admin": {"address": "127.0.0.1:0"},
+        "outbounds": {"down": {"endpoints": [dead],
+                               "circuitBreaker": {"consecutiveFailures": 1, "openDelay": "30s"}}},
+        "routes": [{"prefix": "/down.Svc/", "outbound": "down"}],
+    })
+    node = nodes(["serve", "--config", str(cfg)], "lonely")
+    assert node.get_json("/readyz")["ready"] is True
+    with grpc.insecure_channel(node.grpc) as channel:
+        with pytest.raises(grpc.RpcError) as error:
+            unary(channel, "/down.Svc/Call")(b"", timeout=5)
+        assert error.value.code() == grpc.StatusCode.UNAVAILABLE
+    status, body, headers = http_request("GET", f"http://{node.admin}/readyz")
+    assert status == 503 and "retry-after" in headers
+    assert json.loads(body)["reasons"] == ["outbound 'down' has no available peers"]
+
+
+def test_http_drain_answers_503_with_retry_after_and_finishes_in_flight(nodes):
+    echo = nodes(echo_args("hd", "--http-address", "127.0.0.1:0", "--latency", "600ms"), "hd")
+    hdr = {"Rpc-Service": "omnirelay.echo.v1.Echo", "Rpc-Procedure": "Echo"}
+    results = []
+
+    def one():
+        results.append(http_request("POST", f"http://{echo.http}/", b"in-flight", hdr)[:2])
+
+    t = threading.Thread(target=one)
+    t.start()
+    deadline = time.monotonic() + 5
+    while echo.get_json("/omnirelay/echo/stats")["inFlight"] < 1 and time.monotonic() < deadline:
+        time.sleep(0.02)
+    echo.terminate()
+    time.sleep(0.1)
+    status, body, headers = http_request("POST", f"http://{echo.http}/", b"late", hdr)
+    assert status == 503 and headers["retry-after"] == "1" and headers["rpc-status"] == "UNAVAILABLE"
+    t.join(timeout=10)
+    assert results == [(200, b"in-flight")]
+    assert echo.wait() == 0

@@ -2,6 +2,8 @@
 
 #include <gtest/gtest.h>
 
+#include "omnirelay/dispatcher/json_procedure.h"
+
 namespace omnirelay::dispatcher {
 namespace {
 
@@ -74,6 +76,31 @@ TEST(DispatcherTest, DrainRefusesNewCallsAndWaitsForAdmittedOnes) {
   EXPECT_FALSE(d.WaitIdle(std::chrono::milliseconds(10)));
   d.EndCall();
   EXPECT_TRUE(d.WaitIdle(std::chrono::milliseconds(10)));
+}
+
+TEST(JsonProcedureTest, ParsesCallsAndRejectsBadJson) {
+  Dispatcher d("svc");
+  ASSERT_TRUE(d.Register(JsonUnary("svc", "Add",
+                                   [](const nlohmann::json& in,
+                                      const core::RequestMeta&) -> absl::StatusOr<nlohmann::json> {
+                                     if (!in.contains("a")) return absl::InvalidArgumentError("a");
+                                     return nlohmann::json{{"sum", in["a"].get<int>() + 1}};
+                                   }))
+                  .ok());
+  ASSERT_TRUE(d.Start().ok());
+  const BoundProcedure* bound = d.Resolve("svc", "Add");
+  ASSERT_NE(bound, nullptr);
+  auto call = [&](std::string body) {
+    absl::StatusOr<Response> out = absl::UnknownError("not called");
+    d.InvokeUnary(*bound, Request{.meta = {}, .body = std::move(body)},
+                  [&](absl::StatusOr<Response> r) { out = std::move(r); });
+    return out;
+  };
+  auto ok = call(R"({"a": 41})");
+  ASSERT_TRUE(ok.ok());
+  EXPECT_EQ(nlohmann::json::parse(ok->body)["sum"], 42);
+  EXPECT_EQ(call("not json").status().code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_EQ(call("{}").status().code(), absl::StatusCode::kInvalidArgument);
 }
 
 }  // namespace
