@@ -221,6 +221,10 @@ def build_wheel(wheel_directory: str, config_settings=None, metadata_directory=N
     for folder, pattern in (("topologies", "*.yaml"), ("scenarios", "*.py")):
         for path in sorted((SOURCE_DIR / folder).glob(pattern)):
             writer.add_file(f"{PACKAGE}/{folder}/{path.name}", path)
+    # The client-facing .proto files: omnirelay.samples.my_service generates
+    # its stubs from them at first use (generated code is never shipped).
+    for path in sorted((SOURCE_DIR / "proto").rglob("*.proto")):
+        writer.add_file(f"{PACKAGE}/proto/{path.relative_to(SOURCE_DIR / 'proto').as_posix()}", path)
     writer.add_file(f"{PACKAGE}/{artifacts['module'].name}", artifacts["module"])
     writer.add_file(f"{PACKAGE}/bin/omnirelay-native", artifacts["native"], executable=True)
     dist_info = f"{_dist_name()}.dist-info"

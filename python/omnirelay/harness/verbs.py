@@ -62,6 +62,8 @@ def up(argv: List[str]) -> int:
     previous = {sig: signal.signal(sig, on_signal) for sig in (signal.SIGINT, signal.SIGTERM)}
     try:
         topology = Topology.load(args.topology)
+        from omnirelay.harness.stack import ControlServer, pinned_ports
+        overrides = {**pinned_ports(topology), **overrides}  # the topology's x-ports, then --port
         cluster = Cluster(topology, args.artifacts or _default_artifacts("up", topology.name), seed=args.seed,
                           ready_timeout_s=args.ready_timeout, port_overrides=overrides)
         # Progress goes to stderr so that `--json` leaves stdout machine-readable.
@@ -73,12 +75,15 @@ def up(argv: List[str]) -> int:
         for sig, handler in previous.items():
             signal.signal(sig, handler)
         return 1
+    control = ControlServer(cluster).start()  # `omnirelay stack ...` from other shells
     try:
         if args.json:
             print(json.dumps(cluster.endpoints(), indent=2), flush=True)
         else:
             _print_endpoints(cluster)
         print(f"omnirelay up: ready; artifacts in {cluster.artifacts_dir}; Ctrl-C to stop", flush=True)
+        print(f"omnirelay up: control {control.url} ({control.state_files[-1]}): omnirelay stack ps|stop|"
+              f"start|restart|kill|reset", flush=True)
         deadline = None if args.duration is None else time.monotonic() + args.duration
         reported = set()
         while not stop.wait(0.5):
@@ -93,6 +98,7 @@ def up(argv: List[str]) -> int:
                     reported.discard(node.name)
         print("omnirelay up: stopping", flush=True)
     finally:
+        control.close()
         cluster.stop()
         for sig, handler in previous.items():
             signal.signal(sig, handler)
