@@ -424,8 +424,9 @@ absl::Status TracingMiddleware::StreamStart(const dispatcher::CallInfo& info,
                                             core::RequestMeta& meta) {
   Span span = Begin(info, meta);
   // The span is finished in StreamEnd; keep its start in a header of the meta.
-  meta.headers.Set("x-omnirelay-span-start", std::to_string(span.start.time_since_epoch().count()));
-  meta.headers.Set("x-omnirelay-parent-span", span.parent_span_id);
+  meta.headers.Set("x-omnirelay-internal-span-start",
+                   std::to_string(span.start.time_since_epoch().count()));
+  meta.headers.Set("x-omnirelay-internal-parent-span", span.parent_span_id);
   return absl::OkStatus();
 }
 
@@ -436,12 +437,13 @@ void TracingMiddleware::StreamEnd(const dispatcher::CallInfo& info, const core::
   Span span;
   span.trace_id = tp->trace_id;
   span.span_id = tp->span_id;
-  span.parent_span_id = std::string(meta.headers.Get("x-omnirelay-parent-span").value_or(""));
+  span.parent_span_id =
+      std::string(meta.headers.Get("x-omnirelay-internal-parent-span").value_or(""));
   span.name = ProcedureName(meta);
   span.kind = info.outbound ? "client" : "server";
   span.status = std::string(core::StatusCodeName(status.code()));
   int64_t start = 0;
-  if (auto s = meta.headers.Get("x-omnirelay-span-start"))
+  if (auto s = meta.headers.Get("x-omnirelay-internal-span-start"))
     start = std::atoll(std::string(*s).c_str());
   span.start = core::TimePoint(core::TimePoint::duration(start));
   span.end = clock_->Now();
@@ -478,9 +480,21 @@ void RpcMetricsMiddleware::HandleUnary(const dispatcher::CallInfo& info,
   });
 }
 
+absl::Status RpcMetricsMiddleware::StreamStart(const dispatcher::CallInfo& info,
+                                               core::RequestMeta& meta) {
+  meta.headers.Set("x-omnirelay-internal-metrics-start",
+                   std::to_string(clock_->Now().time_since_epoch().count()));
+  return absl::OkStatus();
+}
+
 void RpcMetricsMiddleware::StreamEnd(const dispatcher::CallInfo& info,
                                      const core::RequestMeta& meta, const absl::Status& status) {
-  Observe(info, meta, status, 0);
+  double ms = 0;
+  if (auto start = meta.headers.Get("x-omnirelay-internal-metrics-start")) {
+    const core::TimePoint t(core::TimePoint::duration(std::atoll(std::string(*start).c_str())));
+    ms = std::chrono::duration<double, std::milli>(clock_->Now() - t).count();
+  }
+  Observe(info, meta, status, ms);
 }
 
 // ---------------------------------------------------------------- logging

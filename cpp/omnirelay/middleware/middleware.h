@@ -203,6 +203,7 @@ class RpcMetricsMiddleware final : public dispatcher::Middleware {
   std::string_view name() const override { return "metrics"; }
   void HandleUnary(const dispatcher::CallInfo& info, dispatcher::Request request,
                    dispatcher::UnaryCallback done, const dispatcher::UnaryHandler& next) override;
+  absl::Status StreamStart(const dispatcher::CallInfo& info, core::RequestMeta& meta) override;
   void StreamEnd(const dispatcher::CallInfo& info, const core::RequestMeta& meta,
                  const absl::Status& status) override;
   void Observe(const dispatcher::CallInfo& info, const core::RequestMeta& meta,

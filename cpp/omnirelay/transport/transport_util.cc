@@ -6,6 +6,8 @@ namespace omnirelay::transport {
 
 bool IsTransportHeader(std::string_view name) {
   if (name.empty() || name.front() == ':' || name.starts_with("grpc-")) return true;
+  // Middleware bookkeeping for one hop (stream span/metric start times).
+  if (name.starts_with("x-omnirelay-internal-")) return true;
   for (std::string_view h : {"content-type", "te", "user-agent", "host", "content-length",
                              "connection", "keep-alive", "transfer-encoding", "upgrade",
                              "accept-encoding", "accept", "proxy-connection", "http2-settings"}) {

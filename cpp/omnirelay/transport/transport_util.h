@@ -8,7 +8,7 @@
 namespace omnirelay::transport {
 
 // Headers owned by a transport hop (HTTP/2 pseudo headers, grpc-*, HTTP/1.1
-// connection headers); never copied from one hop to the next.
+// connection headers, x-omnirelay-internal-*); never copied to the next hop.
 bool IsTransportHeader(std::string_view name);
 // rpc-* headers that RequestMeta carries as fields (re-emitted from them).
 bool IsRpcHeader(std::string_view name);
