@@ -37,23 +37,30 @@ def _print_ps(reply: Dict[str, Any]) -> None:
 
 @register_verb("stack", "Control a running `omnirelay up` stack: ps|stop|start|restart|kill|reset")
 def stack(argv: List[str]) -> int:
-    parser = argparse.ArgumentParser(prog="omnirelay stack",
+    # The options are accepted before or after the sub-command.
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("--topology", default=argparse.SUPPRESS, help="which running stack (default: the only one)")
+    common.add_argument("--control", default=argparse.SUPPRESS,
+                        help="path of a control.json (default: found in ~/.omnirelay)")
+    common.add_argument("--json", action="store_true", default=argparse.SUPPRESS, help="print the reply as JSON")
+    parser = argparse.ArgumentParser(prog="omnirelay stack", parents=[common],
                                      description="Control a stack that `omnirelay up` runs (docker-compose style).")
-    parser.add_argument("--topology", default=None, help="which running stack (default: the only one)")
-    parser.add_argument("--control", default=None, help="path of a control.json (default: found in ~/.omnirelay)")
-    parser.add_argument("--json", action="store_true", help="print the reply as JSON")
     sub = parser.add_subparsers(dest="command", required=True)
-    sub.add_parser("ps", help="list nodes with role, pod, state, pid, restarts, endpoints")
+    sub.add_parser("ps", parents=[common], help="list nodes with role, pod, state, pid, restarts, endpoints")
     for name, text in (("stop", "graceful stop (SIGTERM); no restart follows"),
                        ("start", "start stopped nodes and wait until ready"),
                        ("restart", "stop then start")):
-        p = sub.add_parser(name, help=text)
+        p = sub.add_parser(name, parents=[common], help=text)
         p.add_argument("targets", nargs="*", help="NAME, role:ROLE, pod:POD or all (default: all)")
-    kill = sub.add_parser("kill", help="kill -9 worker(s) by pod_name (a crash: the restart policy decides)")
+    kill = sub.add_parser("kill", parents=[common],
+                          help="kill -9 worker(s) by pod_name (a crash: the restart policy decides)")
     kill.add_argument("pods", nargs="+")
     kill.add_argument("--no-restart", action="store_true", help="keep it down until `omnirelay stack start`")
-    sub.add_parser("reset", help="back to the initial state: every node restarted fresh, state wiped")
+    sub.add_parser("reset", parents=[common], help="back to the initial state: every node restarted fresh, state wiped")
     args = parser.parse_args(argv)
+    for name, default in (("topology", None), ("control", None), ("json", False)):
+        if not hasattr(args, name):
+            setattr(args, name, default)
 
     from omnirelay.harness.stack import StackError, find_control, request
 
