@@ -307,7 +307,148 @@ nlohmann::json YamlNode(const YAML::Node& node) {
   }
 }
 
+void ParseGateway(const nlohmann::json& value, Errors& errors, GatewayConfig& gw) {
+  const std::string path = "omniRelay.gateway";
+  Obj g(value, path, errors);
+  g.String("address", gw.address);
+  if (gw.address.empty()) {
+    errors.Add(path + ".address", "is required");
+  } else if (!ValidAddress(gw.address)) {
+    errors.Add(path + ".address", "'" + gw.address + "' is not host:port");
+  }
+  if (const auto* jwt = g.Get("jwt")) {
+    Obj j(*jwt, path + ".jwt", errors);
+    j.String("secretFile", gw.jwt_secret_file);
+  }
+  if (const auto* clusters = g.Get("clusters")) {
+    if (!clusters->is_object()) {
+      errors.Add(path + ".clusters", "must be an object of named clusters");
+    } else {
+      for (const auto& [name, value] : clusters->items()) {
+        const std::string cpath = path + ".clusters." + name;
+        Obj c(value, cpath, errors);
+        GatewayClusterConfig cluster;
+        cluster.name = name;
+        c.Strings("endpoints", cluster.endpoints);
+        c.String("registry", cluster.registry);
+        cluster.registry = StripScheme(cluster.registry);
+        c.String("role", cluster.role);
+        c.Dur("refreshInterval", cluster.refresh_interval);
+        if (cluster.endpoints.empty() == cluster.registry.empty()) {
+          errors.Add(cpath, "needs exactly one of 'endpoints' or 'registry'");
+        }
+        for (size_t i = 0; i < cluster.endpoints.size(); ++i) {
+          cluster.endpoints[i] = StripScheme(cluster.endpoints[i]);
+          if (!ValidAddress(cluster.endpoints[i])) {
+            errors.Add(cpath + ".endpoints[" + std::to_string(i) + "]",
+                       "'" + cluster.endpoints[i] + "' is not a host:port endpoint");
+          }
+        }
+        if (!cluster.registry.empty() && !ValidAddress(cluster.registry)) {
+          errors.Add(cpath + ".registry", "'" + cluster.registry + "' is not host:port");
+        }
+        if (cluster.refresh_interval <= core::Duration::zero()) {
+          errors.Add(cpath + ".refreshInterval", "must be positive");
+        }
+        gw.clusters[name] = cluster;
+      }
+    }
+  }
+  if (gw.clusters.empty()) errors.Add(path + ".clusters", "needs at least one cluster");
+  bool needs_jwt = false;
+  if (const auto* routes = g.Get("routes")) {
+    if (!routes->is_array()) {
+      errors.Add(path + ".routes", "must be a list");
+    } else {
+      for (size_t i = 0; i < routes->size(); ++i) {
+        const std::string rpath = path + ".routes[" + std::to_string(i) + "]";
+        Obj r((*routes)[i], rpath, errors);
+        GatewayRouteConfig route;
+        r.String("prefix", route.prefix);
+        r.String("cluster", route.cluster);
+        r.String("authorization", route.authorization);
+        r.String("balancer", route.balancer);
+        r.String("stickyHeader", route.sticky_header);
+        route.authorization = Lower(route.authorization);
+        route.balancer = Lower(route.balancer);
+        // gRPC metadata keys are lower case on the wire.
+        route.sticky_header = Lower(route.sticky_header);
+        if (route.cluster.empty()) {
+          errors.Add(rpath + ".cluster", "is required");
+        } else if (!gw.clusters.count(route.cluster)) {
+          errors.Add(rpath + ".cluster", "unknown cluster '" + route.cluster + "'");
+        }
+        if (route.authorization != "none" && route.authorization != "required") {
+          errors.Add(rpath + ".authorization",
+                     "unknown authorization '" + route.authorization + "' (none, required)");
+        }
+        needs_jwt = needs_jwt || route.authorization == "required";
+        if (route.balancer != "round-robin" && route.balancer != "sticky") {
+          errors.Add(rpath + ".balancer",
+                     "unknown balancer '" + route.balancer + "' (round-robin, sticky)");
+        }
+        if (route.balancer == "sticky" && route.sticky_header.empty()) {
+          errors.Add(rpath + ".stickyHeader", "must not be empty for a sticky route");
+        }
+        gw.routes.push_back(route);
+      }
+    }
+  }
+  if (const auto* def = g.Get("defaultRoute")) {
+    const std::string dpath = path + ".defaultRoute";
+    Obj d(*def, dpath, errors);
+    gw.default_route.error.clear();
+    d.String("error", gw.default_route.error);
+    d.String("cluster", gw.default_route.cluster);
+    if (gw.default_route.error.empty() == gw.default_route.cluster.empty()) {
+      errors.Add(dpath, "needs exactly one of 'error' or 'cluster'");
+    }
+    if (!gw.default_route.cluster.empty() && !gw.clusters.count(gw.default_route.cluster)) {
+      errors.Add(dpath + ".cluster", "unknown cluster '" + gw.default_route.cluster + "'");
+    }
+    const auto& codes = StatusCodeNames();
+    if (!gw.default_route.error.empty()) {
+      std::string upper = gw.default_route.error;
+      for (auto& ch : upper) ch = static_cast<char>(std::toupper(static_cast<unsigned char>(ch)));
+      gw.default_route.error = upper;
+      if (std::find(codes.begin() + 1, codes.end(), upper) == codes.end()) {
+        errors.Add(dpath + ".error",
+                   "unknown status code '" + upper + "' (a gRPC code name other than OK)");
+      }
+    }
+  }
+  g.Int("maxAttempts", gw.max_attempts, 1);
+  g.Dur("attemptTimeout", gw.attempt_timeout);
+  if (gw.attempt_timeout <= core::Duration::zero()) {
+    errors.Add(path + ".attemptTimeout", "must be positive");
+  }
+  if (needs_jwt && gw.jwt_secret_file.empty()) {
+    errors.Add(path + ".jwt.secretFile", "is required when a route has authorization: required");
+  }
+}
+
 }  // namespace
+
+const std::vector<std::string>& StatusCodeNames() {
+  static const std::vector<std::string> names = {"OK",
+                                                 "CANCELLED",
+                                                 "UNKNOWN",
+                                                 "INVALID_ARGUMENT",
+                                                 "DEADLINE_EXCEEDED",
+                                                 "NOT_FOUND",
+                                                 "ALREADY_EXISTS",
+                                                 "PERMISSION_DENIED",
+                                                 "RESOURCE_EXHAUSTED",
+                                                 "FAILED_PRECONDITION",
+                                                 "ABORTED",
+                                                 "OUT_OF_RANGE",
+                                                 "UNIMPLEMENTED",
+                                                 "INTERNAL",
+                                                 "UNAVAILABLE",
+                                                 "DATA_LOSS",
+                                                 "UNAUTHENTICATED"};
+  return names;
+}
 
 const std::vector<std::string>& MiddlewareNames() {
   static const std::vector<std::string> names = {"recovery",  "tracing",  "metrics",    "logging",
@@ -530,6 +671,11 @@ absl::StatusOr<NodeConfig> Parse(const nlohmann::json& root) {
         config.middleware.rate_limit = profile;
       }
     }
+    if (const auto* gateway = top.Get("gateway"); gateway != nullptr && !gateway->is_null()) {
+      GatewayConfig gw;
+      ParseGateway(*gateway, errors, gw);
+      config.gateway = std::move(gw);
+    }
     if (const auto* echo = top.Get("echo")) {
       Obj e(*echo, "omniRelay.echo", errors);
       config.echo.enabled = true;
@@ -611,6 +757,41 @@ nlohmann::json ToJson(const NodeConfig& c) {
         {"latencyMs", ms(c.echo.latency)},
         {"procedures", c.echo.procedures}}},
       {"drain", {{"timeoutMs", ms(c.drain_timeout)}}}};
+  if (c.gateway) {
+    const auto& g = *c.gateway;
+    nlohmann::json clusters = nlohmann::json::object();
+    for (const auto& [name, cl] : g.clusters) {
+      nlohmann::json j = nlohmann::json::object();
+      if (!cl.endpoints.empty()) j["endpoints"] = cl.endpoints;
+      if (!cl.registry.empty()) {
+        j["registry"] = cl.registry;
+        j["role"] = cl.role;
+        j["refreshIntervalMs"] = ms(cl.refresh_interval);
+      }
+      clusters[name] = j;
+    }
+    nlohmann::json groutes = nlohmann::json::array();
+    for (const auto& r : g.routes) {
+      groutes.push_back({{"prefix", r.prefix},
+                         {"cluster", r.cluster},
+                         {"authorization", r.authorization},
+                         {"balancer", r.balancer},
+                         {"stickyHeader", r.sticky_header}});
+    }
+    nlohmann::json def = nlohmann::json::object();
+    if (!g.default_route.cluster.empty()) {
+      def["cluster"] = g.default_route.cluster;
+    } else {
+      def["error"] = g.default_route.error;
+    }
+    out["gateway"] = {{"address", g.address},
+                      {"jwt", {{"secretFile", g.jwt_secret_file}}},
+                      {"clusters", clusters},
+                      {"routes", groutes},
+                      {"defaultRoute", def},
+                      {"maxAttempts", g.max_attempts},
+                      {"attemptTimeoutMs", ms(g.attempt_timeout)}};
+  }
   if (c.middleware.rate_limit) {
     out["middleware"]["rateLimit"] = {
         {"maxConcurrency", c.middleware.rate_limit->max_concurrency},

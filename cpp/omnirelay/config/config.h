@@ -87,6 +87,43 @@ struct EchoConfig {
   std::vector<std::string> procedures;
 };
 
+// Gateway mode (issue 6, docs/session-gateway.md "Gateway mode"): a gRPC
+// listener that forwards calls byte for byte to clusters chosen by method
+// prefix, with per-route JWT verification and sticky-with-occupancy routing.
+struct GatewayClusterConfig {
+  std::string name;
+  std::vector<std::string> endpoints;  // static members ("host:port"), or
+  std::string registry;                // the HTTP instance registry "host:port"
+  std::string role;                    // registry role filter ("" = every role)
+  core::Duration refresh_interval = std::chrono::seconds(1);
+};
+
+struct GatewayRouteConfig {
+  std::string prefix;  // matched against "/pkg.Service/Method"
+  std::string cluster;
+  std::string authorization = "none";    // none | required (JWT, auth::VerifyRequest)
+  std::string balancer = "round-robin";  // round-robin | sticky
+  std::string sticky_header = "session-id";
+};
+
+struct GatewayDefaultRouteConfig {
+  std::string error = "UNIMPLEMENTED";  // gRPC code name, when `cluster` is empty
+  std::string cluster;                  // forward unmatched calls there (round-robin)
+};
+
+struct GatewayConfig {
+  std::string address;  // "host:port" of the gateway's gRPC listener
+  std::string jwt_secret_file;
+  std::map<std::string, GatewayClusterConfig> clusters;
+  std::vector<GatewayRouteConfig> routes;
+  GatewayDefaultRouteConfig default_route;
+  int max_attempts = 3;
+  core::Duration attempt_timeout = std::chrono::seconds(2);
+};
+
+// gRPC status code names ("OK", "CANCELLED", ..., "UNAUTHENTICATED").
+const std::vector<std::string>& StatusCodeNames();
+
 struct NodeConfig {
   std::string service = "omnirelay";
   std::optional<InboundConfig> grpc;
@@ -96,6 +133,7 @@ struct NodeConfig {
   std::vector<RouteConfig> routes;
   MiddlewareConfig middleware;
   EchoConfig echo;
+  std::optional<GatewayConfig> gateway;
   core::Duration drain_timeout = std::chrono::seconds(10);
 };
 

@@ -176,6 +176,12 @@ absl::Status Node::Start() {
         dispatcher_);
     if (auto s = http_->Start(); !s.ok()) return s;
   }
+  if (config_.gateway) {
+    auto gateway = gateway::Gateway::Create(*config_.gateway, metrics_);
+    if (!gateway.ok()) return gateway.status();
+    gateway_ = std::move(*gateway);
+    if (auto s = gateway_->Start(); !s.ok()) return s;
+  }
   auto hp = transport::ParseHostPort(config_.admin_address);
   if (!hp.ok()) return hp.status();
   admin_ = std::make_unique<http::HttpServer>(
@@ -197,6 +203,7 @@ void Node::Stop() {
   dispatcher_->Drain();
   if (grpc_) grpc_->Shutdown(std::chrono::milliseconds(500));
   if (http_) http_->Stop();
+  if (gateway_) gateway_->Stop();
   dispatcher_->Stop();
   if (admin_) admin_->Stop();
 }
@@ -206,6 +213,7 @@ nlohmann::json Node::ReadyInfo() const {
   if (grpc_) info["grpc"] = grpc_->address();
   if (http_) info["http"] = http_->address();
   if (admin_) info["admin"] = admin_->address();
+  if (gateway_) info["gateway"] = gateway_->address();
   return info;
 }
 
@@ -227,6 +235,7 @@ nlohmann::json Node::Introspect() const {
   out["startedAt"] = core::FormatTimestamp(started_at_);
   if (rate_limiter_) out["rateLimit"] = rate_limiter_->Snapshot();
   if (echo_stats_) out["echo"] = echo_stats_->ToJson();
+  if (gateway_) out["gateway"] = gateway_->Introspect();
   out["config"] = config::ToJson(config_);
   return out;
 }
@@ -256,6 +265,10 @@ void Node::AddAdminRoutes(http::HttpServer& server) {
   server.Route("GET", "/omnirelay/echo/stats", [this](const http::HttpRequest&) {
     if (!echo_stats_) return http::HttpResponse::Json(404, R"({"error":"echo is not enabled"})");
     return http::HttpResponse::Json(200, echo_stats_->ToJson().dump());
+  });
+  server.Route("GET", "/omnirelay/gateway", [this](const http::HttpRequest&) {
+    if (!gateway_) return http::HttpResponse::Json(404, R"({"error":"gateway is not configured"})");
+    return http::HttpResponse::Json(200, gateway_->Introspect().dump());
   });
   server.Route("GET", "/omnirelay/control/lease-health", [this](const http::HttpRequest&) {
     nlohmann::json out = nlohmann::json::object();

@@ -11,6 +11,7 @@
 //   GET  /omnirelay/introspect            dispatcher snapshot + addresses + config
 //   GET  /omnirelay/traces                recorded spans (JSON)
 //   GET  /omnirelay/echo/stats            echo procedure stats (when enabled)
+//   GET  /omnirelay/gateway               gateway routes, members, bindings (gateway mode)
 //   GET  /omnirelay/control/lease-health  peer lease health per outbound
 //   POST /omnirelay/control/backpressure?mode=normal|backpressure
 //
@@ -30,6 +31,7 @@
 #include "omnirelay/core/metrics.h"
 #include "omnirelay/dispatcher/dispatcher.h"
 #include "omnirelay/dispatcher/echo.h"
+#include "omnirelay/gateway/gateway.h"
 #include "omnirelay/http/http_server.h"
 #include "omnirelay/middleware/middleware.h"
 #include "omnirelay/transport/grpc_transport.h"
@@ -53,7 +55,7 @@ class Node {
   bool WaitIdle(std::chrono::milliseconds timeout);
   void Stop();
 
-  // {"name","pid","grpc","http","admin"} with bound addresses.
+  // {"name","pid","grpc","http","admin","gateway"} with bound addresses.
   nlohmann::json ReadyInfo() const;
   nlohmann::json Introspect() const;
   // (ready, reasons)
@@ -85,6 +87,7 @@ class Node {
   std::unique_ptr<transport::GrpcInbound> grpc_;
   std::unique_ptr<transport::HttpInbound> http_;
   std::unique_ptr<http::HttpServer> admin_;
+  std::unique_ptr<gateway::Gateway> gateway_;  // gateway mode (config `gateway`)
   core::TimePoint started_at_{};
   bool started_ = false;
   bool stopped_ = false;

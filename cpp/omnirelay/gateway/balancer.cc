@@ -1,0 +1,144 @@
+#include "omnirelay/gateway/balancer.h"
+
+#include <algorithm>
+
+namespace omnirelay::gateway {
+namespace {
+Pick Outcome(PickOutcome outcome) {
+  Pick pick;
+  pick.outcome = outcome;
+  return pick;
+}
+}  // namespace
+
+MembershipChange Balancer::SetMembers(std::vector<Member> members) {
+  std::sort(members.begin(), members.end(),
+            [](const Member& a, const Member& b) { return a.id < b.id; });
+  members.erase(std::unique(members.begin(), members.end(),
+                            [](const Member& a, const Member& b) { return a.id == b.id; }),
+                members.end());
+  MembershipChange change;
+  std::lock_guard<std::mutex> lock(mu_);
+  std::map<std::string, const Member*> next;
+  for (const auto& m : members) next[m.id] = &m;
+  for (const auto& old : members_) {
+    auto it = next.find(old.id);
+    if (it != next.end() && it->second->address == old.address) continue;
+    change.removed.push_back(old);
+    auto bound = id_to_session_.find(old.id);
+    if (bound != id_to_session_.end()) {
+      const std::string session = bound->second;
+      change.unbound.push_back(session);
+      UnbindLocked(session, old.id);
+      RememberLostLocked(session, old.id);
+    }
+  }
+  std::map<std::string, const Member*> previous;
+  for (const auto& m : members_) previous[m.id] = &m;
+  for (const auto& m : members) {
+    auto it = previous.find(m.id);
+    if (it == previous.end() || it->second->address != m.address) change.added.push_back(m);
+  }
+  members_ = std::move(members);
+  return change;
+}
+
+Pick Balancer::PickSticky(const std::string& session, const std::set<std::string>& exclude) {
+  std::lock_guard<std::mutex> lock(mu_);
+  if (auto it = session_to_id_.find(session); it != session_to_id_.end()) {
+    const std::string id = it->second;
+    if (!exclude.count(id)) {
+      for (const auto& m : members_) {
+        if (m.id == id) return {PickOutcome::kInstance, m, false, false};
+      }
+    }
+    // Bound to something that is no longer usable: the binding is over.
+    UnbindLocked(session, id);
+    RememberLostLocked(session, id);
+  }
+  auto lost = lost_.find(session);
+  const bool had_instance = lost != lost_.end();
+  if (members_.empty()) {
+    return Outcome(had_instance || !exclude.empty() ? PickOutcome::kUnavailable
+                                                    : PickOutcome::kNoInstances);
+  }
+  // Rotation: start after the instance this session lost, else after the
+  // last instance handed out.
+  const std::string& after = had_instance ? lost->second : last_picked_;
+  const size_t n = members_.size();
+  size_t start = 0;
+  while (start < n && members_[start].id <= after) ++start;
+  for (size_t k = 0; k < n; ++k) {
+    const Member& m = members_[(start + k) % n];
+    if (exclude.count(m.id) || id_to_session_.count(m.id)) continue;
+    session_to_id_[session] = m.id;
+    id_to_session_[m.id] = session;
+    last_picked_ = m.id;
+    if (had_instance) lost_.erase(lost);  // the order deque is pruned lazily
+    return {PickOutcome::kInstance, m, true, had_instance};
+  }
+  // Every member is excluded or bound. If this call already saw failures and
+  // nothing unexcluded remains, the backend is unreachable rather than full.
+  bool any_unexcluded = false;
+  for (const auto& m : members_) any_unexcluded = any_unexcluded || !exclude.count(m.id);
+  if (!exclude.empty()) return Outcome(PickOutcome::kUnavailable);
+  return Outcome(any_unexcluded ? PickOutcome::kBusy : PickOutcome::kUnavailable);
+}
+
+Pick Balancer::PickRoundRobin(const std::set<std::string>& exclude) {
+  std::lock_guard<std::mutex> lock(mu_);
+  const size_t n = members_.size();
+  if (n == 0) {
+    return Outcome(exclude.empty() ? PickOutcome::kNoInstances : PickOutcome::kUnavailable);
+  }
+  for (size_t k = 0; k < n; ++k) {
+    const Member& m = members_[(round_robin_++) % n];
+    if (!exclude.count(m.id)) return {PickOutcome::kInstance, m, false, false};
+  }
+  return Outcome(PickOutcome::kUnavailable);
+}
+
+std::string Balancer::ReportFailure(const std::string& id) {
+  std::lock_guard<std::mutex> lock(mu_);
+  auto it = id_to_session_.find(id);
+  if (it == id_to_session_.end()) return "";
+  const std::string session = it->second;
+  UnbindLocked(session, id);
+  RememberLostLocked(session, id);
+  return session;
+}
+
+void Balancer::UnbindLocked(const std::string& session, const std::string& id) {
+  session_to_id_.erase(session);
+  if (auto it = id_to_session_.find(id); it != id_to_session_.end() && it->second == session) {
+    id_to_session_.erase(it);
+  }
+}
+
+void Balancer::RememberLostLocked(const std::string& session, const std::string& id) {
+  if (lost_.insert_or_assign(session, id).second) lost_order_.push_back(session);
+  while (lost_order_.size() > kLostMemory) {
+    lost_.erase(lost_order_.front());
+    lost_order_.pop_front();
+  }
+  // Entries erased by a later pick leave stale names in lost_order_; prune them
+  // from the front so the deque does not grow without bound.
+  while (!lost_order_.empty() && !lost_.count(lost_order_.front())) lost_order_.pop_front();
+}
+
+std::vector<Member> Balancer::members() const {
+  std::lock_guard<std::mutex> lock(mu_);
+  return members_;
+}
+
+std::map<std::string, std::string> Balancer::bindings() const {
+  std::lock_guard<std::mutex> lock(mu_);
+  return session_to_id_;
+}
+
+size_t Balancer::binding_count() const {
+  std::lock_guard<std::mutex> lock(mu_);
+  return session_to_id_.size();
+}
+
+}  // namespace omnirelay::gateway

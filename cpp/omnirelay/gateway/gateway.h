@@ -1,0 +1,76 @@
+#pragma once
+// Gateway mode of a node (issue 6): a gRPC listener that forwards every call,
+// unary or streaming, byte for byte to an instance of the cluster its route
+// names, chosen by method-name prefix (first match in configuration order,
+// else the default route).
+//
+// Per call:
+//   1. route by method prefix; unmatched -> defaultRoute (an error code, or a
+//      cluster reached round-robin);
+//   2. authorization `required`: auth::VerifyRequest(authorization, session-id)
+//      -> UNAUTHENTICATED with its message on failure;
+//   3. pick an instance: round-robin, or sticky by a header with occupancy
+//      (balancer.h) -> RESOURCE_EXHAUSTED "all instances are busy" /
+//      "no available instances";
+//   4. forward request metadata and messages; stream back the backend's
+//      messages, trailing metadata and status unchanged. Client cancellation
+//      cancels the backend call; the client's deadline is the backend's.
+//   5. session transfer: while no response message has reached the client, a
+//      transport failure of the instance (UNAVAILABLE from the channel or the
+//      worker's "instance is shutting down", or no first response within
+//      attemptTimeout) drops its binding and retries the buffered request on
+//      another instance, up to maxAttempts; nothing left to try ->
+//      UNAVAILABLE "backend service unavailable". Other statuses are the
+//      application's and pass through without evicting anything. A transport
+//      failure after the first response message still drops the binding but
+//      reaches the client as is (a stream cannot be replayed).
+//
+// Registry clusters are refreshed every refreshInterval on one control
+// thread; a failed poll keeps the last good list. Removed instances lose
+// their bindings and their channels.
+//
+// Metrics (core::MetricsRegistry): omnirelay.gateway.requests{route,status},
+// omnirelay.gateway.sessions{cluster} (bindings), omnirelay.gateway.session_transfers{cluster},
+// omnirelay.gateway.evictions{cluster,reason}, omnirelay.gateway.attempts{cluster,outcome}.
+//
+// Thread-safety: Start/Stop from one controlling thread; Introspect and
+// address are thread-safe. Calls run on gRPC's callback threads.
+#include <memory>
+#include <nlohmann/json.hpp>
+#include <string>
+
+#include "omnirelay/config/config.h"
+#include "omnirelay/core/metrics.h"
+#include "omnirelay/core/status.h"
+
+namespace omnirelay::gateway {
+
+class Gateway {
+ public:
+  // Loads the JWT secret (when a route requires authorization) and builds the
+  // clusters. INVALID_ARGUMENT / FAILED_PRECONDITION / INTERNAL from config or the secret file.
+  static absl::StatusOr<std::unique_ptr<Gateway>> Create(
+      config::GatewayConfig config, std::shared_ptr<core::MetricsRegistry> metrics = nullptr);
+  ~Gateway();
+  Gateway(const Gateway&) = delete;
+  Gateway& operator=(const Gateway&) = delete;
+
+  // Polls every registry cluster once, binds the listener and starts the
+  // refresh thread. UNAVAILABLE if the address cannot be bound.
+  absl::Status Start();
+  // Stops accepting, cancels in-flight calls after `grace`, joins threads. Idempotent.
+  void Stop(std::chrono::milliseconds grace = std::chrono::milliseconds(500));
+
+  // Bound "host:port" (after Start).
+  std::string address() const;
+  // {"address","routes","clusters":{name:{"members","bindings"}},...}
+  nlohmann::json Introspect() const;
+
+  class Impl;
+
+ private:
+  explicit Gateway(std::unique_ptr<Impl> impl);
+  std::unique_ptr<Impl> impl_;
+};
+
+}  // namespace omnirelay::gateway

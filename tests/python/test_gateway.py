@@ -1,0 +1,433 @@
+"""Gateway mode of a node (issue 6) with real processes.
+
+registry + auth + 3 workers + a gateway node (`omnirelay-native serve` with a
+`gateway` section), all on 127.0.0.1 with port 0, started directly (never
+behind a shell), read through their ready files and stopped with SIGTERM then
+SIGKILL. python3-grpcio stubs are generated at test time from
+proto/my_service/my_service.proto. Every wait is bounded.
+"""
+
+from __future__ import annotations
+
+import importlib
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+from typing import Any, Dict, List, Optional
+
+import pytest
+
+grpc = pytest.importorskip("grpc")
+
+REPO = Path(__file__).resolve().parents[2]
+PROTO_DIR = REPO / "proto"
+GRPC_PYTHON_PLUGIN = "/usr/bin/grpc_python_plugin"
+START_TIMEOUT = 20.0
+STOP_TIMEOUT = 10.0
+CALL_TIMEOUT = 10.0
+REFRESH = "200ms"
+
+
+def _native_binary() -> Path:
+    override = os.environ.get("OMNIRELAY_NATIVE_BIN")
+    if override:
+        return Path(override)
+    for candidate in sorted(REPO.glob("build/*/cpp/omnirelay/cli/omnirelay-native"),
+                            key=lambda p: p.stat().st_mtime, reverse=True):
+        if not os.access(candidate, os.X_OK):
+            continue
+        try:  # a binary with the gateway section (config validate knows the key)
+            probe = subprocess.run([str(candidate), "worker", "--help"], capture_output=True,
+                                   text=True, timeout=10)
+        except (OSError, subprocess.TimeoutExpired):
+            continue
+        if probe.returncode == 0 and "--instance" in probe.stdout and \
+                b"omnirelay.gateway.requests" in candidate.read_bytes():
+            return candidate
+    pytest.skip("no omnirelay-native with gateway mode is built")
+    raise AssertionError("unreachable")
+
+
+@pytest.fixture(scope="module")
+def native() -> Path:
+    return _native_binary()
+
+
+@pytest.fixture(scope="module")
+def pb(tmp_path_factory):
+    protoc = shutil.which("protoc")
+    if protoc is None or not os.access(GRPC_PYTHON_PLUGIN, os.X_OK):
+        pytest.skip("needs protoc and grpc_python_plugin (protobuf-compiler-grpc)")
+    out = tmp_path_factory.mktemp("my_service_stubs")
+    subprocess.run([protoc, f"--proto_path={PROTO_DIR}", f"--python_out={out}",
+                    f"--grpc_python_out={out}",
+                    f"--plugin=protoc-gen-grpc_python={GRPC_PYTHON_PLUGIN}",
+                    str(PROTO_DIR / "my_service" / "my_service.proto")], check=True, timeout=60)
+    sys.path.insert(0, str(out))
+    try:
+        pb2 = importlib.import_module("my_service.my_service_pb2")
+        pb2_grpc = importlib.import_module("my_service.my_service_pb2_grpc")
+    finally:
+        sys.path.remove(str(out))
+
+    class Stubs:
+        messages = pb2
+        services = pb2_grpc
+
+    return Stubs
+
+
+class Process:
+    """One native process announced by its ready file; always stopped."""
+
+    def __init__(self, binary: Path, args: List[str], tmp_path: Path, name: str):
+        self.name = name
+        self.ready_file = tmp_path / f"{name}.ready.json"
+        self.log_file = tmp_path / f"{name}.log"
+        if self.ready_file.exists():
+            self.ready_file.unlink()
+        self.popen = subprocess.Popen(
+            [str(binary)] + args + ["--ready-file", str(self.ready_file),
+                                    "--log-file", str(self.log_file)],
+            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+        self.ready: Dict[str, Any] = {}
+        deadline = time.monotonic() + START_TIMEOUT
+        while time.monotonic() < deadline:
+            if self.ready_file.exists():
+                self.ready = json.loads(self.ready_file.read_text())
+                return
+            if self.popen.poll() is not None:
+                _, err = self.popen.communicate()
+                raise RuntimeError(f"{name} exited {self.popen.returncode}: {err}")
+            time.sleep(0.02)
+        self.stop()
+        raise RuntimeError(f"{name} did not become ready in {START_TIMEOUT}s")
+
+    @property
+    def address(self) -> str:
+        return self.ready["address"] if "address" in self.ready else self.ready["gateway"]
+
+    def stop(self, sig: int = signal.SIGTERM) -> Optional[int]:
+        if self.popen.poll() is None:
+            self.popen.send_signal(sig)
+            try:
+                self.popen.wait(timeout=STOP_TIMEOUT)
+            except subprocess.TimeoutExpired:
+                self.popen.kill()
+                self.popen.wait(timeout=STOP_TIMEOUT)
+        self.popen.communicate(timeout=STOP_TIMEOUT)
+        return self.popen.returncode
+
+    def wait_exit(self, timeout: float) -> Optional[int]:
+        try:
+            return self.popen.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            return None
+
+
+def wait_until(predicate, timeout: float, what: str) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if predicate():
+            return
+        time.sleep(0.05)
+    raise AssertionError(f"timed out after {timeout}s waiting for {what}")
+
+
+class Stack:
+    """registry, auth, N workers and the gateway node."""
+
+    def __init__(self, native: Path, tmp_path: Path, pb, workers: int = 3):
+        self.native, self.tmp, self.pb = native, tmp_path, pb
+        self.processes: List[Process] = []
+        self.workers: Dict[str, Process] = {}
+        self.registry = self.spawn("registry", "registry", "--listen", "127.0.0.1:0",
+                                   "--ttl", "5s")
+        secret = tmp_path / "state" / "jwt-secret"
+        self.auth = self.spawn("auth", "auth", "--listen", "127.0.0.1:0",
+                               "--db", str(tmp_path / "state" / "users.db"),
+                               "--jwt-secret-file", str(secret), "--token-ttl", "10m")
+        for i in range(1, workers + 1):
+            self.start_worker(f"worker-{i}")
+        self.wait_registered(workers)
+        config = {"omniRelay": {
+            "service": "gateway",
+            "admin": {"address": "127.0.0.1:0"},
+            "gateway": {
+                "address": "127.0.0.1:0",
+                "jwt": {"secretFile": str(secret)},
+                "clusters": {
+                    "auth": {"endpoints": [self.auth.address]},
+                    "workers": {"registry": self.registry.address, "role": "worker",
+                                "refreshInterval": REFRESH}},
+                "routes": [
+                    {"prefix": "/my_service.MyServiceAPI/Login", "cluster": "auth",
+                     "authorization": "none", "balancer": "round-robin"},
+                    {"prefix": "/my_service.MyServiceAPI/MyService", "cluster": "workers",
+                     "authorization": "required", "balancer": "sticky",
+                     "stickyHeader": "session-id"}],
+                "defaultRoute": {"error": "UNIMPLEMENTED"},
+                "maxAttempts": 3,
+                "attemptTimeout": "2s"}}}
+        config_file = tmp_path / "gateway.json"
+        config_file.write_text(json.dumps(config))
+        self.gateway = self.spawn("gateway", "serve", "--config", str(config_file))
+        assert self.gateway.ready["gateway"].startswith("127.0.0.1:")
+        self.admin = self.gateway.ready["admin"]
+        self.channels: List[Any] = []
+
+    def spawn(self, name: str, *args: str) -> Process:
+        process = Process(self.native, list(args), self.tmp, name)
+        self.processes.append(process)
+        return process
+
+    def start_worker(self, name: str) -> Process:
+        worker = self.spawn(name, "worker", "--listen", "127.0.0.1:0", "--instance", name,
+                            "--registry", self.registry.address, "--stream-interval", "20ms",
+                            "--heartbeat-interval", "200ms")
+        self.workers[name] = worker
+        return worker
+
+    def registered(self) -> List[Dict[str, str]]:
+        with urllib.request.urlopen(f"http://{self.registry.address}/instances?role=worker",
+                                    timeout=5) as response:
+            return json.loads(response.read())
+
+    def wait_registered(self, count: int) -> None:
+        wait_until(lambda: len(self.registered()) == count, 10, f"{count} registered workers")
+
+    def wait_gateway_members(self, count: int) -> None:
+        wait_until(lambda: len(self.introspect()["clusters"]["workers"]["members"]) == count,
+                   10, f"{count} gateway members")
+
+    def client(self):
+        channel = grpc.insecure_channel(self.gateway.ready["gateway"])
+        self.channels.append(channel)
+        return self.pb.services.MyServiceAPIStub(channel)
+
+    def login(self, session_id: str) -> str:
+        reply = self.client().Login(self.pb.messages.LoginRequest(
+            username="testuser", password="testpass", session_id=session_id),
+            timeout=CALL_TIMEOUT)
+        return reply.token
+
+    def echo(self, session_id: str, token: Optional[str], value: str = "v", client=None):
+        metadata = [("session-id", session_id)]
+        if token is not None:
+            metadata.append(("authorization", token))
+        return (client or self.client()).MyServiceEcho(
+            self.pb.messages.EchoRequest(value=value), metadata=metadata, timeout=CALL_TIMEOUT)
+
+    def shutdown(self, session_id: str, token: str):
+        return self.client().MyServiceShutdown(
+            self.pb.messages.ShutdownRequest(),
+            metadata=[("session-id", session_id), ("authorization", token)],
+            timeout=CALL_TIMEOUT)
+
+    def introspect(self) -> Dict[str, Any]:
+        with urllib.request.urlopen(f"http://{self.admin}/omnirelay/gateway", timeout=5) as r:
+            return json.loads(r.read())
+
+    def metrics(self) -> str:
+        with urllib.request.urlopen(f"http://{self.admin}/metrics", timeout=5) as r:
+            return r.read().decode()
+
+    def close(self) -> None:
+        for channel in self.channels:
+            channel.close()
+        for process in reversed(self.processes):
+            process.stop()
+
+
+@pytest.fixture
+def stack(native, tmp_path, pb):
+    s = Stack(native, tmp_path, pb)
+    yield s
+    s.close()
+
+
+def rpc_error(call) -> grpc.RpcError:
+    with pytest.raises(grpc.RpcError) as info:
+        call()
+    return info.value
+
+
+def metric(text: str, name: str, **labels: str) -> float:
+    total = 0.0
+    for line in text.splitlines():
+        if not line.startswith(name):
+            continue
+        head, _, value = line.rpartition(" ")
+        if all(f'{k}="{v}"' in head for k, v in labels.items()):
+            total += float(value)
+    return total
+
+
+# --------------------------------------------------------------------- tests
+
+
+def test_login_and_sticky_echo_on_one_pod(stack):
+    token = stack.login("sticky-1")
+    assert token.count(".") == 2
+    client = stack.client()
+    replies = [stack.echo("sticky-1", token, f"v{i}", client=client) for i in range(5)]
+    pods = {r.pod_name for r in replies}
+    assert pods == {"worker-1"}  # the first free instance in rotation order
+    first = replies[0]
+    assert (first.client_value, first.server_value, first.client_session_id, first.index,
+            first.server_method) == ("v0", "my_service", "sticky-1", 0, "MyServiceEcho")
+    assert len({r.server_session_id for r in replies}) == 1
+    # A second session lands on another pod and stays there.
+    token2 = stack.login("sticky-2")
+    assert {stack.echo("sticky-2", token2).pod_name for _ in range(3)} == {"worker-2"}
+    assert stack.echo("sticky-1", token).pod_name == "worker-1"
+    bindings = stack.introspect()["clusters"]["workers"]["bindings"]
+    assert bindings == {"sticky-1": "worker-1", "sticky-2": "worker-2"}
+    text = stack.metrics()
+    assert metric(text, "omnirelay_gateway_sessions", cluster="workers") == 2
+    assert metric(text, "omnirelay_gateway_requests_total", status="OK") >= 10
+    # Unrouted methods get the default route's error.
+    unrouted = grpc.insecure_channel(stack.gateway.ready["gateway"])
+    stack.channels.append(unrouted)
+    error = rpc_error(lambda: unrouted.unary_unary("/other.Service/Call")(b"", timeout=5))
+    assert error.code() == grpc.StatusCode.UNIMPLEMENTED
+
+
+def test_three_sessions_occupy_three_instances_fourth_is_busy(stack):
+    sessions = [f"overload-{i}" for i in range(4)]
+    tokens = {s: stack.login(s) for s in sessions}  # login never depends on workers
+    pods = {s: stack.echo(s, tokens[s]).pod_name for s in sessions[:3]}
+    assert sorted(pods.values()) == ["worker-1", "worker-2", "worker-3"]
+    error = rpc_error(lambda: stack.echo(sessions[3], tokens[sessions[3]]))
+    assert (error.code(), error.details()) == (grpc.StatusCode.RESOURCE_EXHAUSTED,
+                                               "all instances are busy")
+    # The busy answer did not disturb anyone; application errors do not evict.
+    for s in sessions[:3]:
+        assert stack.echo(s, tokens[s]).pod_name == pods[s]
+    # Shutdown of a session that is not the instance's: passed through, no eviction.
+    error = rpc_error(lambda: stack.client().MyServiceShutdown(
+        stack.pb.messages.ShutdownRequest(),
+        metadata=[("session-id", sessions[3]), ("authorization", tokens[sessions[3]])],
+        timeout=CALL_TIMEOUT))
+    assert error.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+    assert stack.introspect()["clusters"]["workers"]["bindings"] == pods
+    text = stack.metrics()
+    assert metric(text, "omnirelay_gateway_requests_total", status="RESOURCE_EXHAUSTED") == 2
+    assert metric(text, "omnirelay_gateway_evictions_total") == 0
+
+
+def test_authentication_errors(stack):
+    token = stack.login("auth-1")
+    other = stack.login("auth-2")
+    m = stack.pb.messages
+    cases = [
+        ([("session-id", "auth-1")], "missing token"),
+        ([("session-id", "auth-1"), ("authorization", "not-a-jwt")], "malformed token"),
+        ([("session-id", "auth-1"), ("authorization", "Bearer " + token)], "malformed token"),
+        ([("authorization", token)], "missing session-id"),
+        ([("session-id", "auth-1"), ("authorization", other)],
+         "session-id does not match token"),
+    ]
+    client = stack.client()
+    for metadata, message in cases:
+        for call in (lambda md=metadata: client.MyServiceEcho(m.EchoRequest(value="x"),
+                                                                metadata=md,
+                                                                timeout=CALL_TIMEOUT),
+                     lambda md=metadata: list(client.MyServiceSubscribe(
+                         m.EchoRequest(value="x"), metadata=md, timeout=CALL_TIMEOUT))):
+            error = rpc_error(call)
+            assert (error.code(), error.details()) == (grpc.StatusCode.UNAUTHENTICATED,
+                                                       message), metadata
+    # Rejected calls bound nothing; a valid call still works.
+    assert stack.introspect()["clusters"]["workers"]["bindings"] == {}
+    assert stack.echo("auth-1", token).pod_name == "worker-1"
+    # Login errors from the auth node pass through unchanged.
+    error = rpc_error(lambda: client.Login(m.LoginRequest(username="testuser", password="bad",
+                                                          session_id="x"),
+                                           timeout=CALL_TIMEOUT))
+    assert (error.code(), error.details()) == (grpc.StatusCode.PERMISSION_DENIED,
+                                               "invalid username or password")
+
+
+def test_subscribe_streams_through_gateway_and_cancel_keeps_binding(stack):
+    token = stack.login("stream-1")
+    md = [("session-id", "stream-1"), ("authorization", token)]
+    stream = stack.client().MyServiceSubscribe(stack.pb.messages.EchoRequest(value="sub"),
+                                               metadata=md, timeout=CALL_TIMEOUT)
+    got = []
+    for reply in stream:
+        got.append(reply)
+        if len(got) == 5:
+            break
+    stream.cancel()
+    assert [r.index for r in got] == [0, 1, 2, 3, 4]
+    assert {r.pod_name for r in got} == {"worker-1"}
+    assert {r.server_method for r in got} == {"MyServiceSubscribe"}
+    assert {r.client_value for r in got} == {"sub"}
+    # The cancellation reaches the worker: the backend call ends (the worker
+    # would otherwise stream for 10000 x 20 ms), counted as a finished attempt.
+    wait_until(lambda: metric(stack.metrics(), "omnirelay_gateway_attempts_total",
+                              cluster="workers", outcome="ok") == 1, 5,
+               "the backend stream to end after the client's cancel")
+    # A cancelled stream is an application-level end: the binding stays and
+    # the next call reaches the same pod.
+    assert stack.echo("stream-1", token).pod_name == "worker-1"
+    assert stack.introspect()["clusters"]["workers"]["bindings"] == {"stream-1": "worker-1"}
+
+
+def test_session_transfer_after_shutdown(stack):
+    token = stack.login("transfer-1")
+    assert stack.echo("transfer-1", token).pod_name == "worker-1"
+    seen = ["worker-1"]
+    for expected in ("worker-2", "worker-3"):
+        reply = stack.shutdown("transfer-1", token)
+        assert (reply.pod_name, reply.client_session_id) == (seen[-1], "transfer-1")
+        # The very next call (the instance is draining or gone) moves the session
+        # to the next free instance in rotation order.
+        moved = stack.echo("transfer-1", token)
+        assert moved.pod_name == expected
+        assert moved.client_session_id == "transfer-1"
+        seen.append(expected)
+        assert stack.workers[seen[-2]].wait_exit(10) == 0
+    assert stack.introspect()["clusters"]["workers"]["bindings"] == {"transfer-1": "worker-3"}
+    text = stack.metrics()
+    assert metric(text, "omnirelay_gateway_session_transfers_total", cluster="workers") == 2
+
+
+def test_all_workers_stopped_is_unavailable_then_resumes(stack):
+    token = stack.login("down-1")
+    assert stack.echo("down-1", token).pod_name == "worker-1"
+    # Killed (still registered until the TTL): every connect fails.
+    for worker in stack.workers.values():
+        worker.stop(signal.SIGKILL)
+    error = rpc_error(lambda: stack.echo("down-1", token))
+    assert (error.code(), error.details()) == (grpc.StatusCode.UNAVAILABLE,
+                                               "backend service unavailable")
+    token2 = stack.login("down-2")  # login does not depend on workers
+    error = rpc_error(lambda: stack.echo("down-2", token2))
+    assert (error.code(), error.details()) == (grpc.StatusCode.UNAVAILABLE,
+                                               "backend service unavailable")
+    # Registry empties (TTL); a session that had an instance stays UNAVAILABLE,
+    # a brand-new one learns there is nothing registered.
+    stack.wait_registered(0)
+    stack.wait_gateway_members(0)
+    error = rpc_error(lambda: stack.echo("down-1", token))
+    assert (error.code(), error.details()) == (grpc.StatusCode.UNAVAILABLE,
+                                               "backend service unavailable")
+    token3 = stack.login("down-3")
+    error = rpc_error(lambda: stack.echo("down-3", token3))
+    assert (error.code(), error.details()) == (grpc.StatusCode.RESOURCE_EXHAUSTED,
+                                               "no available instances")
+    # Start them again: service resumes.
+    for name in ("worker-1", "worker-2", "worker-3"):
+        stack.start_worker(name)
+    stack.wait_gateway_members(3)
+    assert stack.echo("down-1", token).pod_name.startswith("worker-")
+    text = stack.metrics()
+    assert metric(text, "omnirelay_gateway_evictions_total", reason="transport_failure") >= 1
