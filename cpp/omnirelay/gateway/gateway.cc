@@ -64,11 +64,15 @@ class TimerQueue {
     thread_.join();
   }
   void Schedule(Clock::time_point when, std::function<void()> fn) {
+    bool earliest;
     {
       std::lock_guard<std::mutex> lock(mu_);
+      earliest = queue_.empty() || when < queue_.begin()->first;
       queue_.emplace(when, std::move(fn));
     }
-    cv_.notify_all();
+    // Waking the thread for every call would cost a context switch per call;
+    // it only needs to re-arm when the head of the queue changed.
+    if (earliest) cv_.notify_all();
   }
 
  private:

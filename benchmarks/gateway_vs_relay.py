@@ -1,0 +1,236 @@
+#!/usr/bin/env python3
+"""Gateway benchmark: the session-affinity gateway (issue 6) side by side with
+the plain forwarding path, each next to its backend called directly.
+
+    benchmarks/gateway_vs_relay.py [--runs 5] [--duration 5s] [--concurrency 16 64]
+
+Paths, all loaded by the same closed-loop C++ gRPC client (`omnirelay
+benchmark`), unary, 64-byte payload:
+  gateway   client -> gateway node (JWT verified per call, sticky by session-id)
+            -> `omnirelay worker` (MyServiceEcho; body = a serialized EchoRequest)
+  relay     client -> `omnirelay serve` (route "/" -> outbound) -> `omnirelay echo`
+  worker    client -> the worker directly (same metadata; it trusts the caller)
+  echo      client -> the echo node directly
+One session per gateway run: a worker instance holds one session, so a session
+is one backend — the relay is therefore given one echo backend too. Paths are
+loaded alternately (gateway, relay, worker, echo, gateway, ...) and the script
+prints medians of the runs and the gateway/relay ratios. The direct rows show
+how much of each figure is the backend's own cost (the worker builds a richer
+reply than echo). Everything binds 127.0.0.1 with port 0. Needs a built
+omnirelay-native and /usr/bin/python3 with python3-grpcio (for the Login).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import signal
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+ECHO_METHOD = "/omnirelay.echo.v1.Echo/Echo"
+WORKER_METHOD = "/my_service.MyServiceAPI/MyServiceEcho"
+LOGIN_METHOD = "/my_service.MyServiceAPI/Login"
+PAYLOAD = "x" * 64
+
+
+def native() -> str:
+    override = os.environ.get("OMNIRELAY_NATIVE_BIN")
+    if override:
+        return override
+    found = sorted(REPO.glob("build/*/cpp/omnirelay/cli/omnirelay-native"),
+                   key=lambda p: p.stat().st_mtime, reverse=True)
+    if not found:
+        sys.exit("omnirelay-native not built (ninja -C build/<dir> omnirelay-native)")
+    return str(found[0])
+
+
+class Proc:
+    """A native process, ready when its ready file appears; always stopped."""
+
+    def __init__(self, args, ready_file: Path):
+        self.p = subprocess.Popen(args + ["--ready-file", str(ready_file)],
+                                  stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+        deadline = time.monotonic() + 20
+        while not ready_file.exists():
+            if self.p.poll() is not None or time.monotonic() > deadline:
+                self.stop()
+                sys.exit(f"{args[:2]} failed to start: {self.p.stderr.read()}")
+            time.sleep(0.02)
+        self.ready = json.loads(ready_file.read_text())
+
+    def stop(self):
+        if self.p.poll() is None:
+            self.p.send_signal(signal.SIGTERM)
+            try:
+                self.p.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                self.p.kill()
+                self.p.wait(timeout=10)
+
+
+def pb_string(field: int, value: bytes) -> bytes:
+    """One length-delimited protobuf field (lengths < 128 here)."""
+    assert len(value) < 128
+    return bytes([field << 3 | 2, len(value)]) + value
+
+
+def login(gateway: str, session: str) -> str:
+    """Login through the gateway with raw bytes (no generated stubs needed)."""
+    import grpc  # python3-grpcio
+    request = (pb_string(1, b"testuser") + pb_string(2, b"testpass")
+               + pb_string(3, session.encode()))
+    with grpc.insecure_channel(gateway) as channel:
+        reply = channel.unary_unary(LOGIN_METHOD)(request, timeout=10)
+    # LoginResponse.token is field 1: tag 0x0a, varint length, bytes.
+    assert reply[0] == 0x0A, reply[:4]
+    length, shift, i = 0, 0, 1
+    while True:
+        b = reply[i]
+        length |= (b & 0x7F) << shift
+        i += 1
+        shift += 7
+        if b < 0x80:
+            break
+    return reply[i:i + length].decode()
+
+
+def load(address: str, procedure: str, body_file: Path, headers, concurrency: int,
+         duration: str, warmup: str) -> dict:
+    args = [native(), "benchmark", "--transport", "grpc", "--address", address,
+            "--procedure", procedure, "--body-file", str(body_file),
+            "--concurrency", str(concurrency), "--duration", duration, "--warmup", warmup,
+            "--json", "--quiet"]
+    for k, v in headers:
+        args += ["--header", f"{k}={v}"]
+    out = subprocess.run(args, capture_output=True, text=True, timeout=600)
+    if out.returncode != 0:
+        sys.exit(f"benchmark failed: {out.stderr}")
+    report = json.loads(out.stdout)
+    return {"qps": report["throughput_rps"], "p99": report["latency_ms"]["success"]["p99"],
+            "p50": report["latency_ms"]["success"]["p50"], "failures": report["failures"],
+            "requests": report["requests"]}
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--runs", type=int, default=5)
+    parser.add_argument("--duration", default="5s")
+    parser.add_argument("--warmup", default="1s")
+    parser.add_argument("--concurrency", type=int, nargs="+", default=[16, 64])
+    parser.add_argument("--json", help="also write the results to this file")
+    args = parser.parse_args()
+
+    tmp = Path(tempfile.mkdtemp(prefix="gateway-bench-"))
+    procs = []
+
+    def start(name: str, *argv: str) -> Proc:
+        p = Proc([native(), *argv, "--log-level", "warn"], tmp / f"{name}.ready.json")
+        procs.append(p)
+        return p
+
+    try:
+        registry = start("registry", "registry", "--listen", "127.0.0.1:0")
+        secret = tmp / "state" / "jwt-secret"
+        auth = start("auth", "auth", "--listen", "127.0.0.1:0", "--db",
+                     str(tmp / "state" / "users.db"), "--jwt-secret-file", str(secret))
+        worker = start("worker", "worker", "--listen", "127.0.0.1:0", "--instance", "worker-1",
+                       "--registry", registry.ready["address"])
+        gw_cfg = tmp / "gateway.json"
+        gw_cfg.write_text(json.dumps({"omniRelay": {
+            "service": "gateway", "admin": {"address": "127.0.0.1:0"},
+            "gateway": {
+                "address": "127.0.0.1:0", "jwt": {"secretFile": str(secret)},
+                "clusters": {"auth": {"endpoints": [auth.ready["address"]]},
+                             "workers": {"registry": registry.ready["address"], "role": "worker",
+                                         "refreshInterval": "500ms"}},
+                "routes": [
+                    {"prefix": LOGIN_METHOD, "cluster": "auth", "authorization": "none",
+                     "balancer": "round-robin"},
+                    {"prefix": "/my_service.MyServiceAPI/MyService", "cluster": "workers",
+                     "authorization": "required", "balancer": "sticky",
+                     "stickyHeader": "session-id"}],
+                "defaultRoute": {"error": "UNIMPLEMENTED"},
+                "maxAttempts": 3, "attemptTimeout": "2s"}}}))
+        gateway = start("gateway", "serve", "--config", str(gw_cfg))
+        echo = start("echo", "echo", "--instance", "b0", "--grpc-address", "127.0.0.1:0",
+                     "--admin-address", "127.0.0.1:0", "--threads", "2")
+        relay_cfg = tmp / "relay.json"
+        relay_cfg.write_text(json.dumps({"omniRelay": {
+            "service": "relay",
+            "inbounds": {"grpc": {"address": "127.0.0.1:0", "threads": 2}},
+            "admin": {"address": "127.0.0.1:0"},
+            "middleware": {"inbound": ["deadline"], "outbound": []},
+            "outbounds": {"echo": {"transport": "grpc", "endpoints": [echo.ready["grpc"]],
+                                   "peerChooser": "round-robin"}},
+            "routes": [{"prefix": "/", "outbound": "echo"}]}}))
+        relay = start("relay", "serve", "--config", str(relay_cfg))
+
+        # Wait for the gateway to list the worker, then log in once.
+        deadline = time.monotonic() + 10
+        import urllib.request
+        while True:
+            with urllib.request.urlopen(
+                    f"http://{gateway.ready['admin']}/omnirelay/gateway", timeout=5) as r:
+                members = json.loads(r.read())["clusters"]["workers"]["members"]
+            if members or time.monotonic() > deadline:
+                break
+            time.sleep(0.1)
+        session = "bench-session"
+        token = login(gateway.ready["gateway"], session)
+        headers = [("authorization", token), ("session-id", session)]
+        worker_body = tmp / "echo_request.bin"
+        worker_body.write_bytes(pb_string(1, PAYLOAD.encode()))  # EchoRequest{value}
+        echo_body = tmp / "echo_body.bin"
+        echo_body.write_bytes(PAYLOAD.encode())
+
+        paths = {
+            "gateway": (gateway.ready["gateway"], WORKER_METHOD, worker_body, headers),
+            "relay": (relay.ready["grpc"], ECHO_METHOD, echo_body, []),
+            "worker": (worker.ready["address"], WORKER_METHOD, worker_body, headers),
+            "echo": (echo.ready["grpc"], ECHO_METHOD, echo_body, []),
+        }
+        results = {}
+        for c in args.concurrency:
+            runs = {name: [] for name in paths}
+            for run in range(args.runs):
+                for name, (address, method, body, hdrs) in paths.items():
+                    r = load(address, method, body, hdrs, c, args.duration, args.warmup)
+                    if r["failures"]:
+                        sys.exit(f"{name}: {r['failures']} failed calls at concurrency {c}")
+                    runs[name].append(r)
+                    print(f"c={c:<4} run {run + 1}/{args.runs} {name:<8} {r['qps']:9.0f} qps  "
+                          f"p50 {r['p50']:6.2f} ms  p99 {r['p99']:6.2f} ms", flush=True)
+            results[c] = {name: {"qps": statistics.median(x["qps"] for x in rs),
+                                 "p99": statistics.median(x["p99"] for x in rs),
+                                 "runs": rs} for name, rs in runs.items()}
+        print()
+        print(f"{'conc':>4}  {'path':<8} {'median qps':>10} {'median p99 ms':>13}")
+        for c, by in results.items():
+            for name in paths:
+                print(f"{c:>4}  {name:<8} {by[name]['qps']:10.0f} {by[name]['p99']:13.2f}")
+            g, r = by["gateway"], by["relay"]
+            print(f"{c:>4}  gateway/relay: qps ratio {g['qps'] / r['qps']:.2f}, "
+                  f"p99 ratio {g['p99'] / r['p99']:.2f}; gateway/worker-direct qps "
+                  f"{g['qps'] / by['worker']['qps']:.2f}, relay/echo-direct qps "
+                  f"{r['qps'] / by['echo']['qps']:.2f}")
+        print(f"(medians of {args.runs} runs of {args.duration} after {args.warmup} warmup; "
+              f"unary, 64-byte payload; one session / one worker; relay to one echo backend)")
+        if args.json:
+            Path(args.json).write_text(json.dumps(
+                {str(c): {n: {k: v for k, v in d.items() if k != "runs"} for n, d in by.items()}
+                 for c, by in results.items()}, indent=2))
+        return 0
+    finally:
+        for p in reversed(procs):
+            p.stop()
+
+
+if __name__ == "__main__":
+    sys.exit(main())
