@@ -135,6 +135,23 @@ def test_kill_with_restart_policy(tmp_path):
 
 
 @pytest.mark.chaos
+def test_stop_during_restart_backoff_wins(tmp_path):
+    # A crash schedules a restart after the backoff; a deliberate stop in that
+    # window must keep the node down (no resurrection behind the caller's back).
+    b = three_node(proxy=False)
+    topology = b.build()
+    topology.node("node-1").with_restart("always", max_restarts=5, backoff_s=1.0)
+    with Cluster(topology, tmp_path / "b") as cluster:
+        cluster.chaos.kill("node-1")
+        assert wait_until(lambda: any(e["event"] == "node.killed" for e in cluster.events()), 5)
+        time.sleep(0.4)  # the supervisor has noticed the exit and is backing off
+        cluster["node-1"].stop()
+        time.sleep(1.5)  # past the backoff
+        assert not cluster["node-1"].is_running()
+        assert "node.restarting" not in [e["event"] for e in cluster.events()]
+
+
+@pytest.mark.chaos
 def test_kill_with_bounded_outage(three):
     node = three["node-3"]
     old = node.pid

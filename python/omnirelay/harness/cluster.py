@@ -105,6 +105,9 @@ class Node:
         self.paused = False
         self.ready_info: Dict[str, Any] = {}
         self._expected_down = True  # not started yet
+        # Bumped by every deliberate stop, so a supervisor restart that was
+        # backing off when the stop happened knows it is no longer wanted.
+        self._stop_generation = 0
         self._lock = threading.RLock()
         self.argv: List[str] = []
         self.env: Dict[str, str] = {}
@@ -236,6 +239,7 @@ class Node:
         """Graceful stop: SIGTERM (drain), SIGKILL after ``grace_s``. No restart follows."""
         with self._lock:
             self._expected_down = True
+            self._stop_generation += 1
             if self.process is None:
                 return None
             code = proc.terminate(self.process, grace_s)
@@ -642,10 +646,12 @@ class Cluster:
                                    restart="no" if not wants else "limit reached")
                         continue
                     node._expected_down = True  # while backing off
+                    generation = node._stop_generation
                 if self._stop_event.wait(policy.backoff_s):
                     return
                 with node._lock:
-                    if node.is_running() or self._stopped:
+                    # Someone started it meanwhile, or stopped it on purpose: not ours to restart.
+                    if node.is_running() or self._stopped or node._stop_generation != generation:
                         continue
                     node.restarts += 1
                     self.event("node.restarting", node=node.name, code=code, restarts=node.restarts)
