@@ -169,11 +169,17 @@ class Gateway::Impl : public grpc::CallbackGenericService {
 
   grpc::ServerGenericBidiReactor* CreateReactor(grpc::GenericCallbackServerContext* ctx) override;
 
+  // Longest matching prefix wins (as for the node's forwarding routes); ties
+  // go to the first in configuration order.
   const Route& RouteFor(const std::string& method) const {
+    const Route* best = nullptr;
     for (const auto& r : routes_) {
-      if (method.starts_with(r->config.prefix)) return *r;
+      if (method.starts_with(r->config.prefix) &&
+          (best == nullptr || r->config.prefix.size() > best->config.prefix.size())) {
+        best = r.get();
+      }
     }
-    return *default_route_;
+    return best != nullptr ? *best : *default_route_;
   }
   void CountRequest(const Route& route, grpc::StatusCode code) {
     const size_t i = static_cast<size_t>(code) < 17 ? static_cast<size_t>(code) : 2;

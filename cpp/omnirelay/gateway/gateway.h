@@ -1,8 +1,8 @@
 #pragma once
 // Gateway mode of a node (issue 6): a gRPC listener that forwards every call,
 // unary or streaming, byte for byte to an instance of the cluster its route
-// names, chosen by method-name prefix (first match in configuration order,
-// else the default route).
+// names, chosen by method-name prefix (the longest matching prefix, else the
+// default route).
 //
 // Per call:
 //   1. route by method prefix; unmatched -> defaultRoute (an error code, or a
