@@ -30,7 +30,7 @@ PROTO_DIR = REPO / "proto"
 GRPC_PYTHON_PLUGIN = "/usr/bin/grpc_python_plugin"
 START_TIMEOUT = 20.0
 STOP_TIMEOUT = 10.0
-CALL_TIMEOUT = 10.0
+CALL_TIMEOUT = 20.0
 REFRESH = "200ms"
 
 
@@ -174,7 +174,7 @@ class Stack:
                      "stickyHeader": "session-id"}],
                 "defaultRoute": {"error": "UNIMPLEMENTED"},
                 "maxAttempts": 3,
-                "attemptTimeout": "2s"}}}
+                "attemptTimeout": "5s"}}}
         config_file = tmp_path / "gateway.json"
         config_file.write_text(json.dumps(config))
         self.gateway = self.spawn("gateway", "serve", "--config", str(config_file))

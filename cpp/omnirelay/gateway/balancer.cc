@@ -95,7 +95,10 @@ Pick Balancer::PickRoundRobin(const std::set<std::string>& exclude) {
     const Member& m = members_[(round_robin_++) % n];
     if (!exclude.count(m.id)) return {PickOutcome::kInstance, m, false, false};
   }
-  return Outcome(PickOutcome::kUnavailable);
+  // Every member failed in this call. A stateless cluster (no bindings to
+  // protect) may try one again — a single auth node with a transient connect
+  // failure deserves its retry; the caller's maxAttempts still bounds this.
+  return {PickOutcome::kInstance, members_[(round_robin_++) % n], false, false};
 }
 
 std::string Balancer::ReportFailure(const std::string& id) {

@@ -67,7 +67,8 @@ class Balancer {
 
   // Sticky pick for `session`, never returning an id in `exclude`.
   Pick PickSticky(const std::string& session, const std::set<std::string>& exclude);
-  // Round-robin over members not in `exclude` (occupancy is ignored).
+  // Round-robin over members not in `exclude` (occupancy is ignored); when
+  // every member is excluded, the next one anyway (stateless retry).
   Pick PickRoundRobin(const std::set<std::string>& exclude);
 
   // The instance `id` failed at the transport level: drops its binding.

@@ -154,8 +154,9 @@ TEST(BalancerTest, RoundRobinCyclesAndSkipsExcluded) {
   EXPECT_EQ(Id(b.PickRoundRobin({})), "worker-3");
   EXPECT_EQ(Id(b.PickRoundRobin({})), "worker-1");
   EXPECT_EQ(Id(b.PickRoundRobin({"worker-2"})), "worker-3");
+  // All failed in this call: stateless, so one is tried again (bounded by maxAttempts).
   EXPECT_EQ(b.PickRoundRobin({"worker-1", "worker-2", "worker-3"}).outcome,
-            PickOutcome::kUnavailable);
+            PickOutcome::kInstance);
   EXPECT_EQ(b.binding_count(), 0u);  // round-robin never binds
 }
 

@@ -126,10 +126,11 @@ struct Cluster {
       // A channel of its own per instance (a restarted instance reconnects
       // without inheriting another channel's backoff), and short reconnect
       // backoff: an instance restarting at the same address is reachable again
-      // as soon as it listens.
+      // as soon as it listens. Not grpc.min_reconnect_backoff_ms: gRPC uses it
+      // as the connect timeout, and 100 ms fails handshakes on a loaded host
+      // (attemptTimeout bounds a hung connect instead).
       args.SetInt("grpc.use_local_subchannel_pool", 1);
       args.SetInt("grpc.initial_reconnect_backoff_ms", 100);
-      args.SetInt("grpc.min_reconnect_backoff_ms", 100);
       args.SetInt("grpc.max_reconnect_backoff_ms", 1000);
       channel = grpc::CreateCustomChannel(address, grpc::InsecureChannelCredentials(), args);
     }
