@@ -5,6 +5,7 @@
 #include <cctype>
 #include <limits>
 #include <sstream>
+#include <tuple>
 
 #include "prometheus/counter.h"
 #include "prometheus/family.h"
@@ -37,8 +38,8 @@ void Gauge::Set(double value) { impl_->Set(value); }
 double Gauge::Value() const { return impl_->Value(); }
 
 const std::vector<double>& DefaultLatencyBucketsMs() {
-  static const std::vector<double> buckets = {0.1, 0.25, 0.5, 1,    2.5,  5,    10,    25,
-                                              50,  100,  250, 500,  1000, 2500, 5000, 10000};
+  static const std::vector<double> buckets = {0.1, 0.25, 0.5, 1,   2.5,  5,    10,   25,
+                                              50,  100,  250, 500, 1000, 2500, 5000, 10000};
   return buckets;
 }
 
@@ -46,7 +47,8 @@ namespace {
 
 prometheus::Labels ToLabels(const Tags& tags) {
   prometheus::Labels labels;
-  for (const auto& [key, value] : tags) labels.emplace(MetricsRegistry::PrometheusLabel(key), value);
+  for (const auto& [key, value] : tags)
+    labels.emplace(MetricsRegistry::PrometheusLabel(key), value);
   return labels;
 }
 
@@ -59,6 +61,20 @@ std::string_view UnitSuffix(std::string_view unit) {
 }
 
 }  // namespace
+
+// A series fed by callbacks (RegisterObservable). Value = retained (final
+// values of unregistered counter/up-down observers) + every live observer.
+struct MetricsRegistry::ObservableSeries {
+  MetricKind kind;
+  double retained = 0;
+  std::map<std::uint64_t, std::function<double()>> observers;
+
+  double Value() const {
+    double value = retained;
+    for (const auto& [id, observe] : observers) value += observe();
+    return value;
+  }
+};
 
 // One metric name: its descriptor, its prometheus-cpp family (counters and
 // gauges) or our own histogram series, and every series created so far.
@@ -75,7 +91,26 @@ struct MetricsRegistry::Family {
   std::map<Tags, std::unique_ptr<UpDownCounter>> updown_series;
   std::map<Tags, std::unique_ptr<Gauge>> gauge_series;
   std::map<Tags, std::unique_ptr<Histogram>> histogram_series;
+  std::map<Tags, std::unique_ptr<ObservableSeries>> observable_series;
 };
+
+ObservableHandle& ObservableHandle::operator=(ObservableHandle&& other) noexcept {
+  if (this != &other) {
+    Reset();
+    registry_ = other.registry_;
+    id_ = other.id_;
+    other.registry_ = nullptr;
+    other.id_ = 0;
+  }
+  return *this;
+}
+
+void ObservableHandle::Reset() {
+  if (registry_ == nullptr) return;
+  registry_->Unregister(id_);
+  registry_ = nullptr;
+  id_ = 0;
+}
 
 // Renders our histograms as prometheus-cpp families so one serializer
 // renders everything. Caller holds mu_.
@@ -142,8 +177,7 @@ MetricsRegistry::Family& MetricsRegistry::FamilyFor(const MetricDescriptor& desc
   family->unit = std::string(descriptor.unit);
   family->help = std::string(descriptor.help);
   family->buckets = descriptor.buckets;
-  const std::string prom_name =
-      PrometheusName(descriptor.name, descriptor.kind, descriptor.unit);
+  const std::string prom_name = PrometheusName(descriptor.name, descriptor.kind, descriptor.unit);
   switch (descriptor.kind) {
     case MetricKind::kCounter:
       family->counters = &prometheus::BuildCounter()
@@ -202,9 +236,90 @@ Histogram& MetricsRegistry::GetHistogram(const MetricDescriptor& descriptor, con
   return *slot;
 }
 
+ObservableHandle MetricsRegistry::RegisterObservable(const MetricDescriptor& descriptor,
+                                                     const Tags& tags,
+                                                     std::function<double()> observe) {
+  assert(descriptor.kind != MetricKind::kHistogram && "histograms cannot be observable");
+  if (descriptor.kind == MetricKind::kHistogram || !observe) return {};
+  std::lock_guard lock(mu_);
+  Family& family = FamilyFor(descriptor);
+  auto& slot = family.observable_series[tags];
+  if (!slot) {
+    slot = std::make_unique<ObservableSeries>();
+    slot->kind = family.kind;
+  }
+  const std::uint64_t id = next_observer_id_++;
+  slot->observers.emplace(id, std::move(observe));
+  observers_.emplace(id, slot.get());
+  return ObservableHandle(this, id);
+}
+
+void MetricsRegistry::Unregister(std::uint64_t id) {
+  std::function<double()> observe;  // destroyed after the lock is dropped
+  std::lock_guard lock(mu_);
+  auto it = observers_.find(id);
+  if (it == observers_.end()) return;
+  ObservableSeries* series = it->second;
+  observers_.erase(it);
+  auto observer = series->observers.find(id);
+  if (observer == series->observers.end()) return;
+  // Counters and up-down counters keep what the observer contributed.
+  if (series->kind != MetricKind::kGauge) series->retained += observer->second();
+  observe = std::move(observer->second);
+  series->observers.erase(observer);
+}
+
+// Adds observable series to the collected families: into the family of the
+// same name when prometheus-cpp has one (summing a push series with the same
+// labels), else into a new family. Caller holds mu_.
+void MetricsRegistry::AddObservablesLocked(std::vector<prometheus::MetricFamily>& families) const {
+  for (const auto& [name, family] : families_) {
+    if (family->observable_series.empty()) continue;
+    const std::string prom_name = PrometheusName(name, family->kind, family->unit);
+    auto it = std::find_if(families.begin(), families.end(),
+                           [&](const auto& f) { return f.name == prom_name; });
+    if (it == families.end()) {
+      prometheus::MetricFamily rendered;
+      rendered.name = prom_name;
+      rendered.help = family->help;
+      rendered.type = family->kind == MetricKind::kCounter ? prometheus::MetricType::Counter
+                                                           : prometheus::MetricType::Gauge;
+      families.push_back(std::move(rendered));
+      it = families.end() - 1;
+    }
+    auto& metrics = it->metric;
+    for (const auto& [tags, series] : family->observable_series) {
+      std::vector<prometheus::ClientMetric::Label> labels;
+      for (const auto& [key, value] : ToLabels(tags)) labels.push_back({key, value});
+      const double value = series->Value();
+      auto same = std::find_if(metrics.begin(), metrics.end(),
+                               [&](const auto& m) { return m.label == labels; });
+      if (same == metrics.end()) {
+        metrics.emplace_back();
+        same = metrics.end() - 1;
+        same->label = std::move(labels);
+      }
+      if (family->kind == MetricKind::kCounter) {
+        same->counter.value += value;
+      } else {
+        same->gauge.value += value;
+      }
+    }
+    // prometheus-cpp orders a family's series by label set; keep that order.
+    std::sort(metrics.begin(), metrics.end(), [](const auto& a, const auto& b) {
+      return std::lexicographical_compare(a.label.begin(), a.label.end(), b.label.begin(),
+                                          b.label.end(), [](const auto& x, const auto& y) {
+                                            return std::tie(x.name, x.value) <
+                                                   std::tie(y.name, y.value);
+                                          });
+    });
+  }
+}
+
 std::string MetricsRegistry::RenderPrometheus() const {
   std::lock_guard lock(mu_);
   auto families = registry_->Collect();
+  AddObservablesLocked(families);
   auto histograms = CollectHistogramsLocked();
   families.insert(families.end(), std::make_move_iterator(histograms.begin()),
                   std::make_move_iterator(histograms.end()));
@@ -236,6 +351,10 @@ std::vector<MetricPoint> MetricsRegistry::Snapshot() const {
       points.back().value = series->Value();
     }
     for (const auto& [tags, series] : family->gauge_series) {
+      points.push_back(point_for(tags));
+      points.back().value = series->Value();
+    }
+    for (const auto& [tags, series] : family->observable_series) {
       points.push_back(point_for(tags));
       points.back().value = series->Value();
     }

@@ -17,8 +17,26 @@
 // callers on hot paths look a series up once and keep the reference, which
 // stays valid for the registry's lifetime. Recording on a series is lock-free.
 //
+// Observable series: RegisterObservable() attaches a callback that the
+// registry calls at scrape time (RenderPrometheus, Snapshot, Total) instead of
+// the owner recording on every event. It suits values the owner already keeps
+// in its own atomics (a peer's in-flight count, its success count): the hot
+// path then pays nothing for the metric. A series (name + tags) may have
+// several observers; its value is the sum of what they report, and for
+// counters and up-down counters an observer's last value is folded into the
+// series when its handle is destroyed, so the series behaves exactly like a
+// push counter that every observer added into (it never goes back down when
+// an object goes away, and keeps accumulating if one with the same tags comes
+// back). Gauges drop an unregistered observer's contribution. Like Get*
+// series, an observable series is never removed from the exposition; if a
+// push series has the same name and tags, Prometheus shows their sum.
+// Callbacks run under the registry mutex: they must be cheap, thread-safe and
+// must not call back into the registry.
+//
 // Snapshot() returns plain values (dotted names, original tag keys) for tests
 // and Python assertions.
+#include <cstdint>
+#include <functional>
 #include <map>
 #include <memory>
 #include <mutex>
@@ -94,6 +112,30 @@ class Histogram {
   LatencyHistogram data_;
 };
 
+class MetricsRegistry;
+
+// Keeps an observable series' callback registered; destroying (or resetting)
+// it unregisters the callback, after which the registry never calls it again.
+// Move-only. Must not outlive its registry.
+class ObservableHandle {
+ public:
+  ObservableHandle() = default;
+  ObservableHandle(ObservableHandle&& other) noexcept { *this = std::move(other); }
+  ObservableHandle& operator=(ObservableHandle&& other) noexcept;
+  ObservableHandle(const ObservableHandle&) = delete;
+  ObservableHandle& operator=(const ObservableHandle&) = delete;
+  ~ObservableHandle() { Reset(); }
+
+  void Reset();  // unregisters now (thread-safe; waits out a running scrape)
+  explicit operator bool() const { return registry_ != nullptr; }
+
+ private:
+  friend class MetricsRegistry;
+  ObservableHandle(MetricsRegistry* registry, std::uint64_t id) : registry_(registry), id_(id) {}
+  MetricsRegistry* registry_ = nullptr;
+  std::uint64_t id_ = 0;
+};
+
 struct MetricPoint {
   std::string name;  // dotted
   MetricKind kind;
@@ -118,6 +160,15 @@ class MetricsRegistry {
   Gauge& GetGauge(const MetricDescriptor& descriptor, const Tags& tags = {});
   Histogram& GetHistogram(const MetricDescriptor& descriptor, const Tags& tags = {});
 
+  // Registers `observe` as (part of) the series `descriptor` + `tags`; see
+  // "Observable series" above. The kind must be kCounter, kUpDownCounter or
+  // kGauge (a histogram is a programming error: aborts in debug builds,
+  // returns an empty handle in release builds). A counter's callback must
+  // never decrease.
+  [[nodiscard]] ObservableHandle RegisterObservable(const MetricDescriptor& descriptor,
+                                                    const Tags& tags,
+                                                    std::function<double()> observe);
+
   // Prometheus text exposition format 0.0.4 of every series.
   std::string RenderPrometheus() const;
 
@@ -135,13 +186,20 @@ class MetricsRegistry {
   static std::shared_ptr<MetricsRegistry> Default();
 
  private:
+  friend class ObservableHandle;
   struct Family;
+  struct ObservableSeries;
   Family& FamilyFor(const MetricDescriptor& descriptor);
   std::vector<prometheus::MetricFamily> CollectHistogramsLocked() const;
+  void AddObservablesLocked(std::vector<prometheus::MetricFamily>& families) const;
+  void Unregister(std::uint64_t id);
 
   mutable std::mutex mu_;
   std::shared_ptr<prometheus::Registry> registry_;
   std::map<std::string, std::unique_ptr<Family>, std::less<>> families_;
+  std::uint64_t next_observer_id_ = 1;
+  // Observer id -> its series, for Unregister.
+  std::map<std::uint64_t, ObservableSeries*> observers_;
 };
 
 // Default latency buckets (ms) for Prometheus exposition of histograms.

@@ -1,8 +1,12 @@
 #include "omnirelay/core/metrics.h"
 
-#include <thread>
-
 #include <gtest/gtest.h>
+
+#include <atomic>
+#include <cstdint>
+#include <memory>
+#include <string>
+#include <thread>
 
 namespace omnirelay::core {
 namespace {
@@ -13,15 +17,18 @@ const MetricDescriptor kLeaseRejected{"omnirelay.peer.lease_rejected", MetricKin
                                       "Lease attempts refused by a peer."};
 const MetricDescriptor kInflight{"omnirelay.peer.inflight", MetricKind::kUpDownCounter, "1",
                                  "Requests in flight per peer."};
-const MetricDescriptor kLeaseDuration{"omnirelay.peer.lease.duration", MetricKind::kHistogram,
-                                      "ms", "Lease hold time.", {1, 10, 100}};
+const MetricDescriptor kLeaseDuration{"omnirelay.peer.lease.duration",
+                                      MetricKind::kHistogram,
+                                      "ms",
+                                      "Lease hold time.",
+                                      {1, 10, 100}};
 
 TEST(MetricsNamingTest, DottedNamesBecomePrometheusNames) {
-  EXPECT_EQ(MetricsRegistry::PrometheusName("omnirelay.peer.pool_exhausted", MetricKind::kCounter,
-                                            "1"),
-            "omnirelay_peer_pool_exhausted_total");
-  EXPECT_EQ(MetricsRegistry::PrometheusName("omnirelay.peer.lease.duration",
-                                            MetricKind::kHistogram, "ms"),
+  EXPECT_EQ(
+      MetricsRegistry::PrometheusName("omnirelay.peer.pool_exhausted", MetricKind::kCounter, "1"),
+      "omnirelay_peer_pool_exhausted_total");
+  EXPECT_EQ(MetricsRegistry::PrometheusName("omnirelay.peer.lease.duration", MetricKind::kHistogram,
+                                            "ms"),
             "omnirelay_peer_lease_duration_milliseconds");
   EXPECT_EQ(MetricsRegistry::PrometheusName("omnirelay.peer.inflight", MetricKind::kUpDownCounter,
                                             "{request}"),
@@ -66,8 +73,10 @@ TEST(MetricsRegistryTest, ExactPrometheusExposition) {
 
 TEST(MetricsRegistryTest, SnapshotKeepsDottedNamesAndTags) {
   MetricsRegistry registry;
-  registry.GetCounter(kLeaseRejected, {{"peer.rejection_reason", "busy"}, {"rpc.peer", "a"}}).Add(2);
-  registry.GetCounter(kLeaseRejected, {{"peer.rejection_reason", "busy"}, {"rpc.peer", "b"}}).Add(3);
+  registry.GetCounter(kLeaseRejected, {{"peer.rejection_reason", "busy"}, {"rpc.peer", "a"}})
+      .Add(2);
+  registry.GetCounter(kLeaseRejected, {{"peer.rejection_reason", "busy"}, {"rpc.peer", "b"}})
+      .Add(3);
   registry.GetCounter(kLeaseRejected, {{"peer.rejection_reason", "unhealthy"}, {"rpc.peer", "b"}})
       .Add(7);
   registry.GetHistogram(kLeaseDuration).Record(4);
@@ -106,6 +115,81 @@ TEST(MetricsRegistryTest, SeriesReferencesAreStableAndConcurrent) {
   for (auto& thread : threads) thread.join();
   EXPECT_EQ(counter.Value(), 40000);
   EXPECT_EQ(&counter, &registry.GetCounter(kPoolExhausted));
+}
+
+const MetricDescriptor kSuccesses{"omnirelay.peer.successes", MetricKind::kCounter, "{request}",
+                                  "Successful leases."};
+const MetricDescriptor kHealthy{"omnirelay.peer.lease.healthy", MetricKind::kGauge, "{peer}",
+                                "Healthy peers."};
+
+TEST(MetricsRegistryTest, ObservableSeriesReadAtScrapeTime) {
+  MetricsRegistry registry;
+  std::atomic<int> inflight{2};
+  std::atomic<std::uint64_t> successes_a{7};
+  std::atomic<std::uint64_t> successes_b{1};
+  auto inflight_handle = registry.RegisterObservable(
+      kInflight, {{"rpc.peer", "b1"}}, [&] { return static_cast<double>(inflight.load()); });
+  auto a = registry.RegisterObservable(kSuccesses, {{"rpc.peer", "a"}},
+                                       [&] { return static_cast<double>(successes_a.load()); });
+  auto b = registry.RegisterObservable(kSuccesses, {{"rpc.peer", "b"}},
+                                       [&] { return static_cast<double>(successes_b.load()); });
+  auto healthy = registry.RegisterObservable(kHealthy, {}, [] { return 3.0; });
+  // A push series with the same name and tags as an observable one: one line, the sum.
+  registry.GetUpDownCounter(kInflight, {{"rpc.peer", "b1"}}).Add(1);
+  registry.GetUpDownCounter(kInflight, {{"rpc.peer", "a0"}}).Add(4);
+  inflight = 5;  // read at scrape time, not at registration
+
+  const std::string expected =
+      "# HELP omnirelay_peer_inflight Requests in flight per peer.\n"
+      "# TYPE omnirelay_peer_inflight gauge\n"
+      "omnirelay_peer_inflight{rpc_peer=\"a0\"} 4\n"
+      "omnirelay_peer_inflight{rpc_peer=\"b1\"} 6\n"
+      "# HELP omnirelay_peer_lease_healthy Healthy peers.\n"
+      "# TYPE omnirelay_peer_lease_healthy gauge\n"
+      "omnirelay_peer_lease_healthy 3\n"
+      "# HELP omnirelay_peer_successes_total Successful leases.\n"
+      "# TYPE omnirelay_peer_successes_total counter\n"
+      "omnirelay_peer_successes_total{rpc_peer=\"a\"} 7\n"
+      "omnirelay_peer_successes_total{rpc_peer=\"b\"} 1\n";
+  EXPECT_EQ(registry.RenderPrometheus(), expected);
+  EXPECT_EQ(registry.Total("omnirelay.peer.inflight"), 10);
+  EXPECT_EQ(registry.Total("omnirelay.peer.successes", {{"rpc.peer", "a"}}), 7);
+
+  // Unregistering keeps a counter's final value in the series (like a push
+  // counter), and a new observer with the same tags adds to it; a gauge's
+  // contribution goes away, its series stays.
+  a.Reset();
+  successes_a = 100;  // no longer read
+  EXPECT_FALSE(a);
+  EXPECT_EQ(registry.Total("omnirelay.peer.successes", {{"rpc.peer", "a"}}), 7);
+  auto a_again = registry.RegisterObservable(kSuccesses, {{"rpc.peer", "a"}}, [] { return 2.0; });
+  EXPECT_EQ(registry.Total("omnirelay.peer.successes", {{"rpc.peer", "a"}}), 9);
+  {
+    ObservableHandle moved = std::move(healthy);
+    EXPECT_FALSE(healthy);
+  }
+  EXPECT_EQ(registry.Total("omnirelay.peer.lease.healthy"), 0);
+  EXPECT_NE(registry.RenderPrometheus().find("omnirelay_peer_lease_healthy 0\n"),
+            std::string::npos);
+}
+
+TEST(MetricsRegistryTest, ObservableUnregisterRacesWithScrapes) {
+  MetricsRegistry registry;
+  std::atomic<bool> done{false};
+  std::thread scraper([&] {
+    while (!done.load()) (void)registry.RenderPrometheus();
+  });
+  for (int i = 0; i < 2000; ++i) {
+    auto value = std::make_unique<std::atomic<std::uint64_t>>(1);
+    auto handle = registry.RegisterObservable(
+        kSuccesses, {{"rpc.peer", std::to_string(i % 10)}},
+        [raw = value.get()] { return static_cast<double>(raw->load()); });
+    handle.Reset();  // after this the callback is never called: freeing `value` is safe
+    value.reset();
+  }
+  done = true;
+  scraper.join();
+  EXPECT_EQ(registry.Total("omnirelay.peer.successes"), 2000);
 }
 
 }  // namespace

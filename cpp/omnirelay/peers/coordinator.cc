@@ -1,5 +1,6 @@
 #include "omnirelay/peers/coordinator.h"
 
+#include <array>
 #include <set>
 #include <utility>
 
@@ -41,6 +42,42 @@ class CoordinatorShared {
     std::shared_ptr<const PeerSnapshot> ptr_;
   } snapshot;
   std::atomic<std::uint64_t> version{0};
+  // Process-unique (never reused, unlike `this`): keys the per-thread cache.
+  const std::uint64_t id = NextId();
+
+  // The hot-path read of the current snapshot: a per-thread cache of the
+  // last snapshot this thread saw of this coordinator, valid while `version`
+  // has not moved, so Acquire takes no mutex. Returns a reference to the
+  // cached shared_ptr (the caller copies it only for a lease).
+  //
+  // Lifetime: each thread keeps the last snapshot of up to kCacheSlots
+  // coordinators (slot = id % kCacheSlots) until it next reads a changed
+  // version through that slot or exits, so a removed peer (or a destroyed
+  // coordinator's shared state) may live on in an idle thread's cache; it is
+  // never picked again (every read revalidates against `version`).
+  const std::shared_ptr<const PeerSnapshot>& LoadCached() {
+    struct Entry {
+      std::uint64_t id = 0;
+      std::uint64_t version = 0;
+      std::shared_ptr<const PeerSnapshot> snapshot;
+    };
+    static constexpr std::size_t kCacheSlots = 4;
+    thread_local std::array<Entry, kCacheSlots> cache;
+    Entry& entry = cache[id % kCacheSlots];
+    const std::uint64_t current = version.load(std::memory_order_acquire);
+    if (entry.id == id && entry.version == current) return entry.snapshot;
+    auto fresh = snapshot.load();
+    entry.id = id;
+    // The snapshot's own version (it may already be newer than `current`).
+    entry.version = fresh ? fresh->version : current;
+    entry.snapshot = std::move(fresh);
+    return entry.snapshot;
+  }
+
+  static std::uint64_t NextId() {
+    static std::atomic<std::uint64_t> next{1};
+    return next.fetch_add(1, std::memory_order_relaxed);
+  }
 
   // Waiting (rule 5). `waiters` lets releases skip the mutex when nobody
   // waits; `wake_generation` changes on every event that may free a peer.
@@ -178,6 +215,7 @@ PeerListCoordinator::~PeerListCoordinator() {
   // Break the shared -> snapshot -> shared cycle; leases still holding a
   // snapshot keep the shared state alive until they release.
   shared_->snapshot.store(nullptr);
+  shared_->version.fetch_add(1, std::memory_order_acq_rel);  // invalidate thread caches
   shared_->Wake();
 }
 
@@ -312,7 +350,7 @@ int PeerListCoordinator::waiting() const { return shared_->waiters.load(); }
 PeerChooser& PeerListCoordinator::chooser() { return *shared_->chooser; }
 
 absl::StatusOr<PeerLease> PeerListCoordinator::Acquire(const core::RequestMeta& meta) {
-  auto snapshot = shared_->snapshot.load(std::memory_order_acquire);
+  const std::shared_ptr<const PeerSnapshot>& snapshot = shared_->LoadCached();
   if (!snapshot || snapshot->raw.empty()) {
     return core::MakeStatus(core::StatusCode::kUnavailable, "no peers registered",
                             "peer-list-empty");
@@ -331,10 +369,10 @@ absl::StatusOr<PeerLease> PeerListCoordinator::Acquire(const core::RequestMeta& 
   int index = shared_->chooser->Pick(*snapshot, meta);
   if (index >= 0) {
     Admission admission = snapshot->raw[index]->TryAcquire();
-    if (admission.ok()) return PeerLease(std::move(snapshot), index, admission.probe);
+    if (admission.ok()) return PeerLease(snapshot, index, admission.probe);
     if (shared_->chooser_tracks_load) shared_->chooser->OnPeerChanged(*snapshot, index);
   }
-  return AcquireSlow(std::move(snapshot), meta, deadline, index);
+  return AcquireSlow(snapshot, meta, deadline, index);
 }
 
 absl::StatusOr<PeerLease> PeerListCoordinator::AcquireSlow(

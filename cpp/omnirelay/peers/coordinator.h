@@ -25,11 +25,15 @@
 //
 // Thread-safety: Acquire, PeerLease::Release and every other method are
 // thread-safe. The hot path reads an immutable shared_ptr<const PeerSnapshot>
-// (atomic load) and per-peer atomics; membership changes serialise on one
-// mutex. Acquire blocks only in rule 5.
+// from a per-thread cache validated by an atomic version (no mutex), and
+// per-peer atomics; membership changes serialise on one mutex. Acquire blocks
+// only in rule 5.
 // Ownership: the coordinator owns its chooser and peers (via snapshots);
 // leases keep the snapshot they were taken from (and so the peer) alive, and
-// may outlive the coordinator.
+// may outlive the coordinator. A thread's snapshot cache may also keep a
+// removed peer (or, after the coordinator is destroyed, its shared state)
+// alive until that thread next acquires through the same cache slot or
+// exits; such a peer is never picked again.
 #include <atomic>
 #include <condition_variable>
 #include <memory>

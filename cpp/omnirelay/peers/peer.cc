@@ -2,6 +2,7 @@
 
 #include <algorithm>
 #include <cmath>
+#include <ctime>
 #include <utility>
 
 #include "omnirelay/peers/peer_metrics.h"
@@ -86,12 +87,20 @@ Peer::Peer(PeerDescriptor descriptor, PeerOptions options, std::shared_ptr<core:
         tags[kTagPeer] = descriptor_.id;
         return tags;
       }()),
-      status_(descriptor_.status) {
+      status_(descriptor_.status),
+      coarse_clock_(dynamic_cast<const core::SystemClock*>(clock_.get()) != nullptr) {
   if (metrics_) {
-    // Look every series up once: Get* takes the registry mutex.
-    series_.inflight = &metrics_->GetUpDownCounter(metric::kInflight, tags_);
-    series_.successes = &metrics_->GetCounter(metric::kSuccesses, tags_);
-    series_.failures = &metrics_->GetCounter(metric::kFailures, tags_);
+    // Read at scrape time from our own atomics: no metric work per lease.
+    observed_[0] = metrics_->RegisterObservable(metric::kInflight, tags_, [this] {
+      return static_cast<double>(inflight_.load(std::memory_order_relaxed));
+    });
+    observed_[1] = metrics_->RegisterObservable(metric::kSuccesses, tags_, [this] {
+      return static_cast<double>(successes_.load(std::memory_order_relaxed));
+    });
+    observed_[2] = metrics_->RegisterObservable(metric::kFailures, tags_, [this] {
+      return static_cast<double>(failures_.load(std::memory_order_relaxed));
+    });
+    // Look every other series up once: Get* takes the registry mutex.
     auto with_reason = [&](const char* reason) {
       core::Tags tags = tags_;
       tags[kTagRejectionReason] = reason;
@@ -165,7 +174,6 @@ Admission Peer::TryAcquire() {
   } else {
     inflight_.fetch_add(1, std::memory_order_acq_rel);
   }
-  if (series_.inflight) series_.inflight->Add(1);
   admission.result = AcquireResult::kAcquired;
   return admission;
 }
@@ -174,7 +182,6 @@ void Peer::Release(core::StatusCode outcome, core::Duration latency, bool probe)
   // seq_cst: pairs with the coordinator's waiter count so a waiter either sees
   // this slot free or is woken (see PeerListCoordinator).
   inflight_.fetch_sub(1, std::memory_order_seq_cst);
-  if (series_.inflight) series_.inflight->Add(-1);
   // A zero latency means "not measured" (a lease dropped unreleased).
   if (series_.duration && latency.count() > 0) series_.duration->Record(ToMs(latency));
   RecordOutcome(outcome, latency);
@@ -190,22 +197,38 @@ void Peer::RecordOutcome(core::StatusCode outcome, core::Duration latency) {
   const bool failure = outcome != core::StatusCode::kOk && core::IsServerFailure(outcome);
   if (outcome == core::StatusCode::kOk) {
     successes_.fetch_add(1, std::memory_order_relaxed);
-    last_success_ns_.store(ToNanos(clock_->Now()), std::memory_order_relaxed);
-    if (series_.successes) series_.successes->Add(1);
+    // Store only when the (coarse) time moved: the line stays shared-clean
+    // across cores while many releases land in the same tick.
+    const std::int64_t now = NowNanos();
+    if (last_success_ns_.load(std::memory_order_relaxed) != now) {
+      last_success_ns_.store(now, std::memory_order_relaxed);
+    }
   } else if (failure) {
     failures_.fetch_add(1, std::memory_order_relaxed);
-    last_failure_ns_.store(ToNanos(clock_->Now()), std::memory_order_relaxed);
-    if (series_.failures) series_.failures->Add(1);
+    last_failure_ns_.store(NowNanos(), std::memory_order_relaxed);
   }
   if (latency.count() <= 0) return;  // no measurement (cancelled lease, synthetic release)
   double sample = ToMs(latency);
   double old = ewma_ms_.load(std::memory_order_relaxed);
-  double next;
-  do {
+  double next = old < 0 ? sample : old + options_.ewma_alpha * (sample - old);
+  // A sample equal to the average leaves it unchanged: skip the write (and the
+  // cache-line transfer) altogether. Otherwise CAS, retrying on contention.
+  while (next != old && !ewma_ms_.compare_exchange_weak(old, next, std::memory_order_relaxed)) {
     next = old < 0 ? sample : old + options_.ewma_alpha * (sample - old);
-  } while (!ewma_ms_.compare_exchange_weak(old, next, std::memory_order_relaxed));
+  }
   std::uint32_t index = window_next_.fetch_add(1, std::memory_order_relaxed);
   window_[index % kLatencyWindow].store(static_cast<float>(sample), std::memory_order_relaxed);
+}
+
+std::int64_t Peer::NowNanos() const {
+  if (coarse_clock_) {
+    // CLOCK_REALTIME_COARSE: the same epoch as system_clock, at the kernel
+    // tick's granularity, read from the vDSO without touching the TSC.
+    timespec ts;
+    clock_gettime(CLOCK_REALTIME_COARSE, &ts);
+    return static_cast<std::int64_t>(ts.tv_sec) * 1'000'000'000 + ts.tv_nsec;
+  }
+  return ToNanos(clock_->Now());
 }
 
 std::optional<double> Peer::LatencyEwmaMs() const {

@@ -20,6 +20,10 @@
 //
 // Thread-safety: all methods are thread-safe. TryAcquire/Release are
 // lock-free (atomics) unless the breaker is half-open or records a failure.
+// Metrics: omnirelay.peer.inflight, .successes and .failures are observable
+// series (core::MetricsRegistry::RegisterObservable) read from this peer's
+// own counters at scrape time; last_success/last_failure come from a coarse
+// clock (1-4 ms granularity) when the clock is the SystemClock.
 // SetHealthHandle must be called before the peer is shared with other threads.
 // Ownership: held by shared_ptr; a peer belongs to at most one coordinator.
 #include <array>
@@ -153,10 +157,10 @@ class Peer : public std::enable_shared_from_this<Peer> {
   void set_slot(int slot) { slot_.store(slot, std::memory_order_release); }
 
  private:
+  // Push series for rare events. inflight, successes and failures are
+  // observable series read from inflight_/successes_/failures_ at scrape
+  // time (observed_ below), so a release pays no metric CAS for them.
   struct Series {
-    core::UpDownCounter* inflight = nullptr;
-    core::Counter* successes = nullptr;
-    core::Counter* failures = nullptr;
     core::Counter* rejected_busy = nullptr;
     core::Counter* rejected_unhealthy = nullptr;
     core::Counter* rejected_circuit_open = nullptr;
@@ -167,6 +171,7 @@ class Peer : public std::enable_shared_from_this<Peer> {
        std::shared_ptr<core::MetricsRegistry> metrics, core::Tags tags);
   void Refuse(AcquireResult result);
   void RecordOutcome(core::StatusCode outcome, core::Duration latency);
+  std::int64_t NowNanos() const;
   void OnBreakerTransition(BreakerState from, BreakerState to);
 
   const PeerDescriptor descriptor_;
@@ -189,8 +194,17 @@ class Peer : public std::enable_shared_from_this<Peer> {
   std::atomic<std::uint32_t> window_next_{0};
   std::array<std::atomic<float>, kLatencyWindow> window_{};
 
+  // Clock behind last_success/last_failure: CoarseSystemNow() when clock_ is
+  // the SystemClock (a 1-4 ms-grained vDSO read instead of a precise one on
+  // every release), else clock_->Now() (ManualClock stays exact).
+  const bool coarse_clock_;
+
   std::mutex observer_mu_;
   std::shared_ptr<const Observer> observer_;
+
+  // Last members: destroyed (unregistered) first, while the atomics they read
+  // are still alive.
+  std::array<core::ObservableHandle, 3> observed_;
 };
 
 }  // namespace omnirelay::peers

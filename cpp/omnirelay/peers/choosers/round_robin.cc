@@ -8,10 +8,11 @@ int RoundRobinChooser::Pick(const PeerSnapshot& snapshot, const core::RequestMet
   (void)meta;
   const auto n = static_cast<std::uint64_t>(snapshot.raw.size());
   if (n == 0) return -1;
-  const std::uint64_t start = cursor_.fetch_add(1, std::memory_order_relaxed);
+  // One division per pick, then walk with a wrap instead of a modulo per step.
+  std::uint64_t index = cursor_.fetch_add(1, std::memory_order_relaxed) % n;
   for (std::uint64_t i = 0; i < n; ++i) {
-    auto index = static_cast<int>((start + i) % n);
-    if (Pickable(*snapshot.raw[index])) return index;
+    if (Pickable(*snapshot.raw[index])) return static_cast<int>(index);
+    if (++index == n) index = 0;
   }
   return -1;
 }
