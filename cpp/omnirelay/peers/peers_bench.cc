@@ -2,8 +2,9 @@
 //
 //   BM_Coordinator/<chooser>/<peers>  the full path a transport takes:
 //       PeerListCoordinator::Acquire + PeerLease::Release, with metrics
-//       (in-flight up/down counter, successes, lease.duration histogram),
-//       latency EWMA/window, breaker bookkeeping.
+//       (lease.duration histogram; in-flight and successes are observable
+//       series read at scrape time), latency EWMA/window, last-success time,
+//       breaker bookkeeping.
 //   BM_Chooser/<chooser>/<peers>      the chooser on the same snapshot without
 //       the coordinator and lease: Pick + Peer::TryAcquire + Peer::Release
 //       with no latency (no EWMA/window work), to show what the
