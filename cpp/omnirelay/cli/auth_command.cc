@@ -16,6 +16,7 @@
 #include "omnirelay/auth/user_store.h"
 #include "omnirelay/cli/commands.h"
 #include "omnirelay/core/logging.h"
+#include "omnirelay/core/process.h"
 #include "omnirelay/core/request_meta.h"
 #include "omnirelay/samples/auth_service.h"
 #include "omnirelay/samples/process.h"
@@ -50,7 +51,7 @@ int RunAuth(const AuthOptions& options) {
   if (!ttl || *ttl <= core::Duration::zero()) {
     return Fail("--token-ttl: '" + options.token_ttl + "' is not a positive duration", 2);
   }
-  samples::TerminationWaiter waiter;  // before any thread starts
+  core::TerminationWaiter waiter;  // before any thread starts
 
   auto secret = auth::LoadOrCreateSecret(options.jwt_secret_file);
   if (!secret.ok()) return Fail(std::string(secret.status().message()));
@@ -71,7 +72,7 @@ int RunAuth(const AuthOptions& options) {
   const nlohmann::json ready = {{"role", "auth"},     {"pid", static_cast<int>(::getpid())},
                                 {"address", address}, {"grpc", address},
                                 {"db", options.db},   {"jwtSecretFile", options.jwt_secret_file}};
-  if (!options.ready_file.empty() && !samples::WriteReadyFile(options.ready_file, ready)) {
+  if (!options.ready_file.empty() && !core::WriteReadyFile(options.ready_file, ready)) {
     (*server)->Shutdown();
     return Fail("cannot write ready file " + options.ready_file);
   }

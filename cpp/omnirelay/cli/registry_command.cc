@@ -11,6 +11,7 @@
 
 #include "omnirelay/cli/commands.h"
 #include "omnirelay/core/logging.h"
+#include "omnirelay/core/process.h"
 #include "omnirelay/core/request_meta.h"
 #include "omnirelay/samples/process.h"
 #include "omnirelay/samples/registry.h"
@@ -43,7 +44,7 @@ int RunRegistry(const RegistryCommandOptions& options) {
   }
   auto listen = samples::SplitHostPort(options.listen);
   if (!listen.ok()) return Fail("--listen: " + std::string(listen.status().message()), 2);
-  samples::TerminationWaiter waiter;  // before any thread starts
+  core::TerminationWaiter waiter;  // before any thread starts
 
   samples::RegistryServer server({.host = listen->first, .port = listen->second, .threads = 2},
                                  {.ttl = *ttl});
@@ -52,7 +53,7 @@ int RunRegistry(const RegistryCommandOptions& options) {
                                 {"pid", static_cast<int>(::getpid())},
                                 {"address", server.address()},
                                 {"http", server.address()}};
-  if (!options.ready_file.empty() && !samples::WriteReadyFile(options.ready_file, ready)) {
+  if (!options.ready_file.empty() && !core::WriteReadyFile(options.ready_file, ready)) {
     server.Stop();
     return Fail("cannot write ready file " + options.ready_file);
   }

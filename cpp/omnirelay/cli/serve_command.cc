@@ -18,6 +18,7 @@
 #include "omnirelay/cli/commands.h"
 #include "omnirelay/cli/run_node.h"
 #include "omnirelay/core/logging.h"
+#include "omnirelay/core/process.h"
 #include "omnirelay/node/node.h"
 
 namespace omnirelay::cli {
@@ -32,16 +33,6 @@ struct ServeOptions {
   std::string http_address;
   RunNodeOptions run;
 };
-
-bool WriteReadyFile(const std::string& path, const nlohmann::json& contents) {
-  const std::string temp = path + ".tmp";
-  {
-    std::ofstream out(temp);
-    if (!out) return false;
-    out << contents.dump(2) << "\n";
-  }
-  return std::rename(temp.c_str(), path.c_str()) == 0;
-}
 
 bool IsHostPort(const std::string& address) {
   const auto colon = address.rfind(':');
@@ -91,12 +82,8 @@ int RunNode(config::NodeConfig config, const RunNodeOptions& options) {
   if (!options.log_file.empty()) core::SetLogFile(options.log_file);
 
   // Block the termination signals in every thread (before any is started);
-  // one thread waits for them with sigwait, so no work runs in a handler.
-  sigset_t signals;
-  sigemptyset(&signals);
-  sigaddset(&signals, SIGTERM);
-  sigaddset(&signals, SIGINT);
-  pthread_sigmask(SIG_BLOCK, &signals, nullptr);
+  // this thread collects them, so no work runs in a handler.
+  core::TerminationWaiter waiter;
 
   const auto drain_timeout =
       std::chrono::duration_cast<std::chrono::milliseconds>(config.drain_timeout);
@@ -110,7 +97,7 @@ int RunNode(config::NodeConfig config, const RunNodeOptions& options) {
     return 1;
   }
   const nlohmann::json ready = (*node)->ReadyInfo();
-  if (!options.ready_file.empty() && !WriteReadyFile(options.ready_file, ready)) {
+  if (!options.ready_file.empty() && !core::WriteReadyFile(options.ready_file, ready)) {
     std::cerr << "omnirelay " << options.command << ": cannot write ready file "
               << options.ready_file << "\n";
     (*node)->Stop();
@@ -118,8 +105,7 @@ int RunNode(config::NodeConfig config, const RunNodeOptions& options) {
   }
   core::LogInfo("node.ready", ready);
 
-  int signal_number = 0;
-  sigwait(&signals, &signal_number);
+  const int signal_number = waiter.Wait();
   (*node)->Drain();
   core::LogInfo("node.draining",
                 {{"signal", signal_number}, {"inFlight", (*node)->dispatcher().in_flight()}});

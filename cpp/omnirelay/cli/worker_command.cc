@@ -18,6 +18,7 @@
 #include "omnirelay/auth/secrets.h"
 #include "omnirelay/cli/commands.h"
 #include "omnirelay/core/logging.h"
+#include "omnirelay/core/process.h"
 #include "omnirelay/core/request_meta.h"
 #include "omnirelay/samples/process.h"
 #include "omnirelay/samples/registry_client.h"
@@ -70,7 +71,7 @@ int RunWorker(const WorkerCommandOptions& options) {
     if (!client.ok()) return Fail("--registry: " + std::string(client.status().message()), 2);
     registry = std::move(*client);
   }
-  samples::TerminationWaiter waiter;  // before any thread starts
+  core::TerminationWaiter waiter;  // before any thread starts
 
   samples::WorkerOptions worker;
   worker.instance = options.instance;
@@ -100,7 +101,7 @@ int RunWorker(const WorkerCommandOptions& options) {
                                 {"pid", static_cast<int>(::getpid())},
                                 {"address", address},
                                 {"grpc", address}};
-  if (!options.ready_file.empty() && !samples::WriteReadyFile(options.ready_file, ready)) {
+  if (!options.ready_file.empty() && !core::WriteReadyFile(options.ready_file, ready)) {
     if (registration) registration->Stop();
     (*server)->Shutdown();
     return Fail("cannot write ready file " + options.ready_file);
