@@ -15,6 +15,7 @@
 #include "omnirelay/auth/secrets.h"
 #include "omnirelay/auth/user_store.h"
 #include "omnirelay/cli/commands.h"
+#include "omnirelay/cli/process_flags.h"
 #include "omnirelay/core/logging.h"
 #include "omnirelay/core/process.h"
 #include "omnirelay/core/request_meta.h"
@@ -24,7 +25,7 @@
 namespace omnirelay::cli {
 namespace {
 
-struct AuthOptions {
+struct AuthOptions : ProcessFlags {
   std::string listen = "127.0.0.1:0";
   std::string db = ".omnirelay/auth/users.db";
   std::string jwt_secret_file = ".omnirelay/auth/jwt-secret";
@@ -32,9 +33,6 @@ struct AuthOptions {
   std::string seed_username = "testuser";
   std::string seed_password = "testpass";
   std::string seed_role = "user";
-  std::string ready_file;
-  std::string log_level = "info";
-  std::string log_file;
 };
 
 int Fail(const std::string& message, int code = 1) {
@@ -43,10 +41,7 @@ int Fail(const std::string& message, int code = 1) {
 }
 
 int RunAuth(const AuthOptions& options) {
-  auto level = core::ParseLogLevel(options.log_level);
-  if (!level) return Fail("unknown --log-level '" + options.log_level + "'", 2);
-  core::SetLogLevel(*level);
-  if (!options.log_file.empty()) core::SetLogFile(options.log_file);
+  if (std::string error = ApplyLogFlags(options); !error.empty()) return Fail(error, 2);
   auto ttl = core::ParseDuration(options.token_ttl);
   if (!ttl || *ttl <= core::Duration::zero()) {
     return Fail("--token-ttl: '" + options.token_ttl + "' is not a positive duration", 2);
@@ -106,12 +101,7 @@ void AddAuthCommand(CLI::App& app, int* exit_code) {
       ->envname("OMNIRELAY_SEED_PASSWORD");
   command->add_option("--seed-role", options->seed_role, "Role of the seeded user")
       ->capture_default_str();
-  command->add_option("--ready-file", options->ready_file,
-                      "Write a JSON file with the bound address and pid once listening");
-  command->add_option("--log-level", options->log_level, "trace|debug|info|warn|error|off")
-      ->envname("OMNIRELAY_LOG_LEVEL");
-  command->add_option("--log-file", options->log_file,
-                      "Append JSON-lines logs here (default stderr)");
+  AddProcessFlags(command, options.get());
   command->callback([options, exit_code] { *exit_code = RunAuth(*options); });
 }
 

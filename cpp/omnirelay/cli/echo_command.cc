@@ -77,9 +77,7 @@ void AddEchoCommand(CLI::App& app, int* exit_code) {
                       "trace.Analytics/Process");
   command->add_option("--threads", options->threads, "gRPC completion-queue threads");
   command->add_option("--set", options->sets, "Override a configuration key: key=value");
-  command->add_option("--ready-file", options->run.ready_file, "Write bound addresses here");
-  command->add_option("--log-level", options->run.log_level, "trace|debug|info|warn|error|off");
-  command->add_option("--log-file", options->run.log_file, "Append JSON-lines logs here");
+  AddProcessFlags(command, &options->run);
   command->callback([options, exit_code] { *exit_code = RunEcho(*options); });
 }
 

@@ -10,6 +10,7 @@
 #include <iostream>
 
 #include "omnirelay/cli/commands.h"
+#include "omnirelay/cli/process_flags.h"
 #include "omnirelay/core/logging.h"
 #include "omnirelay/core/process.h"
 #include "omnirelay/core/request_meta.h"
@@ -20,12 +21,9 @@
 namespace omnirelay::cli {
 namespace {
 
-struct RegistryCommandOptions {
+struct RegistryCommandOptions : ProcessFlags {
   std::string listen = "127.0.0.1:0";
   std::string ttl = "5s";
-  std::string ready_file;
-  std::string log_level = "info";
-  std::string log_file;
 };
 
 int Fail(const std::string& message, int code = 1) {
@@ -34,10 +32,7 @@ int Fail(const std::string& message, int code = 1) {
 }
 
 int RunRegistry(const RegistryCommandOptions& options) {
-  auto level = core::ParseLogLevel(options.log_level);
-  if (!level) return Fail("unknown --log-level '" + options.log_level + "'", 2);
-  core::SetLogLevel(*level);
-  if (!options.log_file.empty()) core::SetLogFile(options.log_file);
+  if (std::string error = ApplyLogFlags(options); !error.empty()) return Fail(error, 2);
   auto ttl = core::ParseDuration(options.ttl);
   if (!ttl || *ttl <= core::Duration::zero()) {
     return Fail("--ttl: '" + options.ttl + "' is not a positive duration", 2);
@@ -74,12 +69,7 @@ void AddRegistryCommand(CLI::App& app, int* exit_code) {
       ->capture_default_str();
   command->add_option("--ttl", options->ttl, "Entry lifetime without a heartbeat")
       ->capture_default_str();
-  command->add_option("--ready-file", options->ready_file,
-                      "Write a JSON file with the bound address and pid once listening");
-  command->add_option("--log-level", options->log_level, "trace|debug|info|warn|error|off")
-      ->envname("OMNIRELAY_LOG_LEVEL");
-  command->add_option("--log-file", options->log_file,
-                      "Append JSON-lines logs here (default stderr)");
+  AddProcessFlags(command, options.get());
   command->callback([options, exit_code] { *exit_code = RunRegistry(*options); });
 }
 

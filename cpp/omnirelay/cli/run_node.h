@@ -6,14 +6,12 @@
 // (`node.stopped`). Returns the process exit code.
 #include <string>
 
+#include "omnirelay/cli/process_flags.h"
 #include "omnirelay/config/config.h"
 
 namespace omnirelay::cli {
 
-struct RunNodeOptions {
-  std::string ready_file;
-  std::string log_level = "info";
-  std::string log_file;
+struct RunNodeOptions : ProcessFlags {
   std::string command = "serve";  // for error messages
 };
 

@@ -72,14 +72,10 @@ int RunServe(const ServeOptions& options) {
 }  // namespace
 
 int RunNode(config::NodeConfig config, const RunNodeOptions& options) {
-  if (auto level = core::ParseLogLevel(options.log_level)) {
-    core::SetLogLevel(*level);
-  } else {
-    std::cerr << "omnirelay " << options.command << ": unknown --log-level '" << options.log_level
-              << "'\n";
+  if (std::string error = ApplyLogFlags(options); !error.empty()) {
+    std::cerr << "omnirelay " << options.command << ": " << error << "\n";
     return 2;
   }
-  if (!options.log_file.empty()) core::SetLogFile(options.log_file);
 
   // Block the termination signals in every thread (before any is started);
   // this thread collects them, so no work runs in a handler.
@@ -129,12 +125,7 @@ void AddServeCommand(CLI::App& app, int* exit_code) {
       ->envname("OMNIRELAY_ADMIN_ADDRESS");
   command->add_option("--grpc-address", options->grpc_address, "gRPC inbound host:port");
   command->add_option("--http-address", options->http_address, "HTTP inbound host:port");
-  command->add_option("--ready-file", options->run.ready_file,
-                      "Write a JSON file with the bound addresses once listening");
-  command->add_option("--log-level", options->run.log_level, "trace|debug|info|warn|error|off")
-      ->envname("OMNIRELAY_LOG_LEVEL");
-  command->add_option("--log-file", options->run.log_file,
-                      "Append JSON-lines logs here (default stderr)");
+  AddProcessFlags(command, &options->run);
   command->callback([options, exit_code] { *exit_code = RunServe(*options); });
 }
 

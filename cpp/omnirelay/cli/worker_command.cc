@@ -17,6 +17,7 @@
 #include "omnirelay/auth/jwt.h"
 #include "omnirelay/auth/secrets.h"
 #include "omnirelay/cli/commands.h"
+#include "omnirelay/cli/process_flags.h"
 #include "omnirelay/core/logging.h"
 #include "omnirelay/core/process.h"
 #include "omnirelay/core/request_meta.h"
@@ -27,7 +28,7 @@
 namespace omnirelay::cli {
 namespace {
 
-struct WorkerCommandOptions {
+struct WorkerCommandOptions : ProcessFlags {
   std::string listen = "127.0.0.1:0";
   std::string instance;
   std::string registry;
@@ -38,9 +39,6 @@ struct WorkerCommandOptions {
   int stream_max_messages = 10000;
   std::string jwt_secret_file;
   std::string shutdown_grace = "2s";
-  std::string ready_file;
-  std::string log_level = "info";
-  std::string log_file;
 };
 
 int Fail(const std::string& message, int code = 1) {
@@ -55,10 +53,7 @@ std::optional<std::chrono::milliseconds> PositiveMillis(const std::string& text)
 }
 
 int RunWorker(const WorkerCommandOptions& options) {
-  auto level = core::ParseLogLevel(options.log_level);
-  if (!level) return Fail("unknown --log-level '" + options.log_level + "'", 2);
-  core::SetLogLevel(*level);
-  if (!options.log_file.empty()) core::SetLogFile(options.log_file);
+  if (std::string error = ApplyLogFlags(options); !error.empty()) return Fail(error, 2);
   const auto heartbeat = PositiveMillis(options.heartbeat_interval);
   const auto interval = PositiveMillis(options.stream_interval);
   const auto grace = PositiveMillis(options.shutdown_grace);
@@ -154,12 +149,7 @@ void AddWorkerCommand(CLI::App& app, int* exit_code) {
       ->add_option("--shutdown-grace", options->shutdown_grace,
                    "How long in-flight calls may finish on exit")
       ->capture_default_str();
-  command->add_option("--ready-file", options->ready_file,
-                      "Write a JSON file with the bound address and pid once listening");
-  command->add_option("--log-level", options->log_level, "trace|debug|info|warn|error|off")
-      ->envname("OMNIRELAY_LOG_LEVEL");
-  command->add_option("--log-file", options->log_file,
-                      "Append JSON-lines logs here (default stderr)");
+  AddProcessFlags(command, options.get());
   command->callback([options, exit_code] { *exit_code = RunWorker(*options); });
 }
 
