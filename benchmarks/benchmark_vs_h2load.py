@@ -24,21 +24,13 @@ import tempfile
 import time
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parents[1]
+from _common import native  # noqa: E402  (this folder is on sys.path when run as a script)
+
 METHOD = "/omnirelay.echo.v1.Echo/Echo"
 # One client thread, like h2load -t 1: on 2 cores the backend needs the other one.
 THREADS = 1
 
 
-def native() -> str:
-    override = os.environ.get("OMNIRELAY_NATIVE_BIN")
-    if override:
-        return override
-    found = sorted(REPO.glob("build/*/cpp/omnirelay/cli/omnirelay-native"),
-                   key=lambda p: p.stat().st_mtime, reverse=True)
-    if not found:
-        sys.exit("omnirelay-native not built (cmake --build build/release --target omnirelay-native)")
-    return str(found[0])
 
 
 def start_backend(workdir: Path) -> tuple[subprocess.Popen, str]:

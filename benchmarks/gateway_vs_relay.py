@@ -33,22 +33,14 @@ import tempfile
 import time
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parents[1]
+from _common import native  # noqa: E402  (this folder is on sys.path when run as a script)
+
 ECHO_METHOD = "/omnirelay.echo.v1.Echo/Echo"
 WORKER_METHOD = "/my_service.MyServiceAPI/MyServiceEcho"
 LOGIN_METHOD = "/my_service.MyServiceAPI/Login"
 PAYLOAD = "x" * 64
 
 
-def native() -> str:
-    override = os.environ.get("OMNIRELAY_NATIVE_BIN")
-    if override:
-        return override
-    found = sorted(REPO.glob("build/*/cpp/omnirelay/cli/omnirelay-native"),
-                   key=lambda p: p.stat().st_mtime, reverse=True)
-    if not found:
-        sys.exit("omnirelay-native not built (ninja -C build/<dir> omnirelay-native)")
-    return str(found[0])
 
 
 class Proc:
