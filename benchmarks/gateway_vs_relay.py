@@ -2,7 +2,7 @@
 """Gateway benchmark: the session-affinity gateway (issue 6) side by side with
 the plain forwarding path, each next to its backend called directly.
 
-    benchmarks/gateway_vs_relay.py [--runs 5] [--duration 5s] [--concurrency 16 64]
+    benchmarks/gateway_vs_relay.py [--runs 5] [--duration 5s] [--concurrency 16 64] [--sessions N]
 
 Paths, all loaded by the same closed-loop C++ gRPC client (`omnirelay
 benchmark`), unary, 64-byte payload:
@@ -11,7 +11,8 @@ benchmark`), unary, 64-byte payload:
   relay     client -> `omnirelay serve` (route "/" -> outbound) -> `omnirelay echo`
   worker    client -> the worker directly (same metadata; it trusts the caller)
   echo      client -> the echo node directly
-One session per gateway run: a worker instance holds one session, so a session
+With --sessions N, N sessions run side by side, each on its own worker (one
+instance holds one session). With the default of one session: a session
 is one backend — the relay is therefore given one echo backend too. Paths are
 loaded alternately (gateway, relay, worker, echo, gateway, ...) and the script
 prints medians of the runs and the gateway/relay ratios. The direct rows show
@@ -110,12 +111,43 @@ def load(address: str, procedure: str, body_file: Path, headers, concurrency: in
             "requests": report["requests"]}
 
 
+def owner_of(worker: str, session_headers, payload: str):
+    """The headers of the session bound to `worker` (it refuses any other)."""
+    import grpc  # python3-grpcio
+    with grpc.insecure_channel(worker) as channel:
+        call = channel.unary_unary(WORKER_METHOD)
+        for headers in session_headers:
+            try:
+                call(pb_string(1, payload.encode()), metadata=headers, timeout=5)
+                return headers
+            except grpc.RpcError:
+                continue
+    sys.exit(f"no benchmark session is bound to {worker}")
+
+
+def load_together(clients, concurrency: int, duration: str, warmup: str) -> dict:
+    """Runs one benchmark process per client at once, splitting `concurrency`;
+    throughput adds up, p50/p99 are the worst client's."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    share = max(1, concurrency // len(clients))
+    with ThreadPoolExecutor(len(clients)) as pool:
+        results = list(pool.map(lambda cl: load(*cl, share, duration, warmup), clients))
+    return {"qps": sum(r["qps"] for r in results), "p99": max(r["p99"] for r in results),
+            "p50": max(r["p50"] for r in results),
+            "failures": sum(r["failures"] for r in results),
+            "requests": sum(r["requests"] for r in results)}
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--runs", type=int, default=5)
     parser.add_argument("--duration", default="5s")
     parser.add_argument("--warmup", default="1s")
     parser.add_argument("--concurrency", type=int, nargs="+", default=[16, 64])
+    parser.add_argument("--sessions", type=int, default=1,
+                        help="sessions (= workers, one session each) loaded in parallel through "
+                             "the gateway; the relay gets as many echo backends and clients")
     parser.add_argument("--json", help="also write the results to this file")
     args = parser.parse_args()
 
@@ -132,8 +164,10 @@ def main() -> int:
         secret = tmp / "state" / "jwt-secret"
         auth = start("auth", "auth", "--listen", "127.0.0.1:0", "--db",
                      str(tmp / "state" / "users.db"), "--jwt-secret-file", str(secret))
-        worker = start("worker", "worker", "--listen", "127.0.0.1:0", "--instance", "worker-1",
-                       "--registry", registry.ready["address"])
+        workers = [start(f"worker-{i + 1}", "worker", "--listen", "127.0.0.1:0", "--instance",
+                         f"worker-{i + 1}", "--registry", registry.ready["address"])
+                   for i in range(args.sessions)]
+        worker = workers[0]
         gw_cfg = tmp / "gateway.json"
         gw_cfg.write_text(json.dumps({"omniRelay": {
             "service": "gateway", "admin": {"address": "127.0.0.1:0"},
@@ -151,15 +185,18 @@ def main() -> int:
                 "defaultRoute": {"error": "UNIMPLEMENTED"},
                 "maxAttempts": 3, "attemptTimeout": "2s"}}}))
         gateway = start("gateway", "serve", "--config", str(gw_cfg))
-        echo = start("echo", "echo", "--instance", "b0", "--grpc-address", "127.0.0.1:0",
-                     "--admin-address", "127.0.0.1:0", "--threads", "2")
+        echoes = [start(f"echo-{i}", "echo", "--instance", f"b{i}", "--grpc-address",
+                        "127.0.0.1:0", "--admin-address", "127.0.0.1:0", "--threads", "2")
+                  for i in range(args.sessions)]
+        echo = echoes[0]
         relay_cfg = tmp / "relay.json"
         relay_cfg.write_text(json.dumps({"omniRelay": {
             "service": "relay",
             "inbounds": {"grpc": {"address": "127.0.0.1:0", "threads": 2}},
             "admin": {"address": "127.0.0.1:0"},
             "middleware": {"inbound": ["deadline"], "outbound": []},
-            "outbounds": {"echo": {"transport": "grpc", "endpoints": [echo.ready["grpc"]],
+            "outbounds": {"echo": {"transport": "grpc",
+                                   "endpoints": [e.ready["grpc"] for e in echoes],
                                    "peerChooser": "round-robin"}},
             "routes": [{"prefix": "/", "outbound": "echo"}]}}))
         relay = start("relay", "serve", "--config", str(relay_cfg))
@@ -171,29 +208,37 @@ def main() -> int:
             with urllib.request.urlopen(
                     f"http://{gateway.ready['admin']}/omnirelay/gateway", timeout=5) as r:
                 members = json.loads(r.read())["clusters"]["workers"]["members"]
-            if members or time.monotonic() > deadline:
+            if len(members) >= args.sessions or time.monotonic() > deadline:
                 break
             time.sleep(0.1)
-        session = "bench-session"
-        token = login(gateway.ready["gateway"], session)
-        headers = [("authorization", token), ("session-id", session)]
+        sessions = [f"bench-session-{i}" for i in range(args.sessions)]
+        session_headers = [[("authorization", login(gateway.ready["gateway"], s)), ("session-id", s)]
+                           for s in sessions]
+        # Bind every session through the gateway first; the direct worker row
+        # then needs the session worker-1 got, which depends on the rotation.
+        for session_header in session_headers:
+            owner_of(gateway.ready["gateway"], [session_header], PAYLOAD)
+        headers = owner_of(worker.ready["address"], session_headers, PAYLOAD)
         worker_body = tmp / "echo_request.bin"
         worker_body.write_bytes(pb_string(1, PAYLOAD.encode()))  # EchoRequest{value}
         echo_body = tmp / "echo_body.bin"
         echo_body.write_bytes(PAYLOAD.encode())
 
+        # Each path is a list of clients run side by side (one per session for
+        # the gateway, as many for the relay, so both pay the same client cost).
         paths = {
-            "gateway": (gateway.ready["gateway"], WORKER_METHOD, worker_body, headers),
-            "relay": (relay.ready["grpc"], ECHO_METHOD, echo_body, []),
-            "worker": (worker.ready["address"], WORKER_METHOD, worker_body, headers),
-            "echo": (echo.ready["grpc"], ECHO_METHOD, echo_body, []),
+            "gateway": [(gateway.ready["gateway"], WORKER_METHOD, worker_body, h)
+                        for h in session_headers],
+            "relay": [(relay.ready["grpc"], ECHO_METHOD, echo_body, [])] * args.sessions,
+            "worker": [(worker.ready["address"], WORKER_METHOD, worker_body, headers)],
+            "echo": [(echo.ready["grpc"], ECHO_METHOD, echo_body, [])],
         }
         results = {}
         for c in args.concurrency:
             runs = {name: [] for name in paths}
             for run in range(args.runs):
-                for name, (address, method, body, hdrs) in paths.items():
-                    r = load(address, method, body, hdrs, c, args.duration, args.warmup)
+                for name, clients in paths.items():
+                    r = load_together(clients, c, args.duration, args.warmup)
                     if r["failures"]:
                         sys.exit(f"{name}: {r['failures']} failed calls at concurrency {c}")
                     runs[name].append(r)
@@ -213,7 +258,8 @@ def main() -> int:
                   f"{g['qps'] / by['worker']['qps']:.2f}, relay/echo-direct qps "
                   f"{r['qps'] / by['echo']['qps']:.2f}")
         print(f"(medians of {args.runs} runs of {args.duration} after {args.warmup} warmup; "
-              f"unary, 64-byte payload; one session / one worker; relay to one echo backend)")
+              f"unary, 64-byte payload; {args.sessions} session(s) on as many workers; relay to "
+              f"{args.sessions} echo backend(s); concurrency split across the clients)")
         if args.json:
             Path(args.json).write_text(json.dumps(
                 {str(c): {n: {k: v for k, v in d.items() if k != "runs"} for n, d in by.items()}
