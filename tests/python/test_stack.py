@@ -167,8 +167,10 @@ def _omnirelay(*args, env, timeout=120):
 def test_up_serves_control_and_stack_verbs(tmp_path):
     topology_file = tmp_path / "backends.yaml"
     topology_file.write_text(backends_topology().to_yaml().replace("name: session-stack", "name: backends"))
-    env = dict(os.environ, OMNIRELAY_STATE_DIR=str(tmp_path / "state"),
-               PYTHONPATH=str(REPO / "python") + os.pathsep + os.environ.get("PYTHONPATH", ""))
+    # The child imports omnirelay the way this test did (installed package, or
+    # PYTHONPATH=python in a source tree): prepending the source tree here would
+    # shadow an installed package whose native module lives only in site-packages.
+    env = dict(os.environ, OMNIRELAY_STATE_DIR=str(tmp_path / "state"))
     up = subprocess.Popen([sys.executable, "-m", "omnirelay", "up", str(topology_file), "--artifacts",
                            str(tmp_path / "run"), "--duration", "120"], cwd=str(REPO), env=env,
                           stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
