@@ -39,7 +39,7 @@ if [[ "${OMNIRELAY_SANITIZERS:-1}" == "1" ]]; then
   stage "build (ASan+UBSan)"
   cmake -S . -B build/asan -G Ninja -DCMAKE_BUILD_TYPE=RelWithDebInfo -DOMNIRELAY_SANITIZE=address \
     -DOMNIRELAY_BUILD_PYTHON=OFF -DOMNIRELAY_BUILD_BENCHMARKS=OFF >/dev/null
-  cmake --build build/asan -j "$JOBS"
+  cmake --build build/asan -j "$JOBS" --target omnirelay_tests
   stage "C++ tests under ASan+UBSan"
   ASAN_OPTIONS=detect_leaks=1:abort_on_error=1 UBSAN_OPTIONS=print_stacktrace=1:halt_on_error=1 \
     ctest --test-dir build/asan --output-on-failure -j "$JOBS"
