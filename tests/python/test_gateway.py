@@ -9,13 +9,10 @@ proto/my_service/my_service.proto. Every wait is bounded.
 
 from __future__ import annotations
 
-import importlib
 import json
 import os
-import shutil
 import signal
 import subprocess
-import sys
 import time
 import urllib.request
 from pathlib import Path
@@ -26,8 +23,6 @@ import pytest
 grpc = pytest.importorskip("grpc")
 
 REPO = Path(__file__).resolve().parents[2]
-PROTO_DIR = REPO / "proto"
-GRPC_PYTHON_PLUGIN = "/usr/bin/grpc_python_plugin"
 START_TIMEOUT = 20.0
 STOP_TIMEOUT = 10.0
 CALL_TIMEOUT = 20.0
@@ -60,21 +55,15 @@ def native() -> Path:
 
 
 @pytest.fixture(scope="module")
-def pb(tmp_path_factory):
-    protoc = shutil.which("protoc")
-    if protoc is None or not os.access(GRPC_PYTHON_PLUGIN, os.X_OK):
-        pytest.skip("needs protoc and grpc_python_plugin (protobuf-compiler-grpc)")
-    out = tmp_path_factory.mktemp("my_service_stubs")
-    subprocess.run([protoc, f"--proto_path={PROTO_DIR}", f"--python_out={out}",
-                    f"--grpc_python_out={out}",
-                    f"--plugin=protoc-gen-grpc_python={GRPC_PYTHON_PLUGIN}",
-                    str(PROTO_DIR / "my_service" / "my_service.proto")], check=True, timeout=60)
-    sys.path.insert(0, str(out))
+def pb():
+    """Generated my_service_pb2 / my_service_pb2_grpc modules (not committed):
+    omnirelay.samples.my_service generates and caches them."""
+    from omnirelay.samples import my_service
+
     try:
-        pb2 = importlib.import_module("my_service.my_service_pb2")
-        pb2_grpc = importlib.import_module("my_service.my_service_pb2_grpc")
-    finally:
-        sys.path.remove(str(out))
+        pb2, pb2_grpc = my_service.stubs()
+    except my_service.StubGenerationError as error:
+        pytest.skip(f"cannot generate my_service stubs: {error}")
 
     class Stubs:
         messages = pb2
