@@ -108,4 +108,29 @@ class LeastLatencyChooser final : public PeerChooser {
   SeededRandom random_;
 };
 
+// Power of two choices, shared by two-random (cost = in-flight) and
+// least-latency (cost = EWMA x queue): two distinct uniform draws, the lower
+// cost wins (a tie keeps the first draw). When neither draw is pickable, scans
+// on from the first draw so the fallback stays unbiased. -1 if no peer is.
+template <typename CostFn>
+int PickPowerOfTwo(const PeerSnapshot& snapshot, SeededRandom& random, CostFn cost) {
+  const auto n = static_cast<std::uint32_t>(snapshot.raw.size());
+  if (n == 0) return -1;
+  if (n == 1) return Pickable(*snapshot.raw[0]) ? 0 : -1;
+  const std::uint32_t a = random.Below(n);
+  std::uint32_t b = random.Below(n - 1);
+  if (b >= a) ++b;  // distinct, still uniform
+  const Peer& pa = *snapshot.raw[a];
+  const Peer& pb = *snapshot.raw[b];
+  const bool ok_a = Pickable(pa), ok_b = Pickable(pb);
+  if (ok_a && ok_b) return cost(pb) < cost(pa) ? static_cast<int>(b) : static_cast<int>(a);
+  if (ok_a) return static_cast<int>(a);
+  if (ok_b) return static_cast<int>(b);
+  for (std::uint32_t i = 1; i < n; ++i) {
+    const auto index = (a + i) % n;
+    if (Pickable(*snapshot.raw[index])) return static_cast<int>(index);
+  }
+  return -1;
+}
+
 }  // namespace omnirelay::peers
