@@ -21,7 +21,11 @@ PACKAGES=(
   python3 python3-dev python3-venv python3-pip pybind11-dev
   python3-pytest python3-grpcio python3-protobuf python3-yaml python3-psutil
   # tools used by tests and benchmark scripts
-  curl
+  curl openssl iproute2 iptables
+  # real coordination engine and metrics server, started by the harness as topology nodes
+  etcd-server etcd-client prometheus
+  # fuzzing (libFuzzer) and LeakSanitizer runtime
+  clang-14 libfuzzer-14-dev libclang-rt-14-dev
   # relay benchmark (benchmarks/relay_vs_nginx.py): nginx grpc_pass as the baseline
   nginx
   # load-generator ceiling (benchmarks/benchmark_vs_h2load.py): h2load as the reference client
