@@ -348,6 +348,21 @@ class Topology:
             raise TopologyError(f"{where}: unknown placeholder root {head!r}")
 
     # -- (de)serialisation -------------------------------------------------------
+    def declared_role_map(self) -> Dict[str, Dict[str, Any]]:
+        """What the topology declares per node (``roles``, ``region``, ``zone``,
+        ``labels``): the golden side of a role-map comparison. Mesh nodes
+        declare it in ``omniRelay.mesh``; other nodes from their spec."""
+        out: Dict[str, Dict[str, Any]] = {}
+        for node in self.nodes:
+            mesh = ((node.config or {}).get("omniRelay") or {}).get("mesh") or {}
+            out[node.name] = {
+                "roles": list(mesh.get("roles", [node.role])),
+                "region": mesh.get("region", node.region),
+                "zone": mesh.get("zone", node.zone),
+                "labels": dict(mesh.get("labels", node.labels)),
+            }
+        return out
+
     def to_dict(self) -> Dict[str, Any]:
         return {
             "name": self.name,
@@ -363,7 +378,7 @@ class Topology:
     def from_dict(cls, data: Mapping[str, Any], source: Optional[Path] = None) -> "Topology":
         if not isinstance(data, Mapping):
             raise TopologyError("topology: expected a mapping at the top level")
-        known = {"name", "description", "defaults", "nodes", "links"}
+        known = {"name", "description", "defaults", "nodes", "links", "mesh"}
         # ``x-*`` keys are free (YAML anchors shared by nodes, as in compose files).
         unknown = {k for k in data if not str(k).startswith("x-")} - known
         if unknown:
@@ -377,7 +392,19 @@ class Topology:
         for i, raw in enumerate(data.get("links") or []):
             links.extend(_links_from_dict(raw, f"links[{i}]", nodes))
         name = data.get("name") or (source.stem if source else "")
-        return cls(str(name), str(data.get("description", "")), nodes, links, source).validate()
+        topology = cls(str(name), str(data.get("description", "")), nodes, links, source)
+        mesh = data.get("mesh")
+        if mesh:
+            if mesh is True:
+                mesh = {}
+            if not isinstance(mesh, Mapping):
+                raise TopologyError("mesh: expected a mapping (profile, links, proxy) or true")
+            unknown_mesh = set(mesh) - {"profile", "links", "proxy"}
+            if unknown_mesh:
+                raise TopologyError(f"mesh: unknown key(s) {sorted(unknown_mesh)}")
+            apply_mesh(topology, profile=str(mesh.get("profile", "test")),
+                       links=bool(mesh.get("links", False)), proxy=bool(mesh.get("proxy", True)))
+        return topology.validate()
 
     @classmethod
     def from_yaml(cls, text: str, source: Optional[Path] = None) -> "Topology":
@@ -507,6 +534,63 @@ def _links_from_dict(raw: Mapping[str, Any], where: str, nodes: List[NodeSpec]) 
     return out
 
 
+# -- mesh identity ------------------------------------------------------------------
+
+def _is_serve_node(node: NodeSpec) -> bool:
+    return node.command is None and (node.args is None or (node.args and node.args[0] == "serve"))
+
+
+def mesh_node_config(node: NodeSpec, members: Sequence[str], profile: str = "test") -> Dict[str, Any]:
+    """The ``omniRelay`` config that makes ``node`` a mesh member: its gRPC
+    listener (gossip runs on it), its identity from the spec (role, region,
+    zone, labels), every other member as a seed, and each member's address as
+    this node dials it (``${nodes.X.grpc}``: through the fault proxy when the
+    link ``node -> X`` is proxied, so chaos acts on gossip)."""
+    others = [m for m in members if m != node.name]
+    return {"omniRelay": {
+        "inbounds": {"grpc": {"address": "${self.grpc}"}},
+        "mesh": {
+            "nodeId": "${self.name}",
+            "clusterName": "${topology.name}",
+            "roles": [node.role],
+            "region": node.region,
+            "zone": node.zone,
+            "labels": dict(node.labels),
+            "advertiseAddress": "${self.grpc}",
+            "seeds": [f"${{nodes.{m}.grpc}}" for m in others],
+            "peerAddresses": {m: f"${{nodes.{m}.grpc}}" for m in others},
+            "gossip": {"profile": profile},
+        },
+    }}
+
+
+def apply_mesh(topology: Topology, profile: str = "test", links: bool = False,
+               proxy: bool = True) -> Topology:
+    """Makes every ``serve`` node of ``topology`` a mesh member (see
+    :func:`mesh_node_config`; a node's own config wins where both set a key).
+    ``links=True`` adds a ``grpc`` link for every ordered pair not linked yet
+    (proxied unless ``proxy=False``) so partitions and region isolation cut
+    gossip exactly as they cut data traffic. Idempotent."""
+    members = [n.name for n in topology.nodes if _is_serve_node(n)]
+    for node in topology.nodes:
+        if node.name not in members:
+            continue
+        node.with_port("grpc")
+        node.config = _deep_merge(mesh_node_config(node, members, profile), node.config or {})
+    if links:
+        existing = {(l.source, l.target) for l in topology.links if l.port == "grpc"}
+        names = {l.name for l in topology.links}
+        for a in members:
+            for b in members:
+                if a != b and (a, b) not in existing:
+                    link = LinkSpec(a, b, "grpc", proxy)
+                    if link.name in names:
+                        link.name = f"{a}->{b}:gossip"
+                    topology.links.append(link)
+                    names.add(link.name)
+    return topology
+
+
 # -- locating files ---------------------------------------------------------------
 
 def topology_dirs() -> List[Path]:
@@ -543,6 +627,7 @@ class TopologyBuilder:
 
     def __init__(self, name: str, description: str = "") -> None:
         self._topology = Topology(name, description)
+        self._mesh: Optional[Dict[str, Any]] = None
 
     def node(self, name: str, role: str = "node", region: str = "local", zone: str = "",
              **kwargs: Any) -> NodeSpec:
@@ -576,24 +661,37 @@ class TopologyBuilder:
                     self.with_link(a, b, port, proxy)
         return self
 
+    def with_mesh_identity(self, profile: str = "test", links: bool = False,
+                           proxy: bool = True) -> "TopologyBuilder":
+        """Every serve node becomes a mesh member (:func:`apply_mesh`), applied at build time."""
+        self._mesh = {"profile": profile, "links": links, "proxy": proxy}
+        return self
+
     def build(self) -> Topology:
-        return copy.deepcopy(self._topology).validate()
+        topology = copy.deepcopy(self._topology)
+        if self._mesh is not None:
+            apply_mesh(topology, **self._mesh)
+        return topology.validate()
 
 
-def three_node(proxy: bool = True) -> TopologyBuilder:
+def three_node(proxy: bool = True, mesh_profile: str = "test", mesh_links: bool = False) -> TopologyBuilder:
     """Three serve nodes, two regions (node-3 alone in ``west``), every pair
     linked on the admin port (through fault proxies unless ``proxy=False``)."""
     b = TopologyBuilder("three-node", "three nodes in two regions, admin links through fault proxies")
     b.node("node-1", role="node", region="east", zone="east-a")
     b.node("node-2", role="node", region="east", zone="east-b")
     b.node("node-3", role="node", region="west", zone="west-a")
-    return b.with_mesh(["node-1", "node-2", "node-3"], port="admin", proxy=proxy)
+    b.with_mesh(["node-1", "node-2", "node-3"], port="admin", proxy=proxy)
+    return b.with_mesh_identity(profile=mesh_profile, links=mesh_links, proxy=proxy)
 
 
 def global_leader_with_regions(regions: Sequence[str] = ("east", "west"), replicas_per_region: int = 1,
-                               proxy: bool = True) -> TopologyBuilder:
+                               proxy: bool = True, mesh_profile: str = "test",
+                               mesh_links: bool = True) -> TopologyBuilder:
     """Seed shape ``GlobalLeaderWithRegions``: one global leader, a regional
-    leader per region, shard replicas under each regional leader."""
+    leader per region, shard replicas under each regional leader. Every node
+    is a mesh member; ``mesh_links`` (default on: this is the region-isolation
+    shape) proxies gossip between every pair."""
     b = TopologyBuilder("global-leader-with-regions",
                         f"global leader + {len(regions)} regional leaders + {replicas_per_region} replica(s) each")
     home = regions[0]
@@ -611,10 +709,11 @@ def global_leader_with_regions(regions: Sequence[str] = ("east", "west"), replic
                    labels={"tier": "replica", "leader": leader}, ports=["grpc"])
             b.with_link(replica, leader, "grpc", proxy)
             b.with_link(leader, replica, "grpc", proxy)
-    return b
+    return b.with_mesh_identity(profile=mesh_profile, links=mesh_links, proxy=proxy)
 
 
-def shard_ring(shards: int = 4, replicas: int = 2, proxy: bool = True) -> TopologyBuilder:
+def shard_ring(shards: int = 4, replicas: int = 2, proxy: bool = True, mesh_profile: str = "test",
+               mesh_links: bool = False) -> TopologyBuilder:
     """Seed shape ``ShardRing``: ``shards`` nodes on a ring, each owning one
     shard and replicating to its next ``replicas - 1`` successors."""
     b = TopologyBuilder("shard-ring", f"{shards} shard owners on a ring, replication factor {replicas}")
@@ -625,10 +724,11 @@ def shard_ring(shards: int = 4, replicas: int = 2, proxy: bool = True) -> Topolo
     for i, name in enumerate(names):
         for step in range(1, max(1, replicas)):
             b.with_link(name, names[(i + step) % shards], "grpc", proxy)
-    return b
+    return b.with_mesh_identity(profile=mesh_profile, links=mesh_links, proxy=proxy)
 
 
-def edge_fan_out(edges: int = 3, backends: int = 3, proxy: bool = True) -> TopologyBuilder:
+def edge_fan_out(edges: int = 3, backends: int = 3, proxy: bool = True, mesh_profile: str = "test",
+                 mesh_links: bool = False) -> TopologyBuilder:
     """Seed shape ``EdgeFanOut``: edge gateways each fanning out to every backend."""
     b = TopologyBuilder("edge-fan-out", f"{edges} edge gateways fanning out to {backends} backends")
     for i in range(1, backends + 1):
@@ -637,7 +737,7 @@ def edge_fan_out(edges: int = 3, backends: int = 3, proxy: bool = True) -> Topol
         b.node(f"edge-{i}", role="edge", region=f"edge-{i}", ports=["grpc"])
         for j in range(1, backends + 1):
             b.with_link(f"edge-{i}", f"backend-{j}", "grpc", proxy)
-    return b
+    return b.with_mesh_identity(profile=mesh_profile, links=mesh_links, proxy=proxy)
 
 
 BUILDERS: Dict[str, Callable[[], TopologyBuilder]] = {
@@ -649,6 +749,8 @@ BUILDERS: Dict[str, Callable[[], TopologyBuilder]] = {
 
 __all__ = [
     "BUILDERS",
+    "apply_mesh",
+    "mesh_node_config",
     "DEFAULT_ARGS",
     "LinkSpec",
     "NodeSpec",

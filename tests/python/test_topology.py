@@ -156,3 +156,45 @@ def test_placeholders_resolve_with_fake_commands(tmp_path):
         # Starting order: link targets first.
         started = [e["node"] for e in cluster.events() if e["event"] == "node.started"]
         assert started.index("b1") < started.index("gw")
+
+
+# -- mesh identity (issue 10) ------------------------------------------------------------
+
+def test_builders_put_mesh_identity_into_each_node_config():
+    t = roundtrip(global_leader_with_regions(regions=("east", "west"), replicas_per_region=1).build())
+    for node in t.nodes:
+        mesh = node.config["omniRelay"]["mesh"]
+        assert mesh["nodeId"] == "${self.name}"
+        assert mesh["roles"] == [node.role] and mesh["region"] == node.region and mesh["zone"] == node.zone
+        assert mesh["labels"] == node.labels
+        assert node.config["omniRelay"]["inbounds"]["grpc"]["address"] == "${self.grpc}"
+        others = {n.name for n in t.nodes} - {node.name}
+        assert set(mesh["peerAddresses"]) == others
+        assert mesh["seeds"] == [f"${{nodes.{m}.grpc}}" for m in [n.name for n in t.nodes] if m != node.name]
+    # Region isolation must cut gossip: every ordered pair has a proxied grpc link.
+    pairs = {(l.source, l.target) for l in t.links if l.port == "grpc" and l.proxy}
+    names = [n.name for n in t.nodes]
+    assert pairs == {(a, b) for a in names for b in names if a != b}
+    role_map = t.declared_role_map()
+    assert role_map["global-leader"] == {"roles": ["global-leader"], "region": "east", "zone": "east-a",
+                                         "labels": {"tier": "global"}}
+    assert role_map["west-replica-1"]["roles"] == ["replica"]
+
+
+def test_every_builder_and_three_node_yaml_are_mesh_members():
+    for name, builder in BUILDERS.items():
+        t = builder().build()
+        assert all("mesh" in n.config["omniRelay"] for n in t.nodes), name
+    t = Topology.load("three-node")
+    assert t.node("node-3").config["omniRelay"]["mesh"]["region"] == "west"
+    assert "grpc" in t.node("node-3").ports
+    # The YAML keeps its six admin links (mesh.links is off).
+    assert len(t.links) == 6
+
+
+def test_mesh_key_in_yaml_is_checked():
+    with pytest.raises(TopologyError, match="mesh: unknown key"):
+        Topology.from_yaml("name: x\nmesh: {profil: test}\nnodes: [{name: a}]\n")
+    t = Topology.from_yaml("name: x\nmesh: {links: true}\nnodes: [{name: a}, {name: b, role: r}]\n")
+    assert {(l.source, l.target) for l in t.links} == {("a", "b"), ("b", "a")}
+    assert t.node("b").config["omniRelay"]["mesh"]["roles"] == ["r"]

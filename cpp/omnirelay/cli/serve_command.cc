@@ -31,6 +31,16 @@ struct ServeOptions {
   std::string admin_address;
   std::string grpc_address;
   std::string http_address;
+  // Mesh identity (omniRelay.mesh.*, docs/mesh.md); any of them turns the mesh on.
+  std::string node_id;
+  std::vector<std::string> roles;
+  std::string region;
+  std::string zone;
+  std::vector<std::string> labels;  // key=value
+  std::vector<std::string> seeds;
+  std::string cluster_name;
+  std::string advertise_address;
+  std::string gossip_profile;
   RunNodeOptions run;
 };
 
@@ -60,6 +70,28 @@ int RunServe(const ServeOptions& options) {
     sets.push_back(std::string(key) + "=\"" + value + "\"");
   }
   if (!options.name.empty()) sets.push_back("service=\"" + options.name + "\"");
+  // Mesh flags, also as --set entries (JSON-encoded values).
+  auto set_json = [&sets](const std::string& key, const nlohmann::json& value) {
+    sets.push_back(key + "=" + value.dump());
+  };
+  for (const auto& [value, key] :
+       {std::pair{options.node_id, "mesh.nodeId"}, std::pair{options.region, "mesh.region"},
+        std::pair{options.zone, "mesh.zone"}, std::pair{options.cluster_name, "mesh.clusterName"},
+        std::pair{options.advertise_address, "mesh.advertiseAddress"},
+        std::pair{options.gossip_profile, "mesh.gossip.profile"}}) {
+    if (!value.empty()) set_json(key, value);
+  }
+  if (!options.roles.empty()) set_json("mesh.roles", options.roles);
+  if (!options.seeds.empty()) set_json("mesh.seeds", options.seeds);
+  for (const auto& label : options.labels) {
+    const auto eq = label.find('=');
+    if (eq == std::string::npos || eq == 0) {
+      std::cerr << "omnirelay " << options.run.command << ": --label: '" << label
+                << "' is not key=value\n";
+      return 2;
+    }
+    set_json("mesh.labels." + label.substr(0, eq), label.substr(eq + 1));
+  }
   auto config = config::Load(options.config_file, sets);
   if (!config.ok()) {
     std::cerr << "omnirelay " << options.run.command << ": invalid configuration:\n"
@@ -125,6 +157,18 @@ void AddServeCommand(CLI::App& app, int* exit_code) {
       ->envname("OMNIRELAY_ADMIN_ADDRESS");
   command->add_option("--grpc-address", options->grpc_address, "gRPC inbound host:port");
   command->add_option("--http-address", options->http_address, "HTTP inbound host:port");
+  command->add_option("--node-id", options->node_id, "Mesh node id (omniRelay.mesh.nodeId)");
+  command->add_option("--role", options->roles, "Mesh role of this node (repeatable)");
+  command->add_option("--region", options->region, "Mesh region (omniRelay.mesh.region)");
+  command->add_option("--zone", options->zone, "Mesh zone (omniRelay.mesh.zone)");
+  command->add_option("--label", options->labels, "Mesh label key=value (repeatable)");
+  command->add_option("--seed", options->seeds, "Mesh seed host:port to join through (repeatable)");
+  command->add_option("--cluster-name", options->cluster_name,
+                      "Mesh cluster name; members of another cluster are refused");
+  command->add_option("--advertise-address", options->advertise_address,
+                      "host:port other members dial for gossip (default: the gRPC listener)");
+  command->add_option("--gossip-profile", options->gossip_profile,
+                      "Gossip timing profile: lan (default) or test (fast failure detection)");
   AddProcessFlags(command, &options->run);
   command->callback([options, exit_code] { *exit_code = RunServe(*options); });
 }

@@ -170,6 +170,38 @@ class Obj {
       }
     }
   }
+  // {key: scalar} -> string map; "k=v,k2=v2" accepted too (--set, environment).
+  void StringMap(std::string_view key, std::map<std::string, std::string>& out) {
+    const auto* v = Get(key);
+    if (v == nullptr || v->is_null()) return;
+    if (v->is_string()) {
+      std::stringstream ss(v->get<std::string>());
+      std::string item;
+      while (std::getline(ss, item, ',')) {
+        if (item.empty()) continue;
+        const auto eq = item.find('=');
+        if (eq == std::string::npos || eq == 0) {
+          errors_.Add(Path(key), "'" + item + "' is not key=value");
+        } else {
+          out[item.substr(0, eq)] = item.substr(eq + 1);
+        }
+      }
+      return;
+    }
+    if (!v->is_object()) {
+      errors_.Add(Path(key), "must be an object of key: value");
+      return;
+    }
+    for (const auto& [k, value] : v->items()) {
+      if (value.is_string()) {
+        out[k] = value.get<std::string>();
+      } else if (value.is_number() || value.is_boolean()) {
+        out[k] = value.dump();
+      } else {
+        errors_.Add(Path(key) + "." + k, "must be a string");
+      }
+    }
+  }
   Errors& errors() { return errors_; }
 
  private:
@@ -427,6 +459,113 @@ void ParseGateway(const nlohmann::json& value, Errors& errors, GatewayConfig& gw
   }
 }
 
+bool ValidName(const std::string& name) {
+  if (name.empty() || name.size() > 128 || !std::isalnum(static_cast<unsigned char>(name[0]))) {
+    return false;
+  }
+  return std::all_of(name.begin(), name.end(), [](char c) {
+    return std::isalnum(static_cast<unsigned char>(c)) || c == '_' || c == '.' || c == '-';
+  });
+}
+
+void ParseMeshSelector(const nlohmann::json& value, const std::string& path, Errors& errors,
+                       MeshSelectorConfig& out) {
+  Obj m(value, path, errors);
+  m.String("role", out.role);
+  m.String("region", out.region);
+  m.String("zone", out.zone);
+  m.StringMap("labels", out.labels);
+}
+
+void ParseMesh(const nlohmann::json& value, const NodeConfig& node, Errors& errors,
+               MeshConfig& mesh) {
+  const std::string path = "omniRelay.mesh";
+  Obj m(value, path, errors);
+  auto& id = mesh.identity;
+  m.String("nodeId", id.node_id);
+  if (id.node_id.empty()) id.node_id = node.service;
+  if (!ValidName(id.node_id)) {
+    errors.Add(path + ".nodeId", "'" + id.node_id +
+                                     "' is not a valid node id (letters, digits, '_', '.', '-'; "
+                                     "starts with a letter or digit; at most 128 characters)");
+  }
+  m.String("clusterName", id.cluster_name);
+  if (!ValidName(id.cluster_name)) {
+    errors.Add(path + ".clusterName", "'" + id.cluster_name + "' is not a valid cluster name");
+  }
+  m.Strings("roles", id.roles);
+  for (size_t i = 0; i < id.roles.size(); ++i) {
+    if (!ValidName(id.roles[i])) {
+      errors.Add(path + ".roles[" + std::to_string(i) + "]",
+                 "'" + id.roles[i] + "' is not a valid role name");
+    }
+  }
+  m.String("region", id.region);
+  m.String("zone", id.zone);
+  m.StringMap("labels", id.labels);
+  m.String("advertiseAddress", id.advertise_address);
+  id.advertise_address = StripScheme(id.advertise_address);
+  if (!id.advertise_address.empty() && !ValidAddress(id.advertise_address)) {
+    errors.Add(path + ".advertiseAddress", "'" + id.advertise_address + "' is not host:port");
+  }
+  m.Strings("seeds", mesh.seeds);
+  for (size_t i = 0; i < mesh.seeds.size(); ++i) {
+    mesh.seeds[i] = StripScheme(mesh.seeds[i]);
+    if (!ValidAddress(mesh.seeds[i])) {
+      errors.Add(path + ".seeds[" + std::to_string(i) + "]",
+                 "'" + mesh.seeds[i] + "' is not host:port");
+    }
+  }
+  m.StringMap("peerAddresses", mesh.peer_addresses);
+  for (auto& [peer, address] : mesh.peer_addresses) {
+    address = StripScheme(address);
+    if (!ValidAddress(address)) {
+      errors.Add(path + ".peerAddresses." + peer, "'" + address + "' is not host:port");
+    }
+  }
+  if (const auto* gossip = m.Get("gossip")) {
+    const std::string gpath = path + ".gossip";
+    Obj g(*gossip, gpath, errors);
+    auto& o = mesh.gossip;
+    g.String("profile", o.profile);
+    o.profile = Lower(o.profile);
+    if (o.profile != "lan" && o.profile != "test") {
+      errors.Add(gpath + ".profile", "unknown profile '" + o.profile + "' (lan, test)");
+    }
+    auto dur = [&](std::string_view key, std::optional<core::Duration>& out) {
+      if (g.Get(key) == nullptr) return;
+      core::Duration d{0};
+      g.Dur(key, d);
+      if (d <= core::Duration::zero()) {
+        errors.Add(gpath + "." + std::string(key), "must be positive");
+      }
+      out = d;
+    };
+    auto integer = [&](std::string_view key, std::optional<int>& out, int min) {
+      if (g.Get(key) == nullptr) return;
+      int n = min;
+      g.Int(key, n, min);
+      out = n;
+    };
+    dur("probeInterval", o.probe_interval);
+    dur("probeTimeout", o.probe_timeout);
+    integer("indirectChecks", o.indirect_checks, 0);
+    integer("suspicionMult", o.suspicion_mult, 1);
+    integer("suspicionMaxTimeoutMult", o.suspicion_max_timeout_mult, 1);
+    integer("retransmitMult", o.retransmit_mult, 1);
+    dur("gossipInterval", o.gossip_interval);
+    integer("gossipNodes", o.gossip_nodes, 1);
+    dur("gossipToTheDead", o.gossip_to_the_dead);
+    dur("pushPullInterval", o.push_pull_interval);
+    dur("reconnectInterval", o.reconnect_interval);
+    dur("deadRetention", o.dead_retention);
+    dur("sendTimeout", o.send_timeout);
+  }
+  if (!node.grpc) {
+    errors.Add(path, "needs omniRelay.inbounds.grpc: gossip runs on the node's gRPC listener");
+  }
+}
+
 }  // namespace
 
 const std::vector<std::string>& StatusCodeNames() {
@@ -581,7 +720,16 @@ absl::StatusOr<NodeConfig> Parse(const nlohmann::json& root) {
           o.String("service", out.service);
           o.String("procedure", out.procedure);
           o.Strings("endpoints", out.endpoints);
-          if (out.endpoints.empty()) errors.Add(path + ".endpoints", "needs at least one endpoint");
+          if (const auto* sel = o.Get("mesh"); sel != nullptr && !sel->is_null()) {
+            MeshSelectorConfig selector;
+            ParseMeshSelector(*sel, path + ".mesh", errors, selector);
+            out.mesh = selector;
+            if (!out.endpoints.empty()) {
+              errors.Add(path, "needs exactly one of 'endpoints' or 'mesh'");
+            }
+          } else if (out.endpoints.empty()) {
+            errors.Add(path + ".endpoints", "needs at least one endpoint (or a 'mesh' selector)");
+          }
           for (size_t i = 0; i < out.endpoints.size(); ++i) {
             if (!ValidAddress(StripScheme(out.endpoints[i]))) {
               errors.Add(path + ".endpoints[" + std::to_string(i) + "]",
@@ -676,6 +824,11 @@ absl::StatusOr<NodeConfig> Parse(const nlohmann::json& root) {
       ParseGateway(*gateway, errors, gw);
       config.gateway = std::move(gw);
     }
+    if (const auto* mesh = top.Get("mesh"); mesh != nullptr && !mesh->is_null()) {
+      MeshConfig parsed;
+      ParseMesh(*mesh, config, errors, parsed);
+      config.mesh = std::move(parsed);
+    }
     if (const auto* echo = top.Get("echo")) {
       Obj e(*echo, "omniRelay.echo", errors);
       config.echo.enabled = true;
@@ -691,6 +844,14 @@ absl::StatusOr<NodeConfig> Parse(const nlohmann::json& root) {
           errors.Add("omniRelay.echo.procedures[" + std::to_string(i) + "]",
                      "'" + name + "' is not service/Method");
         }
+      }
+    }
+  }
+  if (config.mesh.has_value() == false) {
+    for (const auto& [name, o] : config.outbounds) {
+      if (o.mesh) {
+        errors.Add("omniRelay.outbounds." + name + ".mesh",
+                   "needs an omniRelay.mesh section (membership supplies the peers)");
       }
     }
   }
@@ -711,6 +872,43 @@ absl::StatusOr<NodeConfig> Load(const std::string& path, const std::vector<std::
   }
   if (auto s = ApplySets(root, sets); !s.ok()) return s;
   return Parse(root);
+}
+
+nlohmann::json MeshToJson(const MeshConfig& m) {
+  auto ms = [](core::Duration d) {
+    return std::chrono::duration_cast<std::chrono::milliseconds>(d).count();
+  };
+  const auto& id = m.identity;
+  nlohmann::json gossip = {{"profile", m.gossip.profile}};
+  auto put_d = [&](const char* key, const std::optional<core::Duration>& d) {
+    if (d) gossip[std::string(key) + "Ms"] = ms(*d);
+  };
+  auto put_i = [&](const char* key, const std::optional<int>& v) {
+    if (v) gossip[key] = *v;
+  };
+  put_d("probeInterval", m.gossip.probe_interval);
+  put_d("probeTimeout", m.gossip.probe_timeout);
+  put_i("indirectChecks", m.gossip.indirect_checks);
+  put_i("suspicionMult", m.gossip.suspicion_mult);
+  put_i("suspicionMaxTimeoutMult", m.gossip.suspicion_max_timeout_mult);
+  put_i("retransmitMult", m.gossip.retransmit_mult);
+  put_d("gossipInterval", m.gossip.gossip_interval);
+  put_i("gossipNodes", m.gossip.gossip_nodes);
+  put_d("gossipToTheDead", m.gossip.gossip_to_the_dead);
+  put_d("pushPullInterval", m.gossip.push_pull_interval);
+  put_d("reconnectInterval", m.gossip.reconnect_interval);
+  put_d("deadRetention", m.gossip.dead_retention);
+  put_d("sendTimeout", m.gossip.send_timeout);
+  return {{"nodeId", id.node_id},
+          {"clusterName", id.cluster_name},
+          {"roles", id.roles},
+          {"region", id.region},
+          {"zone", id.zone},
+          {"labels", id.labels},
+          {"advertiseAddress", id.advertise_address},
+          {"seeds", m.seeds},
+          {"peerAddresses", m.peer_addresses},
+          {"gossip", gossip}};
 }
 
 nlohmann::json ToJson(const NodeConfig& c) {
@@ -791,6 +989,17 @@ nlohmann::json ToJson(const NodeConfig& c) {
                       {"defaultRoute", def},
                       {"maxAttempts", g.max_attempts},
                       {"attemptTimeoutMs", ms(g.attempt_timeout)}};
+  }
+  for (const auto& [name, o] : c.outbounds) {
+    if (o.mesh) {
+      out["outbounds"][name]["mesh"] = {{"role", o.mesh->role},
+                                        {"region", o.mesh->region},
+                                        {"zone", o.mesh->zone},
+                                        {"labels", o.mesh->labels}};
+    }
+  }
+  if (c.mesh) {
+    out["mesh"] = MeshToJson(*c.mesh);
   }
   if (c.middleware.rate_limit) {
     out["middleware"]["rateLimit"] = {

@@ -44,12 +44,23 @@ struct RetryConfig {
   double budget_max = 10;
 };
 
+// Peers taken from mesh membership instead of static endpoints (issue 10,
+// docs/mesh.md): every alive member matching all the given fields. Empty
+// fields match everything; `labels` must all be present with equal values.
+struct MeshSelectorConfig {
+  std::string role;
+  std::string region;
+  std::string zone;
+  std::map<std::string, std::string> labels;
+};
+
 struct OutboundConfig {
   std::string name;
   std::string transport = "grpc";  // grpc | http
   std::string service;
   std::string procedure;
   std::vector<std::string> endpoints;
+  std::optional<MeshSelectorConfig> mesh;  // `mesh:` instead of `endpoints:`
   std::string peer_chooser = "fewest-pending";
   int max_in_flight_per_peer = 0;  // 0 = unlimited
   CircuitBreakerConfig circuit_breaker;
@@ -121,6 +132,49 @@ struct GatewayConfig {
   core::Duration attempt_timeout = std::chrono::seconds(2);
 };
 
+// Mesh membership (issue 10, docs/mesh.md): who this node is and how it
+// gossips. Other subsystems (leadership, shards) read the identity from
+// NodeConfig::mesh->identity; the mesh library turns `gossip` into its
+// Options (profile defaults, then the overrides given here).
+struct MeshIdentity {
+  std::string node_id;  // unique in the cluster; defaults to omniRelay.service
+  std::string cluster_name = "omnirelay";  // nodes of another cluster are refused
+  std::vector<std::string> roles;
+  std::string region;
+  std::string zone;
+  std::map<std::string, std::string> labels;
+  // host:port other members dial for gossip (the gRPC listener); empty = the
+  // gRPC inbound's bound address, known after Start().
+  std::string advertise_address;
+};
+
+// Overrides of the gossip profile; unset fields keep the profile's value.
+struct MeshGossipConfig {
+  std::string profile = "lan";  // lan | test
+  std::optional<core::Duration> probe_interval;
+  std::optional<core::Duration> probe_timeout;
+  std::optional<int> indirect_checks;
+  std::optional<int> suspicion_mult;
+  std::optional<int> suspicion_max_timeout_mult;
+  std::optional<int> retransmit_mult;
+  std::optional<core::Duration> gossip_interval;
+  std::optional<int> gossip_nodes;
+  std::optional<core::Duration> gossip_to_the_dead;
+  std::optional<core::Duration> push_pull_interval;
+  std::optional<core::Duration> reconnect_interval;
+  std::optional<core::Duration> dead_retention;
+  std::optional<core::Duration> send_timeout;
+};
+
+struct MeshConfig {
+  MeshIdentity identity;
+  std::vector<std::string> seeds;  // host:port of members to join through
+  // node id -> the host:port this node dials for that member instead of its
+  // advertised address (address translation: fault proxies, NAT).
+  std::map<std::string, std::string> peer_addresses;
+  MeshGossipConfig gossip;
+};
+
 // gRPC status code names ("OK", "CANCELLED", ..., "UNAUTHENTICATED").
 const std::vector<std::string>& StatusCodeNames();
 
@@ -134,6 +188,7 @@ struct NodeConfig {
   MiddlewareConfig middleware;
   EchoConfig echo;
   std::optional<GatewayConfig> gateway;
+  std::optional<MeshConfig> mesh;  // `omniRelay.mesh`: membership on (needs a gRPC inbound)
   core::Duration drain_timeout = std::chrono::seconds(10);
 };
 
@@ -160,5 +215,7 @@ absl::StatusOr<NodeConfig> Load(const std::string& path, const std::vector<std::
 
 // The effective configuration as JSON (introspection, `config validate`).
 nlohmann::json ToJson(const NodeConfig& config);
+// The `mesh` block of ToJson (durations as "...Ms" numbers).
+nlohmann::json MeshToJson(const MeshConfig& mesh);
 
 }  // namespace omnirelay::config
