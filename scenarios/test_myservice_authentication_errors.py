@@ -1,7 +1,8 @@
-"""myservice_authentication_errors (issue 6): the gateway verifies the JWT on
-every MyService* call. No token, a malformed one (incl. "Bearer <jwt>"), an
-expired one, a token of another session, and a missing session-id are all
-UNAUTHENTICATED with the documented messages — on MyServiceEcho and on
+"""myservice_authentication_errors (issues 6, 16): the gateway verifies the
+JWT on every MyService* call, after the session. A missing session-id is
+UNAUTHENTICATED "missing session-id" whatever the token; no token, a malformed
+one (incl. "Bearer <jwt>"), an expired one and a token of another session are
+UNAUTHENTICATED "missing or invalid token" — on MyServiceEcho and on
 MyServiceSubscribe — and none of them binds an instance.
 
 Run: ``pytest scenarios/test_myservice_authentication_errors.py`` or
@@ -18,13 +19,15 @@ from omnirelay.scenario import Scenario
 def _cases(token: str, session_id: str, other_token: str, expired: str):
     return [
         # (what, authorization, session-id, expected message)
-        ("no token", None, session_id, "missing token"),
-        ("empty token", "", session_id, "missing token"),
-        ("bad format", "not-a-jwt", session_id, "malformed token"),
-        ("Bearer prefix", "Bearer " + token, session_id, "malformed token"),
-        ("expired", expired, session_id, "token expired"),
-        ("session mismatch", other_token, session_id, "session-id does not match token"),
+        ("no token", None, session_id, "missing or invalid token"),
+        ("empty token", "", session_id, "missing or invalid token"),
+        ("bad format", "not-a-jwt", session_id, "missing or invalid token"),
+        ("Bearer prefix", "Bearer " + token, session_id, "missing or invalid token"),
+        ("expired", expired, session_id, "missing or invalid token"),
+        ("session mismatch", other_token, session_id, "missing or invalid token"),
         ("missing session-id", token, None, "missing session-id"),
+        ("empty session-id", token, "", "missing session-id"),
+        ("nothing at all", None, None, "missing session-id"),  # the session is checked first
     ]
 
 

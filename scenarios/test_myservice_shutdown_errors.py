@@ -5,9 +5,11 @@
   client={c}, server={s}" — the gateway never routes a second session to an
   occupied instance, so this is checked against the worker directly, and the
   bound session is unaffected;
-* no token: UNAUTHENTICATED "missing token" (the gateway);
-* after a successful Shutdown the instance exits; a repeated Shutdown of that
-  session lands on a fresh instance: "Server session is not set".
+* no token: UNAUTHENTICATED "missing or invalid token" (the gateway); no
+  session-id either: UNAUTHENTICATED "missing session-id" (checked first);
+* after a successful Shutdown the instance exits (and stays down); a repeated
+  Shutdown of that session lands on another, free instance: "Server session is
+  not set".
 
 Run: ``pytest scenarios/test_myservice_shutdown_errors.py`` or
 ``omnirelay scenario run myservice_shutdown_errors``.
@@ -48,8 +50,10 @@ def scenario(s: Scenario) -> None:
     with s.when("Shutdown is called without a token"):
         no_token = error_of(client.shutdown, None, bound.session_id)
 
-    with s.then('the gateway answers UNAUTHENTICATED "missing token"'):
-        assert no_token == ("UNAUTHENTICATED", "missing token"), no_token
+    with s.then('the gateway answers UNAUTHENTICATED "missing or invalid token"; without a session-id '
+                'too, "missing session-id"'):
+        assert no_token == ("UNAUTHENTICATED", "missing or invalid token"), no_token
+        assert error_of(client.shutdown, None, None) == ("UNAUTHENTICATED", "missing session-id")
 
     with s.when("the bound session shuts down, then calls Shutdown again"):
         pid = stack.pid(pod)
@@ -58,8 +62,10 @@ def scenario(s: Scenario) -> None:
         stack.wait_exit(pod, pid)
         again = error_of(bound.shutdown)
 
-    with s.then('the instance exited and the repeat gets "Server session is not set" from a fresh instance'):
+    with s.then('the instance exited and stays down; the repeat gets "Server session is not set" from '
+                'another instance'):
         assert again == ("PERMISSION_DENIED", "Server session is not set"), again
+        assert stack.pid(pod) is None
 
 
 def test_myservice_shutdown_errors(run_scenario):

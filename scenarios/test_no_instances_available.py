@@ -1,8 +1,9 @@
 """no_instances_available (issue 6): three sessions occupy all three
 instances; a fourth session gets RESOURCE_EXHAUSTED "all instances are busy"
-while the three keep reaching their pods. When one session ends, its restarted
-instance serves the waiting session; with no instance registered at all the
-gateway answers RESOURCE_EXHAUSTED "no available instances".
+while the three keep reaching their pods. When one session ends, its instance
+exits and stays down (still busy for the fourth); once it is started again it
+serves the waiting session; with no instance registered at all the gateway
+answers RESOURCE_EXHAUSTED "no available instances".
 
 Run: ``pytest scenarios/test_no_instances_available.py`` or
 ``omnirelay scenario run no_instances_available``.
@@ -34,8 +35,17 @@ def scenario(s: Scenario) -> None:
         assert [session.echo("still here").pod_name for session in sessions] == pods
         assert error_of(fourth.subscribe("me too").take, 1) == ("RESOURCE_EXHAUSTED", "all instances are busy")
 
-    with s.when("the first session shuts down (its instance exits and is restarted fresh)"):
+    with s.when("the first session shuts down (its instance exits and stays down)"):
+        pid = stack.pid(pods[0])
         freed = sessions[0].shutdown().pod_name
+        stack.wait_exit(freed, pid)
+        stack.control.wait_workers([p for p in pods if p != freed])
+
+    with s.then("the fourth session still finds every remaining instance busy"):
+        assert error_of(fourth.echo, "me too") == ("RESOURCE_EXHAUSTED", "all instances are busy")
+
+    with s.when("the exited instance is started again (`omnirelay stack start`)"):
+        stack.control.start(freed)
 
     with s.then("the fourth session is served by that instance once it is back"):
         reply = s.eventually(lambda: _echo_or_none(fourth), within_s=15, interval_s=0.2,
@@ -57,7 +67,7 @@ def _echo_or_none(session):
 
     try:
         return session.echo("finally")
-    except (ResourceExhausted, Unavailable):  # still busy, or the freed pod is restarting
+    except (ResourceExhausted, Unavailable):  # the gateway has not seen the pod back yet
         return None
 
 

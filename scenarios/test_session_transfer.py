@@ -1,15 +1,18 @@
-"""session_transfer (issue 6): MyServiceShutdown makes the instance exit; the
-same session (same token, same session-id) then continues on a second
+"""session_transfer (issues 6, 16): MyServiceShutdown makes the instance exit;
+the same session (same token, same session-id) then continues on a second
 instance, and after shutting that one down, on a third. Each instance gives
-it a new server session; the stack restarts every exited instance (policy
-``always``, 2 s backoff) unbound.
+it a new server session. Exited instances stay down (the reference stack's
+behaviour), so once the third is shut down too, the session's next call
+fails with UNAVAILABLE or RESOURCE_EXHAUSTED; after ``omnirelay stack start``
+it is served again.
 
 Run: ``pytest scenarios/test_session_transfer.py`` or ``omnirelay scenario run session_transfer``.
 """
 
 from __future__ import annotations
 
-from omnirelay.samples.session_stack import check_echo, check_shutdown, start_session_stack
+from omnirelay.samples.my_service import outcome
+from omnirelay.samples.session_stack import WORKERS, check_echo, check_shutdown, start_session_stack
 from omnirelay.scenario import Scenario
 
 
@@ -49,10 +52,38 @@ def scenario(s: Scenario) -> None:
         assert len({first.server_session_id, second.server_session_id, third.server_session_id}) == 3
         assert {r.client_session_id for r in (first, second, third)} == {session.session_id}
 
-    with s.and_("it stays on the third instance, and the exited instances come back"):
+    with s.and_("it stays on the third instance; the exited instances stay down"):
         assert session.echo("four").pod_name == third.pod_name
-        s.eventually(lambda: stack.pid(first.pod_name) and stack.pid(second.pod_name), within_s=15,
-                     message="both exited instances restarted")
+        assert stack.pid(first.pod_name) is None and stack.pid(second.pod_name) is None
+
+    with s.when("the session shuts the third instance down as well"):
+        pid = stack.pid(third.pod_name)
+        check_shutdown(session.shutdown(), pod=third.pod_name, session_id=session.session_id,
+                       server_session_id=third.server_session_id)
+        stack.wait_exit(third.pod_name, pid, within_s=10)
+        code, message = outcome(session.echo, "five")
+        s.note(f"five: {code} {message}")
+
+    with s.then("with all three instances shut down, the session's next call fails with UNAVAILABLE or "
+                "RESOURCE_EXHAUSTED"):
+        assert code in ("UNAVAILABLE", "RESOURCE_EXHAUSTED"), (code, message)
+        assert all(stack.pid(pod) is None for pod in WORKERS)
+
+    with s.when("the workers are started again (`omnirelay stack start role:worker`)"):
+        stack.control.start("role:worker")
+        stack.control.wait_workers(list(WORKERS))
+
+    with s.then("the same session is served by a fresh instance"):
+        reply = s.eventually(lambda: _echo_or_none(session, "six"), within_s=15, interval_s=0.2,
+                             message="session served after start")
+        check_echo(reply, value="six", session_id=session.session_id)
+        assert reply.server_session_id not in {first.server_session_id, second.server_session_id,
+                                               third.server_session_id}
+
+
+def _echo_or_none(session, value: str):
+    code, reply = outcome(session.echo, value)
+    return reply if code == "OK" else None
 
 
 def test_session_transfer(run_scenario):

@@ -15,8 +15,8 @@ MESSAGES = 5
 
 
 def scenario(s: Scenario) -> None:
-    with s.given("the session stack and a logged-in client"):
-        stack = start_session_stack(s)
+    with s.given("the session stack (subscriptions every 200 ms instead of 5 s) and a logged-in client"):
+        stack = start_session_stack(s, stream_interval="200ms")
         session = stack.client().session(stack.session_id())
 
     with s.when(f"it subscribes and reads {MESSAGES} messages, then cancels"):

@@ -27,6 +27,7 @@ START_TIMEOUT = 20.0
 STOP_TIMEOUT = 10.0
 CALL_TIMEOUT = 20.0
 REFRESH = "200ms"
+SUBSCRIBE = "/my_service.MyServiceAPI/MyServiceSubscribe"
 
 
 def _native_binary() -> Path:
@@ -132,8 +133,10 @@ def wait_until(predicate, timeout: float, what: str) -> None:
 class Stack:
     """registry, auth, N workers and the gateway node."""
 
-    def __init__(self, native: Path, tmp_path: Path, pb, workers: int = 3):
+    def __init__(self, native: Path, tmp_path: Path, pb, workers: int = 3, *,
+                 transfer_streams: bool = True, worker_args: Optional[List[str]] = None):
         self.native, self.tmp, self.pb = native, tmp_path, pb
+        self.worker_args = list(worker_args or [])
         self.processes: List[Process] = []
         self.workers: Dict[str, Process] = {}
         self.registry = self.spawn("registry", "registry", "--listen", "127.0.0.1:0",
@@ -160,7 +163,8 @@ class Stack:
                      "authorization": "none", "balancer": "round-robin"},
                     {"prefix": "/my_service.MyServiceAPI/MyService", "cluster": "workers",
                      "authorization": "required", "balancer": "sticky",
-                     "stickyHeader": "session-id"}],
+                     "stickyHeader": "session-id",
+                     "transferStreams": [SUBSCRIBE] if transfer_streams else []}],
                 "defaultRoute": {"error": "UNIMPLEMENTED"},
                 "maxAttempts": 3,
                 "attemptTimeout": "5s"}}}
@@ -179,7 +183,7 @@ class Stack:
     def start_worker(self, name: str) -> Process:
         worker = self.spawn(name, "worker", "--listen", "127.0.0.1:0", "--instance", name,
                             "--registry", self.registry.address, "--stream-interval", "20ms",
-                            "--heartbeat-interval", "200ms")
+                            "--heartbeat-interval", "200ms", *self.worker_args)
         self.workers[name] = worker
         return worker
 
@@ -315,13 +319,18 @@ def test_authentication_errors(stack):
     token = stack.login("auth-1")
     other = stack.login("auth-2")
     m = stack.pb.messages
+    # The session first, then one message for every token failure (issue 16).
     cases = [
-        ([("session-id", "auth-1")], "missing token"),
-        ([("session-id", "auth-1"), ("authorization", "not-a-jwt")], "malformed token"),
-        ([("session-id", "auth-1"), ("authorization", "Bearer " + token)], "malformed token"),
+        ([], "missing session-id"),
+        ([("authorization", "not-a-jwt")], "missing session-id"),
         ([("authorization", token)], "missing session-id"),
-        ([("session-id", "auth-1"), ("authorization", other)],
-         "session-id does not match token"),
+        ([("session-id", ""), ("authorization", token)], "missing session-id"),
+        ([("session-id", "auth-1")], "missing or invalid token"),
+        ([("session-id", "auth-1"), ("authorization", "")], "missing or invalid token"),
+        ([("session-id", "auth-1"), ("authorization", "not-a-jwt")], "missing or invalid token"),
+        ([("session-id", "auth-1"), ("authorization", "Bearer " + token)],
+         "missing or invalid token"),
+        ([("session-id", "auth-1"), ("authorization", other)], "missing or invalid token"),
     ]
     client = stack.client()
     for metadata, message in cases:
@@ -420,3 +429,121 @@ def test_all_workers_stopped_is_unavailable_then_resumes(stack):
     assert stack.echo("down-1", token).pod_name.startswith("worker-")
     text = stack.metrics()
     assert metric(text, "omnirelay_gateway_evictions_total", reason="transport_failure") >= 1
+
+
+# ------------------------------------------------------- live stream transfer (issue 16)
+
+
+def _subscribe(stack, session_id: str, token: str, value: str = "live"):
+    md = [("session-id", session_id), ("authorization", token)]
+    return stack.client().MyServiceSubscribe(stack.pb.messages.EchoRequest(value=value),
+                                             metadata=md, timeout=60)
+
+
+def _read_until_pod_changes(stream, pod: str, want: int = 3):
+    """Messages still from ``pod``, then ``want`` messages from the next pod."""
+    before, after = [], []
+    deadline = time.monotonic() + 20
+    for reply in stream:
+        assert time.monotonic() < deadline, (before, after)
+        if reply.pod_name == pod and not after:
+            before.append(reply)
+            continue
+        after.append(reply)
+        if len(after) == want:
+            break
+    return before, after
+
+
+def _drain(stream, pod: str) -> None:
+    for reply in stream:
+        assert reply.pod_name == pod, reply  # nowhere else to go
+    raise AssertionError("the stream ended OK")
+
+
+def test_live_stream_moves_to_another_instance_when_its_instance_is_killed(stack):
+    token = stack.login("live-1")
+    stream = _subscribe(stack, "live-1", token)
+    first = [next(stream) for _ in range(3)]
+    assert [(r.pod_name, r.index) for r in first] == [("worker-1", 0), ("worker-1", 1),
+                                                     ("worker-1", 2)]
+    # kill -9 under the live stream: the same client stream continues on the
+    # next free instance, which starts its own server session at index 0.
+    stack.workers["worker-1"].stop(signal.SIGKILL)
+    before, after = _read_until_pod_changes(stream, "worker-1")
+    assert [r.index for r in before] == list(range(3, 3 + len(before)))
+    assert [(r.pod_name, r.index) for r in after] == [("worker-2", 0), ("worker-2", 1),
+                                                     ("worker-2", 2)]
+    assert {r.client_value for r in after} == {"live"}
+    assert {r.client_session_id for r in after} == {"live-1"}
+    assert {r.server_method for r in after} == {"MyServiceSubscribe"}
+    assert after[0].server_session_id.startswith("worker-2-")
+    assert stack.introspect()["clusters"]["workers"]["bindings"] == {"live-1": "worker-2"}
+    # Again: the stream outlives a second instance.
+    stack.workers["worker-2"].stop(signal.SIGKILL)
+    _, after = _read_until_pod_changes(stream, "worker-2")
+    assert [(r.pod_name, r.index) for r in after] == [("worker-3", 0), ("worker-3", 1),
+                                                     ("worker-3", 2)]
+    text = stack.metrics()
+    assert metric(text, "omnirelay_gateway_stream_transfers_total", cluster="workers") == 2
+    assert metric(text, "omnirelay_gateway_evictions_total", reason="transport_failure") >= 2
+    # The session's unary calls follow the stream.
+    assert stack.echo("live-1", token).pod_name == "worker-3"
+    # No instance left to take it: the stream ends UNAVAILABLE with the
+    # gateway's message (not the transport's "Socket closed").
+    stack.workers["worker-3"].stop(signal.SIGKILL)
+    error = rpc_error(lambda: _drain(stream, "worker-3"))
+    assert (error.code(), error.details()) == (grpc.StatusCode.UNAVAILABLE,
+                                               "backend service unavailable")
+
+
+def test_graceful_stop_moves_the_stream_and_cancel_still_reaches_the_new_instance(stack):
+    token = stack.login("live-2")
+    stream = _subscribe(stack, "live-2", token)
+    assert next(stream).pod_name == "worker-1"
+    # SIGTERM: the worker ends the stream UNAVAILABLE "instance is shutting
+    # down" and leaves the registry; the stream moves all the same.
+    assert stack.workers["worker-1"].stop(signal.SIGTERM) == 0
+    _, after = _read_until_pod_changes(stream, "worker-1", want=2)
+    assert [(r.pod_name, r.index) for r in after] == [("worker-2", 0), ("worker-2", 1)]
+    stream.cancel()
+    # The client's cancel is not a failure: nothing moves, the binding stays.
+    wait_until(lambda: metric(stack.metrics(), "omnirelay_gateway_attempts_total",
+                              cluster="workers", outcome="ok") == 1, 5,
+               "the transferred backend stream to end after the client's cancel")
+    assert stack.introspect()["clusters"]["workers"]["bindings"] == {"live-2": "worker-2"}
+    assert metric(stack.metrics(), "omnirelay_gateway_stream_transfers_total",
+                  cluster="workers") == 1
+
+
+def test_application_end_of_stream_is_not_transferred(native, tmp_path, pb):
+    stack = Stack(native, tmp_path, pb, worker_args=["--stream-max-messages", "4"])
+    try:
+        token = stack.login("bounded-1")
+        # The worker ends the stream OK after 4 messages: passed through as is,
+        # not replayed elsewhere.
+        replies = list(_subscribe(stack, "bounded-1", token))
+        assert [(r.pod_name, r.index) for r in replies] == [("worker-1", i) for i in range(4)]
+        assert stack.introspect()["clusters"]["workers"]["bindings"] == {"bounded-1": "worker-1"}
+        text = stack.metrics()
+        assert metric(text, "omnirelay_gateway_stream_transfers_total") == 0
+        assert metric(text, "omnirelay_gateway_evictions_total") == 0
+    finally:
+        stack.close()
+
+
+def test_stream_outside_transfer_streams_ends_with_the_failure(native, tmp_path, pb):
+    stack = Stack(native, tmp_path, pb, transfer_streams=False)
+    try:
+        token = stack.login("plain-1")
+        stream = _subscribe(stack, "plain-1", token)
+        assert next(stream).pod_name == "worker-1"
+        stack.workers["worker-1"].stop(signal.SIGKILL)
+        error = rpc_error(lambda: _drain(stream, "worker-1"))
+        assert error.code() == grpc.StatusCode.UNAVAILABLE
+        assert error.details() != "backend service unavailable"  # the transport's own
+        # The binding was dropped all the same: the next call moves.
+        assert stack.echo("plain-1", token).pod_name == "worker-2"
+        assert metric(stack.metrics(), "omnirelay_gateway_stream_transfers_total") == 0
+    finally:
+        stack.close()

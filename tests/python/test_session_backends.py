@@ -350,16 +350,38 @@ def test_worker_verifies_tokens_issued_by_auth(pb, spawn, auth, tmp_path):
         error = rpc_error(lambda: w.MyServiceEcho(m.EchoRequest(value="x"),
                                                   metadata=session("S1"), timeout=10))
         assert (error.code(), error.details()) == (grpc.StatusCode.UNAUTHENTICATED,
-                                                   "missing token")
+                                                   "missing or invalid token")
+        # The session is checked before the token, as on the gateway.
+        error = rpc_error(lambda: w.MyServiceEcho(m.EchoRequest(value="x"), timeout=10))
+        assert (error.code(), error.details()) == (grpc.StatusCode.UNAUTHENTICATED,
+                                                   "missing session-id")
         error = rpc_error(lambda: w.MyServiceEcho(m.EchoRequest(value="x"),
                                                   metadata=session("S2", token), timeout=10))
         assert (error.code(), error.details()) == (grpc.StatusCode.UNAUTHENTICATED,
-                                                   "session-id does not match token")
+                                                   "missing or invalid token")
         error = rpc_error(lambda: w.MyServiceEcho(m.EchoRequest(value="x"),
                                                   metadata=session("S1", "Bearer " + token),
                                                   timeout=10))
         assert (error.code(), error.details()) == (grpc.StatusCode.UNAUTHENTICATED,
-                                                   "malformed token")
+                                                   "missing or invalid token")
         reply = w.MyServiceEcho(m.EchoRequest(value="x"), metadata=session("S1", token),
                                 timeout=10)
         assert reply.client_session_id == "S1"
+
+
+def test_subscription_period_defaults_to_five_seconds(pb, spawn):
+    """The reference's subscription period: index 0 at once, then one message
+    every 5 s unless --stream-interval says otherwise (issue 16). Only a lower
+    bound is asserted: a loaded host makes the gap longer, never shorter."""
+    worker = spawn("pod-period", "worker", "--listen", "127.0.0.1:0", "--instance", "pod-period")
+    client, channel = stub(pb, worker)
+    with channel:
+        call = client.MyServiceSubscribe(pb.messages.EchoRequest(value="slow"),
+                                         metadata=session("P"), timeout=30)
+        first = next(call)
+        started = time.monotonic()
+        second = next(call)
+        gap = time.monotonic() - started
+        call.cancel()
+    assert (first.index, second.index) == (0, 1)
+    assert gap >= 4.0, gap  # the old default was 100 ms

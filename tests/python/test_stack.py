@@ -26,7 +26,11 @@ WORKERS = ["worker-1", "worker-2", "worker-3"]
 
 
 def backends_topology() -> Topology:
-    topology = Topology.load("session-stack")
+    # Auto-restart is a topology option (the default is the reference's: stay
+    # down); these tests exercise it, with subscriptions every 100 ms.
+    from omnirelay.samples.session_stack import session_topology
+
+    topology = session_topology(stream_interval="100ms", worker_restart="always")
     topology.nodes = [n for n in topology.nodes if n.role != "gateway"]
     topology.links = [l for l in topology.links if l.source != "gateway" and l.target != "gateway"]
     return topology
@@ -39,9 +43,13 @@ def test_topology_shape_and_pinned_port():
     for name in WORKERS:
         node = topology.node(name)
         assert node.role == "worker" and node.labels["pod_name"] == name
-        assert node.restart.policy == "always" and node.restart.max_restarts >= 1000
+        # The reference's behaviour by default: an exited worker stays down,
+        # and subscriptions use the worker's default period (5 s).
+        assert node.restart.policy == "no"
+        assert "--stream-interval" not in node.launch_args()
     gateway = topology.node("gateway").config["omniRelay"]["gateway"]
     assert gateway["routes"][1]["balancer"] == "sticky"
+    assert gateway["routes"][1]["transferStreams"] == ["/my_service.MyServiceAPI/MyServiceSubscribe"]
     assert gateway["jwt"]["secretFile"].endswith("/../auth/state/jwt-secret")
 
 

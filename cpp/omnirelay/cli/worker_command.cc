@@ -35,7 +35,7 @@ struct WorkerCommandOptions : ProcessFlags {
   std::string role = "worker";
   std::string advertise_address;
   std::string heartbeat_interval = "1s";
-  std::string stream_interval = "100ms";
+  std::string stream_interval = "5s";  // the reference's subscription period
   int stream_max_messages = 10000;
   std::string jwt_secret_file;
   std::string shutdown_grace = "2s";

@@ -401,6 +401,7 @@ void ParseGateway(const nlohmann::json& value, Errors& errors, GatewayConfig& gw
         r.String("authorization", route.authorization);
         r.String("balancer", route.balancer);
         r.String("stickyHeader", route.sticky_header);
+        r.Strings("transferStreams", route.transfer_streams);
         route.authorization = Lower(route.authorization);
         route.balancer = Lower(route.balancer);
         // gRPC metadata keys are lower case on the wire.
@@ -421,6 +422,14 @@ void ParseGateway(const nlohmann::json& value, Errors& errors, GatewayConfig& gw
         }
         if (route.balancer == "sticky" && route.sticky_header.empty()) {
           errors.Add(rpath + ".stickyHeader", "must not be empty for a sticky route");
+        }
+        for (size_t k = 0; k < route.transfer_streams.size(); ++k) {
+          const std::string& method = route.transfer_streams[k];
+          if (!method.starts_with("/") || !method.starts_with(route.prefix)) {
+            errors.Add(
+                rpath + ".transferStreams[" + std::to_string(k) + "]",
+                "'" + method + "' is not a full method name under prefix '" + route.prefix + "'");
+          }
         }
         gw.routes.push_back(route);
       }
@@ -974,7 +983,8 @@ nlohmann::json ToJson(const NodeConfig& c) {
                          {"cluster", r.cluster},
                          {"authorization", r.authorization},
                          {"balancer", r.balancer},
-                         {"stickyHeader", r.sticky_header}});
+                         {"stickyHeader", r.sticky_header},
+                         {"transferStreams", r.transfer_streams}});
     }
     nlohmann::json def = nlohmann::json::object();
     if (!g.default_route.cluster.empty()) {

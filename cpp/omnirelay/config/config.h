@@ -115,6 +115,10 @@ struct GatewayRouteConfig {
   std::string authorization = "none";    // none | required (JWT, auth::VerifyRequest)
   std::string balancer = "round-robin";  // round-robin | sticky
   std::string sticky_header = "session-id";
+  // Full names of server-streaming methods ("/pkg.Service/Method", under
+  // `prefix`) whose live streams move to another instance when theirs fails at
+  // the transport level: the gateway replays the request there (issue 16).
+  std::vector<std::string> transfer_streams;
 };
 
 struct GatewayDefaultRouteConfig {

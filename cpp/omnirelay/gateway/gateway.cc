@@ -16,6 +16,7 @@
 #include "omnirelay/auth/jwt.h"
 #include "omnirelay/auth/secrets.h"
 #include "omnirelay/core/logging.h"
+#include "omnirelay/gateway/admission.h"
 #include "omnirelay/gateway/balancer.h"
 #include "omnirelay/samples/registry_client.h"
 
@@ -23,6 +24,10 @@ namespace omnirelay::gateway {
 namespace {
 
 using Clock = std::chrono::steady_clock;
+
+// A transferStreams call keeps at most this many request messages for replay
+// after its first response (a server stream sends one).
+constexpr size_t kMaxReplayMessages = 16;
 
 // The gateway's metric table (docs/session-gateway.md, "Gateway mode").
 const core::MetricDescriptor kRequests{"omnirelay.gateway.requests", core::MetricKind::kCounter,
@@ -33,6 +38,10 @@ const core::MetricDescriptor kSessions{"omnirelay.gateway.sessions", core::Metri
 const core::MetricDescriptor kTransfers{
     "omnirelay.gateway.session_transfers", core::MetricKind::kCounter, "{session}",
     "Sessions re-bound to another instance after theirs failed or left."};
+const core::MetricDescriptor kStreamTransfers{
+    "omnirelay.gateway.stream_transfers", core::MetricKind::kCounter, "{stream}",
+    "Live streams that continued on another instance after theirs failed mid-stream (the "
+    "request was replayed there and its first message reached the client)."};
 const core::MetricDescriptor kEvictions{
     "omnirelay.gateway.evictions", core::MetricKind::kCounter, "{binding}",
     "Bindings dropped: reason=transport_failure (the instance failed) or left (the registry "
@@ -108,6 +117,7 @@ struct Cluster {
   Balancer balancer;
   core::Gauge* sessions = nullptr;
   core::Counter* transfers = nullptr;
+  core::Counter* stream_transfers = nullptr;
   core::Counter* evictions_failure = nullptr;
   core::Counter* evictions_left = nullptr;
   core::Counter* attempts_ok = nullptr;
@@ -148,8 +158,10 @@ struct Route {
   Cluster* cluster = nullptr;
   bool sticky = false;
   bool auth = false;
-  std::optional<grpc::StatusCode> error;  // default route answering an error
-  std::string label;                      // metrics tag
+  std::optional<grpc::StatusCode> error;   // default route answering an error
+  AdmissionRule admission;                 // credentials checked before forwarding
+  std::set<std::string> transfer_streams;  // methods whose live streams may move
+  std::string label;                       // metrics tag
   std::array<std::atomic<core::Counter*>, 17> requests{};
 };
 
@@ -276,6 +288,9 @@ class ProxyCall : public grpc::ServerGenericBidiReactor,
   grpc::ByteBuffer client_out_;
   bool writing_client_ = false;
   bool committed_ = false;             // a response message reached the client: no more retries
+                                       // (unless transferable_)
+  bool transferable_ = false;          // a transferStreams method: replayable after commit too
+  bool transferring_ = false;          // committed, and the stream is moving to another instance
   bool cancelled_ = false;             // client cancelled or went away
   std::optional<grpc::Status> final_;  // waiting for a client write to finish
   bool finished_ = false;
@@ -344,20 +359,26 @@ void ProxyCall::Begin(std::shared_ptr<ProxyCall> self) {
     FinishLocal(*route_->error, "no route for " + method_);
     return;
   }
-  if (route_->auth) {
-    auto claims = auth::VerifyRequest(*gateway_->codec(), authorization, session_id);
-    if (!claims.ok()) {
-      FinishLocal(grpc::StatusCode::UNAUTHENTICATED, std::string(claims.status().message()));
+  if (route_->auth || route_->sticky) {
+    AdmissionHeaders headers;
+    if (authorization) headers.authorization = *authorization;
+    if (session_id) headers.session_id = *session_id;
+    if (sticky) headers.sticky = *sticky;
+    std::string reason;
+    auto admitted = Admit(route_->admission, gateway_->codec(), headers, &reason);
+    if (!admitted.ok()) {
+      // The client gets one message for every token failure; the reason is
+      // for the operator.
+      if (!reason.empty() && core::LogEnabled(core::LogLevel::kDebug)) {
+        core::Log(core::LogLevel::kDebug, "gateway.unauthenticated",
+                  {{"method", method_}, {"reason", reason}});
+      }
+      FinishLocal(grpc::StatusCode::UNAUTHENTICATED, std::string(admitted.status().message()));
       return;
     }
+    session_ = std::move(*admitted);
   }
-  if (route_->sticky) {
-    if (!sticky || sticky->empty()) {
-      FinishLocal(grpc::StatusCode::UNAUTHENTICATED, "missing " + route_->config.sticky_header);
-      return;
-    }
-    session_ = *sticky;
-  }
+  transferable_ = route_->transfer_streams.count(method_) > 0;
   deadline_ = ctx_->deadline();
   reading_client_ = true;
   StartRead(&client_in_);
@@ -374,6 +395,12 @@ void ProxyCall::StartAttempt() {
   }
   Pick pick = route_->sticky ? cluster->balancer.PickSticky(session_, excluded_)
                              : cluster->balancer.PickRoundRobin(excluded_);
+  if (transferring_ && pick.outcome != PickOutcome::kInstance) {
+    // A live stream lost its instance and no other can take it: the backend,
+    // not capacity, ended it.
+    FinishLocal(grpc::StatusCode::UNAVAILABLE, "backend service unavailable");
+    return;
+  }
   switch (pick.outcome) {
     case PickOutcome::kInstance:
       break;
@@ -411,8 +438,13 @@ void ProxyCall::StartAttempt() {
     replay_.pop_back();
   }
   a->AddHold();
-  a->reading = true;
-  a->StartRead(&a->in);
+  // A transferred stream may still be writing the failed instance's last
+  // message to the client: OnWriteDone then starts this attempt's first read
+  // (one client write at a time).
+  if (!writing_client_) {
+    a->reading = true;
+    a->StartRead(&a->in);
+  }
   a->StartCall();
   PumpToBackend(a);
   std::weak_ptr<ProxyCall> weak = weak_from_this();
@@ -425,7 +457,8 @@ void ProxyCall::StartAttempt() {
 void ProxyCall::AttemptTimeout(uint64_t seq) {
   std::lock_guard<std::recursive_mutex> lock(mu_);
   Attempt* a = current_;
-  if (a == nullptr || a->seq != seq || committed_ || a->got_message) return;
+  // Also bounds the replacement attempt of a transferred stream.
+  if (a == nullptr || a->seq != seq || a->got_message) return;
   a->timed_out = true;
   a->ctx.TryCancel();
 }
@@ -434,8 +467,13 @@ void ProxyCall::PumpToBackend(Attempt* a) {
   if (a != current_ || a->writing || a->stop_writes) return;
   if (!pending_.empty()) {
     a->out = pending_.front();
-    if (!committed_) replay_.push_back(std::move(pending_.front()));
+    if (!committed_ || transferable_) replay_.push_back(std::move(pending_.front()));
     pending_.pop_front();
+    if (committed_ && transferable_ && replay_.size() > kMaxReplayMessages) {
+      // Not the one-request shape of a server stream: stop keeping a copy.
+      transferable_ = false;
+      replay_.clear();
+    }
     a->writing = true;
     a->StartWrite(&a->out);
     MaybeReadClient();
@@ -515,9 +553,21 @@ void ProxyCall::AttemptRead(Attempt* a, bool ok) {
     CloseWrites(a);
     return;
   }
+  if (!a->got_message) {
+    // This attempt delivers: a new transfer episode gets maxAttempts again.
+    attempts_ = 0;
+    excluded_.clear();
+    failed_any_ = false;
+    if (transferring_) {
+      transferring_ = false;
+      a->cluster->stream_transfers->Add();
+      core::LogInfo("gateway.stream_transfer",
+                    {{"session", session_}, {"method", method_}, {"instance", a->member.id}});
+    }
+  }
   if (!committed_) {
     committed_ = true;
-    replay_.clear();
+    if (!transferable_) replay_.clear();
     // The backend's initial metadata goes out with the first message.
     for (const auto& [k, v] : a->ctx.GetServerInitialMetadata()) {
       std::string key = Str(k);
@@ -552,6 +602,7 @@ void ProxyCall::OnWriteDone(bool ok) {
     if (cancelled_) CloseWrites(a);
     return;
   }
+  if (a->reading) return;
   a->reading = true;
   a->StartRead(&a->in);
 }
@@ -592,9 +643,12 @@ void ProxyCall::AttemptDone(Attempt* a, const grpc::Status& status) {
     cluster->attempts_ok->Add();
   }
   if (!is_current || finished_) return;
-  if (transport_failure && !committed_ && !cancelled_) {
+  if (transport_failure && !cancelled_ && (!committed_ || transferable_)) {
+    // Before the first response message any call is replayed; after it only
+    // a transferStreams method (a server stream: its request is kept).
     failed_any_ = true;
     excluded_.insert(a->member.id);
+    if (committed_) transferring_ = true;
     StartAttempt();
     return;
   }
@@ -685,6 +739,7 @@ absl::Status Gateway::Impl::Build() {
     const core::Tags tags = {{"cluster", name}};
     cluster->sessions = &metrics_->GetGauge(kSessions, tags);
     cluster->transfers = &metrics_->GetCounter(kTransfers, tags);
+    cluster->stream_transfers = &metrics_->GetCounter(kStreamTransfers, tags);
     cluster->evictions_failure =
         &metrics_->GetCounter(kEvictions, {{"cluster", name}, {"reason", "transport_failure"}});
     cluster->evictions_left =
@@ -703,6 +758,9 @@ absl::Status Gateway::Impl::Build() {
     route->sticky = rc.balancer == "sticky";
     route->auth = rc.authorization == "required";
     route->label = rc.prefix.empty() ? "*" : rc.prefix;
+    route->admission.require_token = route->auth;
+    if (route->sticky) route->admission.sticky_header = rc.sticky_header;
+    route->transfer_streams.insert(rc.transfer_streams.begin(), rc.transfer_streams.end());
     routes_.push_back(std::move(route));
   }
   default_route_ = std::make_unique<Route>();
@@ -832,7 +890,8 @@ nlohmann::json Gateway::Impl::Introspect() const {
                       {"cluster", r->config.cluster},
                       {"authorization", r->config.authorization},
                       {"balancer", r->config.balancer},
-                      {"stickyHeader", r->sticky ? r->config.sticky_header : ""}});
+                      {"stickyHeader", r->sticky ? r->config.sticky_header : ""},
+                      {"transferStreams", r->config.transfer_streams}});
   }
   return {{"address", started_ ? address() : config_.address},
           {"routes", routes},

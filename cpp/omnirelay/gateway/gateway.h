@@ -7,8 +7,10 @@
 // Per call:
 //   1. route by method prefix; unmatched -> defaultRoute (an error code, or a
 //      cluster reached round-robin);
-//   2. authorization `required`: auth::VerifyRequest(authorization, session-id)
-//      -> UNAUTHENTICATED with its message on failure;
+//   2. admission (admission.h): a sticky route's header, then for
+//      authorization `required` the session-id and the token
+//      (auth::VerifyRequest) -> UNAUTHENTICATED "missing session-id" /
+//      "missing or invalid token";
 //   3. pick an instance: round-robin, or sticky by a header with occupancy
 //      (balancer.h) -> RESOURCE_EXHAUSTED "all instances are busy" /
 //      "no available instances";
@@ -21,9 +23,13 @@
 //      attemptTimeout) drops its binding and retries the buffered request on
 //      another instance, up to maxAttempts; nothing left to try ->
 //      UNAVAILABLE "backend service unavailable". Other statuses are the
-//      application's and pass through without evicting anything. A transport
-//      failure after the first response message still drops the binding but
-//      reaches the client as is (a stream cannot be replayed).
+//      application's and pass through without evicting anything. After the
+//      first response message only the route's `transferStreams` methods
+//      (server streams) are replayed: the live stream continues with the new
+//      instance's messages; when no instance can take it, it ends
+//      UNAVAILABLE "backend service unavailable". Any other call's transport
+//      failure after its first response message drops the binding and reaches
+//      the client as is.
 //
 // Registry clusters are refreshed every refreshInterval on one control
 // thread; a failed poll keeps the last good list. Removed instances lose
@@ -31,6 +37,7 @@
 //
 // Metrics (core::MetricsRegistry): omnirelay.gateway.requests{route,status},
 // omnirelay.gateway.sessions{cluster} (bindings), omnirelay.gateway.session_transfers{cluster},
+// omnirelay.gateway.stream_transfers{cluster},
 // omnirelay.gateway.evictions{cluster,reason}, omnirelay.gateway.attempts{cluster,outcome}.
 //
 // Thread-safety: Start/Stop from one controlling thread; Introspect and

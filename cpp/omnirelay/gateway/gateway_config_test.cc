@@ -22,7 +22,8 @@ nlohmann::json Valid() {
         {"prefix": "/my_service.MyServiceAPI/Login", "cluster": "auth",
          "authorization": "none", "balancer": "round-robin"},
         {"prefix": "/my_service.MyServiceAPI/MyService", "cluster": "workers",
-         "authorization": "required", "balancer": "sticky", "stickyHeader": "session-id"}
+         "authorization": "required", "balancer": "sticky", "stickyHeader": "session-id",
+         "transferStreams": ["/my_service.MyServiceAPI/MyServiceSubscribe"]}
       ],
       "defaultRoute": {"error": "UNIMPLEMENTED"},
       "maxAttempts": 3,
@@ -51,6 +52,9 @@ TEST(GatewayConfigTest, ParsesTheDocumentedShape) {
   EXPECT_EQ(g.routes[1].balancer, "sticky");
   EXPECT_EQ(g.routes[1].authorization, "required");
   EXPECT_EQ(g.routes[1].sticky_header, "session-id");
+  EXPECT_EQ(g.routes[1].transfer_streams,
+            std::vector<std::string>{"/my_service.MyServiceAPI/MyServiceSubscribe"});
+  EXPECT_TRUE(g.routes[0].transfer_streams.empty());  // default: no stream is replayed
   EXPECT_EQ(g.default_route.error, "UNIMPLEMENTED");
   EXPECT_EQ(g.max_attempts, 3);
   EXPECT_EQ(g.attempt_timeout, std::chrono::seconds(2));
@@ -59,6 +63,8 @@ TEST(GatewayConfigTest, ParsesTheDocumentedShape) {
   // Round trip through the effective configuration.
   auto json = ToJson(*parsed);
   EXPECT_EQ(json["omniRelay"]["gateway"]["routes"][1]["stickyHeader"], "session-id");
+  EXPECT_EQ(json["omniRelay"]["gateway"]["routes"][1]["transferStreams"][0],
+            "/my_service.MyServiceAPI/MyServiceSubscribe");
   EXPECT_EQ(json["omniRelay"]["gateway"]["attemptTimeoutMs"], 2000);
 }
 
@@ -111,6 +117,9 @@ TEST(GatewayConfigTest, ErrorsNameTheKeyPath) {
       {"/clusters/workers/regsitry", "127.0.0.1:1",
        "omniRelay.gateway.clusters.workers.regsitry: unknown key"},
       {"/routs", nlohmann::json::array(), "omniRelay.gateway.routs: unknown key"},
+      {"/routes/1/transferStreams/0", "/other.Service/Watch",
+       "omniRelay.gateway.routes[1].transferStreams[0]: '/other.Service/Watch' is not a full "
+       "method name under prefix '/my_service.MyServiceAPI/MyService'"},
   };
   for (const auto& c : cases) {
     auto root = Valid();

@@ -26,14 +26,18 @@ grpc::Status ToGrpc(const absl::Status& status) {
 WorkerService::WorkerService(WorkerOptions options) : options_(std::move(options)) {}
 
 grpc::Status WorkerService::CallerSession(grpc::ServerContext* context, std::string* session) {
+  // The gateway's order and messages (gateway/admission.h): the session
+  // first, then one message for every token failure.
   auto session_id = Metadata(*context, "session-id");
+  if (!session_id || session_id->empty()) {
+    return grpc::Status(grpc::StatusCode::UNAUTHENTICATED, "missing session-id");
+  }
   if (options_.verifier) {
     auto claims =
         auth::VerifyRequest(*options_.verifier, Metadata(*context, "authorization"), session_id);
-    if (!claims.ok()) return ToGrpc(claims.status());
-  }
-  if (!session_id || session_id->empty()) {
-    return grpc::Status(grpc::StatusCode::UNAUTHENTICATED, "missing session-id");
+    if (!claims.ok()) {
+      return grpc::Status(grpc::StatusCode::UNAUTHENTICATED, "missing or invalid token");
+    }
   }
   *session = std::move(*session_id);
   return grpc::Status::OK;

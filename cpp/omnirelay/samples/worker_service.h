@@ -14,7 +14,9 @@
 //     the server and exits 0, so the supervisor restarts a fresh instance);
 //     calls arriving in between get UNAVAILABLE "instance is shutting down",
 //     which a gateway treats like the connection failure that follows.
-//   * No `session-id` metadata → UNAUTHENTICATED "missing session-id".
+//   * No `session-id` metadata → UNAUTHENTICATED "missing session-id"
+//     (checked first; with a verifier, then any token failure →
+//     UNAUTHENTICATED "missing or invalid token", as the gateway answers).
 // A Shutdown never binds: it is not a session's first call.
 //
 // With `verifier` set the worker also checks the JWT itself (defence in
@@ -22,6 +24,7 @@
 // gateway normally does this (auth::VerifyRequest).
 //
 // Subscribe sends index 0 at once, then one message every `stream_interval`
+// (5 s by default, the reference's subscription period)
 // until the client cancels, `stream_max_messages` were sent (then OK), or
 // Stop() (then UNAVAILABLE "instance is shutting down").
 //
@@ -42,7 +45,7 @@ namespace omnirelay::samples {
 
 struct WorkerOptions {
   std::string instance = "worker";  // pod_name
-  std::chrono::milliseconds stream_interval{100};
+  std::chrono::milliseconds stream_interval{5000};
   int stream_max_messages = 10000;                 // 0 = until cancelled
   std::shared_ptr<const auth::JwtCodec> verifier;  // optional
   std::function<void()> on_shutdown;               // after a successful Shutdown

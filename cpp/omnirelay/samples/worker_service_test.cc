@@ -208,7 +208,11 @@ TEST_F(VerifyingWorkerTest, ChecksTokenWhenConfigured) {
   EchoResponse response;
   grpc::Status missing = Echo("session-1", "x", &response);
   EXPECT_EQ(missing.error_code(), grpc::StatusCode::UNAUTHENTICATED);
-  EXPECT_EQ(missing.error_message(), "missing token");
+  EXPECT_EQ(missing.error_message(), "missing or invalid token");
+  // The session is checked before the token (the gateway's order).
+  grpc::Status nothing = Echo("", "x", &response);
+  EXPECT_EQ(nothing.error_code(), grpc::StatusCode::UNAUTHENTICATED);
+  EXPECT_EQ(nothing.error_message(), "missing session-id");
 
   auto token = codec_->Issue("testuser", "session-1", "user", std::chrono::hours(1));
   ASSERT_TRUE(token.ok());
@@ -223,7 +227,11 @@ TEST_F(VerifyingWorkerTest, ChecksTokenWhenConfigured) {
   mismatch.AddMetadata("authorization", *token);
   const grpc::Status status = stub_->MyServiceEcho(&mismatch, request, &response);
   EXPECT_EQ(status.error_code(), grpc::StatusCode::UNAUTHENTICATED);
-  EXPECT_EQ(status.error_message(), "session-id does not match token");
+  EXPECT_EQ(status.error_message(), "missing or invalid token");
+}
+
+TEST(WorkerOptionsTest, SubscriptionPeriodDefaultsToTheReferenceFiveSeconds) {
+  EXPECT_EQ(WorkerOptions{}.stream_interval, std::chrono::seconds(5));
 }
 
 }  // namespace

@@ -226,8 +226,10 @@ class StackControl:
 
     def kill(self, *pods: str, restart: bool = True) -> List[str]:
         """``kill -9`` the nodes with these pod names (a crash). With
-        ``restart=True`` their restart policy decides what follows (``always``
-        for workers); ``restart=False`` keeps them down until :meth:`start`."""
+        ``restart=True`` their restart policy decides what follows (the
+        session stack's workers: ``"no"``, they stay down, unless the topology
+        opts into ``always``); ``restart=False`` keeps them down until
+        :meth:`start` whatever the policy."""
         with self._lock:
             nodes = [self.node_for_pod(p) for p in pods]
             for node in nodes:

@@ -13,6 +13,13 @@
 
 The gateway's port is allocated (never the 10000 ``omnirelay up`` pins), so a
 scenario does not clash with a stack a developer keeps running.
+
+The topology behaves like the reference system: a worker that exits (after
+MyServiceShutdown, or killed) stays down until started again
+(``stack.control.start(pod)``), and a subscription sends one message every 5 s.
+Both are options (:func:`session_topology`): ``worker_restart="always"`` brings
+exited workers back like a container restart policy, ``stream_interval="200ms"``
+keeps streaming scenarios short in CI.
 """
 
 from __future__ import annotations
@@ -82,10 +89,34 @@ class SessionStack:
         self._clients.clear()
 
 
-def start_session_stack(s: Any, **cluster_kwargs: Any) -> SessionStack:
+def session_topology(*, stream_interval: Optional[str] = None, worker_restart: Optional[str] = None,
+                     restart_backoff_s: float = 2.0) -> Any:
+    """topologies/session-stack.yaml with the workers' options changed:
+    ``stream_interval`` (the worker's ``--stream-interval``; default 5 s) and
+    ``worker_restart`` (a restart policy: ``"always"`` restarts an exited worker
+    after ``restart_backoff_s``; default ``"no"``, as the reference)."""
+    from omnirelay.topology import Topology
+
+    topology = Topology.load(TOPOLOGY)
+    for spec in topology.nodes:
+        if spec.role != "worker":
+            continue
+        if stream_interval is not None:
+            spec.with_args(list(spec.launch_args()) + ["--stream-interval", str(stream_interval)])
+        if worker_restart is not None:
+            spec.with_restart(worker_restart, max_restarts=10000, backoff_s=restart_backoff_s)
+    return topology
+
+
+def start_session_stack(s: Any, *, stream_interval: Optional[str] = None, worker_restart: Optional[str] = None,
+                        **cluster_kwargs: Any) -> SessionStack:
     """Starts the session stack in scenario ``s`` (stopped when ``s`` closes)
-    and waits until the gateway can see all three workers."""
-    cluster = s.cluster(TOPOLOGY, **cluster_kwargs)
+    and waits until the gateway can see all three workers. ``stream_interval``
+    and ``worker_restart``: see :func:`session_topology`."""
+    topology: Any = TOPOLOGY
+    if stream_interval is not None or worker_restart is not None:
+        topology = session_topology(stream_interval=stream_interval, worker_restart=worker_restart)
+    cluster = s.cluster(topology, **cluster_kwargs)
     stack = SessionStack(cluster)
     stack.control.wait_workers(WORKERS)
     s.note(f"gateway {stack.gateway}; workers " + ", ".join(
@@ -115,4 +146,4 @@ def check_shutdown(reply: Any, *, pod: str, session_id: str, server_session_id: 
 
 
 __all__ = ["SERVER_VALUE", "SessionStack", "TOPOLOGY", "WORKERS", "check_echo", "check_shutdown",
-           "start_session_stack"]
+           "session_topology", "start_session_stack"]

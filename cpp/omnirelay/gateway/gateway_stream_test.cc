@@ -1,0 +1,220 @@
+// Live stream transfer through a real gateway (issue 16): loopback gRPC
+// servers running the worker sample behind a Gateway with a static sticky
+// cluster. Exercises ProxyCall's transfer path (replay after the first
+// response, one client write at a time, attempt hand-over) so the ASan/UBSan
+// stage covers it. Not labelled `tsan`: Debian's gRPC is not instrumented.
+// The multi-process version (SIGKILL, registry) is tests/python/test_gateway.py.
+#include <grpcpp/grpcpp.h>
+#include <gtest/gtest.h>
+
+#include <chrono>
+#include <map>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "my_service/my_service.grpc.pb.h"
+#include "omnirelay/gateway/gateway.h"
+#include "omnirelay/samples/process.h"
+#include "omnirelay/samples/worker_service.h"
+
+namespace omnirelay::gateway {
+namespace {
+
+constexpr char kSubscribe[] = "/my_service.MyServiceAPI/MyServiceSubscribe";
+
+struct Worker {
+  std::unique_ptr<samples::WorkerService> service;
+  std::unique_ptr<grpc::Server> server;
+  std::string address;
+  bool stopped = false;
+
+  // A graceful stop: running streams end UNAVAILABLE "instance is shutting
+  // down" (a transport-level failure for the gateway), then the listener goes.
+  void Stop() {
+    if (stopped) return;
+    stopped = true;
+    service->Stop();
+    server->Shutdown(std::chrono::system_clock::now() + std::chrono::seconds(2));
+  }
+};
+
+class GatewayStreamTest : public ::testing::Test {
+ protected:
+  void StartWorkers(int count, int max_messages = 0) {
+    for (int i = 0; i < count; ++i) {
+      samples::WorkerOptions options;
+      options.instance = "pod-" + std::to_string(i + 1);
+      options.stream_interval = std::chrono::milliseconds(20);
+      options.stream_max_messages = max_messages;
+      auto worker = std::make_unique<Worker>();
+      worker->service = std::make_unique<samples::WorkerService>(std::move(options));
+      auto server =
+          samples::StartGrpcServer("127.0.0.1:0", {worker->service.get()}, &worker->address);
+      ASSERT_TRUE(server.ok()) << server.status();
+      worker->server = std::move(*server);
+      by_pod_["pod-" + std::to_string(i + 1)] = worker.get();
+      workers_.push_back(std::move(worker));
+    }
+  }
+
+  void StartGateway(bool transfer_streams) {
+    config::GatewayConfig config;
+    config.address = "127.0.0.1:0";
+    config::GatewayClusterConfig cluster;
+    cluster.name = "workers";
+    for (const auto& w : workers_) cluster.endpoints.push_back(w->address);
+    config.clusters["workers"] = cluster;
+    config::GatewayRouteConfig route;
+    route.prefix = "/my_service.MyServiceAPI/MyService";
+    route.cluster = "workers";
+    route.authorization = "none";  // admission_test covers the token checks
+    route.balancer = "sticky";
+    route.sticky_header = "session-id";
+    if (transfer_streams) route.transfer_streams = {kSubscribe};
+    config.routes.push_back(route);
+    config.max_attempts = 3;
+    config.attempt_timeout = std::chrono::seconds(5);
+    auto gateway = Gateway::Create(config, std::make_shared<core::MetricsRegistry>());
+    ASSERT_TRUE(gateway.ok()) << gateway.status();
+    gateway_ = std::move(*gateway);
+    ASSERT_TRUE(gateway_->Start().ok());
+    stub_ = my_service::MyServiceAPI::NewStub(
+        grpc::CreateChannel(gateway_->address(), grpc::InsecureChannelCredentials()));
+  }
+
+  void TearDown() override {
+    if (gateway_) gateway_->Stop();
+    for (auto& w : workers_) w->Stop();
+  }
+
+  std::unique_ptr<grpc::ClientReader<my_service::EchoResponse>> Subscribe(
+      grpc::ClientContext* context, const std::string& session) {
+    context->AddMetadata("session-id", session);
+    context->set_deadline(std::chrono::system_clock::now() + std::chrono::seconds(30));
+    my_service::EchoRequest request;
+    request.set_value("live");
+    return stub_->MyServiceSubscribe(context, request);
+  }
+
+  std::map<std::string, std::string> Bindings() {
+    return gateway_->Introspect()["clusters"]["workers"]["bindings"]
+        .get<std::map<std::string, std::string>>();
+  }
+
+  std::vector<std::unique_ptr<Worker>> workers_;
+  std::map<std::string, Worker*> by_pod_;
+  std::unique_ptr<Gateway> gateway_;
+  std::unique_ptr<my_service::MyServiceAPI::Stub> stub_;
+};
+
+// Reads until `want` messages came from a pod other than `pod`; the messages
+// still from `pod` must continue its index sequence.
+std::vector<my_service::EchoResponse> ReadUntilMoved(
+    grpc::ClientReader<my_service::EchoResponse>* reader, const std::string& pod, int next_index,
+    int want) {
+  std::vector<my_service::EchoResponse> moved;
+  my_service::EchoResponse reply;
+  while (static_cast<int>(moved.size()) < want && reader->Read(&reply)) {
+    if (moved.empty() && reply.pod_name() == pod) {
+      EXPECT_EQ(reply.index(), next_index++);
+      continue;
+    }
+    moved.push_back(reply);
+  }
+  return moved;
+}
+
+TEST_F(GatewayStreamTest, LiveStreamContinuesOnAnotherInstanceThenEndsUnavailable) {
+  StartWorkers(3);
+  StartGateway(true);
+  grpc::ClientContext context;
+  auto reader = Subscribe(&context, "s-1");
+  my_service::EchoResponse reply;
+  ASSERT_TRUE(reader->Read(&reply));
+  const std::string first_pod = reply.pod_name();
+  const std::string first_server_session = reply.server_session_id();
+  EXPECT_EQ(reply.index(), 0);
+
+  std::vector<std::string> dead = {first_pod};
+  by_pod_.at(first_pod)->Stop();
+  std::string pod = first_pod;
+  for (int hop = 0; hop < 2; ++hop) {
+    auto moved = ReadUntilMoved(reader.get(), pod, hop == 0 ? 1 : 3, 3);
+    ASSERT_EQ(moved.size(), 3u) << "the stream ended instead of moving (hop " << hop << ")";
+    const std::string next = moved[0].pod_name();
+    for (const auto& d : dead) EXPECT_NE(next, d);
+    for (int i = 0; i < 3; ++i) {
+      EXPECT_EQ(moved[i].pod_name(), next);
+      EXPECT_EQ(moved[i].index(), i);  // a new server session starts at 0
+      EXPECT_EQ(moved[i].client_value(), "live");
+      EXPECT_EQ(moved[i].client_session_id(), "s-1");
+      EXPECT_EQ(moved[i].server_method(), "MyServiceSubscribe");
+    }
+    EXPECT_NE(moved[0].server_session_id(), first_server_session);
+    EXPECT_EQ(Bindings(), (std::map<std::string, std::string>{{"s-1", by_pod_.at(next)->address}}));
+    pod = next;
+    dead.push_back(pod);
+    by_pod_.at(pod)->Stop();
+  }
+  // Every instance is gone: the stream ends with the gateway's answer.
+  while (reader->Read(&reply)) EXPECT_EQ(reply.pod_name(), pod);
+  const grpc::Status status = reader->Finish();
+  EXPECT_EQ(status.error_code(), grpc::StatusCode::UNAVAILABLE);
+  EXPECT_EQ(status.error_message(), "backend service unavailable");
+  EXPECT_TRUE(Bindings().empty());
+}
+
+TEST_F(GatewayStreamTest, ApplicationEndOfStreamPassesThroughWithoutTransfer) {
+  StartWorkers(2, /*max_messages=*/4);
+  StartGateway(true);
+  grpc::ClientContext context;
+  auto reader = Subscribe(&context, "s-2");
+  my_service::EchoResponse reply;
+  std::vector<int> indices;
+  std::string pod;
+  while (reader->Read(&reply)) {
+    indices.push_back(reply.index());
+    if (pod.empty()) pod = reply.pod_name();
+    EXPECT_EQ(reply.pod_name(), pod);
+  }
+  EXPECT_TRUE(reader->Finish().ok());
+  EXPECT_EQ(indices, (std::vector<int>{0, 1, 2, 3}));
+  EXPECT_EQ(Bindings(), (std::map<std::string, std::string>{{"s-2", by_pod_.at(pod)->address}}));
+}
+
+TEST_F(GatewayStreamTest, ClientCancelIsNotATransfer) {
+  StartWorkers(2);
+  StartGateway(true);
+  std::string pod;
+  {
+    grpc::ClientContext context;
+    auto reader = Subscribe(&context, "s-3");
+    my_service::EchoResponse reply;
+    ASSERT_TRUE(reader->Read(&reply));
+    pod = reply.pod_name();
+    context.TryCancel();
+    while (reader->Read(&reply)) EXPECT_EQ(reply.pod_name(), pod);
+    EXPECT_EQ(reader->Finish().error_code(), grpc::StatusCode::CANCELLED);
+  }
+  EXPECT_EQ(Bindings(), (std::map<std::string, std::string>{{"s-3", by_pod_.at(pod)->address}}));
+}
+
+TEST_F(GatewayStreamTest, WithoutTransferStreamsTheFailureReachesTheClient) {
+  StartWorkers(2);
+  StartGateway(false);
+  grpc::ClientContext context;
+  auto reader = Subscribe(&context, "s-4");
+  my_service::EchoResponse reply;
+  ASSERT_TRUE(reader->Read(&reply));
+  const std::string pod = reply.pod_name();
+  by_pod_.at(pod)->Stop();
+  while (reader->Read(&reply)) EXPECT_EQ(reply.pod_name(), pod);
+  const grpc::Status status = reader->Finish();
+  EXPECT_EQ(status.error_code(), grpc::StatusCode::UNAVAILABLE);
+  EXPECT_EQ(status.error_message(), "instance is shutting down");  // the worker's, as is
+  EXPECT_TRUE(Bindings().empty());                                 // the binding ended all the same
+}
+
+}  // namespace
+}  // namespace omnirelay::gateway
