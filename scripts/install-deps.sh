@@ -30,6 +30,8 @@ PACKAGES=(
   nginx
   # load-generator ceiling (benchmarks/benchmark_vs_h2load.py): h2load as the reference client
   nghttp2-client
+  # side-by-side relay benchmark (benchmarks/relay_side_by_side.py): haproxy as the baseline
+  haproxy
 )
 
 missing=()
