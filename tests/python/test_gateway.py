@@ -509,7 +509,7 @@ def test_graceful_stop_moves_the_stream_and_cancel_still_reaches_the_new_instanc
     stream.cancel()
     # The client's cancel is not a failure: nothing moves, the binding stays.
     wait_until(lambda: metric(stack.metrics(), "omnirelay_gateway_attempts_total",
-                              cluster="workers", outcome="ok") == 1, 5,
+                              cluster="workers", outcome="ok") == 1, 10,
                "the transferred backend stream to end after the client's cancel")
     assert stack.introspect()["clusters"]["workers"]["bindings"] == {"live-2": "worker-2"}
     assert metric(stack.metrics(), "omnirelay_gateway_stream_transfers_total",

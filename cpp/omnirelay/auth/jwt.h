@@ -9,7 +9,9 @@
 // the future by the verifier's clock, and `sub`/`session_id` must be present.
 //
 // Every failure is UNAUTHENTICATED with one of these exact messages (the
-// gateway returns them to the client unchanged; docs/session-gateway.md):
+// gateway checks the session-id first and answers every token failure with
+// "missing or invalid token", logging this message as the reason;
+// gateway/admission.h, docs/session-gateway.md):
 //   "missing token"                 no or empty `authorization` metadata
 //   "missing session-id"            no or empty `session-id` metadata
 //   "malformed token"               not a decodable JWT (incl. "Bearer <jwt>")
