@@ -107,7 +107,9 @@ void RunProperty(std::uint64_t seed, long ops) {
         if (model.backed_up.contains(rid)) rid = fresh;
       }
       if (rid == fresh) ++next_id;
-      auto r = q->Enqueue({.resource_type = "t", .resource_id = rid, .request_id = rid,
+      auto r = q->Enqueue({.resource_type = "t",
+                           .resource_id = rid,
+                           .request_id = rid,
                            .priority = static_cast<int>(pick(3))});
       if (r.ok()) {
         if (!r->duplicate) {
