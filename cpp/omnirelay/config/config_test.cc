@@ -123,7 +123,7 @@ TEST(ConfigTest, ResourceLeaseNamespacesAndErrorsByKeyPath) {
   EXPECT_EQ(config->resource_lease->namespaces.at("default").lease_duration,
             std::chrono::seconds(2));
   EXPECT_EQ(config->resource_lease->namespaces.at("billing").max_attempts, 5);
-  EXPECT_TRUE(ToJson(*config).contains("resourceLease"));
+  EXPECT_TRUE(ToJson(*config)["omniRelay"].contains("resourceLease"));
 
   root["omniRelay"]["resourceLease"] = nlohmann::json::parse(R"({
     "namespaces": {"Bad Name": {}, "ok": {"highWatermark": 5, "lowWatermark": 9, "typo": 1}}
