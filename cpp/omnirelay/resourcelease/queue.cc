@@ -378,13 +378,18 @@ void Queue::UpdateBackpressureLocked(core::TimePoint now) {
 }
 
 void Queue::RememberCompletedLocked(const std::string& request_id) {
-  if (options_.completed_retention == 0) return;
+  const size_t retention = options_.completed_retention;
+  if (retention == 0) return;
   if (!completed_ids_.insert(request_id).second) return;
-  completed_order_.push_back(request_id);
-  while (completed_order_.size() > options_.completed_retention) {
-    completed_ids_.erase(completed_order_.front());
-    completed_order_.pop_front();
+  if (completed_ring_.size() < retention && completed_next_ == completed_ring_.size()) {
+    completed_ring_.push_back(request_id);
+    completed_next_ = completed_ring_.size() % retention;
+    return;
   }
+  std::string& slot = completed_ring_[completed_next_];
+  completed_ids_.erase(slot);
+  slot = request_id;
+  completed_next_ = (completed_next_ + 1) % retention;
 }
 
 absl::StatusOr<Queue::Item*> Queue::FindLeasedLocked(std::uint64_t item_id, std::uint64_t token,

@@ -313,7 +313,10 @@ class Queue : public std::enable_shared_from_this<Queue> {
   absl::flat_hash_map<std::uint64_t, std::unique_ptr<Item>> items_;  // pending+active+dead
   absl::flat_hash_map<std::string, Item*> by_request_;               // live items
   absl::flat_hash_set<std::string> completed_ids_;
-  std::deque<std::string> completed_order_;  // eviction order of completed_ids_
+  // Eviction ring of completed_ids_ (oldest at completed_next_ once full):
+  // slots are reassigned in place, so steady state allocates nothing.
+  std::vector<std::string> completed_ring_;
+  size_t completed_next_ = 0;
   List pending_[kMaxPriority + 1];
   size_t pending_count_ = 0;
   List active_;  // in expiry order (lease duration is constant per queue)
