@@ -48,6 +48,7 @@ Placeholders (``${...}``) inside ``config``, ``args`` and ``env``:
                             per node of that role (``*`` = every node), each
                             resolved like ``${nodes.NAME.PORT}``
 ``${topology.name}``        topology name
+``${python}``               the Python interpreter running the harness (for Python nodes)
 ``${env.VAR}``              an environment variable of the harness
 ==========================  ===============================================
 """
@@ -342,7 +343,7 @@ class Topology:
         elif head == "links":
             if len(parts) < 2 or ".".join(parts[1:]) not in {l.name for l in self.links}:
                 raise TopologyError(f"{where}: unknown link")
-        elif head in ("topology", "env", "seed"):
+        elif head in ("topology", "env", "seed", "python"):
             pass
         else:
             raise TopologyError(f"{where}: unknown placeholder root {head!r}")

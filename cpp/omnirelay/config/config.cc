@@ -681,6 +681,72 @@ absl::Status ApplySets(nlohmann::json& root, const std::vector<std::string>& set
   return absl::OkStatus();
 }
 
+namespace {
+
+bool ValidNamespace(const std::string& name) {
+  if (name.empty()) return false;
+  for (char c : name) {
+    if (!(std::islower(static_cast<unsigned char>(c)) ||
+          std::isdigit(static_cast<unsigned char>(c)) || c == '-' || c == '_' || c == '.')) {
+      return false;
+    }
+  }
+  return true;
+}
+
+void ParseResourceLease(const nlohmann::json& value, Errors& errors, NodeConfig& config) {
+  const std::string base = "omniRelay.resourceLease";
+  ResourceLeaseConfig rl;
+  Obj o(value, base, errors);
+  bool enabled = true;
+  o.Bool("enabled", enabled);
+  o.Dur("maxLeaseWait", rl.max_lease_wait);
+  o.Bool("throttleNode", rl.throttle_node);
+  if (const auto* namespaces = o.Get("namespaces")) {
+    if (!namespaces->is_object()) {
+      errors.Add(base + ".namespaces", "must be an object of namespace -> queue options");
+    } else {
+      for (const auto& [name, q] : namespaces->items()) {
+        const std::string path = base + ".namespaces." + name;
+        if (!ValidNamespace(name)) {
+          errors.Add(path, "namespace must be lower-case letters, digits, '-', '_' or '.'");
+          continue;
+        }
+        ResourceLeaseQueueConfig qc;
+        // `billing: null` (or `billing:` in YAML) means all defaults. Obj keeps a
+        // reference, so the empty object must outlive it.
+        const nlohmann::json options = q.is_null() ? nlohmann::json::object() : q;
+        Obj qo(options, path, errors);
+        qo.Int("capacity", qc.capacity);
+        qo.Dur("leaseDuration", qc.lease_duration);
+        qo.Int("maxAttempts", qc.max_attempts, 1);
+        qo.Int("highWatermark", qc.high_watermark);
+        qo.Int("lowWatermark", qc.low_watermark);
+        qo.Dur("retryAfter", qc.retry_after);
+        qo.Int("maxBodyBytes", qc.max_body_bytes, 1);
+        qo.Int("completedRetention", qc.completed_retention);
+        if (qc.lease_duration <= core::Duration::zero()) {
+          errors.Add(path + ".leaseDuration", "must be positive");
+        }
+        if (qc.high_watermark > 0 && qc.low_watermark >= qc.high_watermark) {
+          errors.Add(path + ".lowWatermark",
+                     "must be below highWatermark (" + std::to_string(qc.high_watermark) + ")");
+        }
+        if (qc.capacity > 0 && qc.high_watermark > qc.capacity) {
+          errors.Add(path + ".highWatermark",
+                     "must not exceed capacity (" + std::to_string(qc.capacity) + ")");
+        }
+        rl.namespaces[name] = qc;
+      }
+    }
+  }
+  if (!enabled) return;
+  if (rl.namespaces.empty()) rl.namespaces["default"] = ResourceLeaseQueueConfig{};
+  config.resource_lease = std::move(rl);
+}
+
+}  // namespace
+
 absl::StatusOr<NodeConfig> Parse(const nlohmann::json& root) {
   Errors errors;
   NodeConfig config;
@@ -838,6 +904,9 @@ absl::StatusOr<NodeConfig> Parse(const nlohmann::json& root) {
       ParseMesh(*mesh, config, errors, parsed);
       config.mesh = std::move(parsed);
     }
+    if (const auto* rl = top.Get("resourceLease"); rl != nullptr && !rl->is_null()) {
+      ParseResourceLease(*rl, errors, config);
+    }
     if (const auto* echo = top.Get("echo")) {
       Obj e(*echo, "omniRelay.echo", errors);
       config.echo.enabled = true;
@@ -964,6 +1033,19 @@ nlohmann::json ToJson(const NodeConfig& c) {
         {"latencyMs", ms(c.echo.latency)},
         {"procedures", c.echo.procedures}}},
       {"drain", {{"timeoutMs", ms(c.drain_timeout)}}}};
+  if (c.resource_lease) {
+    nlohmann::json namespaces = nlohmann::json::object();
+    for (const auto& [name, q] : c.resource_lease->namespaces) {
+      namespaces[name] = {
+          {"capacity", q.capacity},           {"leaseDurationMs", ms(q.lease_duration)},
+          {"maxAttempts", q.max_attempts},    {"highWatermark", q.high_watermark},
+          {"lowWatermark", q.low_watermark},  {"retryAfterMs", ms(q.retry_after)},
+          {"maxBodyBytes", q.max_body_bytes}, {"completedRetention", q.completed_retention}};
+    }
+    out["resourceLease"] = {{"maxLeaseWaitMs", ms(c.resource_lease->max_lease_wait)},
+                            {"throttleNode", c.resource_lease->throttle_node},
+                            {"namespaces", namespaces}};
+  }
   if (c.gateway) {
     const auto& g = *c.gateway;
     nlohmann::json clusters = nlohmann::json::object();

@@ -179,6 +179,28 @@ struct MeshConfig {
   MeshGossipConfig gossip;
 };
 
+// ResourceLease queues (docs/resourcelease.md): `omniRelay.resourceLease`.
+// Namespace "default" is served as `resourcelease::*`, every other one as
+// `resourcelease.<namespace>::*`.
+struct ResourceLeaseQueueConfig {
+  int capacity = 100000;  // pending + active; 0 = unbounded
+  core::Duration lease_duration = std::chrono::seconds(30);
+  int max_attempts = 5;
+  int high_watermark = 0;  // 0 = no backpressure
+  int low_watermark = 0;
+  core::Duration retry_after = std::chrono::seconds(1);
+  int max_body_bytes = 1 << 20;
+  int completed_retention = 100000;
+};
+
+struct ResourceLeaseConfig {
+  core::Duration max_lease_wait = std::chrono::seconds(30);  // cap of a lease long poll
+  // Flip the node's rate limiter (middleware.rateLimit / .backpressure) while
+  // any queue is under backpressure.
+  bool throttle_node = true;
+  std::map<std::string, ResourceLeaseQueueConfig> namespaces;  // never empty once parsed
+};
+
 // gRPC status code names ("OK", "CANCELLED", ..., "UNAUTHENTICATED").
 const std::vector<std::string>& StatusCodeNames();
 
@@ -193,6 +215,7 @@ struct NodeConfig {
   EchoConfig echo;
   std::optional<GatewayConfig> gateway;
   std::optional<MeshConfig> mesh;  // `omniRelay.mesh`: membership on (needs a gRPC inbound)
+  std::optional<ResourceLeaseConfig> resource_lease;
   core::Duration drain_timeout = std::chrono::seconds(10);
 };
 

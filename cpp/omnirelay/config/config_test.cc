@@ -196,3 +196,46 @@ TEST(ConfigTest, MeshFlagsAsSetsAndOutboundSelector) {
 
 }  // namespace
 }  // namespace omnirelay::config
+
+namespace omnirelay::config {
+namespace {
+
+TEST(ConfigTest, ResourceLeaseNamespacesAndErrorsByKeyPath) {
+  auto root = Base();
+  root["omniRelay"]["resourceLease"] = nlohmann::json::parse(R"({
+    "maxLeaseWait": "5s",
+    "namespaces": {"default": {"leaseDuration": "2s", "highWatermark": 10, "lowWatermark": 2},
+                   "billing": null}
+  })");
+  auto config = Parse(root);
+  ASSERT_TRUE(config.ok()) << config.status();
+  ASSERT_TRUE(config->resource_lease.has_value());
+  EXPECT_EQ(config->resource_lease->max_lease_wait, std::chrono::seconds(5));
+  EXPECT_EQ(config->resource_lease->namespaces.at("default").high_watermark, 10);
+  EXPECT_EQ(config->resource_lease->namespaces.at("default").lease_duration,
+            std::chrono::seconds(2));
+  EXPECT_EQ(config->resource_lease->namespaces.at("billing").max_attempts, 5);
+  EXPECT_TRUE(ToJson(*config)["omniRelay"].contains("resourceLease"));
+
+  root["omniRelay"]["resourceLease"] = nlohmann::json::parse(R"({
+    "namespaces": {"Bad Name": {}, "ok": {"highWatermark": 5, "lowWatermark": 9, "typo": 1}}
+  })");
+  config = Parse(root);
+  ASSERT_FALSE(config.ok());
+  const std::string message(config.status().message());
+  EXPECT_NE(message.find("omniRelay.resourceLease.namespaces.Bad Name: namespace must be"),
+            std::string::npos)
+      << message;
+  EXPECT_NE(message.find("omniRelay.resourceLease.namespaces.ok.lowWatermark: must be below"),
+            std::string::npos);
+  EXPECT_NE(message.find("omniRelay.resourceLease.namespaces.ok.typo: unknown key"),
+            std::string::npos);
+
+  root["omniRelay"]["resourceLease"] = nlohmann::json::object();
+  config = Parse(root);
+  ASSERT_TRUE(config.ok());
+  EXPECT_EQ(config->resource_lease->namespaces.count("default"), 1u) << "one default queue";
+}
+
+}  // namespace
+}  // namespace omnirelay::config

@@ -5,6 +5,7 @@
 #include <charconv>
 
 #include "absl/strings/cord.h"
+#include "omnirelay/core/retry_after.h"
 
 namespace omnirelay::core {
 namespace {
@@ -72,6 +73,23 @@ std::optional<std::string> ErrorCode(const Status& status) {
   auto payload = status.GetPayload(kErrorCodePayloadUrl);
   if (!payload) return std::nullopt;
   return std::string(*payload);
+}
+
+Status WithRetryAfter(Status status, std::chrono::milliseconds after) {
+  if (!status.ok()) {
+    status.SetPayload(kRetryAfterPayloadUrl, absl::Cord(std::to_string(after.count())));
+  }
+  return status;
+}
+
+std::optional<std::chrono::milliseconds> RetryAfter(const Status& status) {
+  auto payload = status.GetPayload(kRetryAfterPayloadUrl);
+  if (!payload) return std::nullopt;
+  const std::string text(*payload);
+  long long ms = 0;
+  auto [end, ec] = std::from_chars(text.data(), text.data() + text.size(), ms);
+  if (ec != std::errc() || ms < 0) return std::nullopt;
+  return std::chrono::milliseconds(ms);
 }
 
 std::string_view StatusCodeName(StatusCode code) {

@@ -358,14 +358,16 @@ nlohmann::json Span::ToJson() const {
   auto ns = [](core::TimePoint t) {
     return std::chrono::duration_cast<std::chrono::nanoseconds>(t.time_since_epoch()).count();
   };
-  return {{"traceId", trace_id},
-          {"spanId", span_id},
-          {"parentSpanId", parent_span_id},
-          {"name", name},
-          {"kind", kind},
-          {"status", status},
-          {"startTimeUnixNano", ns(start)},
-          {"endTimeUnixNano", ns(end)}};
+  nlohmann::json out = {{"traceId", trace_id},
+                        {"spanId", span_id},
+                        {"parentSpanId", parent_span_id},
+                        {"name", name},
+                        {"kind", kind},
+                        {"status", status},
+                        {"startTimeUnixNano", ns(start)},
+                        {"endTimeUnixNano", ns(end)}};
+  if (!attributes.empty()) out["attributes"] = attributes;
+  return out;
 }
 
 void SpanRecorder::Record(Span span) {
@@ -400,6 +402,10 @@ Span TracingMiddleware::Begin(const dispatcher::CallInfo& info, core::RequestMet
   span.span_id = RandomHex(8);
   span.name = ProcedureName(meta);
   span.kind = info.outbound ? "client" : "server";
+  if (meta.service == "resourcelease" || meta.service.starts_with("resourcelease.")) {
+    span.attributes["resourcelease.operation"] = meta.procedure;
+    if (meta.service.size() > 14) span.attributes["shard.id"] = meta.service.substr(14);
+  }
   span.start = clock_->Now();
   next.trace_id = span.trace_id;
   next.span_id = span.span_id;

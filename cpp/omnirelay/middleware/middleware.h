@@ -9,6 +9,7 @@
 // Thread-safety: every middleware is shared by all calls and thread-safe.
 #include <atomic>
 #include <deque>
+#include <map>
 #include <memory>
 #include <mutex>
 #include <nlohmann/json.hpp>
@@ -155,6 +156,9 @@ struct Span {
   std::string status;
   core::TimePoint start;
   core::TimePoint end;
+  // Span attributes, e.g. `resourcelease.operation` = "lease" on calls of a
+  // ResourceLease queue (seed: traces show queue operations).
+  std::map<std::string, std::string> attributes;
   nlohmann::json ToJson() const;
 };
 

@@ -3,6 +3,7 @@
 #include <unistd.h>
 
 #include "omnirelay/core/logging.h"
+#include "omnirelay/resourcelease/service.h"
 
 namespace omnirelay::node {
 
@@ -67,6 +68,13 @@ absl::StatusOr<dispatcher::MiddlewareChain> Node::Chain(const std::vector<std::s
 }
 
 absl::Status Node::Build() {
+  if (!config_.middleware.rate_limit && config_.resource_lease &&
+      config_.resource_lease->throttle_node) {
+    // ResourceLease backpressure throttles the node: without a configured
+    // normal profile the node runs unlimited and switches to the
+    // `middleware.backpressure` profile while a queue is under backpressure.
+    config_.middleware.rate_limit = config::RateLimitProfileConfig{};
+  }
   if (config_.middleware.rate_limit) {
     const auto& n = *config_.middleware.rate_limit;
     const auto& b = config_.middleware.backpressure;
@@ -151,7 +159,150 @@ absl::Status Node::Build() {
     if (!stats.ok()) return stats.status();
     echo_stats_ = *stats;
   }
+  if (auto s = BuildResourceLease(); !s.ok()) return s;
   return absl::OkStatus();
+}
+
+absl::Status Node::BuildResourceLease() {
+  if (!config_.resource_lease) return absl::OkStatus();
+  const auto& rl = *config_.resource_lease;
+  backpressure_diag_ = std::make_shared<resourcelease::BackpressureDiagnostics>();
+  for (const auto& [name, q] : rl.namespaces) {
+    resourcelease::QueueOptions options{
+        .name = name,
+        .capacity = static_cast<size_t>(q.capacity),
+        .lease_duration = q.lease_duration,
+        .max_attempts = q.max_attempts,
+        .high_watermark = static_cast<size_t>(q.high_watermark),
+        .low_watermark = static_cast<size_t>(q.low_watermark),
+        .retry_after = q.retry_after,
+        .max_body_bytes = static_cast<size_t>(q.max_body_bytes),
+        .completed_retention = static_cast<size_t>(q.completed_retention)};
+    auto queue = resourcelease::Queue::Create(options, clock_, metrics_);
+    if (!queue.ok()) {
+      return absl::InvalidArgumentError("omniRelay.resourceLease.namespaces." + name + ": " +
+                                        std::string(queue.status().message()));
+    }
+    backpressure_diag_->Track(options, clock_->Now());
+    (*queue)->AddBackpressureListener(backpressure_diag_->Listener());
+    if (rate_limiter_ && rl.throttle_node) {
+      // Runs under the queue's lock; throttle_mu_ orders flips coming from
+      // several queues so the limiter ends in the state of the last one.
+      (*queue)->AddBackpressureListener([this](const resourcelease::BackpressureSignal& signal) {
+        std::lock_guard lock(throttle_mu_);
+        throttling_[signal.queue] = signal.active;
+        bool any = false;
+        for (const auto& [ns, on] : throttling_) any = any || on;
+        rate_limiter_->SetBackpressure(any);
+        core::Log(core::LogLevel::kInfo, "resourcelease backpressure",
+                  {{"namespace", signal.queue},
+                   {"state", signal.active ? "backpressure" : "normal"},
+                   {"pending", signal.pending},
+                   {"node.rateLimit", any ? "backpressure" : "normal"}});
+      });
+    }
+    if (auto s = resourcelease::RegisterProcedures(*dispatcher_, *queue,
+                                                   {.max_lease_wait = rl.max_lease_wait}, clock_);
+        !s.ok()) {
+      return s;
+    }
+    queues_[name] = *queue;
+  }
+  return absl::OkStatus();
+}
+
+nlohmann::json Node::ResourceLeaseStats() const {
+  nlohmann::json out = nlohmann::json::object();
+  for (const auto& [name, queue] : queues_) {
+    const auto s = queue->Stats();
+    const auto& o = queue->options();
+    out[name] = {{"service", resourcelease::ServiceName(name)},
+                 {"pending", s.pending},
+                 {"active", s.active},
+                 {"deadLetter", s.dead_letter},
+                 {"waiters", s.waiters},
+                 {"backpressure", s.backpressure},
+                 {"drained", s.drained},
+                 {"enqueued", s.enqueued},
+                 {"completed", s.completed},
+                 {"failed", s.failed},
+                 {"expired", s.expired},
+                 {"deadLettered", s.dead_lettered},
+                 {"backpressureTransitions", s.backpressure_transitions},
+                 {"sequence", s.sequence},
+                 {"capacity", o.capacity},
+                 {"highWatermark", o.high_watermark},
+                 {"lowWatermark", o.low_watermark},
+                 {"leaseDurationMs",
+                  std::chrono::duration_cast<std::chrono::milliseconds>(o.lease_duration).count()},
+                 {"maxAttempts", o.max_attempts}};
+  }
+  return out;
+}
+
+void Node::AddResourceLeaseRoutes(http::HttpServer& server) {
+  server.Route("GET", "/omnirelay/control/backpressure", [this](const http::HttpRequest&) {
+    nlohmann::json body = {
+        {"namespaces",
+         backpressure_diag_ ? backpressure_diag_->Latest() : nlohmann::json::object()},
+        {"rateLimit", rate_limiter_ ? rate_limiter_->Snapshot() : nlohmann::json(nullptr)}};
+    return http::HttpResponse::Json(200, body.dump());
+  });
+  server.Route(
+      "GET", "/omnirelay/control/backpressure/stream", [this](const http::HttpRequest& request) {
+        if (!backpressure_diag_) {
+          return http::HttpResponse::Json(404, R"({"error":"resourceLease is not configured"})");
+        }
+        const std::string only = request.QueryParam("namespace").value_or("");
+        http::HttpResponse response;
+        response.content_type = "text/event-stream";
+        response.headers.Set("cache-control", "no-cache");
+        auto diag = backpressure_diag_;
+        response.stream = [diag, only](const std::function<bool(std::string_view)>& write) {
+          // First the current state of every namespace, then each
+          // transition as it happens; a comment line every 2 s
+          // notices clients that went away.
+          std::uint64_t cursor = diag->Cursor();
+          const nlohmann::json latest = diag->Latest();  // items() must not outlive it
+          for (const auto& [name, state] : latest.items()) {
+            if (!only.empty() && name != only) continue;
+            if (!write("event: snapshot\ndata: " + state.dump() + "\n\n")) return;
+          }
+          while (!diag->closed()) {
+            auto next = diag->Next(cursor, std::chrono::seconds(2));
+            if (!next) {
+              if (!write(": keepalive\n\n")) return;
+              continue;
+            }
+            if (!only.empty() && (*next)["namespace"] != only) continue;
+            if (!write("event: transition\ndata: " + next->dump() + "\n\n")) return;
+          }
+        };
+        return response;
+      });
+  server.Route("GET", "/omnirelay/control/resourcelease", [this](const http::HttpRequest&) {
+    return http::HttpResponse::Json(200,
+                                    nlohmann::json{{"namespaces", ResourceLeaseStats()}}.dump());
+  });
+  server.Route("GET", "/omnirelay/control/resourcelease/health", [this](const http::HttpRequest&) {
+    // healthy: every queue serves; degraded: some queue under backpressure
+    // (still serving leases); unhealthy (503): a queue is drained.
+    std::string status = "healthy";
+    std::vector<std::string> reasons;
+    for (const auto& [name, queue] : queues_) {
+      const auto s = queue->Stats();
+      if (s.drained) {
+        status = "unhealthy";
+        reasons.push_back("namespace '" + name + "' is drained");
+      } else if (s.backpressure) {
+        if (status == "healthy") status = "degraded";
+        reasons.push_back("namespace '" + name + "' is under backpressure");
+      }
+    }
+    nlohmann::json body = {
+        {"status", status}, {"reasons", reasons}, {"namespaces", ResourceLeaseStats()}};
+    return http::HttpResponse::Json(status == "unhealthy" ? 503 : 200, body.dump());
+  });
 }
 
 absl::Status Node::Register(dispatcher::Procedure procedure) {
@@ -184,8 +335,10 @@ absl::Status Node::Start() {
   }
   auto hp = transport::ParseHostPort(config_.admin_address);
   if (!hp.ok()) return hp.status();
-  admin_ = std::make_unique<http::HttpServer>(
-      http::HttpServerOptions{.host = hp->host, .port = hp->port, .threads = 1});
+  // Backpressure SSE streams hold an admin worker each: give ResourceLease
+  // nodes a few.
+  admin_ = std::make_unique<http::HttpServer>(http::HttpServerOptions{
+      .host = hp->host, .port = hp->port, .threads = config_.resource_lease ? 6 : 1});
   AddAdminRoutes(*admin_);
   if (auto s = admin_->Start(); !s.ok()) return s;
   started_at_ = clock_->Now();
@@ -205,6 +358,7 @@ void Node::Stop() {
   if (http_) http_->Stop();
   if (gateway_) gateway_->Stop();
   dispatcher_->Stop();
+  if (backpressure_diag_) backpressure_diag_->Close();  // ends SSE streams
   if (admin_) admin_->Stop();
 }
 
@@ -236,6 +390,7 @@ nlohmann::json Node::Introspect() const {
   if (rate_limiter_) out["rateLimit"] = rate_limiter_->Snapshot();
   if (echo_stats_) out["echo"] = echo_stats_->ToJson();
   if (gateway_) out["gateway"] = gateway_->Introspect();
+  if (!queues_.empty()) out["resourceLease"] = ResourceLeaseStats();
   out["config"] = config::ToJson(config_);
   return out;
 }
@@ -278,6 +433,7 @@ void Node::AddAdminRoutes(http::HttpServer& server) {
     }
     return http::HttpResponse::Json(200, nlohmann::json{{"outbounds", out}}.dump());
   });
+  AddResourceLeaseRoutes(server);
   server.Route("POST", "/omnirelay/control/backpressure", [this](const http::HttpRequest& request) {
     if (!rate_limiter_) {
       return http::HttpResponse::Json(404, R"({"error":"rate limiting is not configured"})");

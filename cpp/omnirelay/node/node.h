@@ -14,6 +14,10 @@
 //   GET  /omnirelay/gateway               gateway routes, members, bindings (gateway mode)
 //   GET  /omnirelay/control/lease-health  peer lease health per outbound
 //   POST /omnirelay/control/backpressure?mode=normal|backpressure
+//   GET  /omnirelay/control/backpressure  latest ResourceLease backpressure per namespace
+//   GET  /omnirelay/control/backpressure/stream   transitions as Server-Sent Events
+//   GET  /omnirelay/control/resourcelease         queue stats per namespace
+//   GET  /omnirelay/control/resourcelease/health  queue health probe (503 when drained)
 //
 // Drain protocol: Drain() makes new calls fail Unavailable (HTTP 503 +
 // retry-after) and /readyz 503; WaitIdle() waits for admitted calls; Stop()
@@ -34,6 +38,8 @@
 #include "omnirelay/gateway/gateway.h"
 #include "omnirelay/http/http_server.h"
 #include "omnirelay/middleware/middleware.h"
+#include "omnirelay/resourcelease/diagnostics.h"
+#include "omnirelay/resourcelease/queue.h"
 #include "omnirelay/transport/grpc_transport.h"
 #include "omnirelay/transport/http_transport.h"
 
@@ -68,6 +74,11 @@ class Node {
   std::string grpc_address() const { return grpc_ ? grpc_->address() : ""; }
   std::string http_address() const { return http_ ? http_->address() : ""; }
   std::string admin_address() const { return admin_ ? admin_->address() : ""; }
+  // ResourceLease queues by namespace (config `resourceLease`).
+  const std::map<std::string, std::shared_ptr<resourcelease::Queue>>& resource_lease_queues()
+      const {
+    return queues_;
+  }
 
  private:
   explicit Node(config::NodeConfig config);
@@ -75,6 +86,9 @@ class Node {
   absl::StatusOr<dispatcher::MiddlewareChain> Chain(const std::vector<std::string>& names,
                                                     const config::OutboundConfig* outbound);
   void AddAdminRoutes(http::HttpServer& server);
+  absl::Status BuildResourceLease();
+  void AddResourceLeaseRoutes(http::HttpServer& server);
+  nlohmann::json ResourceLeaseStats() const;
 
   config::NodeConfig config_;
   std::shared_ptr<core::Clock> clock_;
@@ -88,6 +102,10 @@ class Node {
   std::unique_ptr<transport::HttpInbound> http_;
   std::unique_ptr<http::HttpServer> admin_;
   std::unique_ptr<gateway::Gateway> gateway_;  // gateway mode (config `gateway`)
+  std::map<std::string, std::shared_ptr<resourcelease::Queue>> queues_;
+  std::shared_ptr<resourcelease::BackpressureDiagnostics> backpressure_diag_;
+  std::mutex throttle_mu_;                  // orders rate-limiter flips from several queues
+  std::map<std::string, bool> throttling_;  // namespace -> under backpressure
   core::TimePoint started_at_{};
   bool started_ = false;
   bool stopped_ = false;

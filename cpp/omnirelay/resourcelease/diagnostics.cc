@@ -21,12 +21,13 @@ BackpressureListener BackpressureDiagnostics::Listener() {
 
 void BackpressureDiagnostics::Track(const QueueOptions& options, core::TimePoint now) {
   std::lock_guard lock(mu_);
-  latest_.try_emplace(options.name, BackpressureSignal{.queue = options.name,
-                                                       .active = false,
-                                                       .pending = 0,
-                                                       .high_watermark = options.high_watermark,
-                                                       .low_watermark = options.low_watermark,
-                                                       .at = now},
+  latest_.try_emplace(options.name,
+                      BackpressureSignal{.queue = options.name,
+                                         .active = false,
+                                         .pending = 0,
+                                         .high_watermark = options.high_watermark,
+                                         .low_watermark = options.low_watermark,
+                                         .at = now},
                       0);
 }
 

@@ -29,12 +29,10 @@ inline const core::MetricDescriptor kDeadLetterDepth{"omnirelay.resourcelease.de
 inline const core::MetricDescriptor kEnqueued{"omnirelay.resourcelease.enqueued",
                                               core::MetricKind::kCounter, "{item}",
                                               "New items accepted (duplicates excluded)"};
-inline const core::MetricDescriptor kLeased{"omnirelay.resourcelease.leases",
-                                            core::MetricKind::kCounter, "{lease}",
-                                            "Leases handed out"};
-inline const core::MetricDescriptor kCompleted{"omnirelay.resourcelease.completions",
-                                               core::MetricKind::kCounter, "{item}",
-                                               "Items completed"};
+inline const core::MetricDescriptor kLeased{
+    "omnirelay.resourcelease.leases", core::MetricKind::kCounter, "{lease}", "Leases handed out"};
+inline const core::MetricDescriptor kCompleted{
+    "omnirelay.resourcelease.completions", core::MetricKind::kCounter, "{item}", "Items completed"};
 inline const core::MetricDescriptor kFailed{"omnirelay.resourcelease.failures",
                                             core::MetricKind::kCounter, "{attempt}",
                                             "Attempts that a worker failed"};

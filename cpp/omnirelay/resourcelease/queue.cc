@@ -56,18 +56,30 @@ absl::Status Err(absl::StatusCode code, std::string message, std::string_view er
 
 std::string_view OpName(Op op) {
   switch (op) {
-    case Op::kEnqueue: return "enqueue";
-    case Op::kLease: return "lease";
-    case Op::kHeartbeat: return "heartbeat";
-    case Op::kComplete: return "complete";
-    case Op::kFail: return "fail";
-    case Op::kExpire: return "expire";
-    case Op::kDeadLetter: return "dead-letter";
-    case Op::kDrain: return "drain";
-    case Op::kRestore: return "restore";
-    case Op::kRequeue: return "requeue";
-    case Op::kBackpressureOn: return "backpressure-on";
-    case Op::kBackpressureOff: return "backpressure-off";
+    case Op::kEnqueue:
+      return "enqueue";
+    case Op::kLease:
+      return "lease";
+    case Op::kHeartbeat:
+      return "heartbeat";
+    case Op::kComplete:
+      return "complete";
+    case Op::kFail:
+      return "fail";
+    case Op::kExpire:
+      return "expire";
+    case Op::kDeadLetter:
+      return "dead-letter";
+    case Op::kDrain:
+      return "drain";
+    case Op::kRestore:
+      return "restore";
+    case Op::kRequeue:
+      return "requeue";
+    case Op::kBackpressureOn:
+      return "backpressure-on";
+    case Op::kBackpressureOff:
+      return "backpressure-off";
   }
   return "unknown";
 }
@@ -86,9 +98,9 @@ absl::Status ValidateOptions(const QueueOptions& o) {
   return absl::OkStatus();
 }
 
-absl::StatusOr<std::shared_ptr<Queue>> Queue::Create(QueueOptions options,
-                                                     std::shared_ptr<core::Clock> clock,
-                                                     std::shared_ptr<core::MetricsRegistry> metrics) {
+absl::StatusOr<std::shared_ptr<Queue>> Queue::Create(
+    QueueOptions options, std::shared_ptr<core::Clock> clock,
+    std::shared_ptr<core::MetricsRegistry> metrics) {
   if (auto s = ValidateOptions(options); !s.ok()) return s;
   if (!clock) return absl::InvalidArgumentError("clock is required");
   std::shared_ptr<Queue> queue(new Queue(std::move(options), std::move(clock), std::move(metrics)));
@@ -329,7 +341,8 @@ void Queue::FeedWaitersLocked(core::TimePoint now, std::vector<Delivery>& out) {
     waiters_.pop_front();
     clock_->Cancel(waiter.timer);  // never blocks; a firing timer finds no waiter
     Item* item = PopPendingLocked();
-    out.emplace_back(std::move(waiter.done), std::optional<Lease>(LeaseLocked(item, waiter.owner, now)));
+    out.emplace_back(std::move(waiter.done),
+                     std::optional<Lease>(LeaseLocked(item, waiter.owner, now)));
   }
 }
 
@@ -365,13 +378,18 @@ void Queue::UpdateBackpressureLocked(core::TimePoint now) {
 }
 
 void Queue::RememberCompletedLocked(const std::string& request_id) {
-  if (options_.completed_retention == 0) return;
+  const size_t retention = options_.completed_retention;
+  if (retention == 0) return;
   if (!completed_ids_.insert(request_id).second) return;
-  completed_order_.push_back(request_id);
-  while (completed_order_.size() > options_.completed_retention) {
-    completed_ids_.erase(completed_order_.front());
-    completed_order_.pop_front();
+  if (completed_ring_.size() < retention && completed_next_ == completed_ring_.size()) {
+    completed_ring_.push_back(request_id);
+    completed_next_ = completed_ring_.size() % retention;
+    return;
   }
+  std::string& slot = completed_ring_[completed_next_];
+  completed_ids_.erase(slot);
+  slot = request_id;
+  completed_next_ = (completed_next_ + 1) % retention;
 }
 
 absl::StatusOr<Queue::Item*> Queue::FindLeasedLocked(std::uint64_t item_id, std::uint64_t token,
@@ -417,7 +435,8 @@ ItemRecord Queue::RecordOf(const Item& item) const {
 absl::StatusOr<EnqueueResult> Queue::Enqueue(ItemPayload payload) {
   if (payload.priority < kMinPriority || payload.priority > kMaxPriority) {
     return Err(absl::StatusCode::kInvalidArgument,
-               "priority " + std::to_string(payload.priority) + " is outside 0..9", kErrInvalidItem);
+               "priority " + std::to_string(payload.priority) + " is outside 0..9",
+               kErrInvalidItem);
   }
   if (payload.body.size() > options_.max_body_bytes) {
     return Err(absl::StatusCode::kInvalidArgument,
@@ -445,8 +464,10 @@ absl::StatusOr<EnqueueResult> Queue::Enqueue(ItemPayload payload) {
                                                                              : "dead-letter"};
       }
       if (completed_ids_.contains(payload.request_id)) {
-        return EnqueueResult{
-            .item_id = 0, .duplicate = true, .request_id = payload.request_id, .state = "completed"};
+        return EnqueueResult{.item_id = 0,
+                             .duplicate = true,
+                             .request_id = payload.request_id,
+                             .state = "completed"};
       }
     }
     if (drained_) {
@@ -463,10 +484,10 @@ absl::StatusOr<EnqueueResult> Queue::Enqueue(ItemPayload payload) {
                  kErrBackpressure);
     }
     if (options_.capacity > 0 && pending_count_ + active_.size >= options_.capacity) {
-      return Err(absl::StatusCode::kResourceExhausted,
-                 "queue '" + options_.name + "' is at capacity " +
-                     std::to_string(options_.capacity),
-                 kErrFull);
+      return Err(
+          absl::StatusCode::kResourceExhausted,
+          "queue '" + options_.name + "' is at capacity " + std::to_string(options_.capacity),
+          kErrFull);
     }
     auto owned = std::make_unique<Item>();
     Item* item = owned.get();
@@ -513,8 +534,8 @@ void Queue::LeaseAsync(std::string owner, core::Duration wait, LeaseCallback don
     std::lock_guard lock(mu_);
     const auto now = clock_->Now();
     if (drained_) {
-      immediate =
-          Err(absl::StatusCode::kUnavailable, "queue '" + options_.name + "' is drained", kErrDrained);
+      immediate = Err(absl::StatusCode::kUnavailable, "queue '" + options_.name + "' is drained",
+                      kErrDrained);
     } else {
       ExpireDueLocked(now);
       if (Item* item = PopPendingLocked()) {

@@ -62,7 +62,6 @@
 
 #include "absl/container/flat_hash_map.h"
 #include "absl/container/flat_hash_set.h"
-
 #include "omnirelay/core/clock.h"
 #include "omnirelay/core/metrics.h"
 #include "omnirelay/core/status.h"
@@ -90,7 +89,7 @@ struct ItemPayload {
   std::map<std::string, std::string> attributes{};
   std::string body{};        // opaque bytes
   std::string request_id{};  // idempotency key; generated when empty
-  int priority = 0;        // kMinPriority..kMaxPriority, higher first
+  int priority = 0;          // kMinPriority..kMaxPriority, higher first
 };
 
 // A pending or dead-lettered item as drain/list/restore carry it.
@@ -100,7 +99,7 @@ struct ItemRecord {
   int attempts = 0;               // leases handed out so far
   std::uint64_t last_token = 0;   // highest fencing token this item had
   core::TimePoint enqueued_at{};  // first enqueue
-  std::string last_error{};         // from the last fail/expiry
+  std::string last_error{};       // from the last fail/expiry
 };
 
 // What a worker holds while it works on an item.
@@ -125,7 +124,7 @@ struct QueueOptions {
   std::string name = "default";  // namespace; tags metrics
   size_t capacity = 100000;      // pending + active items; 0 = unbounded
   core::Duration lease_duration = std::chrono::seconds(30);
-  int max_attempts = 5;  // leases an item gets before it is dead-lettered
+  int max_attempts = 5;       // leases an item gets before it is dead-lettered
   size_t high_watermark = 0;  // 0 = no backpressure
   size_t low_watermark = 0;   // resume at or below (must be < high)
   core::Duration retry_after = std::chrono::seconds(1);  // hint with backpressure
@@ -141,12 +140,12 @@ enum class Op {
   kLease,
   kHeartbeat,
   kComplete,
-  kFail,         // failed attempt, requeued
-  kExpire,       // lease expired, requeued
-  kDeadLetter,   // moved to dead-letter (after fail/expire or fail without requeue)
-  kDrain,        // removed from pending by Drain
-  kRestore,      // added by Restore
-  kRequeue,      // moved from dead-letter back to pending
+  kFail,        // failed attempt, requeued
+  kExpire,      // lease expired, requeued
+  kDeadLetter,  // moved to dead-letter (after fail/expire or fail without requeue)
+  kDrain,       // removed from pending by Drain
+  kRestore,     // added by Restore
+  kRequeue,     // moved from dead-letter back to pending
   kBackpressureOn,
   kBackpressureOff,
 };
@@ -162,8 +161,8 @@ struct MutationEvent {
   std::string_view owner{};
   int attempt = 0;
   core::TimePoint at{};
-  core::TimePoint expires_at{};  // lease/heartbeat
-  std::string_view reason{};       // fail/expire/dead-letter reason
+  core::TimePoint expires_at{};          // lease/heartbeat
+  std::string_view reason{};             // fail/expire/dead-letter reason
   const ItemPayload* payload = nullptr;  // enqueue/restore/drain/dead-letter/requeue
 };
 using MutationObserver = std::function<void(const MutationEvent&)>;
@@ -312,9 +311,12 @@ class Queue : public std::enable_shared_from_this<Queue> {
   // Open-addressing tables (absl): the cycle enqueue+lease+complete touches
   // them five times, and std::unordered_* node chasing dominated its cost.
   absl::flat_hash_map<std::uint64_t, std::unique_ptr<Item>> items_;  // pending+active+dead
-  absl::flat_hash_map<std::string, Item*> by_request_;                // live items
+  absl::flat_hash_map<std::string, Item*> by_request_;               // live items
   absl::flat_hash_set<std::string> completed_ids_;
-  std::deque<std::string> completed_order_;  // eviction order of completed_ids_
+  // Eviction ring of completed_ids_ (oldest at completed_next_ once full):
+  // slots are reassigned in place, so steady state allocates nothing.
+  std::vector<std::string> completed_ring_;
+  size_t completed_next_ = 0;
   List pending_[kMaxPriority + 1];
   size_t pending_count_ = 0;
   List active_;  // in expiry order (lease duration is constant per queue)

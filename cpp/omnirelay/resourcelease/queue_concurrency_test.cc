@@ -86,7 +86,8 @@ TEST(ResourceLeaseConcurrency, ProducersWorkersAndDrainsLoseNothing) {
       auto future = promise.get_future();
       q->LeaseAsync("poller", milliseconds(5), [&](auto r) { promise.set_value(std::move(r)); });
       auto r = future.get();
-      if (r.ok() && r->has_value() && q->Complete((*r)->item_id, (*r)->fencing_token, "poller").ok()) {
+      if (r.ok() && r->has_value() &&
+          q->Complete((*r)->item_id, (*r)->fencing_token, "poller").ok()) {
         std::lock_guard lock(mu);
         if (!completed.insert((*r)->payload.request_id).second) completed_twice = true;
       }

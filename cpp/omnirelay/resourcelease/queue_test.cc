@@ -76,6 +76,24 @@ TEST_F(Fixture, SameRequestIdIsOneItemEvenAfterCompletion) {
   EXPECT_EQ(q->Stats().pending, 0u);
 }
 
+TEST_F(Fixture, CompletedRequestIdsAreRememberedUpToTheRetention) {
+  auto q = Make({.completed_retention = 2});
+  for (const char* id : {"a", "b", "c"}) {
+    ASSERT_TRUE(q->Enqueue(Item(id)).ok());
+    Lease l = MustLease(*q, "w");
+    ASSERT_TRUE(q->Complete(l.item_id, l.fencing_token, "w").ok());
+  }
+  EXPECT_EQ(q->Enqueue(Item("c"))->state, "completed");
+  EXPECT_EQ(q->Enqueue(Item("b"))->state, "completed");
+  auto a = q->Enqueue(Item("a"));  // evicted: the oldest completed id is forgotten
+  ASSERT_TRUE(a.ok());
+  EXPECT_FALSE(a->duplicate);
+  Lease l = MustLease(*q, "w");
+  ASSERT_TRUE(q->Complete(l.item_id, l.fencing_token, "w").ok());
+  EXPECT_EQ(q->Enqueue(Item("a"))->state, "completed");
+  EXPECT_FALSE(q->Enqueue(Item("b"))->duplicate) << "b was evicted by a";
+}
+
 TEST_F(Fixture, PriorityFirstThenFifo) {
   auto q = Make();
   ASSERT_TRUE(q->Enqueue(Item("low1", 0)).ok());

@@ -37,8 +37,8 @@ void Cycle(benchmark::State& state, Queue& q) {
   for (auto _ : state) {
     rid.resize(prefix_len);
     rid += std::to_string(i++);
-    ItemPayload payload{.resource_type = "table", .resource_id = "orders", .body = "x",
-                        .request_id = rid};
+    ItemPayload payload{
+        .resource_type = "table", .resource_id = "orders", .body = "x", .request_id = rid};
     auto e = q.Enqueue(std::move(payload));
     auto lease = q.TryLease(owner);
     if (!e.ok() || !lease.ok() || !lease->has_value()) {

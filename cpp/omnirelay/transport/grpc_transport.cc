@@ -5,12 +5,14 @@
 #include <grpcpp/grpcpp.h>
 #include <grpcpp/support/sync_stream.h>
 
+#include <charconv>
 #include <condition_variable>
 #include <mutex>
 #include <optional>
 
 #include "absl/synchronization/mutex.h"
 #include "omnirelay/core/logging.h"
+#include "omnirelay/core/retry_after.h"
 #include "omnirelay/transport/transport_util.h"
 
 namespace omnirelay::transport {
@@ -202,6 +204,9 @@ class InboundCall final : public Tag {
 
   void FinishWith(const absl::Status& status) {
     if (auto code = core::ErrorCode(status)) ctx_.AddTrailingMetadata("rpc-error-code", *code);
+    if (auto after = core::RetryAfter(status)) {
+      ctx_.AddTrailingMetadata("retry-after-ms", std::to_string(after->count()));
+    }
     state_ = State::kFinishing;
     stream_.Finish(ToGrpc(status), this);
   }
@@ -310,6 +315,13 @@ absl::Status FromGrpc(const grpc::Status& status, const grpc::ClientContext& ctx
   const auto& trailers = ctx.GetServerTrailingMetadata();
   if (auto it = trailers.find("rpc-error-code"); it != trailers.end()) {
     out = core::WithErrorCode(std::move(out), View(it->second));
+  }
+  if (auto it = trailers.find("retry-after-ms"); it != trailers.end()) {
+    long long ms = 0;
+    const auto text = View(it->second);
+    if (std::from_chars(text.data(), text.data() + text.size(), ms).ec == std::errc()) {
+      out = core::WithRetryAfter(std::move(out), std::chrono::milliseconds(ms));
+    }
   }
   return out;
 }

@@ -3,6 +3,7 @@
 #include <charconv>
 #include <future>
 
+#include "omnirelay/core/retry_after.h"
 #include "omnirelay/transport/transport_util.h"
 
 namespace omnirelay::transport {
@@ -22,7 +23,12 @@ http::HttpResponse ErrorResponse(const absl::Status& status) {
   if (auto code = core::ErrorCode(status)) body["errorCode"] = *code;
   auto response = http::HttpResponse::Json(core::ToHttpStatus(status.code()), body.dump());
   SetStatusHeaders(response.headers, status);
-  if (status.code() == absl::StatusCode::kUnavailable) response.headers.Set("retry-after", "1");
+  if (auto after = core::RetryAfter(status)) {
+    response.headers.Set("retry-after", std::to_string((after->count() + 999) / 1000));
+    response.headers.Set("retry-after-ms", std::to_string(after->count()));
+  } else if (status.code() == absl::StatusCode::kUnavailable) {
+    response.headers.Set("retry-after", "1");
+  }
   return response;
 }
 

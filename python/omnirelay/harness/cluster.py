@@ -22,6 +22,7 @@ import json
 import os
 import re
 import socket
+import sys
 import threading
 import time
 import urllib.error
@@ -583,6 +584,8 @@ class Cluster:
                 return self.topology.name
             if head == "seed":
                 return str(self.seed)
+            if head == "python":
+                return sys.executable
             if head == "env":
                 return os.environ[parts[1]]
         except (KeyError, IndexError):
