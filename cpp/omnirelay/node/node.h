@@ -12,7 +12,8 @@
 //   GET  /omnirelay/traces                recorded spans (JSON)
 //   GET  /omnirelay/echo/stats            echo procedure stats (when enabled)
 //   GET  /omnirelay/gateway               gateway routes, members, bindings (gateway mode)
-//   GET  /omnirelay/control/lease-health  peer lease health per outbound
+//   GET  /omnirelay/control/lease-health  peer lease health per outbound (+ "mesh")
+//   GET  /omnirelay/control/peers         mesh members (mesh nodes; docs/mesh.md)
 //   POST /omnirelay/control/backpressure?mode=normal|backpressure
 //
 // Drain protocol: Drain() makes new calls fail Unavailable (HTTP 503 +
@@ -33,6 +34,9 @@
 #include "omnirelay/dispatcher/echo.h"
 #include "omnirelay/gateway/gateway.h"
 #include "omnirelay/http/http_server.h"
+#include "omnirelay/mesh/grpc_gossip.h"
+#include "omnirelay/mesh/membership.h"
+#include "omnirelay/peers/health_tracker.h"
 #include "omnirelay/middleware/middleware.h"
 #include "omnirelay/transport/grpc_transport.h"
 #include "omnirelay/transport/http_transport.h"
@@ -68,6 +72,10 @@ class Node {
   std::string grpc_address() const { return grpc_ ? grpc_->address() : ""; }
   std::string http_address() const { return http_ ? http_->address() : ""; }
   std::string admin_address() const { return admin_ ? admin_->address() : ""; }
+  // Mesh membership (null unless omniRelay.mesh is configured; set by Start).
+  std::shared_ptr<mesh::Membership> membership() const { return membership_; }
+  // {"self": identity, "roleMap": {id: {roles, region, zone, labels, state}}}
+  nlohmann::json RoleMap() const;
 
  private:
   explicit Node(config::NodeConfig config);
@@ -75,6 +83,7 @@ class Node {
   absl::StatusOr<dispatcher::MiddlewareChain> Chain(const std::vector<std::string>& names,
                                                     const config::OutboundConfig* outbound);
   void AddAdminRoutes(http::HttpServer& server);
+  absl::Status StartMesh();
 
   config::NodeConfig config_;
   std::shared_ptr<core::Clock> clock_;
@@ -84,10 +93,18 @@ class Node {
   std::shared_ptr<middleware::RateLimitMiddleware> rate_limiter_;
   std::shared_ptr<dispatcher::EchoStats> echo_stats_;
   std::map<std::string, std::shared_ptr<transport::PeerPool>> pools_;
+  // Declared before grpc_ so the gRPC server that serves it goes first.
+  std::unique_ptr<mesh::GossipService> gossip_service_;
   std::unique_ptr<transport::GrpcInbound> grpc_;
   std::unique_ptr<transport::HttpInbound> http_;
   std::unique_ptr<http::HttpServer> admin_;
   std::unique_ptr<gateway::Gateway> gateway_;  // gateway mode (config `gateway`)
+  // Mesh (config `mesh`): the Gossip service's transport, the membership
+  // and the health tracker it feeds.
+  std::shared_ptr<mesh::GrpcGossipTransport> gossip_transport_;
+  std::shared_ptr<mesh::Membership> membership_;
+  std::shared_ptr<peers::PeerLeaseHealthTracker> mesh_health_;
+  std::vector<core::ObservableHandle> mesh_metrics_;
   core::TimePoint started_at_{};
   bool started_ = false;
   bool stopped_ = false;
