@@ -7,4 +7,5 @@ PYBIND11_MODULE(_core, m) {
   omnirelay::bindings::RegisterCore(m);
   omnirelay::bindings::RegisterPeers(m);
   omnirelay::bindings::RegisterNode(m);
+  omnirelay::bindings::RegisterMesh(m);
 }

@@ -6,4 +6,5 @@ namespace omnirelay::bindings {
 void RegisterCore(pybind11::module_& m);
 void RegisterPeers(pybind11::module_& m);
 void RegisterNode(pybind11::module_& m);
+void RegisterMesh(pybind11::module_& m);
 }  // namespace omnirelay::bindings
