@@ -46,11 +46,14 @@ grpc::GenericStub* GrpcGossipTransport::StubFor(const std::string& address) {
     args.SetInt(GRPC_ARG_INITIAL_RECONNECT_BACKOFF_MS, 100);
     args.SetInt(GRPC_ARG_MIN_RECONNECT_BACKOFF_MS, 100);
     args.SetInt(GRPC_ARG_MAX_RECONNECT_BACKOFF_MS, 1000);
-    // A blackholed connection (partition) is abandoned after ~2 s of silence.
-    args.SetInt(GRPC_ARG_KEEPALIVE_TIME_MS, 1000);
+    // While calls are in flight, a silent connection (a paused peer, a
+    // blackholed link) is abandoned after ~3 s. No pings on idle channels:
+    // servers answer those with GOAWAY (too many pings) and the churn costs
+    // more CPU than the gossip itself; a partition's broken stream is torn
+    // down by the first bytes after the heal anyway.
+    args.SetInt(GRPC_ARG_KEEPALIVE_TIME_MS, 2000);
     args.SetInt(GRPC_ARG_KEEPALIVE_TIMEOUT_MS, 1000);
-    args.SetInt(GRPC_ARG_KEEPALIVE_PERMIT_WITHOUT_CALLS, 1);
-    args.SetInt(GRPC_ARG_HTTP2_MAX_PINGS_WITHOUT_DATA, 0);
+    args.SetInt(GRPC_ARG_KEEPALIVE_PERMIT_WITHOUT_CALLS, 0);
     // One channel per address, not shared with the data plane's channels.
     args.SetInt(GRPC_ARG_USE_LOCAL_SUBCHANNEL_POOL, 1);
     stub = std::make_unique<grpc::GenericStub>(

@@ -15,7 +15,7 @@ namespace {
 using std::chrono::milliseconds;
 
 Options Fast() {
-  Options o = Options::Test();  // 200 ms probes, 100 ms timeout, suspicion 2 x log10(n)
+  Options o = Options::Test();  // 250 ms probes, 125 ms timeout, suspicion 2 x log10(n)
   o.cluster_name = "unit";
   return o;
 }
@@ -133,7 +133,7 @@ TEST(MembershipTest, ProbeThenIndirectThenSuspectThenDead) {
   ASSERT_TRUE(c.RunUntil([&] { return c.AllSee("e", MemberState::kDead); }, std::chrono::seconds(5)));
   const auto detection = c.clock().Now() - crashed;
   // One probe interval to be probed, one to fail, the suspicion timeout
-  // (2 x 200 ms at n = 5), a little dissemination.
+  // (2 x 250 ms at n = 5), a little dissemination.
   EXPECT_LT(detection, milliseconds(2000));
   EXPECT_EQ(seen, (std::vector<std::string>{"suspect", "dead"}));
   std::uint64_t indirect = 0, failed = 0, raised = 0;
@@ -156,7 +156,7 @@ TEST(MembershipTest, SuspectedMemberRefutesWithAHigherIncarnation) {
   c.StartAll();
   c.RunFor(milliseconds(500));
   // b is unreachable just long enough to be suspected, then comes back
-  // before the suspicion (2 x 200 ms at n = 4) can expire everywhere.
+  // before the suspicion (2 x 250 ms at n = 4) can expire everywhere.
   c.net().Partition({"b:7000"}, {"a:7000", "c:7000", "d:7000"});
   ASSERT_TRUE(c.RunUntil(
       [&] {

@@ -9,8 +9,8 @@ Options Options::Lan() { return Options{}; }
 
 Options Options::Test() {
   Options o;
-  o.probe_interval = std::chrono::milliseconds(200);
-  o.probe_timeout = std::chrono::milliseconds(100);
+  o.probe_interval = std::chrono::milliseconds(250);
+  o.probe_timeout = std::chrono::milliseconds(125);
   o.indirect_checks = 3;
   o.suspicion_mult = 2;
   o.suspicion_max_timeout_mult = 6;

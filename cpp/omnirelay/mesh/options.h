@@ -68,10 +68,11 @@ struct Options {
   // memberlist's DefaultLANConfig: 1 s probes, 500 ms timeout, k = 3,
   // suspicion 4 x log10(n) s, 30 s push-pull.
   static Options Lan();
-  // Fast failure detection for tests and small local clusters: 200 ms
-  // probes, 100 ms timeout, suspicion 2 x log10(n) x 200 ms, 2 s push-pull.
-  // A kill -9 is seen dead by everyone of 10 nodes in ~1 s; the price is
-  // 5 probes/s per node and false suspicions on a badly overloaded host.
+  // Fast failure detection for tests and small local clusters: 250 ms
+  // probes, 125 ms timeout, suspicion 2 x max(1, log10(n)) x 250 ms, 2 s
+  // push-pull. A kill -9 is seen dead by everyone of 10 nodes in ~1 s; the
+  // price is 4 probes/s per node (~1 % of a core with gRPC) and false
+  // suspicions on a badly overloaded host.
   static Options Test();
   // "lan" | "test"; nullopt for an unknown name.
   static std::optional<Options> Profile(const std::string& name);

@@ -1,5 +1,7 @@
 #include "omnirelay/mesh/sim_network.h"
 
+#include <algorithm>
+
 #include "omnirelay/mesh/membership.h"
 
 namespace omnirelay::mesh {
@@ -69,8 +71,14 @@ void SimNetwork::Heal() { side_.clear(); }
 
 core::Duration SimNetwork::Latency(const std::string& from, const std::string& to) const {
   // A fixed latency per (unordered) link, derived from the seed and the pair.
-  const auto h = std::hash<std::string>{}(from < to ? from + "|" + to : to + "|" + from) ^
-                 (options_.seed * 0x9E3779B97F4A7C15ull);
+  // Symmetric in (from, to) without building a string: this runs per message.
+  const std::hash<std::string> hash;
+  const auto a = hash(from), b = hash(to);
+  auto h = (std::min(a, b) * 0x9E3779B97F4A7C15ull) ^ std::max(a, b) ^
+           (options_.seed * 0xC2B2AE3D27D4EB4Full);
+  h ^= h >> 29;
+  h *= 0xBF58476D1CE4E5B9ull;
+  h ^= h >> 32;
   const auto span = (options_.max_latency - options_.min_latency).count();
   if (span <= 0) return options_.min_latency;
   return options_.min_latency + core::Duration(static_cast<std::int64_t>(h % static_cast<std::uint64_t>(span)));
