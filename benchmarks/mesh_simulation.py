@@ -77,7 +77,9 @@ def main() -> None:
         r = loss_run(args.loss_nodes, args.loss_minutes, args.loss, args.seed)
         results["loss"] = r
         print(f"\n{r['nodes']} nodes, {r['simulatedMinutes']:g} simulated minutes at {r['loss'] * 100:g}% loss: "
-              f"{r['falseDeaths']} false deaths, {r['falseSuspicions']} false suspicions (all refuted), "
+              f"{r['falseDeaths']} false deaths; {r['totals']['suspicionsRaised']} suspicion(s) of live members "
+              f"raised, {r['totals']['suspicionsRefuted']} refuted ({r['falseSuspicions']} member views "
+              f"saw one), "
               f"converged={r['converged']}, wall {r['wallSeconds']:.1f} s, CPU {r['cpuSeconds']:.1f} s, "
               f"load average {r['loadAverage'][0]:.1f} "
               f"({r['totals']['events']} events, {r['totals']['messagesSent']} messages)")
