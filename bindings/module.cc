@@ -8,4 +8,5 @@ PYBIND11_MODULE(_core, m) {
   omnirelay::bindings::RegisterPeers(m);
   omnirelay::bindings::RegisterNode(m);
   omnirelay::bindings::RegisterResourceLease(m);
+  omnirelay::bindings::RegisterMesh(m);
 }

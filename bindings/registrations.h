@@ -7,4 +7,5 @@ void RegisterCore(pybind11::module_& m);
 void RegisterPeers(pybind11::module_& m);
 void RegisterNode(pybind11::module_& m);
 void RegisterResourceLease(pybind11::module_& m);
+void RegisterMesh(pybind11::module_& m);
 }  // namespace omnirelay::bindings

@@ -221,6 +221,10 @@ def build_wheel(wheel_directory: str, config_settings=None, metadata_directory=N
     for folder, pattern in (("topologies", "*.yaml"), ("scenarios", "*.py")):
         for path in sorted((SOURCE_DIR / folder).glob(pattern)):
             writer.add_file(f"{PACKAGE}/{folder}/{path.name}", path)
+    # Scenario suites in subfolders (scenarios/hyperscale/) with their golden files.
+    for pattern in ("*/*.py", "*/golden/**/*.json"):
+        for path in sorted((SOURCE_DIR / "scenarios").glob(pattern)):
+            writer.add_file(f"{PACKAGE}/scenarios/{path.relative_to(SOURCE_DIR / 'scenarios').as_posix()}", path)
     # The client-facing .proto files: omnirelay.samples.my_service generates
     # its stubs from them at first use (generated code is never shipped).
     for path in sorted((SOURCE_DIR / "proto").rglob("*.proto")):

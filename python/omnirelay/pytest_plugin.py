@@ -30,7 +30,7 @@ import pytest
 
 MARKERS = {
     "chaos": "injects faults into a running cluster",
-    "hyperscale": "large topologies; opt-in",
+    "hyperscale": "the hyperscale suite (scenarios/hyperscale/): small scale by default, --scale full for the seed's sizes",
     "slow": "takes more than a few seconds",
     "topology(name)": "topology the `cluster` fixture starts (name in topologies/, path, or builder)",
 }

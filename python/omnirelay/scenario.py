@@ -524,12 +524,15 @@ def find_scenario(name: str, search: Sequence[Path] = ()) -> Path:
     if path.suffix == ".py" and path.is_file():
         return path
     tried = []
-    for directory in [*search, *scenario_dirs()]:
-        for candidate in (f"{name}.py", f"test_{name}.py", f"{name.replace('-', '_')}.py",
-                          f"test_{name.replace('-', '_')}.py"):
-            tried.append(str(directory / candidate))
-            if (directory / candidate).is_file():
-                return directory / candidate
+    for top in [*search, *scenario_dirs()]:
+        # Suites in subfolders (scenarios/hyperscale/) are found by name too.
+        subfolders = sorted(p for p in Path(top).glob("*") if p.is_dir() and not p.name.startswith(("_", ".")))
+        for directory in [Path(top), *subfolders]:
+            for candidate in (f"{name}.py", f"test_{name}.py", f"{name.replace('-', '_')}.py",
+                              f"test_{name.replace('-', '_')}.py"):
+                tried.append(str(directory / candidate))
+                if (directory / candidate).is_file():
+                    return directory / candidate
     raise FileNotFoundError(f"scenario {name!r} not found (tried {', '.join(tried)})")
 
 

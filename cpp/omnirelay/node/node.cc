@@ -4,6 +4,8 @@
 
 #include "omnirelay/core/logging.h"
 #include "omnirelay/resourcelease/service.h"
+#include "omnirelay/mesh/mesh_metrics.h"
+#include "omnirelay/mesh/peer_feed.h"
 
 namespace omnirelay::node {
 
@@ -97,6 +99,12 @@ absl::Status Node::Build() {
   dispatcher_->UseOutboundMiddleware(*outbound_chain);
 
   for (const auto& [name, o] : config_.outbounds) {
+    if (o.mesh) {
+      // docs/mesh.md "Not built yet": the peer pool's list is fixed at start.
+      return absl::UnimplementedError("omniRelay.outbounds." + name +
+                                      ".mesh: peers from membership are not supported yet; "
+                                      "list the endpoints");
+    }
     transport::PeerPoolOptions peers{
         .chooser = o.peer_chooser,
         .max_in_flight_per_peer = o.max_in_flight_per_peer,
@@ -313,11 +321,12 @@ absl::Status Node::Register(dispatcher::Procedure procedure) {
 absl::Status Node::Start() {
   if (started_) return absl::OkStatus();
   if (auto s = dispatcher_->Start(); !s.ok()) return s;
+  if (config_.mesh) gossip_service_ = std::make_unique<mesh::GossipService>();
   if (config_.grpc) {
-    grpc_ = std::make_unique<transport::GrpcInbound>(
-        transport::GrpcInboundOptions{.address = config_.grpc->address,
-                                      .threads = config_.grpc->threads},
-        dispatcher_);
+    transport::GrpcInboundOptions grpc_options{.address = config_.grpc->address,
+                                               .threads = config_.grpc->threads};
+    if (gossip_service_) grpc_options.services.push_back(gossip_service_->service());
+    grpc_ = std::make_unique<transport::GrpcInbound>(grpc_options, dispatcher_);
     if (auto s = grpc_->Start(); !s.ok()) return s;
   }
   if (config_.http) {
@@ -339,6 +348,9 @@ absl::Status Node::Start() {
   // nodes a few.
   admin_ = std::make_unique<http::HttpServer>(http::HttpServerOptions{
       .host = hp->host, .port = hp->port, .threads = config_.resource_lease ? 6 : 1});
+  if (config_.mesh) {
+    if (auto s = StartMesh(); !s.ok()) return s;
+  }
   AddAdminRoutes(*admin_);
   if (auto s = admin_->Start(); !s.ok()) return s;
   started_at_ = clock_->Now();
@@ -346,7 +358,107 @@ absl::Status Node::Start() {
   return absl::OkStatus();
 }
 
-void Node::Drain() { dispatcher_->Drain(); }
+namespace {
+
+mesh::Options MeshOptions(const config::MeshConfig& c) {
+  mesh::Options o = mesh::Options::Profile(c.gossip.profile).value_or(mesh::Options::Lan());
+  o.cluster_name = c.identity.cluster_name;
+  const auto& g = c.gossip;
+  if (g.probe_interval) o.probe_interval = *g.probe_interval;
+  if (g.probe_timeout) o.probe_timeout = *g.probe_timeout;
+  if (g.indirect_checks) o.indirect_checks = *g.indirect_checks;
+  if (g.suspicion_mult) o.suspicion_mult = *g.suspicion_mult;
+  if (g.suspicion_max_timeout_mult) o.suspicion_max_timeout_mult = *g.suspicion_max_timeout_mult;
+  if (g.retransmit_mult) o.retransmit_mult = *g.retransmit_mult;
+  if (g.gossip_interval) o.gossip_interval = *g.gossip_interval;
+  if (g.gossip_nodes) o.gossip_nodes = *g.gossip_nodes;
+  if (g.gossip_to_the_dead) o.gossip_to_the_dead = *g.gossip_to_the_dead;
+  if (g.push_pull_interval) o.push_pull_interval = *g.push_pull_interval;
+  if (g.reconnect_interval) o.reconnect_interval = *g.reconnect_interval;
+  if (g.dead_retention) o.dead_retention = *g.dead_retention;
+  if (g.send_timeout) o.send_timeout = *g.send_timeout;
+  o.seed = static_cast<std::uint64_t>(::getpid()) ^
+           static_cast<std::uint64_t>(std::chrono::steady_clock::now().time_since_epoch().count());
+  return o;
+}
+
+}  // namespace
+
+absl::Status Node::StartMesh() {
+  const auto& c = *config_.mesh;
+  if (!grpc_) return absl::FailedPreconditionError("omniRelay.mesh needs the gRPC inbound");
+  std::string advertise = c.identity.advertise_address;
+  if (advertise.empty()) {
+    advertise = grpc_->address();
+    // A wildcard bind is not dialable: advertise loopback instead.
+    for (const char* wildcard : {"0.0.0.0:", "[::]:"}) {
+      if (advertise.rfind(wildcard, 0) == 0) {
+        advertise = "127.0.0.1:" + advertise.substr(std::string_view(wildcard).size());
+      }
+    }
+  }
+  auto options = MeshOptions(c);
+  gossip_transport_ =
+      std::make_shared<mesh::GrpcGossipTransport>(options.send_timeout, c.peer_addresses);
+  mesh::LocalIdentity self{c.identity.node_id, advertise,
+                           mesh::MemberMeta{c.identity.roles, c.identity.region, c.identity.zone,
+                                            c.identity.labels}};
+  membership_ = mesh::Membership::Create(std::move(self), options, clock_, gossip_transport_);
+  gossip_transport_->SetStats(&membership_->stats());
+  // Heartbeat grace: a member is probed by this node about once per
+  // n probe intervals; the membership verdict (dead/left) disconnects at once.
+  mesh_health_ = peers::PeerLeaseHealthTracker::Create(
+      peers::PeerLeaseHealthOptions{.heartbeat_grace = 50 * options.probe_interval}, clock_,
+      metrics_);
+  mesh::FeedHealthTracker(*membership_, mesh_health_);
+  membership_->AddListener([](const mesh::MemberEvent& e) {
+    if (e.kind == mesh::MemberEvent::Kind::kHeartbeat) return;
+    core::LogInfo("mesh.member", {{"event", std::string(mesh::MemberEventKindName(e.kind))},
+                                  {"id", e.member.id},
+                                  {"incarnation", e.member.incarnation}});
+  });
+  mesh_metrics_ = mesh::RegisterMeshMetrics(*metrics_, membership_);
+  gossip_service_->Attach(membership_);
+  membership_->Start(c.seeds);
+  core::LogInfo("mesh.started", {{"id", c.identity.node_id},
+                                 {"address", advertise},
+                                 {"cluster", c.identity.cluster_name},
+                                 {"seeds", c.seeds},
+                                 {"profile", c.gossip.profile}});
+  return absl::OkStatus();
+}
+
+nlohmann::json Node::RoleMap() const {
+  if (!config_.mesh) return nullptr;
+  const auto& id = config_.mesh->identity;
+  nlohmann::json self = {{"id", id.node_id},
+                         {"cluster", id.cluster_name},
+                         {"roles", id.roles},
+                         {"region", id.region},
+                         {"zone", id.zone},
+                         {"labels", id.labels}};
+  nlohmann::json map = nlohmann::json::object();
+  if (membership_) {
+    self["address"] = membership_->SelfRecord().address;
+    self["incarnation"] = membership_->incarnation();
+    for (const auto& m : membership_->Members()) {
+      const auto& r = m.record;
+      map[r.id] = {{"roles", r.meta.roles},
+                   {"region", r.meta.region},
+                   {"zone", r.meta.zone},
+                   {"labels", r.meta.labels},
+                   {"state", std::string(mesh::MemberStateName(r.state))}};
+    }
+  }
+  return {{"self", self}, {"roleMap", map}};
+}
+
+void Node::Drain() {
+  // A draining node leaves the mesh first, so members stop routing to it
+  // (they see "left", not a failure).
+  if (membership_) membership_->Leave();
+  dispatcher_->Drain();
+}
 
 bool Node::WaitIdle(std::chrono::milliseconds timeout) { return dispatcher_->WaitIdle(timeout); }
 
@@ -354,6 +466,8 @@ void Node::Stop() {
   if (stopped_ || !started_) return;
   stopped_ = true;
   dispatcher_->Drain();
+  if (membership_) membership_->Stop();
+  if (gossip_transport_) gossip_transport_->Shutdown(std::chrono::milliseconds(500));
   if (grpc_) grpc_->Shutdown(std::chrono::milliseconds(500));
   if (http_) http_->Stop();
   if (gateway_) gateway_->Stop();
@@ -375,6 +489,11 @@ std::pair<bool, std::vector<std::string>> Node::Readiness() const {
   std::vector<std::string> reasons;
   if (!started_) reasons.push_back("not started");
   if (dispatcher_->draining()) reasons.push_back("draining");
+  if (membership_) {
+    if (auto refusal = membership_->refusal(); !refusal.empty()) {
+      reasons.push_back("mesh: join refused: " + refusal);
+    }
+  }
   for (const auto& [name, outbound] : dispatcher_->outbounds()) {
     if (!outbound->HasAvailablePeers()) {
       reasons.push_back("outbound '" + name + "' has no available peers");
@@ -391,6 +510,7 @@ nlohmann::json Node::Introspect() const {
   if (echo_stats_) out["echo"] = echo_stats_->ToJson();
   if (gateway_) out["gateway"] = gateway_->Introspect();
   if (!queues_.empty()) out["resourceLease"] = ResourceLeaseStats();
+  if (config_.mesh) out["mesh"] = RoleMap();
   out["config"] = config::ToJson(config_);
   return out;
 }
@@ -431,9 +551,16 @@ void Node::AddAdminRoutes(http::HttpServer& server) {
       auto health = pool->LeaseHealth();
       out[name] = health.is_null() ? pool->Snapshot() : health;
     }
+    if (mesh_health_) out["mesh"] = mesh_health_->Diagnostics().ToJson();
     return http::HttpResponse::Json(200, nlohmann::json{{"outbounds", out}}.dump());
   });
   AddResourceLeaseRoutes(server);
+  server.Route("GET", "/omnirelay/control/peers", [this](const http::HttpRequest&) {
+    if (!membership_) {
+      return http::HttpResponse::Json(404, R"({"error":"mesh is not configured"})");
+    }
+    return http::HttpResponse::Json(200, membership_->ToJson().dump());
+  });
   server.Route("POST", "/omnirelay/control/backpressure", [this](const http::HttpRequest& request) {
     if (!rate_limiter_) {
       return http::HttpResponse::Json(404, R"({"error":"rate limiting is not configured"})");

@@ -12,7 +12,8 @@
 //   GET  /omnirelay/traces                recorded spans (JSON)
 //   GET  /omnirelay/echo/stats            echo procedure stats (when enabled)
 //   GET  /omnirelay/gateway               gateway routes, members, bindings (gateway mode)
-//   GET  /omnirelay/control/lease-health  peer lease health per outbound
+//   GET  /omnirelay/control/lease-health  peer lease health per outbound (+ "mesh")
+//   GET  /omnirelay/control/peers         mesh members (mesh nodes; docs/mesh.md)
 //   POST /omnirelay/control/backpressure?mode=normal|backpressure
 //   GET  /omnirelay/control/backpressure  latest ResourceLease backpressure per namespace
 //   GET  /omnirelay/control/backpressure/stream   transitions as Server-Sent Events
@@ -37,6 +38,9 @@
 #include "omnirelay/dispatcher/echo.h"
 #include "omnirelay/gateway/gateway.h"
 #include "omnirelay/http/http_server.h"
+#include "omnirelay/mesh/grpc_gossip.h"
+#include "omnirelay/mesh/membership.h"
+#include "omnirelay/peers/health_tracker.h"
 #include "omnirelay/middleware/middleware.h"
 #include "omnirelay/resourcelease/diagnostics.h"
 #include "omnirelay/resourcelease/queue.h"
@@ -79,6 +83,10 @@ class Node {
       const {
     return queues_;
   }
+  // Mesh membership (null unless omniRelay.mesh is configured; set by Start).
+  std::shared_ptr<mesh::Membership> membership() const { return membership_; }
+  // {"self": identity, "roleMap": {id: {roles, region, zone, labels, state}}}
+  nlohmann::json RoleMap() const;
 
  private:
   explicit Node(config::NodeConfig config);
@@ -89,6 +97,7 @@ class Node {
   absl::Status BuildResourceLease();
   void AddResourceLeaseRoutes(http::HttpServer& server);
   nlohmann::json ResourceLeaseStats() const;
+  absl::Status StartMesh();
 
   config::NodeConfig config_;
   std::shared_ptr<core::Clock> clock_;
@@ -98,6 +107,8 @@ class Node {
   std::shared_ptr<middleware::RateLimitMiddleware> rate_limiter_;
   std::shared_ptr<dispatcher::EchoStats> echo_stats_;
   std::map<std::string, std::shared_ptr<transport::PeerPool>> pools_;
+  // Declared before grpc_ so the gRPC server that serves it goes first.
+  std::unique_ptr<mesh::GossipService> gossip_service_;
   std::unique_ptr<transport::GrpcInbound> grpc_;
   std::unique_ptr<transport::HttpInbound> http_;
   std::unique_ptr<http::HttpServer> admin_;
@@ -106,6 +117,12 @@ class Node {
   std::shared_ptr<resourcelease::BackpressureDiagnostics> backpressure_diag_;
   std::mutex throttle_mu_;                  // orders rate-limiter flips from several queues
   std::map<std::string, bool> throttling_;  // namespace -> under backpressure
+  // Mesh (config `mesh`): the Gossip service's transport, the membership
+  // and the health tracker it feeds.
+  std::shared_ptr<mesh::GrpcGossipTransport> gossip_transport_;
+  std::shared_ptr<mesh::Membership> membership_;
+  std::shared_ptr<peers::PeerLeaseHealthTracker> mesh_health_;
+  std::vector<core::ObservableHandle> mesh_metrics_;
   core::TimePoint started_at_{};
   bool started_ = false;
   bool stopped_ = false;

@@ -431,6 +431,7 @@ absl::Status GrpcInbound::Start() {
   service_ = std::make_unique<grpc::AsyncGenericService>();
   grpc::ServerBuilder builder;
   builder.AddListeningPort(options_.address, grpc::InsecureServerCredentials(), &port_);
+  for (auto* extra : options_.services) builder.RegisterService(extra);
   builder.RegisterAsyncGenericService(service_.get());
   builder.SetMaxReceiveMessageSize(options_.max_message_bytes);
   builder.SetMaxSendMessageSize(options_.max_message_bytes);

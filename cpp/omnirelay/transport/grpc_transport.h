@@ -48,6 +48,7 @@ class Server;
 class ServerCompletionQueue;
 class CompletionQueue;
 class AsyncGenericService;
+class Service;
 class Channel;
 }  // namespace grpc
 
@@ -57,6 +58,9 @@ struct GrpcInboundOptions {
   std::string address = "127.0.0.1:0";
   int threads = 2;  // completion queues, one polling thread each
   int max_message_bytes = 16 * 1024 * 1024;
+  // Typed services served on the same listener before the generic dispatcher
+  // service (e.g. the mesh's Gossip service); not owned, must outlive the inbound.
+  std::vector<grpc::Service*> services = {};
 };
 
 class GrpcInbound {

@@ -141,7 +141,7 @@ def scenario(argv: List[str]) -> int:
 
     if args.command == "list":
         for directory in [*args.path, *scenario_dirs()]:
-            for path in sorted(Path(directory).glob("*.py")):
+            for path in sorted([*Path(directory).glob("*.py"), *Path(directory).glob("*/*.py")]):
                 if path.name != "__init__.py" and "def scenario(" in path.read_text(errors="replace"):
                     print(f"{path.stem.removeprefix('test_')}\t{path}")
         return 0
