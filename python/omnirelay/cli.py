@@ -38,6 +38,7 @@ def _native_help(binary) -> str:
 def main(argv: Optional[List[str]] = None) -> int:
     import omnirelay.harness.verbs  # noqa: F401  (registers `up` and `scenario`)
     import omnirelay.harness.stack_verbs  # noqa: F401  (registers `stack`)
+    import omnirelay.harness.leadership  # noqa: F401  (registers `mesh leaders|promote`)
 
     argv = list(sys.argv[1:] if argv is None else argv)
     if argv and argv[0] in PYTHON_VERBS:

@@ -14,6 +14,11 @@
 //   GET  /omnirelay/gateway               gateway routes, members, bindings (gateway mode)
 //   GET  /omnirelay/control/lease-health  peer lease health per outbound
 //   POST /omnirelay/control/backpressure?mode=normal|backpressure
+//   GET  /omnirelay/control/leaders       every observed scope: leader, fencing token,
+//                                         lease expiry, this node's candidacy (leadership on)
+//   POST /omnirelay/control/promote?scope=S&node=N   hand scope S over to node N
+//   POST /omnirelay/control/fenced-write?scope=S&key=K&value=V  a control write as
+//                                         leader of S (412 when not leader / fenced)
 //
 // Drain protocol: Drain() makes new calls fail Unavailable (HTTP 503 +
 // retry-after) and /readyz 503; WaitIdle() waits for admitted calls; Stop()
@@ -33,6 +38,7 @@
 #include "omnirelay/dispatcher/echo.h"
 #include "omnirelay/gateway/gateway.h"
 #include "omnirelay/http/http_server.h"
+#include "omnirelay/leadership/manager.h"
 #include "omnirelay/middleware/middleware.h"
 #include "omnirelay/transport/grpc_transport.h"
 #include "omnirelay/transport/http_transport.h"
@@ -68,6 +74,9 @@ class Node {
   std::string grpc_address() const { return grpc_ ? grpc_->address() : ""; }
   std::string http_address() const { return http_ ? http_->address() : ""; }
   std::string admin_address() const { return admin_ ? admin_->address() : ""; }
+  // Leadership (config `leadership`), null without it.
+  std::shared_ptr<leadership::LeadershipManager> leadership() const { return leadership_; }
+  nlohmann::json LeadersJson() const;
 
  private:
   explicit Node(config::NodeConfig config);
@@ -88,6 +97,9 @@ class Node {
   std::unique_ptr<transport::HttpInbound> http_;
   std::unique_ptr<http::HttpServer> admin_;
   std::unique_ptr<gateway::Gateway> gateway_;  // gateway mode (config `gateway`)
+  absl::Status StartLeadership();
+  std::shared_ptr<coord::LeadershipStore> coord_store_;
+  std::shared_ptr<leadership::LeadershipManager> leadership_;
   core::TimePoint started_at_{};
   bool started_ = false;
   bool stopped_ = false;
