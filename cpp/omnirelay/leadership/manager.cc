@@ -300,6 +300,15 @@ void LeadershipManager::LapseIfExpired() {
 void LeadershipManager::OnLeader(const std::string& name,
                                  const std::optional<coord::Leadership>& leader) {
   auto& scope = ScopeFor(name);
+  if (scope.held && (!leader || leader->fencing_token < scope.held->fencing_token)) {
+    // Events arrive asynchronously: one older than our own election (the
+    // scope leaderless, or an earlier leader) must not unseat us. Ask the store.
+    auto current = store_->Leader(name);
+    if (current.ok() && current->has_value() && (*current)->key == scope.held->key) {
+      RecordLeader(scope, *current);
+      return;
+    }
+  }
   RecordLeader(scope, leader);
   if (scope.held && (!leader || leader->key != scope.held->key)) {
     DropHeld(name, "observed another leader");
@@ -401,6 +410,16 @@ void LeadershipManager::TryWin(const std::string& name, std::uint64_t epoch) {
   if (!won->has_value()) return;  // someone else leads; the observe stream will say who
   scope.held = **won;
   RecordLeader(scope, scope.held);
+  if (scope.promote_target == options_.node_id && clock_->Now() < scope.promote_deadline) {
+    // Promotion done: end the other candidates' hold-off now, so that if we
+    // fail right away the normal failover (not the marker's deadline) applies.
+    const std::string key = std::string(kPromotePrefix) + name;
+    auto marker = store_->Get(key);
+    if (marker.ok() && marker->has_value()) {
+      store_->CompareAndSwap(key, options_.node_id + "|0", (*marker)->mod_revision).IgnoreError();
+    }
+    scope.promote_deadline = core::TimePoint{};
+  }
   core::LogInfo(
       "leadership.acquired",
       {{"node", options_.node_id}, {"scope", name}, {"fencing_token", scope.held->fencing_token}});

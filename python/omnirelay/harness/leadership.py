@@ -25,6 +25,7 @@ from omnirelay.cli import register_verb
 from omnirelay.topology import Topology, TopologyBuilder
 
 ETCD_BINARY = "/usr/bin/etcd"
+PROMETHEUS_BINARY = "/usr/bin/prometheus"
 
 
 def add_etcd(builder: TopologyBuilder, name: str = "etcd") -> TopologyBuilder:
@@ -45,6 +46,52 @@ def add_etcd(builder: TopologyBuilder, name: str = "etcd") -> TopologyBuilder:
     ])
     spec.with_ready(ready_file=False, http=None, ports=["client"], timeout_s=30.0)
     return builder
+
+
+def add_prometheus(builder: TopologyBuilder, scrape: Sequence[str] = ("*",), name: str = "prometheus",
+                   interval: str = "1s") -> TopologyBuilder:
+    """Adds a Prometheus server (Debian's ``prometheus``) scraping ``/metrics`` on
+    the admin port of every node whose role is in ``scrape`` (``*`` = every
+    serve node). Its HTTP API is on the node's ``web`` port; query it with
+    :func:`prometheus_query`."""
+    binary = shutil.which("prometheus") or PROMETHEUS_BINARY
+    targets = [f"${{all.{role}.admin}}" for role in scrape]
+    spec = builder.node(name, role="prometheus", ports=["web"])
+    spec.with_config({
+        "global": {"scrape_interval": interval, "evaluation_interval": interval},
+        "scrape_configs": [{"job_name": "omnirelay", "metrics_path": "/metrics",
+                            "static_configs": [{"targets": targets}]}],
+    })
+    spec.with_command(binary, [
+        "--config.file=${self.config_file}",
+        "--storage.tsdb.path=${self.dir}/tsdb",
+        "--web.listen-address=${self.web}",
+    ])
+    spec.with_ready(ready_file=False, http=None, ports=["web"], timeout_s=30.0)
+    return builder
+
+
+def prometheus_query(web: str, query: str, at: Optional[float] = None) -> List[Dict[str, Any]]:
+    """Instant query against Prometheus's HTTP API (``/api/v1/query``); the result vector."""
+    params = {"query": query}
+    if at is not None:
+        params["time"] = f"{at:.3f}"
+    with urllib.request.urlopen(f"http://{web}/api/v1/query?" + urllib.parse.urlencode(params), timeout=5) as r:
+        body = json.loads(r.read())
+    if body.get("status") != "success":
+        raise RuntimeError(f"prometheus query {query!r}: {body}")
+    return body["data"]["result"]
+
+
+def prometheus_range(web: str, query: str, start: float, end: float, step: str = "1s") -> List[Dict[str, Any]]:
+    """Range query (``/api/v1/query_range``); one entry per series with ``values``."""
+    params = {"query": query, "start": f"{start:.3f}", "end": f"{end:.3f}", "step": step}
+    with urllib.request.urlopen(f"http://{web}/api/v1/query_range?" + urllib.parse.urlencode(params),
+                                timeout=5) as r:
+        body = json.loads(r.read())
+    if body.get("status") != "success":
+        raise RuntimeError(f"prometheus query_range {query!r}: {body}")
+    return body["data"]["result"]
 
 
 def apply_leadership(topology: Topology, scopes: Dict[str, Sequence[Tuple[str, int]]],
@@ -174,3 +221,37 @@ def _mesh_verb(argv: List[str]) -> int:
             print(f"  {name:<10}{help_text}")
         return 0 if argv and argv[0] in ("-h", "--help") else 2
     return MESH_SUBVERBS[argv[0]][1](argv[1:])
+
+
+# -- the seed's GlobalLeaderWithRegions shape, with leadership -----------------------------
+
+#: Who leads what on bootstrap in :func:`leadership_topology`.
+ROLE_MAP = {"global": "global-leader", "region/west": "west-leader", "region/east": "east-leader"}
+
+
+def leadership_topology(store: str = "sqlite", prometheus: bool = False, profile: str = "fast") -> Topology:
+    """A global leader and two regional leaders (one serve process each) sharing
+    a coordination store (``sqlite``: one file; ``etcd``: an etcd node the
+    harness starts first), optionally with a Prometheus node scraping them.
+    West's regional leader is promoted first when the global leader is lost."""
+    b = TopologyBuilder(f"leadership-{store}", "global leader + two regional leaders sharing a store")
+    if store == "etcd":
+        add_etcd(b)
+    b.node("global-leader", role="leader", region="east", zone="east-a")
+    b.node("west-leader", role="leader", region="west", zone="west-a")
+    b.node("east-leader", role="leader", region="east", zone="east-b")
+    if prometheus:
+        add_prometheus(b, scrape=("leader",))
+    t = b.build()
+    apply_leadership(t, {
+        "global-leader": [("global", 0)],
+        "west-leader": [("region/west", 0)],
+        "east-leader": [("region/east", 0)],
+    }, store=store, profile=profile, observe=["global", "region/west", "region/east"])
+    t.node("east-leader").config["omniRelay"]["leadership"]["promotionPriority"] = 2
+    return t
+
+
+def role_map(admin: str) -> Dict[str, Optional[str]]:
+    """scope -> leader as the node at ``admin`` sees it."""
+    return {s["scope"]: s["leader"] for s in leaders(admin)["scopes"]}
