@@ -40,6 +40,7 @@ def main(argv: Optional[List[str]] = None) -> int:
     import omnirelay.harness.stack_verbs  # noqa: F401  (registers `stack`)
     import omnirelay.resourcelease_verbs  # noqa: F401  (registers `resourcelease`)
     import omnirelay.mesh  # noqa: F401  (registers `mesh`)
+    import omnirelay.harness.leadership  # noqa: F401  (registers `mesh leaders|promote`)
 
     argv = list(sys.argv[1:] if argv is None else argv)
     if argv and argv[0] in PYTHON_VERBS:

@@ -575,7 +575,116 @@ void ParseMesh(const nlohmann::json& value, const NodeConfig& node, Errors& erro
   }
 }
 
+bool ValidLeadershipScope(const std::string& scope) {
+  std::vector<std::string> parts;
+  size_t start = 0;
+  while (true) {
+    const size_t slash = scope.find('/', start);
+    parts.push_back(scope.substr(start, slash == std::string::npos ? slash : slash - start));
+    if (slash == std::string::npos) break;
+    start = slash + 1;
+  }
+  if (parts.size() == 1) return parts[0] == "global";
+  if (parts.size() == 2) return parts[0] == "region" && ValidName(parts[1]);
+  if (parts.size() == 3) return parts[0] == "shard" && ValidName(parts[1]) && ValidName(parts[2]);
+  return false;
+}
+
+void ParseLeadership(const nlohmann::json& value, Errors& errors, LeadershipConfig& out) {
+  const std::string path = "omniRelay.leadership";
+  Obj l(value, path, errors);
+  l.String("store", out.store);
+  out.store = Lower(out.store);
+  if (out.store != "sqlite" && out.store != "etcd" && out.store != "memory") {
+    errors.Add(path + ".store", "unknown store '" + out.store + "' (sqlite, etcd, memory)");
+  }
+  l.String("path", out.path);
+  l.Strings("endpoints", out.endpoints);
+  for (auto& endpoint : out.endpoints) {
+    endpoint = StripScheme(endpoint);
+    if (!ValidAddress(endpoint)) {
+      errors.Add(path + ".endpoints", "'" + endpoint + "' is not host:port");
+    }
+  }
+  if (out.store == "etcd" && out.endpoints.empty()) {
+    errors.Add(path + ".endpoints", "the etcd store needs at least one endpoint");
+  }
+  if (out.store == "sqlite" && out.path.empty()) {
+    errors.Add(path + ".path", "the sqlite store needs a database path");
+  }
+  l.String("profile", out.profile);
+  out.profile = Lower(out.profile);
+  if (out.profile == "fast") {
+    out.lease_ttl = std::chrono::seconds(2);
+    out.bootstrap_step = std::chrono::seconds(1);
+    out.failover_step = std::chrono::milliseconds(200);
+  } else if (out.profile != "default") {
+    errors.Add(path + ".profile", "unknown profile '" + out.profile + "' (default, fast)");
+  }
+  l.Dur("leaseTtl", out.lease_ttl);
+  l.Dur("bootstrapStep", out.bootstrap_step);
+  l.Dur("failoverStep", out.failover_step);
+  l.Dur("maxClockSkew", out.max_clock_skew);
+  l.Dur("dialTimeout", out.dial_timeout);
+  if (out.lease_ttl < std::chrono::milliseconds(100)) {
+    errors.Add(path + ".leaseTtl", "must be at least 100ms");
+  }
+  if (const auto* scopes = l.Get("scopes")) {
+    if (!scopes->is_array()) {
+      errors.Add(path + ".scopes", "must be a list");
+    } else {
+      for (size_t i = 0; i < scopes->size(); ++i) {
+        const std::string spath = path + ".scopes[" + std::to_string(i) + "]";
+        LeadershipScopeConfig scope;
+        if ((*scopes)[i].is_string()) {
+          scope.scope = (*scopes)[i].get<std::string>();
+        } else {
+          Obj s(*&(*scopes)[i], spath, errors);
+          s.String("scope", scope.scope);
+          s.Int("priority", scope.priority, 0);
+        }
+        if (!ValidLeadershipScope(scope.scope)) {
+          errors.Add(spath, "'" + scope.scope +
+                                "' is not a scope (global, region/<name>, shard/<namespace>/<id>)");
+        }
+        out.scopes.push_back(std::move(scope));
+      }
+    }
+  }
+  l.Strings("observe", out.observe);
+  for (const auto& scope : out.observe) {
+    if (!ValidLeadershipScope(scope)) {
+      errors.Add(path + ".observe", "'" + scope + "' is not a scope");
+    }
+  }
+  l.Bool("promoteRegionalToGlobal", out.promote_regional_to_global);
+  l.Int("promotionPriority", out.promotion_priority, 0);
+}
+
 }  // namespace
+
+nlohmann::json LeadershipToJson(const LeadershipConfig& l) {
+  auto ms = [](core::Duration d) {
+    return std::chrono::duration_cast<std::chrono::milliseconds>(d).count();
+  };
+  nlohmann::json scopes = nlohmann::json::array();
+  for (const auto& scope : l.scopes) {
+    scopes.push_back({{"scope", scope.scope}, {"priority", scope.priority}});
+  }
+  return {{"store", l.store},
+          {"path", l.path},
+          {"endpoints", l.endpoints},
+          {"profile", l.profile},
+          {"leaseTtlMs", ms(l.lease_ttl)},
+          {"bootstrapStepMs", ms(l.bootstrap_step)},
+          {"failoverStepMs", ms(l.failover_step)},
+          {"maxClockSkewMs", ms(l.max_clock_skew)},
+          {"dialTimeoutMs", ms(l.dial_timeout)},
+          {"scopes", scopes},
+          {"observe", l.observe},
+          {"promoteRegionalToGlobal", l.promote_regional_to_global},
+          {"promotionPriority", l.promotion_priority}};
+}
 
 const std::vector<std::string>& StatusCodeNames() {
   static const std::vector<std::string> names = {"OK",
@@ -907,6 +1016,12 @@ absl::StatusOr<NodeConfig> Parse(const nlohmann::json& root) {
     if (const auto* rl = top.Get("resourceLease"); rl != nullptr && !rl->is_null()) {
       ParseResourceLease(*rl, errors, config);
     }
+    if (const auto* leadership = top.Get("leadership");
+        leadership != nullptr && !leadership->is_null()) {
+      LeadershipConfig parsed;
+      ParseLeadership(*leadership, errors, parsed);
+      config.leadership = std::move(parsed);
+    }
     if (const auto* echo = top.Get("echo")) {
       Obj e(*echo, "omniRelay.echo", errors);
       config.echo.enabled = true;
@@ -1092,6 +1207,9 @@ nlohmann::json ToJson(const NodeConfig& c) {
   }
   if (c.mesh) {
     out["mesh"] = MeshToJson(*c.mesh);
+  }
+  if (c.leadership) {
+    out["leadership"] = LeadershipToJson(*c.leadership);
   }
   if (c.middleware.rate_limit) {
     out["middleware"]["rateLimit"] = {

@@ -201,6 +201,30 @@ struct ResourceLeaseConfig {
   std::map<std::string, ResourceLeaseQueueConfig> namespaces;  // never empty once parsed
 };
 
+// Leadership (issue 11, docs/leadership.md): the coordination store this
+// node uses and the scopes it may lead. The node id comes from
+// omniRelay.mesh.identity.nodeId (or omniRelay.service without a mesh block).
+struct LeadershipScopeConfig {
+  std::string scope;  // global | region/<name> | shard/<namespace>/<id>
+  int priority = 0;   // 0 = declared leader; larger waits longer
+};
+
+struct LeadershipConfig {
+  std::string store = "sqlite";             // sqlite | etcd | memory
+  std::string path = "omnirelay-coord.db";  // sqlite database file (shared per host)
+  std::vector<std::string> endpoints;       // etcd host:port
+  std::string profile = "default";          // default (10 s lease) | fast (2 s lease)
+  core::Duration lease_ttl = std::chrono::seconds(10);
+  core::Duration bootstrap_step = std::chrono::seconds(2);
+  core::Duration failover_step = std::chrono::milliseconds(250);
+  core::Duration max_clock_skew = std::chrono::milliseconds(250);
+  core::Duration dial_timeout = std::chrono::seconds(3);
+  std::vector<LeadershipScopeConfig> scopes;
+  std::vector<std::string> observe;
+  bool promote_regional_to_global = true;
+  int promotion_priority = 1;
+};
+
 // gRPC status code names ("OK", "CANCELLED", ..., "UNAUTHENTICATED").
 const std::vector<std::string>& StatusCodeNames();
 
@@ -216,6 +240,7 @@ struct NodeConfig {
   std::optional<GatewayConfig> gateway;
   std::optional<MeshConfig> mesh;  // `omniRelay.mesh`: membership on (needs a gRPC inbound)
   std::optional<ResourceLeaseConfig> resource_lease;
+  std::optional<LeadershipConfig> leadership;  // `omniRelay.leadership`
   core::Duration drain_timeout = std::chrono::seconds(10);
 };
 
@@ -242,6 +267,8 @@ absl::StatusOr<NodeConfig> Load(const std::string& path, const std::vector<std::
 
 // The effective configuration as JSON (introspection, `config validate`).
 nlohmann::json ToJson(const NodeConfig& config);
+// The `leadership` block of ToJson.
+nlohmann::json LeadershipToJson(const LeadershipConfig& leadership);
 // The `mesh` block of ToJson (durations as "...Ms" numbers).
 nlohmann::json MeshToJson(const MeshConfig& mesh);
 

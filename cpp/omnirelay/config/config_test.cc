@@ -237,5 +237,50 @@ TEST(ConfigTest, ResourceLeaseNamespacesAndErrorsByKeyPath) {
   EXPECT_EQ(config->resource_lease->namespaces.count("default"), 1u) << "one default queue";
 }
 
+TEST(LeadershipConfigTest, ParsesStoreScopesAndFastProfile) {
+  auto root = Base();
+  root["omniRelay"]["leadership"] = nlohmann::json::parse(R"({
+    "store": "etcd", "endpoints": ["http://127.0.0.1:2379"], "profile": "fast",
+    "scopes": ["global", {"scope": "region/west", "priority": 2}],
+    "observe": ["region/east"], "promotionPriority": 3
+  })");
+  auto config = Parse(root);
+  ASSERT_TRUE(config.ok()) << config.status();
+  ASSERT_TRUE(config->leadership.has_value());
+  const auto& l = *config->leadership;
+  EXPECT_EQ(l.store, "etcd");
+  EXPECT_EQ(l.endpoints, std::vector<std::string>{"127.0.0.1:2379"});
+  EXPECT_EQ(l.lease_ttl, std::chrono::seconds(2));
+  ASSERT_EQ(l.scopes.size(), 2u);
+  EXPECT_EQ(l.scopes[0].scope, "global");
+  EXPECT_EQ(l.scopes[0].priority, 0);
+  EXPECT_EQ(l.scopes[1].scope, "region/west");
+  EXPECT_EQ(l.scopes[1].priority, 2);
+  EXPECT_EQ(l.promotion_priority, 3);
+  EXPECT_EQ(ToJson(*config)["omniRelay"]["leadership"]["leaseTtlMs"], 2000);
+}
+
+TEST(LeadershipConfigTest, ErrorsNameTheKeyPath) {
+  auto root = Base();
+  root["omniRelay"]["leadership"] = nlohmann::json::parse(R"({
+    "store": "zookeeper", "scopes": ["regions/west"], "profile": "slow", "leaseTtl": "10ms"
+  })");
+  auto config = Parse(root);
+  ASSERT_FALSE(config.ok());
+  const std::string message(config.status().message());
+  for (const char* expected : {"omniRelay.leadership.store: unknown store 'zookeeper'",
+                               "omniRelay.leadership.scopes[0]: 'regions/west' is not a scope",
+                               "omniRelay.leadership.profile: unknown profile 'slow'",
+                               "omniRelay.leadership.leaseTtl: must be at least 100ms"}) {
+    EXPECT_NE(message.find(expected), std::string::npos) << expected << "\nin:\n" << message;
+  }
+  root["omniRelay"]["leadership"] = {{"store", "etcd"}};
+  config = Parse(root);
+  ASSERT_FALSE(config.ok());
+  EXPECT_NE(std::string(config.status().message())
+                .find("omniRelay.leadership.endpoints: the etcd store needs at least one endpoint"),
+            std::string::npos);
+}
+
 }  // namespace
 }  // namespace omnirelay::config

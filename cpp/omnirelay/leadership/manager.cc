@@ -51,6 +51,9 @@ struct LeadershipManager::Scope {
   std::uint64_t epoch = 0;  // invalidates scheduled campaign attempts
   std::string promote_target;
   core::TimePoint promote_deadline{};
+  // The target was seen leading since the marker was set: the hand-over is
+  // done and the hold-off ends (a later loss is a normal failover).
+  bool promote_target_seen = false;
 };
 
 std::shared_ptr<LeadershipManager> LeadershipManager::Create(
@@ -300,6 +303,15 @@ void LeadershipManager::LapseIfExpired() {
 void LeadershipManager::OnLeader(const std::string& name,
                                  const std::optional<coord::Leadership>& leader) {
   auto& scope = ScopeFor(name);
+  if (scope.held && (!leader || leader->fencing_token < scope.held->fencing_token)) {
+    // Events arrive asynchronously: one older than our own election (the
+    // scope leaderless, or an earlier leader) must not unseat us. Ask the store.
+    auto current = store_->Leader(name);
+    if (current.ok() && current->has_value() && (*current)->key == scope.held->key) {
+      RecordLeader(scope, *current);
+      return;
+    }
+  }
   RecordLeader(scope, leader);
   if (scope.held && (!leader || leader->key != scope.held->key)) {
     DropHeld(name, "observed another leader");
@@ -313,6 +325,7 @@ void LeadershipManager::RecordLeader(Scope& scope, const std::optional<coord::Le
   const std::string before_value = scope.observed ? scope.observed->value : "";
   scope.observed = leader;
   if (leader) scope.ever_led = true;
+  if (leader && leader->value == scope.promote_target) scope.promote_target_seen = true;
   directory_->Set(scope.name, leader ? std::optional<LeaderInfo>(
                                            LeaderInfo{leader->value, leader->fencing_token})
                                      : std::nullopt);
@@ -335,6 +348,8 @@ void LeadershipManager::OnPromoteMarker(const std::string& name, const std::stri
   if (bar == std::string::npos) return;
   auto& scope = ScopeFor(name);
   scope.promote_target = value.substr(0, bar);
+  scope.promote_target_seen =
+      scope.observed.has_value() && scope.observed->value == scope.promote_target;
   scope.promote_deadline =
       core::TimePoint(std::chrono::milliseconds(std::atoll(value.c_str() + bar + 1)));
   if (clock_->Now() >= scope.promote_deadline) return;
@@ -369,7 +384,8 @@ int LeadershipManager::EffectivePriority(const Scope& scope) const {
 void LeadershipManager::Consider(const std::string& name) {
   auto& scope = ScopeFor(name);
   if (!lease_ || scope.held || scope.observed) return;
-  const bool promotion_active = clock_->Now() < scope.promote_deadline;
+  const bool promotion_active =
+      clock_->Now() < scope.promote_deadline && !scope.promote_target_seen;
   core::Duration delay{};
   if (promotion_active) {
     if (scope.promote_target != options_.node_id) return;  // hold off for the target
@@ -401,6 +417,16 @@ void LeadershipManager::TryWin(const std::string& name, std::uint64_t epoch) {
   if (!won->has_value()) return;  // someone else leads; the observe stream will say who
   scope.held = **won;
   RecordLeader(scope, scope.held);
+  if (scope.promote_target == options_.node_id && clock_->Now() < scope.promote_deadline) {
+    // Promotion done: end the other candidates' hold-off now, so that if we
+    // fail right away the normal failover (not the marker's deadline) applies.
+    const std::string key = std::string(kPromotePrefix) + name;
+    auto marker = store_->Get(key);
+    if (marker.ok() && marker->has_value()) {
+      store_->CompareAndSwap(key, options_.node_id + "|0", (*marker)->mod_revision).IgnoreError();
+    }
+    scope.promote_deadline = core::TimePoint{};
+  }
   core::LogInfo(
       "leadership.acquired",
       {{"node", options_.node_id}, {"scope", name}, {"fencing_token", scope.held->fencing_token}});

@@ -116,6 +116,19 @@ TEST_F(ManagerTest, PromoteHandsOverCleanlyAndFencesTheOldLeader) {
   EXPECT_EQ(LeaderOf(*g, "global"), "west-leader");
 }
 
+TEST_F(ManagerTest, AFreshlyPromotedLeaderThatCrashesFailsOverAtLeaseExpiry) {
+  // The promotion marker holds other candidates off for 2 x TTL; once the
+  // target has won, it clears the marker so its own crash is a normal failover.
+  auto g = Node("global-leader", {{"global", 0}});
+  auto w = Node("west-leader", {{"region/west", 0}});
+  auto e = Node("east-leader", {{"region/east", 0}}, /*promotion_priority=*/2);
+  ASSERT_TRUE(e->Promote("global", "west-leader").ok());
+  ASSERT_TRUE(w->Held("global").has_value());
+  w->Freeze();
+  Step(2s + 50ms);  // w's lease has expired; global-leader (priority 0) campaigns at once
+  EXPECT_TRUE(g->Held("global").has_value()) << LeaderOf(*e, "global");
+}
+
 TEST_F(ManagerTest, UnreachableStoreLapsesLeadershipAtLeaseExpiryThenRecovers) {
   auto a = Node("a", {{"global", 0}});
   const auto old = a->Held("global");

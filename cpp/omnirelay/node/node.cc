@@ -342,6 +342,7 @@ absl::Status Node::Start() {
     gateway_ = std::move(*gateway);
     if (auto s = gateway_->Start(); !s.ok()) return s;
   }
+  if (auto s = StartLeadership(); !s.ok()) return s;
   auto hp = transport::ParseHostPort(config_.admin_address);
   if (!hp.ok()) return hp.status();
   // Backpressure SSE streams hold an admin worker each: give ResourceLease
@@ -471,6 +472,7 @@ void Node::Stop() {
   if (grpc_) grpc_->Shutdown(std::chrono::milliseconds(500));
   if (http_) http_->Stop();
   if (gateway_) gateway_->Stop();
+  if (leadership_) leadership_->Stop();  // resigns: successors take over at once
   dispatcher_->Stop();
   if (backpressure_diag_) backpressure_diag_->Close();  // ends SSE streams
   if (admin_) admin_->Stop();
@@ -511,8 +513,61 @@ nlohmann::json Node::Introspect() const {
   if (gateway_) out["gateway"] = gateway_->Introspect();
   if (!queues_.empty()) out["resourceLease"] = ResourceLeaseStats();
   if (config_.mesh) out["mesh"] = RoleMap();
+  if (leadership_) out["leadership"] = LeadersJson();
   out["config"] = config::ToJson(config_);
   return out;
+}
+
+absl::Status Node::StartLeadership() {
+  if (!config_.leadership) return absl::OkStatus();
+  const auto& l = *config_.leadership;
+  coord::StoreOptions store;
+  store.kind = l.store;
+  store.path = l.path;
+  store.endpoints = l.endpoints;
+  store.max_clock_skew = l.max_clock_skew;
+  store.dial_timeout = l.dial_timeout;
+  if (config_.mesh) store.key_prefix = "/omnirelay/" + config_.mesh->identity.cluster_name + "/";
+  // A mis-set store fails the start here, naming the path or endpoints.
+  auto opened = coord::LeadershipStore::Open(store, clock_, metrics_.get());
+  if (!opened.ok()) return opened.status();
+  coord_store_ = std::move(*opened);
+  leadership::LeadershipOptions options;
+  options.node_id = config_.mesh ? config_.mesh->identity.node_id : config_.service;
+  options.store = store;
+  options.lease_ttl = l.lease_ttl;
+  options.bootstrap_step = l.bootstrap_step;
+  options.failover_step = l.failover_step;
+  for (const auto& scope : l.scopes) options.candidacies.push_back({scope.scope, scope.priority});
+  options.observed_scopes = l.observe;
+  options.promote_regional_to_global = l.promote_regional_to_global;
+  options.promotion_priority = l.promotion_priority;
+  leadership_ =
+      leadership::LeadershipManager::Create(options, coord_store_, clock_, metrics_.get());
+  return leadership_->Start();
+}
+
+nlohmann::json Node::LeadersJson() const {
+  if (!leadership_) return nullptr;
+  nlohmann::json scopes = nlohmann::json::array();
+  for (const auto& scope : leadership_->Scopes()) {
+    nlohmann::json entry = {
+        {"scope", scope.scope},
+        {"leader", scope.leader ? nlohmann::json(scope.leader->node) : nullptr},
+        {"fencingToken", scope.fencing_token},
+        {"held", scope.held},
+        {"candidate", scope.candidate},
+        {"priority", scope.candidate ? nlohmann::json(scope.priority) : nullptr}};
+    entry["leaseExpiresAt"] = scope.lease_expires_at
+                                  ? nlohmann::json(core::FormatTimestamp(*scope.lease_expires_at))
+                                  : nullptr;
+    scopes.push_back(std::move(entry));
+  }
+  return {{"node", leadership_->node_id()},
+          {"store", config_.leadership->store},
+          {"readyForLeaderWork", leadership_->ready_for_leader_work()},
+          {"fencedWritesRejected", coord_store_->fenced_writes_rejected()},
+          {"scopes", scopes}};
 }
 
 void Node::AddAdminRoutes(http::HttpServer& server) {
@@ -561,6 +616,51 @@ void Node::AddAdminRoutes(http::HttpServer& server) {
     }
     return http::HttpResponse::Json(200, membership_->ToJson().dump());
   });
+  server.Route("GET", "/omnirelay/control/leaders", [this](const http::HttpRequest&) {
+    if (!leadership_) {
+      return http::HttpResponse::Json(404, R"({"error":"leadership is not configured"})");
+    }
+    return http::HttpResponse::Json(200, LeadersJson().dump());
+  });
+  auto status_json = [](const absl::Status& status) {
+    nlohmann::json body = {{"error", std::string(status.message())},
+                           {"status", std::string(core::StatusCodeName(status.code()))}};
+    if (auto code = core::ErrorCode(status)) body["code"] = *code;
+    return http::HttpResponse::Json(core::ToHttpStatus(status.code()), body.dump());
+  };
+  server.Route(
+      "POST", "/omnirelay/control/promote", [this, status_json](const http::HttpRequest& request) {
+        if (!leadership_) {
+          return http::HttpResponse::Json(404, R"({"error":"leadership is not configured"})");
+        }
+        auto status = leadership_->Promote(request.QueryParam("scope").value_or(""),
+                                           request.QueryParam("node").value_or(""));
+        if (!status.ok()) return status_json(status);
+        return http::HttpResponse::Json(200, LeadersJson().dump());
+      });
+  server.Route(
+      "POST", "/omnirelay/control/fenced-write",
+      [this, status_json](const http::HttpRequest& request) {
+        if (!leadership_) {
+          return http::HttpResponse::Json(404, R"({"error":"leadership is not configured"})");
+        }
+        const std::string scope = request.QueryParam("scope").value_or("");
+        // The token reported is exactly the one the write was fenced with.
+        auto held = leadership_->Held(scope);
+        if (!held) {
+          return status_json(core::MakeStatus(
+              core::StatusCode::kFailedPrecondition,
+              "not the leader of " + scope + " (node " + leadership_->node_id() + ")",
+              "not-leader"));
+        }
+        auto written = coord_store_->FencedPut(*held, request.QueryParam("key").value_or(""),
+                                               request.QueryParam("value").value_or(""));
+        if (!written.ok()) return status_json(written.status());
+        nlohmann::json body = {{"revision", *written},
+                               {"fencingToken", held->fencing_token},
+                               {"node", leadership_->node_id()}};
+        return http::HttpResponse::Json(200, body.dump());
+      });
   server.Route("POST", "/omnirelay/control/backpressure", [this](const http::HttpRequest& request) {
     if (!rate_limiter_) {
       return http::HttpResponse::Json(404, R"({"error":"rate limiting is not configured"})");

@@ -19,6 +19,11 @@
 //   GET  /omnirelay/control/backpressure/stream   transitions as Server-Sent Events
 //   GET  /omnirelay/control/resourcelease         queue stats per namespace
 //   GET  /omnirelay/control/resourcelease/health  queue health probe (503 when drained)
+//   GET  /omnirelay/control/leaders       every observed scope: leader, fencing token,
+//                                         lease expiry, this node's candidacy (leadership on)
+//   POST /omnirelay/control/promote?scope=S&node=N   hand scope S over to node N
+//   POST /omnirelay/control/fenced-write?scope=S&key=K&value=V  a control write as
+//                                         leader of S (412 when not leader / fenced)
 //
 // Drain protocol: Drain() makes new calls fail Unavailable (HTTP 503 +
 // retry-after) and /readyz 503; WaitIdle() waits for admitted calls; Stop()
@@ -41,6 +46,7 @@
 #include "omnirelay/mesh/grpc_gossip.h"
 #include "omnirelay/mesh/membership.h"
 #include "omnirelay/peers/health_tracker.h"
+#include "omnirelay/leadership/manager.h"
 #include "omnirelay/middleware/middleware.h"
 #include "omnirelay/resourcelease/diagnostics.h"
 #include "omnirelay/resourcelease/queue.h"
@@ -87,6 +93,9 @@ class Node {
   std::shared_ptr<mesh::Membership> membership() const { return membership_; }
   // {"self": identity, "roleMap": {id: {roles, region, zone, labels, state}}}
   nlohmann::json RoleMap() const;
+  // Leadership (config `leadership`), null without it.
+  std::shared_ptr<leadership::LeadershipManager> leadership() const { return leadership_; }
+  nlohmann::json LeadersJson() const;
 
  private:
   explicit Node(config::NodeConfig config);
@@ -123,6 +132,9 @@ class Node {
   std::shared_ptr<mesh::Membership> membership_;
   std::shared_ptr<peers::PeerLeaseHealthTracker> mesh_health_;
   std::vector<core::ObservableHandle> mesh_metrics_;
+  absl::Status StartLeadership();
+  std::shared_ptr<coord::LeadershipStore> coord_store_;
+  std::shared_ptr<leadership::LeadershipManager> leadership_;
   core::TimePoint started_at_{};
   bool started_ = false;
   bool stopped_ = false;

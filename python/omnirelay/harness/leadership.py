@@ -1,0 +1,257 @@
+"""Leadership in topologies and scenarios (issue 11, docs/leadership.md).
+
+* :func:`add_etcd` puts a real etcd server (Debian's ``/usr/bin/etcd``) into a
+  topology as a node of its own, on harness-allocated ports, so the etcd
+  coordination store is started, killed and paused like any node.
+* :func:`apply_leadership` gives every serve node an ``omniRelay.leadership``
+  block: the store (``sqlite``: one file in the cluster directory shared by the
+  nodes of this host; ``etcd``: the etcd node) and the scopes it may lead.
+* :func:`leaders`, :func:`promote`, :func:`fenced_write` call a node's admin
+  endpoints (``/omnirelay/control/leaders``, ``.../promote``, ``.../fenced-write``).
+* ``omnirelay mesh leaders|promote`` are the CLI verbs on top of them.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shutil
+import urllib.error
+import urllib.parse
+import urllib.request
+from typing import Any, Dict, List, Optional, Sequence, Tuple
+
+from omnirelay.cli import register_verb
+from omnirelay.topology import Topology, TopologyBuilder
+
+ETCD_BINARY = "/usr/bin/etcd"
+PROMETHEUS_BINARY = "/usr/bin/prometheus"
+
+
+def add_etcd(builder: TopologyBuilder, name: str = "etcd") -> TopologyBuilder:
+    """Adds an etcd node (ports ``client`` and ``peer``; ready when ``client`` accepts TCP)."""
+    binary = shutil.which("etcd") or ETCD_BINARY
+    spec = builder.node(name, role="etcd", ports=["client", "peer"])
+    spec.with_command(binary, [
+        "--name", name,
+        "--data-dir", "${self.dir}/data",
+        "--listen-client-urls", "http://${self.client}",
+        "--advertise-client-urls", "http://${self.client}",
+        "--listen-peer-urls", "http://${self.peer}",
+        "--initial-advertise-peer-urls", "http://${self.peer}",
+        "--initial-cluster", name + "=http://${self.peer}",
+        # Short Raft timings so 1-2 s leases are allowed.
+        "--heartbeat-interval", "50",
+        "--election-timeout", "500",
+    ])
+    spec.with_ready(ready_file=False, http=None, ports=["client"], timeout_s=30.0)
+    return builder
+
+
+def add_prometheus(builder: TopologyBuilder, scrape: Sequence[str] = ("*",), name: str = "prometheus",
+                   interval: str = "1s") -> TopologyBuilder:
+    """Adds a Prometheus server (Debian's ``prometheus``) scraping ``/metrics`` on
+    the admin port of every node whose role is in ``scrape`` (``*`` = every
+    serve node). Its HTTP API is on the node's ``web`` port; query it with
+    :func:`prometheus_query`."""
+    binary = shutil.which("prometheus") or PROMETHEUS_BINARY
+    targets = [f"${{all.{role}.admin}}" for role in scrape]
+    spec = builder.node(name, role="prometheus", ports=["web"])
+    spec.with_config({
+        "global": {"scrape_interval": interval, "evaluation_interval": interval},
+        "scrape_configs": [{"job_name": "omnirelay", "metrics_path": "/metrics",
+                            "static_configs": [{"targets": targets}]}],
+    })
+    spec.with_command(binary, [
+        "--config.file=${self.config_file}",
+        "--storage.tsdb.path=${self.dir}/tsdb",
+        "--web.listen-address=${self.web}",
+    ])
+    spec.with_ready(ready_file=False, http=None, ports=["web"], timeout_s=30.0)
+    return builder
+
+
+def prometheus_query(web: str, query: str, at: Optional[float] = None) -> List[Dict[str, Any]]:
+    """Instant query against Prometheus's HTTP API (``/api/v1/query``); the result vector."""
+    params = {"query": query}
+    if at is not None:
+        params["time"] = f"{at:.3f}"
+    with urllib.request.urlopen(f"http://{web}/api/v1/query?" + urllib.parse.urlencode(params), timeout=5) as r:
+        body = json.loads(r.read())
+    if body.get("status") != "success":
+        raise RuntimeError(f"prometheus query {query!r}: {body}")
+    return body["data"]["result"]
+
+
+def prometheus_range(web: str, query: str, start: float, end: float, step: str = "1s") -> List[Dict[str, Any]]:
+    """Range query (``/api/v1/query_range``); one entry per series with ``values``."""
+    params = {"query": query, "start": f"{start:.3f}", "end": f"{end:.3f}", "step": step}
+    with urllib.request.urlopen(f"http://{web}/api/v1/query_range?" + urllib.parse.urlencode(params),
+                                timeout=5) as r:
+        body = json.loads(r.read())
+    if body.get("status") != "success":
+        raise RuntimeError(f"prometheus query_range {query!r}: {body}")
+    return body["data"]["result"]
+
+
+def apply_leadership(topology: Topology, scopes: Dict[str, Sequence[Tuple[str, int]]],
+                     store: str = "sqlite", profile: str = "fast", etcd: str = "etcd",
+                     observe: Sequence[str] = ("global",), **extra: Any) -> Topology:
+    """Sets ``omniRelay.leadership`` on every node named in ``scopes``
+    (node -> [(scope, priority), ...]; an empty list = observer only)."""
+    for node in topology.nodes:
+        if node.name not in scopes:
+            continue
+        block: Dict[str, Any] = {
+            "store": store,
+            "profile": profile,
+            "scopes": [{"scope": s, "priority": p} for s, p in scopes[node.name]],
+            "observe": list(observe),
+        }
+        if store == "sqlite":
+            block["path"] = "${self.dir}/../../coord.db"  # one file for the whole cluster
+        elif store == "etcd":
+            block["endpoints"] = ["${direct." + etcd + ".client}"]
+        block.update(extra)
+        config = node.config or {}
+        config.setdefault("omniRelay", {})["leadership"] = block
+        node.config = config
+    return topology
+
+
+def _admin_call(admin: str, method: str, path: str, params: Optional[Dict[str, str]] = None,
+                timeout: float = 5.0) -> Tuple[int, Dict[str, Any]]:
+    url = f"http://{admin}{path}"
+    if params:
+        url += "?" + urllib.parse.urlencode(params)
+    request = urllib.request.Request(url, method=method, data=b"" if method == "POST" else None)
+    try:
+        with urllib.request.urlopen(request, timeout=timeout) as response:
+            return response.status, json.loads(response.read() or b"{}")
+    except urllib.error.HTTPError as error:
+        body = error.read()
+        try:
+            return error.code, json.loads(body or b"{}")
+        except ValueError:
+            return error.code, {"error": body.decode(errors="replace")}
+
+
+def leaders(admin: str) -> Dict[str, Any]:
+    """``GET /omnirelay/control/leaders`` of the node at ``admin`` (host:port)."""
+    status, body = _admin_call(admin, "GET", "/omnirelay/control/leaders")
+    if status != 200:
+        raise RuntimeError(f"GET leaders on {admin}: {status} {body}")
+    return body
+
+
+def leader_of(admin: str, scope: str) -> Optional[str]:
+    for entry in leaders(admin)["scopes"]:
+        if entry["scope"] == scope:
+            return entry["leader"]
+    return None
+
+
+def promote(admin: str, scope: str, node: str) -> Dict[str, Any]:
+    status, body = _admin_call(admin, "POST", "/omnirelay/control/promote", {"scope": scope, "node": node})
+    if status != 200:
+        raise RuntimeError(f"promote {scope} -> {node} via {admin}: {status} {body}")
+    return body
+
+
+def fenced_write(admin: str, scope: str, key: str, value: str, timeout: float = 5.0) -> Tuple[int, Dict[str, Any]]:
+    """A control write as leader of ``scope``: (HTTP status, body). 200 carries
+    ``revision`` and ``fencingToken``; 400/412 is a refusal (not leader / fenced)."""
+    return _admin_call(admin, "POST", "/omnirelay/control/fenced-write",
+                       {"scope": scope, "key": key, "value": value}, timeout=timeout)
+
+
+# -- CLI: omnirelay mesh leaders | promote ---------------------------------------------
+
+MESH_SUBVERBS: Dict[str, Any] = {}
+
+
+def _leaders_verb(argv: List[str]) -> int:
+    parser = argparse.ArgumentParser(prog="omnirelay mesh leaders",
+                                     description="Every scope's leader as a node sees it.")
+    parser.add_argument("--admin", required=True, help="admin host:port of any node")
+    parser.add_argument("--json", action="store_true", help="print the raw JSON")
+    args = parser.parse_args(argv)
+    try:
+        body = leaders(args.admin)
+    except (OSError, RuntimeError) as error:
+        print(f"omnirelay mesh leaders: {error}")
+        return 1
+    if args.json:
+        print(json.dumps(body, indent=2))
+        return 0
+    print(f"node {body['node']} (store {body['store']}, ready for leader work: {body['readyForLeaderWork']})")
+    print(f"{'SCOPE':<24}{'LEADER':<20}{'TOKEN':>8}  {'HELD':<5}{'CANDIDATE':<10}LEASE EXPIRES")
+    for s in body["scopes"]:
+        candidate = f"p{s['priority']}" if s["candidate"] else "-"
+        print(f"{s['scope']:<24}{(s['leader'] or '-'):<20}{s['fencingToken']:>8}  "
+              f"{('yes' if s['held'] else 'no'):<5}{candidate:<10}{s['leaseExpiresAt'] or '-'}")
+    return 0
+
+
+def _promote_verb(argv: List[str]) -> int:
+    parser = argparse.ArgumentParser(prog="omnirelay mesh promote",
+                                     description="Hand a scope over to a node (the old leader resigns and is fenced).")
+    parser.add_argument("--scope", required=True, help="global | region/<name> | shard/<namespace>/<id>")
+    parser.add_argument("--node", required=True, help="node id that takes the scope over")
+    parser.add_argument("--admin", required=True, help="admin host:port of any node")
+    args = parser.parse_args(argv)
+    try:
+        promote(args.admin, args.scope, args.node)
+    except (OSError, RuntimeError) as error:
+        print(f"omnirelay mesh promote: {error}")
+        return 1
+    print(f"promotion of {args.scope} to {args.node} requested")
+    return 0
+
+
+MESH_SUBVERBS["leaders"] = ("every scope's leader, fencing token and lease", _leaders_verb)
+MESH_SUBVERBS["promote"] = ("hand a scope over to a node", _promote_verb)
+
+
+@register_verb("mesh", "mesh control: leaders, promote")
+def _mesh_verb(argv: List[str]) -> int:
+    if not argv or argv[0] not in MESH_SUBVERBS:
+        print("usage: omnirelay mesh {" + ",".join(sorted(MESH_SUBVERBS)) + "} ...")
+        for name, (help_text, _) in sorted(MESH_SUBVERBS.items()):
+            print(f"  {name:<10}{help_text}")
+        return 0 if argv and argv[0] in ("-h", "--help") else 2
+    return MESH_SUBVERBS[argv[0]][1](argv[1:])
+
+
+# -- the seed's GlobalLeaderWithRegions shape, with leadership -----------------------------
+
+#: Who leads what on bootstrap in :func:`leadership_topology`.
+ROLE_MAP = {"global": "global-leader", "region/west": "west-leader", "region/east": "east-leader"}
+
+
+def leadership_topology(store: str = "sqlite", prometheus: bool = False, profile: str = "fast") -> Topology:
+    """A global leader and two regional leaders (one serve process each) sharing
+    a coordination store (``sqlite``: one file; ``etcd``: an etcd node the
+    harness starts first), optionally with a Prometheus node scraping them.
+    West's regional leader is promoted first when the global leader is lost."""
+    b = TopologyBuilder(f"leadership-{store}", "global leader + two regional leaders sharing a store")
+    if store == "etcd":
+        add_etcd(b)
+    b.node("global-leader", role="leader", region="east", zone="east-a")
+    b.node("west-leader", role="leader", region="west", zone="west-a")
+    b.node("east-leader", role="leader", region="east", zone="east-b")
+    if prometheus:
+        add_prometheus(b, scrape=("leader",))
+    t = b.build()
+    apply_leadership(t, {
+        "global-leader": [("global", 0)],
+        "west-leader": [("region/west", 0)],
+        "east-leader": [("region/east", 0)],
+    }, store=store, profile=profile, observe=["global", "region/west", "region/east"])
+    t.node("east-leader").config["omniRelay"]["leadership"]["promotionPriority"] = 2
+    return t
+
+
+def role_map(admin: str) -> Dict[str, Optional[str]]:
+    """scope -> leader as the node at ``admin`` sees it."""
+    return {s["scope"]: s["leader"] for s in leaders(admin)["scopes"]}
