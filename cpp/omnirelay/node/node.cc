@@ -1,6 +1,11 @@
 #include "omnirelay/node/node.h"
 
+#include <openssl/crypto.h>
 #include <unistd.h>
+
+#include <cctype>
+#include <fstream>
+#include <sstream>
 
 #include "omnirelay/core/logging.h"
 
@@ -14,6 +19,32 @@ Node::Node(config::NodeConfig config)
       spans_(std::make_shared<middleware::SpanRecorder>()) {}
 
 Node::~Node() { Stop(); }
+
+namespace {
+
+// A config-named file's trimmed contents; errors name the key path.
+absl::StatusOr<std::string> ReadKeyFile(const std::string& key, const std::string& path) {
+  std::ifstream in(path, std::ios::binary);
+  if (!in) return absl::InvalidArgumentError(key + ": cannot read '" + path + "'");
+  std::stringstream text;
+  text << in.rdbuf();
+  std::string value = text.str();
+  while (!value.empty() && std::isspace(static_cast<unsigned char>(value.back()))) value.pop_back();
+  if (value.empty()) return absl::InvalidArgumentError(key + ": '" + path + "' is empty");
+  return value;
+}
+
+absl::Status WithKeyPath(const std::string& key, const absl::Status& status) {
+  if (status.ok()) return status;
+  return absl::Status(status.code(), key + "." + std::string(status.message()));
+}
+
+bool TokenMatches(std::string_view given, const std::string& expected) {
+  return !expected.empty() && given.size() == expected.size() &&
+         CRYPTO_memcmp(given.data(), expected.data(), given.size()) == 0;
+}
+
+}  // namespace
 
 absl::StatusOr<std::unique_ptr<Node>> Node::Create(config::NodeConfig config) {
   std::unique_ptr<Node> node(new Node(std::move(config)));
@@ -50,7 +81,11 @@ absl::StatusOr<dispatcher::MiddlewareChain> Node::Chain(const std::vector<std::s
     } else if (name == "logging") {
       chain.push_back(std::make_shared<middleware::LoggingMiddleware>());
     } else if (name == "principal") {
-      chain.push_back(std::make_shared<middleware::PrincipalMiddleware>());
+      auto principal = middleware::PrincipalMiddleware::Create(
+          {.trusted_proxies = config_.principal.trusted_proxies,
+           .jwt_secret_file = config_.principal.jwt_secret_file});
+      if (!principal.ok()) return principal.status();
+      chain.push_back(*principal);
     } else if (name == "deadline") {
       add_retry();  // retry sits outside the per-attempt deadline check
       chain.push_back(std::make_shared<middleware::DeadlineMiddleware>(clock_));
@@ -67,6 +102,23 @@ absl::StatusOr<dispatcher::MiddlewareChain> Node::Chain(const std::vector<std::s
 }
 
 absl::Status Node::Build() {
+  if (config_.tls) {
+    const auto& t = *config_.tls;
+    tls_ = tls::TlsOptions{
+        .cert_file = t.cert_file,
+        .key_file = t.key_file,
+        .ca_file = t.ca_file,
+        .client_auth = tls::ParseClientAuth(t.client_certificate).value_or(tls::ClientAuth::kNone),
+        .reload_interval = t.reload_interval};
+    if (auto s = tls::Validate(*tls_, /*need_identity=*/true); !s.ok()) {
+      return WithKeyPath("omniRelay.tls", s);
+    }
+  }
+  if (!config_.admin.token_file.empty()) {
+    auto token = ReadKeyFile("omniRelay.admin.tokenFile", config_.admin.token_file);
+    if (!token.ok()) return token.status();
+    admin_token_ = *token;
+  }
   if (config_.middleware.rate_limit) {
     const auto& n = *config_.middleware.rate_limit;
     const auto& b = config_.middleware.backpressure;
@@ -117,7 +169,8 @@ absl::Status Node::Build() {
                                          .procedure = o.procedure,
                                          .endpoints = o.endpoints,
                                          .peers = peers,
-                                         .threads = o.threads},
+                                         .threads = o.threads,
+                                         .tls = tls_},
           pool, clock_);
     } else {
       outbound = std::make_shared<transport::HttpOutbound>(
@@ -126,7 +179,8 @@ absl::Status Node::Build() {
                                          .procedure = o.procedure,
                                          .endpoints = o.endpoints,
                                          .peers = peers,
-                                         .threads = std::max(4, o.threads)},
+                                         .threads = std::max(4, o.threads),
+                                         .tls = tls_},
           pool, clock_);
     }
     std::optional<dispatcher::MiddlewareChain> chain;
@@ -164,20 +218,27 @@ absl::Status Node::Start() {
   if (auto s = dispatcher_->Start(); !s.ok()) return s;
   if (config_.grpc) {
     grpc_ = std::make_unique<transport::GrpcInbound>(
-        transport::GrpcInboundOptions{.address = config_.grpc->address,
-                                      .threads = config_.grpc->threads},
+        transport::GrpcInboundOptions{
+            .address = config_.grpc->address, .threads = config_.grpc->threads, .tls = tls_},
         dispatcher_);
     if (auto s = grpc_->Start(); !s.ok()) return s;
+  }
+  std::shared_ptr<tls::ContextSource> server_tls;
+  if (tls_) {
+    auto source = tls::ContextSource::Create(*tls_, tls::Role::kServer);
+    if (!source.ok()) return WithKeyPath("omniRelay.tls", source.status());
+    server_tls = *source;
   }
   if (config_.http) {
     http_ = std::make_unique<transport::HttpInbound>(
         transport::HttpInboundOptions{.address = config_.http->address,
-                                      .threads = std::max(4, config_.http->threads)},
+                                      .threads = std::max(4, config_.http->threads),
+                                      .tls = server_tls},
         dispatcher_);
     if (auto s = http_->Start(); !s.ok()) return s;
   }
   if (config_.gateway) {
-    auto gateway = gateway::Gateway::Create(*config_.gateway, metrics_);
+    auto gateway = gateway::Gateway::Create(*config_.gateway, metrics_, tls_);
     if (!gateway.ok()) return gateway.status();
     gateway_ = std::move(*gateway);
     if (auto s = gateway_->Start(); !s.ok()) return s;
@@ -185,7 +246,10 @@ absl::Status Node::Start() {
   auto hp = transport::ParseHostPort(config_.admin_address);
   if (!hp.ok()) return hp.status();
   admin_ = std::make_unique<http::HttpServer>(
-      http::HttpServerOptions{.host = hp->host, .port = hp->port, .threads = 1});
+      http::HttpServerOptions{.host = hp->host,
+                              .port = hp->port,
+                              .threads = 1,
+                              .tls = config_.admin.tls ? server_tls : nullptr});
   AddAdminRoutes(*admin_);
   if (auto s = admin_->Start(); !s.ok()) return s;
   started_at_ = clock_->Now();
@@ -240,6 +304,37 @@ nlohmann::json Node::Introspect() const {
   return out;
 }
 
+std::optional<http::HttpResponse> Node::Deny(const http::HttpRequest& request,
+                                             bool mutating) const {
+  if (!mutating && config_.admin.read_access == "open") return std::nullopt;
+  // A verified client certificate (admin over mTLS) is a credential.
+  if (!request.peer.empty()) return std::nullopt;
+  const std::string_view auth = request.headers.Get("authorization").value_or("");
+  if (auth.size() > 7 && (auth.starts_with("Bearer ") || auth.starts_with("bearer ")) &&
+      TokenMatches(auth.substr(7), admin_token_)) {
+    return std::nullopt;
+  }
+  const bool mtls = tls_ && config_.admin.tls && tls_->client_auth != tls::ClientAuth::kNone;
+  if (admin_token_.empty() && !mtls) {
+    return http::HttpResponse::Json(
+        403, R"({"error":"the control plane is closed: configure omniRelay.admin.tokenFile or )"
+             R"(admin mTLS (omniRelay.tls.clientCertificate)"
+  })");
+}
+auto response = http::HttpResponse::Json(
+    401, R"({"error":"needs Authorization: Bearer <token of omniRelay.admin.tokenFile> or a )"
+         R"(verified client certificate"})");
+response.headers.Set("www-authenticate", "Bearer realm=\"omnirelay-admin\"");
+return response;
+}
+
+http::HttpHandler Node::Guard(http::HttpHandler handler, bool mutating) {
+  return [this, handler = std::move(handler), mutating](const http::HttpRequest& request) {
+    if (auto denied = Deny(request, mutating)) return std::move(*denied);
+    return handler(request);
+  };
+}
+
 void Node::AddAdminRoutes(http::HttpServer& server) {
   server.Route("GET", "/healthz", [](const http::HttpRequest&) {
     return http::HttpResponse::Json(200, R"({"status":"ok"})");
@@ -251,44 +346,72 @@ void Node::AddAdminRoutes(http::HttpServer& server) {
     if (!ready) response.headers.Set("retry-after", "1");
     return response;
   });
-  server.Route("GET", "/metrics", [this](const http::HttpRequest&) {
-    auto response = http::HttpResponse::Text(200, metrics_->RenderPrometheus());
-    response.content_type = "text/plain; version=0.0.4; charset=utf-8";
-    return response;
-  });
-  server.Route("GET", "/omnirelay/introspect", [this](const http::HttpRequest&) {
-    return http::HttpResponse::Json(200, Introspect().dump());
-  });
-  server.Route("GET", "/omnirelay/traces", [this](const http::HttpRequest&) {
-    return http::HttpResponse::Json(200, nlohmann::json{{"spans", spans_->ToJson()}}.dump());
-  });
-  server.Route("GET", "/omnirelay/echo/stats", [this](const http::HttpRequest&) {
-    if (!echo_stats_) return http::HttpResponse::Json(404, R"({"error":"echo is not enabled"})");
-    return http::HttpResponse::Json(200, echo_stats_->ToJson().dump());
-  });
-  server.Route("GET", "/omnirelay/gateway", [this](const http::HttpRequest&) {
-    if (!gateway_) return http::HttpResponse::Json(404, R"({"error":"gateway is not configured"})");
-    return http::HttpResponse::Json(200, gateway_->Introspect().dump());
-  });
-  server.Route("GET", "/omnirelay/control/lease-health", [this](const http::HttpRequest&) {
-    nlohmann::json out = nlohmann::json::object();
-    for (const auto& [name, pool] : pools_) {
-      auto health = pool->LeaseHealth();
-      out[name] = health.is_null() ? pool->Snapshot() : health;
-    }
-    return http::HttpResponse::Json(200, nlohmann::json{{"outbounds", out}}.dump());
-  });
-  server.Route("POST", "/omnirelay/control/backpressure", [this](const http::HttpRequest& request) {
-    if (!rate_limiter_) {
-      return http::HttpResponse::Json(404, R"({"error":"rate limiting is not configured"})");
-    }
-    const std::string mode = request.QueryParam("mode").value_or("");
-    if (mode != "normal" && mode != "backpressure") {
-      return http::HttpResponse::Json(400, R"({"error":"mode must be normal or backpressure"})");
-    }
-    rate_limiter_->SetBackpressure(mode == "backpressure");
-    return http::HttpResponse::Json(200, rate_limiter_->Snapshot().dump());
-  });
+  server.Route("GET", "/metrics",
+               Guard(
+                   [this](const http::HttpRequest&) {
+                     auto response = http::HttpResponse::Text(200, metrics_->RenderPrometheus());
+                     response.content_type = "text/plain; version=0.0.4; charset=utf-8";
+                     return response;
+                   },
+                   false));
+  server.Route("GET", "/omnirelay/introspect",
+               Guard(
+                   [this](const http::HttpRequest&) {
+                     return http::HttpResponse::Json(200, Introspect().dump());
+                   },
+                   false));
+  server.Route("GET", "/omnirelay/traces",
+               Guard(
+                   [this](const http::HttpRequest&) {
+                     return http::HttpResponse::Json(
+                         200, nlohmann::json{{"spans", spans_->ToJson()}}.dump());
+                   },
+                   false));
+  server.Route("GET", "/omnirelay/echo/stats",
+               Guard(
+                   [this](const http::HttpRequest&) {
+                     if (!echo_stats_)
+                       return http::HttpResponse::Json(404, R"({"error":"echo is not enabled"})");
+                     return http::HttpResponse::Json(200, echo_stats_->ToJson().dump());
+                   },
+                   false));
+  server.Route("GET", "/omnirelay/gateway",
+               Guard(
+                   [this](const http::HttpRequest&) {
+                     if (!gateway_)
+                       return http::HttpResponse::Json(404,
+                                                       R"({"error":"gateway is not configured"})");
+                     return http::HttpResponse::Json(200, gateway_->Introspect().dump());
+                   },
+                   false));
+  server.Route(
+      "GET", "/omnirelay/control/lease-health",
+      Guard(
+          [this](const http::HttpRequest&) {
+            nlohmann::json out = nlohmann::json::object();
+            for (const auto& [name, pool] : pools_) {
+              auto health = pool->LeaseHealth();
+              out[name] = health.is_null() ? pool->Snapshot() : health;
+            }
+            return http::HttpResponse::Json(200, nlohmann::json{{"outbounds", out}}.dump());
+          },
+          false));
+  server.Route("POST", "/omnirelay/control/backpressure",
+               Guard(
+                   [this](const http::HttpRequest& request) {
+                     if (!rate_limiter_) {
+                       return http::HttpResponse::Json(
+                           404, R"({"error":"rate limiting is not configured"})");
+                     }
+                     const std::string mode = request.QueryParam("mode").value_or("");
+                     if (mode != "normal" && mode != "backpressure") {
+                       return http::HttpResponse::Json(
+                           400, R"({"error":"mode must be normal or backpressure"})");
+                     }
+                     rate_limiter_->SetBackpressure(mode == "backpressure");
+                     return http::HttpResponse::Json(200, rate_limiter_->Snapshot().dump());
+                   },
+                   true));
 }
 
 }  // namespace omnirelay::node

@@ -15,6 +15,12 @@
 //   GET  /omnirelay/control/lease-health  peer lease health per outbound
 //   POST /omnirelay/control/backpressure?mode=normal|backpressure
 //
+// Control plane (docs/security.md): POST /omnirelay/control/* needs
+// `Authorization: Bearer <omniRelay.admin.tokenFile>` or a verified client
+// certificate (admin over mTLS); 401 without either, 403 when neither is
+// configured. Other GETs follow omniRelay.admin.readAccess (open | token);
+// /healthz and /readyz stay open for probes.
+//
 // Drain protocol: Drain() makes new calls fail Unavailable (HTTP 503 +
 // retry-after) and /readyz 503; WaitIdle() waits for admitted calls; Stop()
 // then closes listeners and outbounds.
@@ -34,6 +40,7 @@
 #include "omnirelay/gateway/gateway.h"
 #include "omnirelay/http/http_server.h"
 #include "omnirelay/middleware/middleware.h"
+#include "omnirelay/tls/tls.h"
 #include "omnirelay/transport/grpc_transport.h"
 #include "omnirelay/transport/http_transport.h"
 
@@ -75,6 +82,10 @@ class Node {
   absl::StatusOr<dispatcher::MiddlewareChain> Chain(const std::vector<std::string>& names,
                                                     const config::OutboundConfig* outbound);
   void AddAdminRoutes(http::HttpServer& server);
+  // nullopt when `request` may proceed, else the 401/403 answer.
+  std::optional<http::HttpResponse> Deny(const http::HttpRequest& request, bool mutating) const;
+  // Wraps a handler with Deny().
+  http::HttpHandler Guard(http::HttpHandler handler, bool mutating);
 
   config::NodeConfig config_;
   std::shared_ptr<core::Clock> clock_;
@@ -88,6 +99,8 @@ class Node {
   std::unique_ptr<transport::HttpInbound> http_;
   std::unique_ptr<http::HttpServer> admin_;
   std::unique_ptr<gateway::Gateway> gateway_;  // gateway mode (config `gateway`)
+  std::optional<tls::TlsOptions> tls_;         // from omniRelay.tls
+  std::string admin_token_;                    // from omniRelay.admin.tokenFile
   core::TimePoint started_at_{};
   bool started_ = false;
   bool stopped_ = false;

@@ -41,6 +41,7 @@
 
 #include "omnirelay/core/clock.h"
 #include "omnirelay/dispatcher/dispatcher.h"
+#include "omnirelay/tls/tls.h"
 #include "omnirelay/transport/peer_pool.h"
 
 namespace grpc {
@@ -57,6 +58,8 @@ struct GrpcInboundOptions {
   std::string address = "127.0.0.1:0";
   int threads = 2;  // completion queues, one polling thread each
   int max_message_bytes = 16 * 1024 * 1024;
+  // TLS listener (client_auth require = mTLS); plaintext when unset.
+  std::optional<tls::TlsOptions> tls{};
 };
 
 class GrpcInbound {
@@ -91,6 +94,10 @@ struct GrpcOutboundOptions {
   std::vector<std::string> endpoints;  // "host:port", "http://host:port" or "https://..."
   PeerPoolOptions peers;
   int threads = 1;  // own completion-queue threads for callers off the inbound threads
+  // "https://" endpoints use TLS with these options (ca_file to verify the
+  // server, cert/key as the client identity for mTLS); the system store and
+  // no client certificate when unset. Other endpoints are plaintext.
+  std::optional<tls::TlsOptions> tls{};
 };
 
 class GrpcOutbound final : public dispatcher::Outbound {
@@ -138,5 +145,7 @@ class GrpcOutbound final : public dispatcher::Outbound {
 
 // "http://host:port" / "https://host:port/" / "host:port" -> "host:port".
 std::string GrpcTarget(const std::string& endpoint);
+// True for "https://..." endpoints (TLS); everything else is plaintext.
+bool IsTlsEndpoint(const std::string& endpoint);
 
 }  // namespace omnirelay::transport
