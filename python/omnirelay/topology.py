@@ -225,6 +225,9 @@ class Topology:
     nodes: List[NodeSpec] = field(default_factory=list)
     links: List[LinkSpec] = field(default_factory=list)
     source: Optional[Path] = None
+    #: ``mtls``: every omnirelay node gets a certificate from one short-lived
+    #: test CA and requires client certificates (docs/security.md).
+    tls: Optional[str] = None
 
     # -- lookups ---------------------------------------------------------------
     def node(self, name: str) -> NodeSpec:
@@ -370,6 +373,7 @@ class Topology:
             "description": self.description,
             "nodes": [n.to_dict() for n in self.nodes],
             "links": [l.to_dict() for l in self.links],
+            **({"tls": self.tls} if self.tls else {}),
         }
 
     def to_yaml(self) -> str:
@@ -379,7 +383,7 @@ class Topology:
     def from_dict(cls, data: Mapping[str, Any], source: Optional[Path] = None) -> "Topology":
         if not isinstance(data, Mapping):
             raise TopologyError("topology: expected a mapping at the top level")
-        known = {"name", "description", "defaults", "nodes", "links", "mesh"}
+        known = {"name", "description", "defaults", "nodes", "links", "mesh", "tls"}
         # ``x-*`` keys are free (YAML anchors shared by nodes, as in compose files).
         unknown = {k for k in data if not str(k).startswith("x-")} - known
         if unknown:
@@ -393,7 +397,11 @@ class Topology:
         for i, raw in enumerate(data.get("links") or []):
             links.extend(_links_from_dict(raw, f"links[{i}]", nodes))
         name = data.get("name") or (source.stem if source else "")
-        topology = cls(str(name), str(data.get("description", "")), nodes, links, source)
+        tls = data.get("tls")
+        if tls not in (None, "off", "mtls"):
+            raise TopologyError(f"topology: tls: unknown mode {tls!r} (off, mtls)")
+        topology = cls(str(name), str(data.get("description", "")), nodes, links, source,
+                       None if tls == "off" else tls)
         mesh = data.get("mesh")
         if mesh:
             if mesh is True:

@@ -207,10 +207,12 @@ def test_http_outbound_uses_a_peer_list(nodes, tmp_path):
 
 
 def test_rate_limit_and_backpressure_switch(nodes, tmp_path):
+    token = "t" * 40
+    (tmp_path / "admin-token").write_text(token + "\n")
     cfg = write_config(tmp_path, "rl", {
         "service": "rl",
         "inbounds": {"grpc": {"address": "127.0.0.1:0"}},
-        "admin": {"address": "127.0.0.1:0"},
+        "admin": {"address": "127.0.0.1:0", "tokenFile": str(tmp_path / "admin-token")},
         "echo": {"instance": "rl", "latency": "300ms"},
         "middleware": {"rateLimit": {"maxConcurrency": 8,
                                      "backpressure": {"maxConcurrency": 1}}},
@@ -231,8 +233,13 @@ def test_rate_limit_and_backpressure_switch(nodes, tmp_path):
             return codes
 
     assert burst() == ["OK"] * 4
-    status, body, _ = http_request(
-        "POST", f"http://{node.admin}/omnirelay/control/backpressure?mode=backpressure")
+    switch = f"http://{node.admin}/omnirelay/control/backpressure?mode=backpressure"
+    # The control plane is closed: no token or a wrong one changes nothing.
+    status, _, headers = http_request("POST", switch)
+    assert status == 401 and headers["www-authenticate"].startswith("Bearer")
+    assert http_request("POST", switch, headers={"Authorization": "Bearer " + "x" * 40})[0] == 401
+    assert burst() == ["OK"] * 4
+    status, body, _ = http_request("POST", switch, headers={"Authorization": f"Bearer {token}"})
     assert status == 200 and json.loads(body)["mode"] == "backpressure"
     codes = burst()
     assert codes.count("OK") >= 1 and codes.count("RESOURCE_EXHAUSTED") >= 2, codes

@@ -144,7 +144,8 @@ class Stack:
         secret = tmp_path / "state" / "jwt-secret"
         self.auth = self.spawn("auth", "auth", "--listen", "127.0.0.1:0",
                                "--db", str(tmp_path / "state" / "users.db"),
-                               "--jwt-secret-file", str(secret), "--token-ttl", "10m")
+                               "--jwt-secret-file", str(secret), "--create-secret",
+                               "--token-ttl", "10m")
         for i in range(1, workers + 1):
             self.start_worker(f"worker-{i}")
         self.wait_registered(workers)

@@ -40,7 +40,7 @@ def wait_until(predicate, within_s, interval_s=0.1):
 def through(link, path="/healthz", timeout=0.6):
     """GET on the link's target admin port through the link's proxy."""
     try:
-        return http_get(f"http://{link.address}{path}", timeout=timeout)[0]
+        return http_get(link.url(path), timeout=timeout, context=link.ssl_context)[0]
     except OSError:
         return None
 

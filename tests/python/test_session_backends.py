@@ -143,7 +143,8 @@ def registry(spawn) -> Process:
 @pytest.fixture
 def auth(spawn, tmp_path) -> Process:
     return spawn("auth", "auth", "--listen", "127.0.0.1:0", "--db", str(tmp_path / "state/users.db"),
-                 "--jwt-secret-file", str(tmp_path / "state/jwt-secret"), "--token-ttl", "10m")
+                 "--jwt-secret-file", str(tmp_path / "state/jwt-secret"), "--create-secret",
+                 "--token-ttl", "10m")
 
 
 def start_worker(spawn, name: str, registry: Optional[Process] = None, *extra: str) -> Process:
@@ -228,7 +229,7 @@ def test_login_errors_and_token(pb, auth, tmp_path):
 
 def test_auth_restart_keeps_secret_and_users(pb, spawn, tmp_path):
     args = ["auth", "--listen", "127.0.0.1:0", "--db", str(tmp_path / "users.db"),
-            "--jwt-secret-file", str(tmp_path / "secret")]
+            "--jwt-secret-file", str(tmp_path / "secret"), "--create-secret"]
     first = spawn("auth1", *args)
     secret = (tmp_path / "secret").read_text()
     assert first.stop() == 0

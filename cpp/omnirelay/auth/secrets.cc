@@ -66,6 +66,15 @@ absl::Status MakeDirectories(const std::string& dir) {
   return absl::OkStatus();
 }
 
+absl::StatusOr<std::string> LoadSecret(const std::string& path) {
+  if (::access(path.c_str(), R_OK) != 0) {
+    return absl::FailedPreconditionError("cannot read secret file " + path + ": " +
+                                         std::strerror(errno) +
+                                         " (create it, or ask for createIfMissing)");
+  }
+  return ReadSecret(path);
+}
+
 absl::StatusOr<std::string> LoadOrCreateSecret(const std::string& path) {
   if (::access(path.c_str(), F_OK) == 0) return ReadSecret(path);
 

@@ -19,7 +19,14 @@ namespace omnirelay::auth {
 
 inline constexpr size_t kMinSecretBytes = 32;
 
-// Reads the secret at `path`, creating it first if it does not exist.
+// Reads the secret at `path`. A missing or unreadable file is an error
+// (FAILED_PRECONDITION naming the path): a typo in a path must not silently
+// start with a new random key.
+absl::StatusOr<std::string> LoadSecret(const std::string& path);
+
+// Reads the secret at `path`, creating it first if it does not exist. Only
+// for processes explicitly told to create it (`createIfMissing`,
+// `--create-secret`).
 // Errors: INTERNAL on I/O, FAILED_PRECONDITION if the file's key is too short.
 absl::StatusOr<std::string> LoadOrCreateSecret(const std::string& path);
 

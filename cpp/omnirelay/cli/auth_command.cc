@@ -33,6 +33,7 @@ struct AuthOptions : ProcessFlags {
   std::string seed_username = "testuser";
   std::string seed_password = "testpass";
   std::string seed_role = "user";
+  bool create_secret = false;
 };
 
 int Fail(const std::string& message, int code = 1) {
@@ -48,8 +49,12 @@ int RunAuth(const AuthOptions& options) {
   }
   core::TerminationWaiter waiter;  // before any thread starts
 
-  auto secret = auth::LoadOrCreateSecret(options.jwt_secret_file);
-  if (!secret.ok()) return Fail(std::string(secret.status().message()));
+  // Created only when asked: a mistyped path must fail, not mint a new key.
+  auto secret = options.create_secret ? auth::LoadOrCreateSecret(options.jwt_secret_file)
+                                      : auth::LoadSecret(options.jwt_secret_file);
+  if (!secret.ok()) {
+    return Fail("--jwt-secret-file: " + std::string(secret.status().message()));
+  }
   auth::UserStoreOptions store_options;
   store_options.seed_username = options.seed_username;
   store_options.seed_password = options.seed_password;
@@ -91,8 +96,10 @@ void AddAuthCommand(CLI::App& app, int* exit_code) {
       ->capture_default_str();
   command
       ->add_option("--jwt-secret-file", options->jwt_secret_file,
-                   "HMAC key file shared with the gateway (created, mode 0600, if missing)")
+                   "HMAC key file shared with the gateway (must exist unless --create-secret)")
       ->capture_default_str();
+  command->add_flag("--create-secret", options->create_secret,
+                    "Create --jwt-secret-file (32 random bytes, mode 0600) when it is missing");
   command->add_option("--token-ttl", options->token_ttl, "Token lifetime (e.g. 30m, 1h)")
       ->capture_default_str();
   command->add_option("--seed-username", options->seed_username, "User seeded into a new store")

@@ -9,6 +9,7 @@
 
 #include <iostream>
 
+#include "omnirelay/auth/secrets.h"
 #include "omnirelay/cli/commands.h"
 #include "omnirelay/cli/process_flags.h"
 #include "omnirelay/core/logging.h"
@@ -24,6 +25,8 @@ namespace {
 struct RegistryCommandOptions : ProcessFlags {
   std::string listen = "127.0.0.1:0";
   std::string ttl = "5s";
+  std::string token_file;
+  bool create_token = false;
 };
 
 int Fail(const std::string& message, int code = 1) {
@@ -39,10 +42,20 @@ int RunRegistry(const RegistryCommandOptions& options) {
   }
   auto listen = samples::SplitHostPort(options.listen);
   if (!listen.ok()) return Fail("--listen: " + std::string(listen.status().message()), 2);
+  std::string token;
+  if (!options.token_file.empty()) {
+    auto loaded = options.create_token ? auth::LoadOrCreateSecret(options.token_file)
+                                       : auth::LoadSecret(options.token_file);
+    if (!loaded.ok()) return Fail("--token-file: " + std::string(loaded.status().message()), 2);
+    token = std::move(*loaded);
+  } else {
+    core::LogWarn("registry.unauthenticated",
+                  {{"hint", "anyone who reaches the port can register; pass --token-file"}});
+  }
   core::TerminationWaiter waiter;  // before any thread starts
 
   samples::RegistryServer server({.host = listen->first, .port = listen->second, .threads = 2},
-                                 {.ttl = *ttl});
+                                 {.ttl = *ttl, .token = std::move(token)});
   if (auto status = server.Start(); !status.ok()) return Fail(std::string(status.message()));
   const nlohmann::json ready = {{"role", "registry"},
                                 {"pid", static_cast<int>(::getpid())},
@@ -69,6 +82,10 @@ void AddRegistryCommand(CLI::App& app, int* exit_code) {
       ->capture_default_str();
   command->add_option("--ttl", options->ttl, "Entry lifetime without a heartbeat")
       ->capture_default_str();
+  command->add_option("--token-file", options->token_file,
+                      "Registrations need this bearer token (file of at least 32 characters)");
+  command->add_flag("--create-token", options->create_token,
+                    "Create --token-file (32 random bytes, hex, mode 0600) when it is missing");
   AddProcessFlags(command, options.get());
   command->callback([options, exit_code] { *exit_code = RunRegistry(*options); });
 }

@@ -38,6 +38,7 @@ struct WorkerCommandOptions : ProcessFlags {
   std::string stream_interval = "5s";  // the reference's subscription period
   int stream_max_messages = 10000;
   std::string jwt_secret_file;
+  std::string registry_token_file;
   std::string shutdown_grace = "2s";
 };
 
@@ -65,6 +66,13 @@ int RunWorker(const WorkerCommandOptions& options) {
     auto client = samples::RegistryClient::Create(options.registry);
     if (!client.ok()) return Fail("--registry: " + std::string(client.status().message()), 2);
     registry = std::move(*client);
+    if (!options.registry_token_file.empty()) {
+      auto token = auth::LoadSecret(options.registry_token_file);
+      if (!token.ok()) {
+        return Fail("--registry-token-file: " + std::string(token.status().message()), 2);
+      }
+      registry->set_token(std::move(*token));
+    }
   }
   core::TerminationWaiter waiter;  // before any thread starts
 
@@ -74,8 +82,10 @@ int RunWorker(const WorkerCommandOptions& options) {
   worker.stream_max_messages = options.stream_max_messages;
   worker.on_shutdown = [&waiter] { waiter.RequestStop(); };
   if (!options.jwt_secret_file.empty()) {
-    auto secret = auth::LoadOrCreateSecret(options.jwt_secret_file);
-    if (!secret.ok()) return Fail(std::string(secret.status().message()));
+    auto secret = auth::LoadSecret(options.jwt_secret_file);  // never minted here
+    if (!secret.ok()) {
+      return Fail("--jwt-secret-file: " + std::string(secret.status().message()));
+    }
     worker.verifier = std::make_shared<auth::JwtCodec>(std::move(*secret));
   }
   samples::WorkerService service(std::move(worker));
@@ -143,6 +153,8 @@ void AddWorkerCommand(CLI::App& app, int* exit_code) {
       ->add_option("--stream-max-messages", options->stream_max_messages,
                    "Messages after which a subscription ends OK (0 = until cancelled)")
       ->capture_default_str();
+  command->add_option("--registry-token-file", options->registry_token_file,
+                      "Bearer token the registry requires for registrations");
   command->add_option("--jwt-secret-file", options->jwt_secret_file,
                       "Also verify tokens here (default: the gateway does it)");
   command

@@ -246,7 +246,10 @@ void ParseInbound(Obj& parent, std::string_view key, std::optional<InboundConfig
   obj.String("address", inbound.address);
   std::vector<std::string> urls;
   obj.Strings("urls", urls);
-  if (inbound.address.empty() && !urls.empty()) inbound.address = StripScheme(urls.front());
+  if (inbound.address.empty() && !urls.empty()) {
+    inbound.https_url = urls.front().rfind("https://", 0) == 0;
+    inbound.address = StripScheme(urls.front());
+  }
   obj.Int("threads", inbound.threads, 1);
   if (inbound.address.empty()) {
     parent.errors().Add(path + ".address", "is required");
@@ -351,6 +354,7 @@ void ParseGateway(const nlohmann::json& value, Errors& errors, GatewayConfig& gw
   if (const auto* jwt = g.Get("jwt")) {
     Obj j(*jwt, path + ".jwt", errors);
     j.String("secretFile", gw.jwt_secret_file);
+    j.Bool("createIfMissing", gw.jwt_create_if_missing);
   }
   if (const auto* clusters = g.Get("clusters")) {
     if (!clusters->is_object()) {
@@ -363,7 +367,26 @@ void ParseGateway(const nlohmann::json& value, Errors& errors, GatewayConfig& gw
         cluster.name = name;
         c.Strings("endpoints", cluster.endpoints);
         c.String("registry", cluster.registry);
+        cluster.registry_tls = cluster.registry.rfind("https://", 0) == 0;
         cluster.registry = StripScheme(cluster.registry);
+        size_t https = 0;
+        for (const auto& e : cluster.endpoints) https += e.rfind("https://", 0) == 0 ? 1 : 0;
+        if (https != 0 && https != cluster.endpoints.size()) {
+          errors.Add(cpath + ".endpoints",
+                     "mixes https:// and plaintext endpoints; use one scheme per cluster");
+        }
+        if (cluster.registry_tls) {
+          // Never plaintext for an https:// URL, and the registry has no TLS
+          // listener yet: refuse instead of downgrading.
+          errors.Add(cpath + ".registry",
+                     "https:// registries are not supported (the registry serves plain HTTP on "
+                     "loopback); give host:port");
+        }
+        cluster.tls = https != 0;
+        c.Bool("tls", cluster.tls);
+        if (https != 0 && !cluster.tls) {
+          errors.Add(cpath + ".tls", "is false but the endpoints are https://");
+        }
         c.String("role", cluster.role);
         c.Dur("refreshInterval", cluster.refresh_interval);
         if (cluster.endpoints.empty() == cluster.registry.empty()) {
@@ -877,9 +900,49 @@ absl::StatusOr<NodeConfig> Parse(const nlohmann::json& root) {
     if (const auto* admin = top.Get("admin")) {
       Obj a(*admin, "omniRelay.admin", errors);
       a.String("address", config.admin_address);
+      a.String("tokenFile", config.admin.token_file);
+      a.String("readAccess", config.admin.read_access);
+      config.admin.read_access = Lower(config.admin.read_access);
+      if (config.admin.read_access != "open" && config.admin.read_access != "token") {
+        errors.Add("omniRelay.admin.readAccess",
+                   "unknown access '" + config.admin.read_access + "' (open, token)");
+      } else if (config.admin.read_access == "token" && config.admin.token_file.empty()) {
+        errors.Add("omniRelay.admin.readAccess", "'token' needs omniRelay.admin.tokenFile");
+      }
+      a.Bool("tls", config.admin.tls);
       if (!ValidAddress(config.admin_address)) {
         errors.Add("omniRelay.admin.address", "'" + config.admin_address + "' is not host:port");
       }
+    }
+    config.admin.address = config.admin_address;
+    if (const auto* tls = top.Get("tls"); tls != nullptr && !tls->is_null()) {
+      Obj t(*tls, "omniRelay.tls", errors);
+      TlsConfig out;
+      t.String("certFile", out.cert_file);
+      t.String("keyFile", out.key_file);
+      t.String("caFile", out.ca_file);
+      t.String("clientCertificate", out.client_certificate);
+      t.Dur("reloadInterval", out.reload_interval);
+      out.client_certificate = Lower(out.client_certificate);
+      if (out.cert_file.empty()) errors.Add("omniRelay.tls.certFile", "is required");
+      if (out.key_file.empty()) errors.Add("omniRelay.tls.keyFile", "is required");
+      if (out.client_certificate != "none" && out.client_certificate != "request" &&
+          out.client_certificate != "require") {
+        errors.Add("omniRelay.tls.clientCertificate",
+                   "unknown mode '" + out.client_certificate + "' (none, request, require)");
+      } else if (out.client_certificate != "none" && out.ca_file.empty()) {
+        errors.Add("omniRelay.tls.caFile",
+                   "is required when clientCertificate is '" + out.client_certificate + "'");
+      }
+      if (out.reload_interval <= core::Duration::zero()) {
+        errors.Add("omniRelay.tls.reloadInterval", "must be positive");
+      }
+      config.tls = out;
+    }
+    if (const auto* principal = top.Get("principal")) {
+      Obj p(*principal, "omniRelay.principal", errors);
+      p.Strings("trustedProxies", config.principal.trusted_proxies);
+      p.String("jwtSecretFile", config.principal.jwt_secret_file);
     }
     if (const auto* drain = top.Get("drain")) {
       Obj d(*drain, "omniRelay.drain", errors);
@@ -1048,6 +1111,15 @@ absl::StatusOr<NodeConfig> Parse(const nlohmann::json& root) {
       }
     }
   }
+  // An https:// url is TLS or an error, never a plaintext listener.
+  const std::pair<const char*, const std::optional<InboundConfig>*> inbounds[] = {
+      {"grpc", &config.grpc}, {"http", &config.http}};
+  for (const auto& [name, inbound] : inbounds) {
+    if (*inbound && (*inbound)->https_url && !config.tls) {
+      errors.Add(std::string("omniRelay.inbounds.") + name + ".urls",
+                 "https:// needs omniRelay.tls (certFile, keyFile)");
+    }
+  }
   if (!errors.empty()) return errors.ToStatus();
   return config;
 }
@@ -1137,7 +1209,14 @@ nlohmann::json ToJson(const NodeConfig& c) {
   nlohmann::json out = {
       {"service", c.service},
       {"inbounds", inbounds},
-      {"admin", {{"address", c.admin_address}}},
+      {"admin",
+       {{"address", c.admin_address},
+        {"tokenFile", c.admin.token_file},
+        {"readAccess", c.admin.read_access},
+        {"tls", c.admin.tls}}},
+      {"principal",
+       {{"trustedProxies", c.principal.trusted_proxies},
+        {"jwtSecretFile", c.principal.jwt_secret_file}}},
       {"outbounds", outbounds},
       {"routes", routes},
       {"middleware", {{"inbound", c.middleware.inbound}, {"outbound", c.middleware.outbound}}},
@@ -1167,6 +1246,7 @@ nlohmann::json ToJson(const NodeConfig& c) {
     for (const auto& [name, cl] : g.clusters) {
       nlohmann::json j = nlohmann::json::object();
       if (!cl.endpoints.empty()) j["endpoints"] = cl.endpoints;
+      j["tls"] = cl.tls;
       if (!cl.registry.empty()) {
         j["registry"] = cl.registry;
         j["role"] = cl.role;
@@ -1189,13 +1269,21 @@ nlohmann::json ToJson(const NodeConfig& c) {
     } else {
       def["error"] = g.default_route.error;
     }
-    out["gateway"] = {{"address", g.address},
-                      {"jwt", {{"secretFile", g.jwt_secret_file}}},
-                      {"clusters", clusters},
-                      {"routes", groutes},
-                      {"defaultRoute", def},
-                      {"maxAttempts", g.max_attempts},
-                      {"attemptTimeoutMs", ms(g.attempt_timeout)}};
+    out["gateway"] = {
+        {"address", g.address},
+        {"jwt", {{"secretFile", g.jwt_secret_file}, {"createIfMissing", g.jwt_create_if_missing}}},
+        {"clusters", clusters},
+        {"routes", groutes},
+        {"defaultRoute", def},
+        {"maxAttempts", g.max_attempts},
+        {"attemptTimeoutMs", ms(g.attempt_timeout)}};
+  }
+  if (c.tls) {
+    out["tls"] = {{"certFile", c.tls->cert_file},
+                  {"keyFile", c.tls->key_file},
+                  {"caFile", c.tls->ca_file},
+                  {"clientCertificate", c.tls->client_certificate},
+                  {"reloadIntervalMs", ms(c.tls->reload_interval)}};
   }
   for (const auto& [name, o] : c.outbounds) {
     if (o.mesh) {

@@ -25,6 +25,7 @@ namespace omnirelay::config {
 struct InboundConfig {
   std::string address;  // "host:port"; port 0 = any free port
   int threads = 2;
+  bool https_url = false;  // given as an https:// url: needs omniRelay.tls
 };
 
 struct CircuitBreakerConfig {
@@ -105,7 +106,12 @@ struct GatewayClusterConfig {
   std::string name;
   std::vector<std::string> endpoints;  // static members ("host:port"), or
   std::string registry;                // the HTTP instance registry "host:port"
-  std::string role;                    // registry role filter ("" = every role)
+  bool registry_tls = false;           // registry given as https:// (TLS)
+  // Upstream calls use TLS (node `tls` files as the client identity): set by
+  // https:// endpoints or `tls: true` (registry clusters). Never plaintext
+  // for an https:// endpoint.
+  bool tls = false;
+  std::string role;  // registry role filter ("" = every role)
   core::Duration refresh_interval = std::chrono::seconds(1);
 };
 
@@ -129,6 +135,9 @@ struct GatewayDefaultRouteConfig {
 struct GatewayConfig {
   std::string address;  // "host:port" of the gateway's gRPC listener
   std::string jwt_secret_file;
+  // Create the secret file with a random key when it does not exist (the
+  // first process of a fresh stack); otherwise a missing file is an error.
+  bool jwt_create_if_missing = false;
   std::map<std::string, GatewayClusterConfig> clusters;
   std::vector<GatewayRouteConfig> routes;
   GatewayDefaultRouteConfig default_route;
@@ -225,6 +234,36 @@ struct LeadershipConfig {
   int promotion_priority = 1;
 };
 
+// TLS for every listener and for https:// outbounds (docs/security.md).
+struct TlsConfig {
+  std::string cert_file;
+  std::string key_file;
+  std::string ca_file;
+  std::string client_certificate = "none";  // none | request | require (mTLS)
+  core::Duration reload_interval = std::chrono::seconds(1);
+};
+
+// Admin listener and its control plane (docs/security.md).
+struct AdminConfig {
+  std::string address = "127.0.0.1:9901";  // loopback unless told otherwise
+  // Bearer token for mutating endpoints (POST /omnirelay/control/*); without
+  // it they accept only a verified client certificate (admin over mTLS).
+  std::string token_file;
+  std::string read_access = "open";  // open | token: GET endpoints other than probes
+  bool tls = true;                   // serve TLS when omniRelay.tls is set
+};
+
+// Principal binding (middleware "principal").
+struct PrincipalConfig {
+  // Peers ("127.0.0.1", "10.0.0.0/8", "::1") whose x-client-principal /
+  // x-client-cert-subject headers are trusted; from anyone else the headers
+  // are ignored.
+  std::vector<std::string> trusted_proxies;
+  // Verifies bearer JWTs (HS256) before taking their `sub`; without it a
+  // bearer token binds no principal.
+  std::string jwt_secret_file;
+};
+
 // gRPC status code names ("OK", "CANCELLED", ..., "UNAUTHENTICATED").
 const std::vector<std::string>& StatusCodeNames();
 
@@ -233,6 +272,9 @@ struct NodeConfig {
   std::optional<InboundConfig> grpc;
   std::optional<InboundConfig> http;
   std::string admin_address = "127.0.0.1:9901";
+  AdminConfig admin;  // admin.address mirrors admin_address
+  std::optional<TlsConfig> tls;
+  PrincipalConfig principal;
   std::map<std::string, OutboundConfig> outbounds;
   std::vector<RouteConfig> routes;
   MiddlewareConfig middleware;

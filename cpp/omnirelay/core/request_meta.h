@@ -47,6 +47,11 @@ struct RequestMeta {
   std::optional<Duration> time_to_live;
   std::optional<TimePoint> deadline;
   Headers headers;
+  // Set by the inbound transport, never from headers (a client cannot forge
+  // them): the TCP peer ("127.0.0.1:5000") and the verified TLS client
+  // certificate's principal (SAN or "sha256:<thumbprint>"), empty without mTLS.
+  std::string peer_address;
+  std::string peer_identity;
 
   // The deadline this request must meet: the earlier of `deadline` and
   // `now + time_to_live`; nullopt when neither is set (such a request waits

@@ -56,6 +56,11 @@ absl::StatusOr<std::shared_ptr<EchoStats>> RegisterEchoProcedures(Dispatcher& di
     }
     Response response;
     response.headers.Set("x-omnirelay-instance", options.instance);
+    // Who the principal middleware says the caller is (docs/security.md):
+    // lets clients and tests see the identity a node bound.
+    if (auto principal = request.meta.headers.Get("rpc.principal")) {
+      response.headers.Set("x-omnirelay-principal", std::string(*principal));
+    }
     response.body = std::move(request.body);
     if (options.latency.count() <= 0) {
       stats->in_flight.fetch_sub(1);

@@ -19,6 +19,7 @@
 #include "omnirelay/gateway/admission.h"
 #include "omnirelay/gateway/balancer.h"
 #include "omnirelay/samples/registry_client.h"
+#include "omnirelay/tls/grpc_credentials.h"
 
 namespace omnirelay::gateway {
 namespace {
@@ -126,6 +127,8 @@ struct Cluster {
 
   std::mutex channels_mu;
   std::map<std::string, std::shared_ptr<grpc::Channel>> channels;  // by address
+  // TLS credentials for `tls` clusters; plaintext when null.
+  std::shared_ptr<grpc::ChannelCredentials> credentials;
 
   std::shared_ptr<grpc::Channel> ChannelFor(const std::string& address) {
     std::lock_guard<std::mutex> lock(channels_mu);
@@ -142,7 +145,8 @@ struct Cluster {
       args.SetInt("grpc.use_local_subchannel_pool", 1);
       args.SetInt("grpc.initial_reconnect_backoff_ms", 100);
       args.SetInt("grpc.max_reconnect_backoff_ms", 1000);
-      channel = grpc::CreateCustomChannel(address, grpc::InsecureChannelCredentials(), args);
+      channel = grpc::CreateCustomChannel(
+          address, credentials ? credentials : grpc::InsecureChannelCredentials(), args);
     }
     return channel;
   }
@@ -169,8 +173,9 @@ struct Route {
 
 class Gateway::Impl : public grpc::CallbackGenericService {
  public:
-  Impl(config::GatewayConfig config, std::shared_ptr<core::MetricsRegistry> metrics)
-      : config_(std::move(config)), metrics_(std::move(metrics)) {}
+  Impl(config::GatewayConfig config, std::shared_ptr<core::MetricsRegistry> metrics,
+       std::optional<tls::TlsOptions> tls)
+      : config_(std::move(config)), metrics_(std::move(metrics)), tls_(std::move(tls)) {}
 
   absl::Status Build();
   absl::Status Start();
@@ -215,6 +220,7 @@ class Gateway::Impl : public grpc::CallbackGenericService {
 
   config::GatewayConfig config_;
   std::shared_ptr<core::MetricsRegistry> metrics_;
+  std::optional<tls::TlsOptions> tls_;
   std::shared_ptr<const auth::JwtCodec> codec_;
   std::map<std::string, std::unique_ptr<Cluster>> clusters_;
   std::vector<std::unique_ptr<Route>> routes_;
@@ -708,7 +714,10 @@ absl::Status Gateway::Impl::Build() {
   bool needs_jwt = false;
   for (const auto& r : config_.routes) needs_jwt = needs_jwt || r.authorization == "required";
   if (needs_jwt) {
-    auto secret = auth::LoadOrCreateSecret(config_.jwt_secret_file);
+    // A secret that cannot be read is an error, not a fresh random key (a
+    // typo would otherwise reject every token); create only when asked.
+    auto secret = config_.jwt_create_if_missing ? auth::LoadOrCreateSecret(config_.jwt_secret_file)
+                                                : auth::LoadSecret(config_.jwt_secret_file);
     if (!secret.ok()) {
       return absl::Status(secret.status().code(), "omniRelay.gateway.jwt.secretFile: " +
                                                       std::string(secret.status().message()));
@@ -718,6 +727,8 @@ absl::Status Gateway::Impl::Build() {
   for (const auto& [name, cc] : config_.clusters) {
     auto cluster = std::make_unique<Cluster>();
     cluster->config = cc;
+    if (cc.tls)
+      cluster->credentials = tls::GrpcChannelCredentials(tls_.value_or(tls::TlsOptions{}));
     if (!cc.registry.empty()) {
       auto client = samples::RegistryClient::Create(
           cc.registry,
@@ -830,7 +841,9 @@ absl::Status Gateway::Impl::Start() {
   }
   timers_ = std::make_unique<TimerQueue>();
   grpc::ServerBuilder builder;
-  builder.AddListeningPort(config_.address, grpc::InsecureServerCredentials(), &port_);
+  builder.AddListeningPort(
+      config_.address, tls_ ? tls::GrpcServerCredentials(*tls_) : grpc::InsecureServerCredentials(),
+      &port_);
   builder.SetMaxReceiveMessageSize(-1);
   builder.RegisterCallbackGenericService(this);
   server_ = builder.BuildAndStart();
@@ -909,9 +922,10 @@ Gateway::Gateway(std::unique_ptr<Impl> impl) : impl_(std::move(impl)) {}
 Gateway::~Gateway() { Stop(); }
 
 absl::StatusOr<std::unique_ptr<Gateway>> Gateway::Create(
-    config::GatewayConfig config, std::shared_ptr<core::MetricsRegistry> metrics) {
+    config::GatewayConfig config, std::shared_ptr<core::MetricsRegistry> metrics,
+    std::optional<tls::TlsOptions> tls) {
   if (!metrics) metrics = core::MetricsRegistry::Default();
-  auto impl = std::make_unique<Impl>(std::move(config), std::move(metrics));
+  auto impl = std::make_unique<Impl>(std::move(config), std::move(metrics), std::move(tls));
   if (auto status = impl->Build(); !status.ok()) return status;
   return std::unique_ptr<Gateway>(new Gateway(std::move(impl)));
 }

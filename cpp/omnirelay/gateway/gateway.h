@@ -49,6 +49,7 @@
 #include "omnirelay/config/config.h"
 #include "omnirelay/core/metrics.h"
 #include "omnirelay/core/status.h"
+#include "omnirelay/tls/tls.h"
 
 namespace omnirelay::gateway {
 
@@ -56,8 +57,13 @@ class Gateway {
  public:
   // Loads the JWT secret (when a route requires authorization) and builds the
   // clusters. INVALID_ARGUMENT / FAILED_PRECONDITION / INTERNAL from config or the secret file.
+  // `tls` (the node's omniRelay.tls): the listener serves TLS (mTLS per its
+  // client_auth) and clusters with `tls` dial their instances over TLS with
+  // the same files as client identity; a `tls` cluster without it verifies
+  // against the system store.
   static absl::StatusOr<std::unique_ptr<Gateway>> Create(
-      config::GatewayConfig config, std::shared_ptr<core::MetricsRegistry> metrics = nullptr);
+      config::GatewayConfig config, std::shared_ptr<core::MetricsRegistry> metrics = nullptr,
+      std::optional<tls::TlsOptions> tls = std::nullopt);
   ~Gateway();
   Gateway(const Gateway&) = delete;
   Gateway& operator=(const Gateway&) = delete;

@@ -8,14 +8,17 @@
 #include <boost/asio/io_context.hpp>
 #include <boost/asio/ip/tcp.hpp>
 #include <boost/asio/redirect_error.hpp>
+#include <boost/asio/ssl.hpp>
 #include <boost/asio/steady_timer.hpp>
 #include <boost/asio/use_awaitable.hpp>
 #include <boost/asio/write.hpp>
 #include <boost/beast/core.hpp>
 #include <boost/beast/http.hpp>
+#include <boost/beast/ssl.hpp>
 #include <future>
 
 #include "omnirelay/core/logging.h"
+#include "omnirelay/tls/tls.h"
 
 namespace omnirelay::http {
 
@@ -48,6 +51,12 @@ std::string UrlDecode(std::string_view text) {
     }
   }
   return out;
+}
+
+// The layer synchronous writes (streamed replies) go through.
+tcp::socket& SyncLayer(beast::tcp_stream& stream) { return stream.socket(); }
+beast::ssl_stream<beast::tcp_stream>& SyncLayer(beast::ssl_stream<beast::tcp_stream>& stream) {
+  return stream;
 }
 
 }  // namespace
@@ -87,6 +96,10 @@ struct HttpServer::Impl {
   explicit Impl(HttpServer* owner) : server(owner) {}
   asio::awaitable<void> AcceptLoop();
   asio::awaitable<void> Session(tcp::socket socket);
+  // The request loop over a plain or TLS stream.
+  template <class Stream>
+  asio::awaitable<void> Serve(Stream& stream, std::string remote, bool secure,
+                              tls::PeerIdentity peer);
 
   HttpServer* server;
   asio::io_context io;
@@ -96,12 +109,43 @@ struct HttpServer::Impl {
 };
 
 asio::awaitable<void> HttpServer::Impl::Session(tcp::socket socket) {
-  beast::tcp_stream stream(std::move(socket));
-  beast::flat_buffer buffer;
   std::string remote;
   beast::error_code ep_ec;
-  auto remote_ep = stream.socket().remote_endpoint(ep_ec);
+  auto remote_ep = socket.remote_endpoint(ep_ec);
   if (!ep_ec) remote = remote_ep.address().to_string() + ":" + std::to_string(remote_ep.port());
+  if (!server->options_.tls) {
+    beast::tcp_stream stream(std::move(socket));
+    co_await Serve(stream, std::move(remote), false, {});
+    beast::error_code ignored;
+    stream.socket().shutdown(tcp::socket::shutdown_send, ignored);
+    co_return;
+  }
+  // TLS: the context current at accept time lives as long as the connection.
+  tls::ContextSource& source = *server->options_.tls;
+  std::shared_ptr<asio::ssl::context> context = source.Current();
+  beast::ssl_stream<beast::tcp_stream> stream(beast::tcp_stream(std::move(socket)), *context);
+  // A client that connects and never handshakes must not hold the slot.
+  stream.next_layer().expires_after(std::chrono::seconds(10));
+  beast::error_code ec;
+  co_await stream.async_handshake(asio::ssl::stream_base::server,
+                                  asio::redirect_error(asio::use_awaitable, ec));
+  if (ec) {
+    const std::string reason = tls::HandshakeFailure(stream.native_handle(), ec.message());
+    source.NoteHandshakeFailure(reason);
+    core::LogWarn("http.tls_handshake_failed", {{"remote", remote}, {"reason", reason}});
+    co_return;
+  }
+  stream.next_layer().expires_never();
+  tls::PeerIdentity peer = tls::PeerOf(stream.native_handle());
+  co_await Serve(stream, std::move(remote), true, std::move(peer));
+  stream.next_layer().expires_after(std::chrono::seconds(1));  // close_notify, bounded
+  co_await stream.async_shutdown(asio::redirect_error(asio::use_awaitable, ec));
+}
+
+template <class Stream>
+asio::awaitable<void> HttpServer::Impl::Serve(Stream& stream, std::string remote, bool secure,
+                                              tls::PeerIdentity peer) {
+  beast::flat_buffer buffer;
   for (;;) {
     bhttp::request_parser<bhttp::string_body> parser;
     parser.body_limit(server->options_.max_body_bytes);
@@ -122,6 +166,8 @@ asio::awaitable<void> HttpServer::Impl::Session(tcp::socket socket) {
     }
     request.body = std::move(raw.body());
     request.remote_address = remote;
+    request.secure = secure;
+    request.peer = peer;
 
     HttpResponse reply;
     try {
@@ -141,9 +187,9 @@ asio::awaitable<void> HttpServer::Impl::Session(tcp::socket socket) {
       head.keep_alive(false);
       bhttp::response_serializer<bhttp::empty_body> serializer(head);
       beast::error_code stream_ec;
-      bhttp::write_header(stream.socket(), serializer, stream_ec);
+      bhttp::write_header(SyncLayer(stream), serializer, stream_ec);
       if (!stream_ec) {
-        auto& socket = stream.socket();
+        auto& socket = SyncLayer(stream);
         std::function<bool(std::string_view)> write = [&socket](std::string_view chunk) {
           if (chunk.empty()) return true;
           beast::error_code ec;
@@ -176,8 +222,6 @@ asio::awaitable<void> HttpServer::Impl::Session(tcp::socket socket) {
     server->active_requests_.fetch_sub(1);
     if (write_ec || !keep_alive) break;
   }
-  beast::error_code ignored;
-  stream.socket().shutdown(tcp::socket::shutdown_send, ignored);
 }
 
 asio::awaitable<void> HttpServer::Impl::AcceptLoop() {
@@ -281,10 +325,47 @@ void HttpServer::Stop() {
   workers_.clear();
 }
 
+namespace {
+
+// One request/response over a connected plain or TLS stream.
+template <class Stream>
+absl::StatusOr<HttpClientResult> Exchange(Stream& stream, const std::string& host,
+                                          const std::string& method, const std::string& target,
+                                          const std::string& body, const core::Headers& headers) {
+  beast::error_code ec;
+  bhttp::request<bhttp::string_body> request(bhttp::string_to_verb(method), target, 11);
+  request.set(bhttp::field::host, host);
+  for (const auto& [name, value] : headers.entries()) request.set(name, value);
+  request.body() = body;
+  request.prepare_payload();
+  bhttp::write(stream, request, ec);
+  if (ec) return absl::UnavailableError("write: " + ec.message());
+  beast::flat_buffer buffer;
+  bhttp::response<bhttp::string_body> response;
+  bhttp::read(stream, buffer, response, ec);
+  if (ec == beast::error::timeout || ec == asio::error::would_block ||
+      ec == asio::error::try_again) {
+    return absl::DeadlineExceededError("HTTP call timed out");
+  }
+  if (ec && ec != asio::ssl::error::stream_truncated) {
+    return absl::UnavailableError("read: " + ec.message());
+  }
+  HttpClientResult result;
+  result.status = static_cast<int>(response.result_int());
+  for (const auto& field : response) {
+    result.headers.Add(std::string(field.name_string()), std::string(field.value()));
+  }
+  result.body = std::move(response.body());
+  return result;
+}
+
+}  // namespace
+
 absl::StatusOr<HttpClientResult> HttpCall(const std::string& host, uint16_t port,
                                           const std::string& method, const std::string& target,
                                           const std::string& body, const core::Headers& headers,
-                                          std::chrono::milliseconds timeout) {
+                                          std::chrono::milliseconds timeout,
+                                          tls::ContextSource* tls) {
   asio::io_context io;
   beast::tcp_stream stream(io);
   stream.expires_after(timeout);
@@ -304,27 +385,23 @@ absl::StatusOr<HttpClientResult> HttpCall(const std::string& host, uint16_t port
   tv.tv_usec = (timeout.count() % 1000) * 1000;
   ::setsockopt(stream.socket().native_handle(), SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof(tv));
   ::setsockopt(stream.socket().native_handle(), SOL_SOCKET, SO_SNDTIMEO, &tv, sizeof(tv));
-  bhttp::request<bhttp::string_body> request(bhttp::string_to_verb(method), target, 11);
-  request.set(bhttp::field::host, host);
-  for (const auto& [name, value] : headers.entries()) request.set(name, value);
-  request.body() = body;
-  request.prepare_payload();
-  bhttp::write(stream, request, ec);
-  if (ec) return absl::UnavailableError("write: " + ec.message());
-  beast::flat_buffer buffer;
-  bhttp::response<bhttp::string_body> response;
-  bhttp::read(stream, buffer, response, ec);
-  if (ec == beast::error::timeout || ec == asio::error::would_block ||
-      ec == asio::error::try_again) {
-    return absl::DeadlineExceededError("HTTP call timed out");
+  if (tls == nullptr) return Exchange(stream, host, method, target, body, headers);
+
+  std::shared_ptr<asio::ssl::context> context = tls->Current();
+  beast::ssl_stream<beast::tcp_stream> secure(std::move(stream), *context);
+  beast::error_code addr_ec;
+  asio::ip::make_address(host, addr_ec);
+  if (addr_ec) SSL_set_tlsext_host_name(secure.native_handle(), host.c_str());  // SNI for names
+  secure.set_verify_callback(asio::ssl::host_name_verification(host));
+  secure.handshake(asio::ssl::stream_base::client, ec);
+  if (ec) {
+    const std::string reason = tls::HandshakeFailure(secure.native_handle(), ec.message());
+    tls->NoteHandshakeFailure(reason);
+    return absl::UnavailableError("TLS handshake with " + host + ":" + std::to_string(port) +
+                                  " failed: " + reason);
   }
-  if (ec) return absl::UnavailableError("read: " + ec.message());
-  HttpClientResult result;
-  result.status = static_cast<int>(response.result_int());
-  for (const auto& field : response) {
-    result.headers.Add(std::string(field.name_string()), std::string(field.value()));
-  }
-  result.body = std::move(response.body());
+  auto result = Exchange(secure, host, method, target, body, headers);
+  secure.shutdown(ec);  // close_notify; errors (peer already closed) do not matter
   return result;
 }
 

@@ -27,6 +27,11 @@
 
 #include "omnirelay/core/request_meta.h"
 #include "omnirelay/core/status.h"
+#include "omnirelay/tls/identity.h"
+
+namespace omnirelay::tls {
+class ContextSource;
+}
 
 namespace omnirelay::http {
 
@@ -38,6 +43,8 @@ struct HttpRequest {
   core::Headers headers;
   std::string body;
   std::string remote_address;
+  bool secure = false;     // arrived over TLS
+  tls::PeerIdentity peer;  // the verified client certificate (mTLS), else empty
 
   // Value of `name` in the query string (decoded), if present.
   std::optional<std::string> QueryParam(std::string_view name) const;
@@ -67,6 +74,9 @@ struct HttpServerOptions {
   int threads = 1;
   std::chrono::milliseconds drain_timeout{5000};
   size_t max_body_bytes = 16 * 1024 * 1024;
+  // TLS (tls::Role::kServer): every connection handshakes first with the
+  // source's current context (rotated files apply to new connections).
+  std::shared_ptr<tls::ContextSource> tls{};
 };
 
 class HttpServer {
@@ -115,6 +125,10 @@ struct HttpClientResult {
 absl::StatusOr<HttpClientResult> HttpCall(
     const std::string& host, uint16_t port, const std::string& method, const std::string& target,
     const std::string& body = {}, const core::Headers& headers = {},
-    std::chrono::milliseconds timeout = std::chrono::seconds(10));
+    std::chrono::milliseconds timeout = std::chrono::seconds(10),
+    // HTTPS when set (tls::Role::kClient): the server's certificate must
+    // verify and match `host`; a failed handshake is Unavailable naming why
+    // ("certificate has expired", ...).
+    tls::ContextSource* tls = nullptr);
 
 }  // namespace omnirelay::http

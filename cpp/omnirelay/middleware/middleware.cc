@@ -1,8 +1,12 @@
 #include "omnirelay/middleware/middleware.h"
 
+#include <arpa/inet.h>
+
+#include <algorithm>
 #include <cmath>
 #include <exception>
 
+#include "omnirelay/auth/secrets.h"
 #include "omnirelay/core/logging.h"
 #include "omnirelay/core/request_meta.h"
 #include "omnirelay/core/status.h"
@@ -264,49 +268,129 @@ nlohmann::json RateLimitMiddleware::Snapshot() const {
 // ---------------------------------------------------------------- principal
 
 namespace {
-std::string Base64UrlDecode(std::string_view in) {
-  static const std::string chars =
-      "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_";
-  std::string out;
-  int val = 0, bits = -8;
-  for (char c : in) {
-    if (c == '+') c = '-';
-    if (c == '/') c = '_';
-    auto pos = chars.find(c);
-    if (pos == std::string::npos) break;
-    val = (val << 6) + static_cast<int>(pos);
-    bits += 6;
-    if (bits >= 0) {
-      out.push_back(static_cast<char>((val >> bits) & 0xFF));
-      bits -= 8;
+
+// "a.b.c.d", "[::1]", "::1" (optionally with ":port", or "/prefix" when
+// `allow_prefix`) -> network; nullopt when it does not parse.
+bool ParseAddress(std::string_view text, bool allow_prefix, std::array<unsigned char, 16>& out,
+                  int& family, int& prefix) {
+  std::string host(text);
+  prefix = -1;
+  if (allow_prefix) {
+    if (auto slash = host.find('/'); slash != std::string::npos) {
+      const std::string bits = host.substr(slash + 1);
+      if (bits.empty() || bits.size() > 3 ||
+          bits.find_first_not_of("0123456789") != std::string::npos) {
+        return false;
+      }
+      prefix = std::stoi(bits);
+      host = host.substr(0, slash);
     }
   }
-  return out;
+  if (!host.empty() && host.front() == '[') {  // [v6]:port
+    const auto close = host.find(']');
+    if (close == std::string::npos) return false;
+    host = host.substr(1, close - 1);
+  } else if (std::count(host.begin(), host.end(), ':') == 1) {  // v4:port
+    host = host.substr(0, host.find(':'));
+  }
+  out.fill(0);
+  if (::inet_pton(AF_INET, host.c_str(), out.data()) == 1) {
+    family = AF_INET;
+    if (prefix < 0) prefix = 32;
+    return prefix <= 32;
+  }
+  if (::inet_pton(AF_INET6, host.c_str(), out.data()) == 1) {
+    family = AF_INET6;
+    if (prefix < 0) prefix = 128;
+    return prefix <= 128;
+  }
+  return false;
 }
+
 }  // namespace
 
-void PrincipalMiddleware::Bind(core::RequestMeta& meta) {
+absl::StatusOr<std::shared_ptr<PrincipalMiddleware>> PrincipalMiddleware::Create(
+    PrincipalOptions options) {
+  auto middleware = std::make_shared<PrincipalMiddleware>();
+  for (size_t i = 0; i < options.trusted_proxies.size(); ++i) {
+    Network network;
+    if (!ParseAddress(options.trusted_proxies[i], /*allow_prefix=*/true, network.address,
+                      network.family, network.prefix)) {
+      return absl::InvalidArgumentError("omniRelay.principal.trustedProxies[" + std::to_string(i) +
+                                        "]: '" + options.trusted_proxies[i] +
+                                        "' is not an IP address or CIDR");
+    }
+    middleware->trusted_.push_back(network);
+  }
+  if (!options.jwt_secret_file.empty()) {
+    auto secret = auth::LoadSecret(options.jwt_secret_file);
+    if (!secret.ok()) {
+      return absl::InvalidArgumentError("omniRelay.principal.jwtSecretFile: " +
+                                        std::string(secret.status().message()));
+    }
+    middleware->codec_ = std::make_shared<const auth::JwtCodec>(std::move(*secret));
+  }
+  return middleware;
+}
+
+bool PrincipalMiddleware::IsTrustedProxy(std::string_view peer_address) const {
+  if (trusted_.empty() || peer_address.empty()) return false;
+  std::array<unsigned char, 16> address{};
+  int family = 0;
+  int unused = 0;
+  if (!ParseAddress(peer_address, /*allow_prefix=*/false, address, family, unused)) return false;
+  for (const auto& network : trusted_) {
+    if (network.family != family) continue;
+    int bits = network.prefix;
+    bool match = true;
+    for (size_t i = 0; bits > 0 && match; ++i, bits -= 8) {
+      const unsigned char mask = bits >= 8 ? 0xff : static_cast<unsigned char>(0xff << (8 - bits));
+      match = (address[i] & mask) == (network.address[i] & mask);
+    }
+    if (match) return true;
+  }
+  return false;
+}
+
+void PrincipalMiddleware::Bind(core::RequestMeta& meta) const {
+  // Only this middleware speaks for who the caller is.
+  meta.headers.Remove("rpc.principal");
+  meta.headers.Remove("rpc.principal-source");
   std::string principal;
-  if (auto v = meta.headers.Get("x-client-principal"); v && !v->empty()) {
-    principal = std::string(*v);
-  } else if (auto auth = meta.headers.Get("authorization");
-             auth && auth->size() > 7 &&
-             (auth->starts_with("Bearer ") || auth->starts_with("bearer "))) {
-    std::string_view token = auth->substr(7);
-    principal = std::string(token);
-    const auto d1 = token.find('.');
-    const auto d2 = d1 == std::string_view::npos ? d1 : token.find('.', d1 + 1);
-    if (d2 != std::string_view::npos) {
-      auto claims =
-          nlohmann::json::parse(Base64UrlDecode(token.substr(d1 + 1, d2 - d1 - 1)), nullptr, false);
-      if (claims.is_object() && claims.contains("sub") && claims["sub"].is_string()) {
-        principal = claims["sub"].get<std::string>();
+  std::string source;
+  if (IsTrustedProxy(meta.peer_address)) {
+    if (auto v = meta.headers.Get("x-client-principal"); v && !v->empty()) {
+      principal = std::string(*v);
+    } else if (auto subject = meta.headers.Get("x-client-cert-subject");
+               subject && !subject->empty()) {
+      principal = std::string(*subject);
+    }
+    if (!principal.empty()) source = "proxy";
+  } else {
+    // Untrusted identity headers are dropped so no later hop mistakes them
+    // for ours.
+    meta.headers.Remove("x-client-principal");
+    meta.headers.Remove("x-client-cert-subject");
+  }
+  if (principal.empty() && codec_) {
+    if (auto auth = meta.headers.Get("authorization");
+        auth && auth->size() > 7 &&
+        (auth->starts_with("Bearer ") || auth->starts_with("bearer "))) {
+      if (auto claims = codec_->Verify(auth->substr(7)); claims.ok()) {
+        principal = claims->username;
+        source = "jwt";
       }
     }
-  } else if (auto subject = meta.headers.Get("x-client-cert-subject"); subject) {
-    principal = std::string(*subject);
   }
-  if (!principal.empty()) meta.headers.Set("rpc.principal", principal);
+  if (principal.empty() && !meta.peer_identity.empty()) {
+    principal = meta.peer_identity;
+    source = "certificate";
+  }
+  if (principal.empty()) return;
+  meta.headers.Set("rpc.principal", principal);
+  meta.headers.Set("rpc.principal-source", source);
+  // The next hop trusts this node as its proxy (when configured so).
+  meta.headers.Set("x-client-principal", principal);
 }
 
 void PrincipalMiddleware::HandleUnary(const dispatcher::CallInfo& info, dispatcher::Request request,

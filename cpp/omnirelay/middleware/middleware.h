@@ -7,6 +7,7 @@
 // deadline, rate-limit. Outbound: tracing, metrics, retry, deadline.
 //
 // Thread-safety: every middleware is shared by all calls and thread-safe.
+#include <array>
 #include <atomic>
 #include <deque>
 #include <map>
@@ -16,6 +17,7 @@
 #include <random>
 #include <string>
 
+#include "omnirelay/auth/jwt.h"
 #include "omnirelay/core/clock.h"
 #include "omnirelay/core/metrics.h"
 #include "omnirelay/dispatcher/middleware.h"
@@ -134,16 +136,43 @@ class RateLimitMiddleware final : public dispatcher::Middleware {
   core::TimePoint refilled_{};
 };
 
-// Principal binding: sets header `rpc.principal` from `x-client-principal`,
-// else from a bearer token (a JWT's `sub` claim, otherwise the token itself),
-// else from `x-client-cert-subject` (mTLS subject forwarded by the TLS edge).
+// Principal binding: sets header `rpc.principal` (and `x-client-principal`
+// for the next hop) from, in order:
+//   1. `x-client-principal` / `x-client-cert-subject`, only when the call
+//      comes from a trusted proxy (RequestMeta::peer_address within
+//      `trusted_proxies`); from anyone else these headers are dropped;
+//   2. a bearer JWT verified with `jwt_secret_file` (HS256, auth::JwtCodec):
+//      its `sub`;
+//   3. the verified TLS client certificate (RequestMeta::peer_identity, the
+//      URI/DNS SAN or "sha256:<thumbprint>").
+// A client-sent `rpc.principal` is always discarded. `rpc.principal-source`
+// says which rule bound it (proxy | jwt | certificate).
+struct PrincipalOptions {
+  std::vector<std::string> trusted_proxies{};  // "127.0.0.1", "10.0.0.0/8", "::1"
+  std::string jwt_secret_file{};               // "" = bearer tokens bind nothing
+};
+
 class PrincipalMiddleware final : public dispatcher::Middleware {
  public:
+  // INVALID_ARGUMENT naming the bad proxy entry or unreadable secret file.
+  static absl::StatusOr<std::shared_ptr<PrincipalMiddleware>> Create(PrincipalOptions options);
+  PrincipalMiddleware() = default;  // trusts no proxy, verifies no JWT
+
   std::string_view name() const override { return "principal"; }
   void HandleUnary(const dispatcher::CallInfo& info, dispatcher::Request request,
                    dispatcher::UnaryCallback done, const dispatcher::UnaryHandler& next) override;
   absl::Status StreamStart(const dispatcher::CallInfo& info, core::RequestMeta& meta) override;
-  static void Bind(core::RequestMeta& meta);
+  void Bind(core::RequestMeta& meta) const;
+  bool IsTrustedProxy(std::string_view peer_address) const;
+
+ private:
+  struct Network {
+    std::array<unsigned char, 16> address{};
+    int family = 0;  // AF_INET | AF_INET6
+    int prefix = 0;
+  };
+  std::vector<Network> trusted_;
+  std::shared_ptr<const auth::JwtCodec> codec_;
 };
 
 // A finished span, exportable as JSON (OTLP-like field names).

@@ -5,6 +5,8 @@
 
 #include <gtest/gtest.h>
 
+#include <fstream>
+
 namespace omnirelay::middleware {
 namespace {
 
@@ -173,16 +175,72 @@ TEST(TracingTest, TraceParentRoundTripAndChildSpans) {
   EXPECT_EQ(seen, "00-" + parsed->trace_id + "-" + spans[0]["spanId"].get<std::string>() + "-01");
 }
 
-TEST(PrincipalMiddlewareTest, HeaderThenBearerJwtSubject) {
+TEST(PrincipalMiddlewareTest, IdentityHeadersOnlyFromTrustedProxies) {
+  auto principal = PrincipalMiddleware::Create({.trusted_proxies = {"10.1.0.0/16", "::1"}});
+  ASSERT_TRUE(principal.ok()) << principal.status();
+  core::RequestMeta forged;
+  forged.peer_address = "192.168.7.7:5000";
+  forged.headers.Set("x-client-principal", "admin");
+  forged.headers.Set("rpc.principal", "admin");
+  (*principal)->Bind(forged);
+  EXPECT_FALSE(forged.headers.Contains("rpc.principal"));
+  EXPECT_FALSE(forged.headers.Contains("x-client-principal"));  // not passed on either
+
+  core::RequestMeta proxied;
+  proxied.peer_address = "10.1.200.3:41000";
+  proxied.headers.Set("x-client-principal", "alice");
+  (*principal)->Bind(proxied);
+  EXPECT_EQ(proxied.headers.Get("rpc.principal"), "alice");
+  EXPECT_EQ(proxied.headers.Get("rpc.principal-source"), "proxy");
+
+  core::RequestMeta v6;
+  v6.peer_address = "[::1]:41000";
+  v6.headers.Set("x-client-cert-subject", "CN=edge");
+  (*principal)->Bind(v6);
+  EXPECT_EQ(v6.headers.Get("rpc.principal"), "CN=edge");
+
+  EXPECT_FALSE(PrincipalMiddleware::Create({.trusted_proxies = {"10.0.0.0/99"}}).ok());
+  EXPECT_FALSE(PrincipalMiddleware::Create({.trusted_proxies = {"proxy.local"}}).ok());
+}
+
+TEST(PrincipalMiddlewareTest, BearerTokensMustVerify) {
+  const std::string secret_file = ::testing::TempDir() + "/principal-jwt-secret";
+  const std::string secret(64, 'k');
+  {
+    std::ofstream out(secret_file);
+    out << secret << "\n";
+  }
+  auto principal = PrincipalMiddleware::Create({.jwt_secret_file = secret_file});
+  ASSERT_TRUE(principal.ok()) << principal.status();
+
+  core::RequestMeta unsigned_token;  // {"alg":"none"}.{"sub":"bob"}.
+  unsigned_token.headers.Set("authorization", "Bearer eyJhbGciOiJub25lIn0.eyJzdWIiOiJib2IifQ.");
+  (*principal)->Bind(unsigned_token);
+  EXPECT_FALSE(unsigned_token.headers.Contains("rpc.principal"));
+
+  auth::JwtCodec codec(secret);
+  auto token = codec.Issue("carol", "s-1", "user", std::chrono::minutes(5));
+  ASSERT_TRUE(token.ok());
+  core::RequestMeta signed_token;
+  signed_token.headers.Set("authorization", "Bearer " + *token);
+  (*principal)->Bind(signed_token);
+  EXPECT_EQ(signed_token.headers.Get("rpc.principal"), "carol");
+  EXPECT_EQ(signed_token.headers.Get("rpc.principal-source"), "jwt");
+
+  auto missing = PrincipalMiddleware::Create({.jwt_secret_file = secret_file + ".typo"});
+  ASSERT_FALSE(missing.ok());
+  EXPECT_NE(missing.status().message().find("omniRelay.principal.jwtSecretFile"),
+            std::string::npos);
+}
+
+TEST(PrincipalMiddlewareTest, VerifiedClientCertificate) {
+  PrincipalMiddleware principal;
   core::RequestMeta meta;
-  meta.headers.Set("x-client-principal", "alice");
-  PrincipalMiddleware::Bind(meta);
-  EXPECT_EQ(*meta.headers.Get("rpc.principal"), "alice");
-  core::RequestMeta jwt;
-  // {"alg":"none"}.{"sub":"bob"}.
-  jwt.headers.Set("authorization", "Bearer eyJhbGciOiJub25lIn0.eyJzdWIiOiJib2IifQ.");
-  PrincipalMiddleware::Bind(jwt);
-  EXPECT_EQ(*jwt.headers.Get("rpc.principal"), "bob");
+  meta.peer_identity = "spiffe://omnirelay/node-1";
+  meta.headers.Set("x-client-principal", "someone-else");
+  principal.Bind(meta);
+  EXPECT_EQ(meta.headers.Get("rpc.principal"), "spiffe://omnirelay/node-1");
+  EXPECT_EQ(meta.headers.Get("rpc.principal-source"), "certificate");
 }
 
 }  // namespace

@@ -1,11 +1,16 @@
 #include "omnirelay/node/node.h"
 
+#include <openssl/crypto.h>
 #include <unistd.h>
 
+#include <cctype>
+#include <fstream>
+#include <sstream>
+
 #include "omnirelay/core/logging.h"
-#include "omnirelay/resourcelease/service.h"
 #include "omnirelay/mesh/mesh_metrics.h"
 #include "omnirelay/mesh/peer_feed.h"
+#include "omnirelay/resourcelease/service.h"
 
 namespace omnirelay::node {
 
@@ -17,6 +22,32 @@ Node::Node(config::NodeConfig config)
       spans_(std::make_shared<middleware::SpanRecorder>()) {}
 
 Node::~Node() { Stop(); }
+
+namespace {
+
+// A config-named file's trimmed contents; errors name the key path.
+absl::StatusOr<std::string> ReadKeyFile(const std::string& key, const std::string& path) {
+  std::ifstream in(path, std::ios::binary);
+  if (!in) return absl::InvalidArgumentError(key + ": cannot read '" + path + "'");
+  std::stringstream text;
+  text << in.rdbuf();
+  std::string value = text.str();
+  while (!value.empty() && std::isspace(static_cast<unsigned char>(value.back()))) value.pop_back();
+  if (value.empty()) return absl::InvalidArgumentError(key + ": '" + path + "' is empty");
+  return value;
+}
+
+absl::Status WithKeyPath(const std::string& key, const absl::Status& status) {
+  if (status.ok()) return status;
+  return absl::Status(status.code(), key + "." + std::string(status.message()));
+}
+
+bool TokenMatches(std::string_view given, const std::string& expected) {
+  return !expected.empty() && given.size() == expected.size() &&
+         CRYPTO_memcmp(given.data(), expected.data(), given.size()) == 0;
+}
+
+}  // namespace
 
 absl::StatusOr<std::unique_ptr<Node>> Node::Create(config::NodeConfig config) {
   std::unique_ptr<Node> node(new Node(std::move(config)));
@@ -53,7 +84,11 @@ absl::StatusOr<dispatcher::MiddlewareChain> Node::Chain(const std::vector<std::s
     } else if (name == "logging") {
       chain.push_back(std::make_shared<middleware::LoggingMiddleware>());
     } else if (name == "principal") {
-      chain.push_back(std::make_shared<middleware::PrincipalMiddleware>());
+      auto principal = middleware::PrincipalMiddleware::Create(
+          {.trusted_proxies = config_.principal.trusted_proxies,
+           .jwt_secret_file = config_.principal.jwt_secret_file});
+      if (!principal.ok()) return principal.status();
+      chain.push_back(*principal);
     } else if (name == "deadline") {
       add_retry();  // retry sits outside the per-attempt deadline check
       chain.push_back(std::make_shared<middleware::DeadlineMiddleware>(clock_));
@@ -76,6 +111,23 @@ absl::Status Node::Build() {
     // normal profile the node runs unlimited and switches to the
     // `middleware.backpressure` profile while a queue is under backpressure.
     config_.middleware.rate_limit = config::RateLimitProfileConfig{};
+  }
+  if (config_.tls) {
+    const auto& t = *config_.tls;
+    tls_ = tls::TlsOptions{
+        .cert_file = t.cert_file,
+        .key_file = t.key_file,
+        .ca_file = t.ca_file,
+        .client_auth = tls::ParseClientAuth(t.client_certificate).value_or(tls::ClientAuth::kNone),
+        .reload_interval = t.reload_interval};
+    if (auto s = tls::Validate(*tls_, /*need_identity=*/true); !s.ok()) {
+      return WithKeyPath("omniRelay.tls", s);
+    }
+  }
+  if (!config_.admin.token_file.empty()) {
+    auto token = ReadKeyFile("omniRelay.admin.tokenFile", config_.admin.token_file);
+    if (!token.ok()) return token.status();
+    admin_token_ = *token;
   }
   if (config_.middleware.rate_limit) {
     const auto& n = *config_.middleware.rate_limit;
@@ -133,7 +185,8 @@ absl::Status Node::Build() {
                                          .procedure = o.procedure,
                                          .endpoints = o.endpoints,
                                          .peers = peers,
-                                         .threads = o.threads},
+                                         .threads = o.threads,
+                                         .tls = tls_},
           pool, clock_);
     } else {
       outbound = std::make_shared<transport::HttpOutbound>(
@@ -142,7 +195,8 @@ absl::Status Node::Build() {
                                          .procedure = o.procedure,
                                          .endpoints = o.endpoints,
                                          .peers = peers,
-                                         .threads = std::max(4, o.threads)},
+                                         .threads = std::max(4, o.threads),
+                                         .tls = tls_},
           pool, clock_);
     }
     std::optional<dispatcher::MiddlewareChain> chain;
@@ -249,68 +303,70 @@ nlohmann::json Node::ResourceLeaseStats() const {
 }
 
 void Node::AddResourceLeaseRoutes(http::HttpServer& server) {
-  server.Route("GET", "/omnirelay/control/backpressure", [this](const http::HttpRequest&) {
+  AdminRoute(server, "GET", "/omnirelay/control/backpressure", [this](const http::HttpRequest&) {
     nlohmann::json body = {
         {"namespaces",
          backpressure_diag_ ? backpressure_diag_->Latest() : nlohmann::json::object()},
         {"rateLimit", rate_limiter_ ? rate_limiter_->Snapshot() : nlohmann::json(nullptr)}};
     return http::HttpResponse::Json(200, body.dump());
   });
-  server.Route(
-      "GET", "/omnirelay/control/backpressure/stream", [this](const http::HttpRequest& request) {
-        if (!backpressure_diag_) {
-          return http::HttpResponse::Json(404, R"({"error":"resourceLease is not configured"})");
-        }
-        const std::string only = request.QueryParam("namespace").value_or("");
-        http::HttpResponse response;
-        response.content_type = "text/event-stream";
-        response.headers.Set("cache-control", "no-cache");
-        auto diag = backpressure_diag_;
-        response.stream = [diag, only](const std::function<bool(std::string_view)>& write) {
-          // First the current state of every namespace, then each
-          // transition as it happens; a comment line every 2 s
-          // notices clients that went away.
-          std::uint64_t cursor = diag->Cursor();
-          const nlohmann::json latest = diag->Latest();  // items() must not outlive it
-          for (const auto& [name, state] : latest.items()) {
-            if (!only.empty() && name != only) continue;
-            if (!write("event: snapshot\ndata: " + state.dump() + "\n\n")) return;
-          }
-          while (!diag->closed()) {
-            auto next = diag->Next(cursor, std::chrono::seconds(2));
-            if (!next) {
-              if (!write(": keepalive\n\n")) return;
-              continue;
-            }
-            if (!only.empty() && (*next)["namespace"] != only) continue;
-            if (!write("event: transition\ndata: " + next->dump() + "\n\n")) return;
-          }
-        };
-        return response;
-      });
-  server.Route("GET", "/omnirelay/control/resourcelease", [this](const http::HttpRequest&) {
+  AdminRoute(server, "GET", "/omnirelay/control/backpressure/stream",
+             [this](const http::HttpRequest& request) {
+               if (!backpressure_diag_) {
+                 return http::HttpResponse::Json(404,
+                                                 R"({"error":"resourceLease is not configured"})");
+               }
+               const std::string only = request.QueryParam("namespace").value_or("");
+               http::HttpResponse response;
+               response.content_type = "text/event-stream";
+               response.headers.Set("cache-control", "no-cache");
+               auto diag = backpressure_diag_;
+               response.stream = [diag, only](const std::function<bool(std::string_view)>& write) {
+                 // First the current state of every namespace, then each
+                 // transition as it happens; a comment line every 2 s
+                 // notices clients that went away.
+                 std::uint64_t cursor = diag->Cursor();
+                 const nlohmann::json latest = diag->Latest();  // items() must not outlive it
+                 for (const auto& [name, state] : latest.items()) {
+                   if (!only.empty() && name != only) continue;
+                   if (!write("event: snapshot\ndata: " + state.dump() + "\n\n")) return;
+                 }
+                 while (!diag->closed()) {
+                   auto next = diag->Next(cursor, std::chrono::seconds(2));
+                   if (!next) {
+                     if (!write(": keepalive\n\n")) return;
+                     continue;
+                   }
+                   if (!only.empty() && (*next)["namespace"] != only) continue;
+                   if (!write("event: transition\ndata: " + next->dump() + "\n\n")) return;
+                 }
+               };
+               return response;
+             });
+  AdminRoute(server, "GET", "/omnirelay/control/resourcelease", [this](const http::HttpRequest&) {
     return http::HttpResponse::Json(200,
                                     nlohmann::json{{"namespaces", ResourceLeaseStats()}}.dump());
   });
-  server.Route("GET", "/omnirelay/control/resourcelease/health", [this](const http::HttpRequest&) {
-    // healthy: every queue serves; degraded: some queue under backpressure
-    // (still serving leases); unhealthy (503): a queue is drained.
-    std::string status = "healthy";
-    std::vector<std::string> reasons;
-    for (const auto& [name, queue] : queues_) {
-      const auto s = queue->Stats();
-      if (s.drained) {
-        status = "unhealthy";
-        reasons.push_back("namespace '" + name + "' is drained");
-      } else if (s.backpressure) {
-        if (status == "healthy") status = "degraded";
-        reasons.push_back("namespace '" + name + "' is under backpressure");
-      }
-    }
-    nlohmann::json body = {
-        {"status", status}, {"reasons", reasons}, {"namespaces", ResourceLeaseStats()}};
-    return http::HttpResponse::Json(status == "unhealthy" ? 503 : 200, body.dump());
-  });
+  AdminRoute(server, "GET", "/omnirelay/control/resourcelease/health",
+             [this](const http::HttpRequest&) {
+               // healthy: every queue serves; degraded: some queue under backpressure
+               // (still serving leases); unhealthy (503): a queue is drained.
+               std::string status = "healthy";
+               std::vector<std::string> reasons;
+               for (const auto& [name, queue] : queues_) {
+                 const auto s = queue->Stats();
+                 if (s.drained) {
+                   status = "unhealthy";
+                   reasons.push_back("namespace '" + name + "' is drained");
+                 } else if (s.backpressure) {
+                   if (status == "healthy") status = "degraded";
+                   reasons.push_back("namespace '" + name + "' is under backpressure");
+                 }
+               }
+               nlohmann::json body = {
+                   {"status", status}, {"reasons", reasons}, {"namespaces", ResourceLeaseStats()}};
+               return http::HttpResponse::Json(status == "unhealthy" ? 503 : 200, body.dump());
+             });
 }
 
 absl::Status Node::Register(dispatcher::Procedure procedure) {
@@ -323,21 +379,28 @@ absl::Status Node::Start() {
   if (auto s = dispatcher_->Start(); !s.ok()) return s;
   if (config_.mesh) gossip_service_ = std::make_unique<mesh::GossipService>();
   if (config_.grpc) {
-    transport::GrpcInboundOptions grpc_options{.address = config_.grpc->address,
-                                               .threads = config_.grpc->threads};
+    transport::GrpcInboundOptions grpc_options{
+        .address = config_.grpc->address, .threads = config_.grpc->threads, .tls = tls_};
     if (gossip_service_) grpc_options.services.push_back(gossip_service_->service());
     grpc_ = std::make_unique<transport::GrpcInbound>(grpc_options, dispatcher_);
     if (auto s = grpc_->Start(); !s.ok()) return s;
   }
+  std::shared_ptr<tls::ContextSource> server_tls;
+  if (tls_) {
+    auto source = tls::ContextSource::Create(*tls_, tls::Role::kServer);
+    if (!source.ok()) return WithKeyPath("omniRelay.tls", source.status());
+    server_tls = *source;
+  }
   if (config_.http) {
     http_ = std::make_unique<transport::HttpInbound>(
         transport::HttpInboundOptions{.address = config_.http->address,
-                                      .threads = std::max(4, config_.http->threads)},
+                                      .threads = std::max(4, config_.http->threads),
+                                      .tls = server_tls},
         dispatcher_);
     if (auto s = http_->Start(); !s.ok()) return s;
   }
   if (config_.gateway) {
-    auto gateway = gateway::Gateway::Create(*config_.gateway, metrics_);
+    auto gateway = gateway::Gateway::Create(*config_.gateway, metrics_, tls_);
     if (!gateway.ok()) return gateway.status();
     gateway_ = std::move(*gateway);
     if (auto s = gateway_->Start(); !s.ok()) return s;
@@ -347,8 +410,11 @@ absl::Status Node::Start() {
   if (!hp.ok()) return hp.status();
   // Backpressure SSE streams hold an admin worker each: give ResourceLease
   // nodes a few.
-  admin_ = std::make_unique<http::HttpServer>(http::HttpServerOptions{
-      .host = hp->host, .port = hp->port, .threads = config_.resource_lease ? 6 : 1});
+  admin_ = std::make_unique<http::HttpServer>(
+      http::HttpServerOptions{.host = hp->host,
+                              .port = hp->port,
+                              .threads = config_.resource_lease ? 6 : 1,
+                              .tls = config_.admin.tls ? server_tls : nullptr});
   if (config_.mesh) {
     if (auto s = StartMesh(); !s.ok()) return s;
   }
@@ -401,9 +467,9 @@ absl::Status Node::StartMesh() {
   auto options = MeshOptions(c);
   gossip_transport_ =
       std::make_shared<mesh::GrpcGossipTransport>(options.send_timeout, c.peer_addresses);
-  mesh::LocalIdentity self{c.identity.node_id, advertise,
-                           mesh::MemberMeta{c.identity.roles, c.identity.region, c.identity.zone,
-                                            c.identity.labels}};
+  mesh::LocalIdentity self{
+      c.identity.node_id, advertise,
+      mesh::MemberMeta{c.identity.roles, c.identity.region, c.identity.zone, c.identity.labels}};
   membership_ = mesh::Membership::Create(std::move(self), options, clock_, gossip_transport_);
   gossip_transport_->SetStats(&membership_->stats());
   // Heartbeat grace: a member is probed by this node about once per
@@ -432,12 +498,9 @@ absl::Status Node::StartMesh() {
 nlohmann::json Node::RoleMap() const {
   if (!config_.mesh) return nullptr;
   const auto& id = config_.mesh->identity;
-  nlohmann::json self = {{"id", id.node_id},
-                         {"cluster", id.cluster_name},
-                         {"roles", id.roles},
-                         {"region", id.region},
-                         {"zone", id.zone},
-                         {"labels", id.labels}};
+  nlohmann::json self = {{"id", id.node_id},  {"cluster", id.cluster_name},
+                         {"roles", id.roles}, {"region", id.region},
+                         {"zone", id.zone},   {"labels", id.labels}};
   nlohmann::json map = nlohmann::json::object();
   if (membership_) {
     self["address"] = membership_->SelfRecord().address;
@@ -570,6 +633,44 @@ nlohmann::json Node::LeadersJson() const {
           {"scopes", scopes}};
 }
 
+std::optional<http::HttpResponse> Node::Deny(const http::HttpRequest& request,
+                                             bool mutating) const {
+  if (!mutating && config_.admin.read_access == "open") return std::nullopt;
+  // A verified client certificate (admin over mTLS) is a credential.
+  if (!request.peer.empty()) return std::nullopt;
+  const std::string_view auth = request.headers.Get("authorization").value_or("");
+  if (auth.size() > 7 && (auth.starts_with("Bearer ") || auth.starts_with("bearer ")) &&
+      TokenMatches(auth.substr(7), admin_token_)) {
+    return std::nullopt;
+  }
+  const bool mtls = tls_ && config_.admin.tls && tls_->client_auth != tls::ClientAuth::kNone;
+  if (admin_token_.empty() && !mtls) {
+    return http::HttpResponse::Json(
+        403, R"({"error":"the control plane is closed: configure omniRelay.admin.tokenFile or )"
+             R"(admin mTLS (omniRelay.tls.clientCertificate)"
+  })");
+}
+auto response = http::HttpResponse::Json(
+    401, R"({"error":"needs Authorization: Bearer <token of omniRelay.admin.tokenFile> or a )"
+         R"(verified client certificate"})");
+response.headers.Set("www-authenticate", "Bearer realm=\"omnirelay-admin\"");
+return response;
+}
+
+http::HttpHandler Node::Guard(http::HttpHandler handler, bool mutating) {
+  return [this, handler = std::move(handler), mutating](const http::HttpRequest& request) {
+    if (auto denied = Deny(request, mutating)) return std::move(*denied);
+    return handler(request);
+  };
+}
+
+void Node::AdminRoute(http::HttpServer& server, std::string method, std::string path,
+                      http::HttpHandler handler) {
+  // Every admin route but the probes passes Deny(): anything but GET mutates.
+  const bool mutating = method != "GET";
+  server.Route(std::move(method), std::move(path), Guard(std::move(handler), mutating));
+}
+
 void Node::AddAdminRoutes(http::HttpServer& server) {
   server.Route("GET", "/healthz", [](const http::HttpRequest&) {
     return http::HttpResponse::Json(200, R"({"status":"ok"})");
@@ -581,26 +682,26 @@ void Node::AddAdminRoutes(http::HttpServer& server) {
     if (!ready) response.headers.Set("retry-after", "1");
     return response;
   });
-  server.Route("GET", "/metrics", [this](const http::HttpRequest&) {
+  AdminRoute(server, "GET", "/metrics", [this](const http::HttpRequest&) {
     auto response = http::HttpResponse::Text(200, metrics_->RenderPrometheus());
     response.content_type = "text/plain; version=0.0.4; charset=utf-8";
     return response;
   });
-  server.Route("GET", "/omnirelay/introspect", [this](const http::HttpRequest&) {
+  AdminRoute(server, "GET", "/omnirelay/introspect", [this](const http::HttpRequest&) {
     return http::HttpResponse::Json(200, Introspect().dump());
   });
-  server.Route("GET", "/omnirelay/traces", [this](const http::HttpRequest&) {
+  AdminRoute(server, "GET", "/omnirelay/traces", [this](const http::HttpRequest&) {
     return http::HttpResponse::Json(200, nlohmann::json{{"spans", spans_->ToJson()}}.dump());
   });
-  server.Route("GET", "/omnirelay/echo/stats", [this](const http::HttpRequest&) {
+  AdminRoute(server, "GET", "/omnirelay/echo/stats", [this](const http::HttpRequest&) {
     if (!echo_stats_) return http::HttpResponse::Json(404, R"({"error":"echo is not enabled"})");
     return http::HttpResponse::Json(200, echo_stats_->ToJson().dump());
   });
-  server.Route("GET", "/omnirelay/gateway", [this](const http::HttpRequest&) {
+  AdminRoute(server, "GET", "/omnirelay/gateway", [this](const http::HttpRequest&) {
     if (!gateway_) return http::HttpResponse::Json(404, R"({"error":"gateway is not configured"})");
     return http::HttpResponse::Json(200, gateway_->Introspect().dump());
   });
-  server.Route("GET", "/omnirelay/control/lease-health", [this](const http::HttpRequest&) {
+  AdminRoute(server, "GET", "/omnirelay/control/lease-health", [this](const http::HttpRequest&) {
     nlohmann::json out = nlohmann::json::object();
     for (const auto& [name, pool] : pools_) {
       auto health = pool->LeaseHealth();
@@ -610,13 +711,13 @@ void Node::AddAdminRoutes(http::HttpServer& server) {
     return http::HttpResponse::Json(200, nlohmann::json{{"outbounds", out}}.dump());
   });
   AddResourceLeaseRoutes(server);
-  server.Route("GET", "/omnirelay/control/peers", [this](const http::HttpRequest&) {
+  AdminRoute(server, "GET", "/omnirelay/control/peers", [this](const http::HttpRequest&) {
     if (!membership_) {
       return http::HttpResponse::Json(404, R"({"error":"mesh is not configured"})");
     }
     return http::HttpResponse::Json(200, membership_->ToJson().dump());
   });
-  server.Route("GET", "/omnirelay/control/leaders", [this](const http::HttpRequest&) {
+  AdminRoute(server, "GET", "/omnirelay/control/leaders", [this](const http::HttpRequest&) {
     if (!leadership_) {
       return http::HttpResponse::Json(404, R"({"error":"leadership is not configured"})");
     }
@@ -628,50 +729,53 @@ void Node::AddAdminRoutes(http::HttpServer& server) {
     if (auto code = core::ErrorCode(status)) body["code"] = *code;
     return http::HttpResponse::Json(core::ToHttpStatus(status.code()), body.dump());
   };
-  server.Route(
-      "POST", "/omnirelay/control/promote", [this, status_json](const http::HttpRequest& request) {
-        if (!leadership_) {
-          return http::HttpResponse::Json(404, R"({"error":"leadership is not configured"})");
+  AdminRoute(server, "POST", "/omnirelay/control/promote",
+             [this, status_json](const http::HttpRequest& request) {
+               if (!leadership_) {
+                 return http::HttpResponse::Json(404,
+                                                 R"({"error":"leadership is not configured"})");
+               }
+               auto status = leadership_->Promote(request.QueryParam("scope").value_or(""),
+                                                  request.QueryParam("node").value_or(""));
+               if (!status.ok()) return status_json(status);
+               return http::HttpResponse::Json(200, LeadersJson().dump());
+             });
+  AdminRoute(server, "POST", "/omnirelay/control/fenced-write",
+             [this, status_json](const http::HttpRequest& request) {
+               if (!leadership_) {
+                 return http::HttpResponse::Json(404,
+                                                 R"({"error":"leadership is not configured"})");
+               }
+               const std::string scope = request.QueryParam("scope").value_or("");
+               // The token reported is exactly the one the write was fenced with.
+               auto held = leadership_->Held(scope);
+               if (!held) {
+                 return status_json(core::MakeStatus(
+                     core::StatusCode::kFailedPrecondition,
+                     "not the leader of " + scope + " (node " + leadership_->node_id() + ")",
+                     "not-leader"));
+               }
+               auto written = coord_store_->FencedPut(*held, request.QueryParam("key").value_or(""),
+                                                      request.QueryParam("value").value_or(""));
+               if (!written.ok()) return status_json(written.status());
+               nlohmann::json body = {{"revision", *written},
+                                      {"fencingToken", held->fencing_token},
+                                      {"node", leadership_->node_id()}};
+               return http::HttpResponse::Json(200, body.dump());
+             });
+  AdminRoute(
+      server, "POST", "/omnirelay/control/backpressure", [this](const http::HttpRequest& request) {
+        if (!rate_limiter_) {
+          return http::HttpResponse::Json(404, R"({"error":"rate limiting is not configured"})");
         }
-        auto status = leadership_->Promote(request.QueryParam("scope").value_or(""),
-                                           request.QueryParam("node").value_or(""));
-        if (!status.ok()) return status_json(status);
-        return http::HttpResponse::Json(200, LeadersJson().dump());
+        const std::string mode = request.QueryParam("mode").value_or("");
+        if (mode != "normal" && mode != "backpressure") {
+          return http::HttpResponse::Json(400,
+                                          R"({"error":"mode must be normal or backpressure"})");
+        }
+        rate_limiter_->SetBackpressure(mode == "backpressure");
+        return http::HttpResponse::Json(200, rate_limiter_->Snapshot().dump());
       });
-  server.Route(
-      "POST", "/omnirelay/control/fenced-write",
-      [this, status_json](const http::HttpRequest& request) {
-        if (!leadership_) {
-          return http::HttpResponse::Json(404, R"({"error":"leadership is not configured"})");
-        }
-        const std::string scope = request.QueryParam("scope").value_or("");
-        // The token reported is exactly the one the write was fenced with.
-        auto held = leadership_->Held(scope);
-        if (!held) {
-          return status_json(core::MakeStatus(
-              core::StatusCode::kFailedPrecondition,
-              "not the leader of " + scope + " (node " + leadership_->node_id() + ")",
-              "not-leader"));
-        }
-        auto written = coord_store_->FencedPut(*held, request.QueryParam("key").value_or(""),
-                                               request.QueryParam("value").value_or(""));
-        if (!written.ok()) return status_json(written.status());
-        nlohmann::json body = {{"revision", *written},
-                               {"fencingToken", held->fencing_token},
-                               {"node", leadership_->node_id()}};
-        return http::HttpResponse::Json(200, body.dump());
-      });
-  server.Route("POST", "/omnirelay/control/backpressure", [this](const http::HttpRequest& request) {
-    if (!rate_limiter_) {
-      return http::HttpResponse::Json(404, R"({"error":"rate limiting is not configured"})");
-    }
-    const std::string mode = request.QueryParam("mode").value_or("");
-    if (mode != "normal" && mode != "backpressure") {
-      return http::HttpResponse::Json(400, R"({"error":"mode must be normal or backpressure"})");
-    }
-    rate_limiter_->SetBackpressure(mode == "backpressure");
-    return http::HttpResponse::Json(200, rate_limiter_->Snapshot().dump());
-  });
 }
 
 }  // namespace omnirelay::node

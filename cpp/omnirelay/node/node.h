@@ -25,6 +25,12 @@
 //   POST /omnirelay/control/fenced-write?scope=S&key=K&value=V  a control write as
 //                                         leader of S (412 when not leader / fenced)
 //
+// Control plane (docs/security.md): POST /omnirelay/control/* needs
+// `Authorization: Bearer <omniRelay.admin.tokenFile>` or a verified client
+// certificate (admin over mTLS); 401 without either, 403 when neither is
+// configured. Other GETs follow omniRelay.admin.readAccess (open | token);
+// /healthz and /readyz stay open for probes.
+//
 // Drain protocol: Drain() makes new calls fail Unavailable (HTTP 503 +
 // retry-after) and /readyz 503; WaitIdle() waits for admitted calls; Stop()
 // then closes listeners and outbounds.
@@ -50,6 +56,7 @@
 #include "omnirelay/middleware/middleware.h"
 #include "omnirelay/resourcelease/diagnostics.h"
 #include "omnirelay/resourcelease/queue.h"
+#include "omnirelay/tls/tls.h"
 #include "omnirelay/transport/grpc_transport.h"
 #include "omnirelay/transport/http_transport.h"
 
@@ -107,6 +114,13 @@ class Node {
   void AddResourceLeaseRoutes(http::HttpServer& server);
   nlohmann::json ResourceLeaseStats() const;
   absl::Status StartMesh();
+  // nullopt when `request` may proceed, else the 401/403 answer.
+  std::optional<http::HttpResponse> Deny(const http::HttpRequest& request, bool mutating) const;
+  // Wraps a handler with Deny().
+  http::HttpHandler Guard(http::HttpHandler handler, bool mutating);
+  // Registers an admin route behind Deny() (POSTs are mutating).
+  void AdminRoute(http::HttpServer& server, std::string method, std::string path,
+                  http::HttpHandler handler);
 
   config::NodeConfig config_;
   std::shared_ptr<core::Clock> clock_;
@@ -135,6 +149,8 @@ class Node {
   absl::Status StartLeadership();
   std::shared_ptr<coord::LeadershipStore> coord_store_;
   std::shared_ptr<leadership::LeadershipManager> leadership_;
+  std::optional<tls::TlsOptions> tls_;         // from omniRelay.tls
+  std::string admin_token_;                    // from omniRelay.admin.tokenFile
   core::TimePoint started_at_{};
   bool started_ = false;
   bool stopped_ = false;

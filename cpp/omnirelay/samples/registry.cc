@@ -1,5 +1,7 @@
 #include "omnirelay/samples/registry.h"
 
+#include <openssl/crypto.h>
+
 #include <nlohmann/json.hpp>
 
 #include "omnirelay/core/logging.h"
@@ -78,6 +80,7 @@ RegistryServer::RegistryServer(http::HttpServerOptions http_options, RegistryOpt
                                std::shared_ptr<core::Clock> clock)
     : registry_(options, std::move(clock)), server_(std::move(http_options)) {
   server_.Route("POST", "/register", [this](const http::HttpRequest& request) {
+    if (auto denied = Unauthorized(request)) return std::move(*denied);
     const json body = json::parse(request.body, nullptr, /*allow_exceptions=*/false);
     if (body.is_discarded()) return JsonError(400, "body is not JSON");
     auto id = StringField(body, "id");
@@ -94,6 +97,7 @@ RegistryServer::RegistryServer(http::HttpServerOptions http_options, RegistryOpt
     return http::HttpResponse::Json(200, json{{"ok", true}, {"ttl_ms", ttl_ms}}.dump());
   });
   server_.Route("POST", "/unregister", [this](const http::HttpRequest& request) {
+    if (auto denied = Unauthorized(request)) return std::move(*denied);
     const json body = json::parse(request.body, nullptr, /*allow_exceptions=*/false);
     if (body.is_discarded()) return JsonError(400, "body is not JSON");
     auto id = StringField(body, "id");
@@ -109,6 +113,21 @@ RegistryServer::RegistryServer(http::HttpServerOptions http_options, RegistryOpt
   server_.Route("GET", "/healthz", [](const http::HttpRequest&) {
     return http::HttpResponse::Json(200, R"({"status":"ok"})");
   });
+}
+
+std::optional<http::HttpResponse> RegistryServer::Unauthorized(
+    const http::HttpRequest& request) const {
+  const std::string& token = registry_.options().token;
+  if (token.empty()) return std::nullopt;
+  const std::string_view auth = request.headers.Get("authorization").value_or("");
+  if (auth.size() == token.size() + 7 && auth.starts_with("Bearer ") &&
+      CRYPTO_memcmp(auth.data() + 7, token.data(), token.size()) == 0) {
+    return std::nullopt;
+  }
+  core::LogWarn("registry.unauthorized", {{"remote", request.remote_address}});
+  auto response = JsonError(401, "registrations need Authorization: Bearer <registry token>");
+  response.headers.Set("www-authenticate", "Bearer realm=\"omnirelay-registry\"");
+  return response;
 }
 
 absl::Status RegistryServer::Start() { return server_.Start(); }

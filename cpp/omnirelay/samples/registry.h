@@ -41,6 +41,10 @@ struct RegistryOptions {
   // How long an entry lives without a heartbeat. Workers heartbeat every
   // second by default, so 5 s tolerates four lost heartbeats.
   core::Duration ttl = std::chrono::seconds(5);
+  // When set, POST /register and /unregister need `Authorization: Bearer
+  // <token>` (401 otherwise), so only holders of the token file can put an
+  // instance into the gateway's rotation. GET /instances stays open.
+  std::string token{};
 };
 
 class InstanceRegistry {
@@ -79,6 +83,7 @@ class RegistryServer {
   InstanceRegistry& registry() { return registry_; }
 
  private:
+  std::optional<http::HttpResponse> Unauthorized(const http::HttpRequest& request) const;
   InstanceRegistry registry_;
   http::HttpServer server_;
 };

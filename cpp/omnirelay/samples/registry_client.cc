@@ -63,6 +63,7 @@ absl::StatusOr<std::string> RegistryClient::Post(const std::string& path,
                                                  const std::string& body) const {
   core::Headers headers;
   headers.Set("Content-Type", "application/json");
+  if (!token_.empty()) headers.Set("Authorization", "Bearer " + token_);
   auto result = http::HttpCall(host_, port_, "POST", path, body, headers, timeout_);
   if (!result.ok()) {
     return absl::UnavailableError("registry " + host_ + ":" + std::to_string(port_) + ": " +

@@ -38,6 +38,9 @@ class RegistryClient {
   // Live instances, sorted by id; all roles when `role` is empty.
   absl::StatusOr<std::vector<Instance>> List(std::string_view role = {}) const;
 
+  // Bearer token sent with Register/Unregister (RegistryOptions::token).
+  void set_token(std::string token) { token_ = std::move(token); }
+
   const std::string& host() const { return host_; }
   uint16_t port() const { return port_; }
 
@@ -49,6 +52,7 @@ class RegistryClient {
   std::string host_;
   uint16_t port_;
   std::chrono::milliseconds timeout_;
+  std::string token_;
 };
 
 // Keeps one instance registered: registers on Start(), heartbeats every

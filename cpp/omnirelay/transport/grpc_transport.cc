@@ -13,6 +13,7 @@
 #include "absl/synchronization/mutex.h"
 #include "omnirelay/core/logging.h"
 #include "omnirelay/core/retry_after.h"
+#include "omnirelay/tls/grpc_credentials.h"
 #include "omnirelay/transport/transport_util.h"
 
 namespace omnirelay::transport {
@@ -53,6 +54,14 @@ std::string ToString(const grpc::ByteBuffer& buffer) {
 }
 
 std::string_view View(const grpc::string_ref& ref) { return {ref.data(), ref.size()}; }
+
+// gRPC's peer string ("ipv4:127.0.0.1:5000", "ipv6:[::1]:5000") -> "host:port".
+std::string PeerAddress(const std::string& peer) {
+  for (std::string_view prefix : {"ipv4:", "ipv6:"}) {
+    if (peer.starts_with(prefix)) return peer.substr(prefix.size());
+  }
+  return peer;
+}
 
 grpc::Status ToGrpc(const absl::Status& status) {
   return grpc::Status(static_cast<grpc::StatusCode>(status.code()), std::string(status.message()));
@@ -152,6 +161,9 @@ class InboundCall final : public Tag {
       meta_.headers.Add(k, std::string(View(value)));
     }
     ApplyRpcHeaders(meta_);
+    meta_.peer_address = PeerAddress(ctx_.peer());
+    meta_.peer_identity = tls::GrpcPeerIdentity(ctx_.auth_context().get()).Principal();
+    if (meta_.peer_identity == "sha256:") meta_.peer_identity.clear();
     const auto deadline = ctx_.deadline();
     if (deadline < std::chrono::system_clock::now() + std::chrono::hours(24 * 365)) {
       meta_.deadline = std::chrono::time_point_cast<core::Duration>(deadline);
@@ -409,6 +421,8 @@ std::string GrpcTarget(const std::string& endpoint) {
   return target;
 }
 
+bool IsTlsEndpoint(const std::string& endpoint) { return endpoint.rfind("https://", 0) == 0; }
+
 // ---------------------------------------------------------------- inbound
 
 GrpcInbound::GrpcInbound(GrpcInboundOptions options,
@@ -430,7 +444,10 @@ absl::Status GrpcInbound::Start() {
   absl::SetMutexDeadlockDetectionMode(absl::OnDeadlockCycle::kIgnore);
   service_ = std::make_unique<grpc::AsyncGenericService>();
   grpc::ServerBuilder builder;
-  builder.AddListeningPort(options_.address, grpc::InsecureServerCredentials(), &port_);
+  builder.AddListeningPort(
+      options_.address,
+      options_.tls ? tls::GrpcServerCredentials(*options_.tls) : grpc::InsecureServerCredentials(),
+      &port_);
   for (auto* extra : options_.services) builder.RegisterService(extra);
   builder.RegisterAsyncGenericService(service_.get());
   builder.SetMaxReceiveMessageSize(options_.max_message_bytes);
@@ -501,8 +518,13 @@ absl::Status GrpcOutbound::Start() {
     args.SetMaxReceiveMessageSize(-1);
     // One connection per peer channel, not shared with other channels.
     args.SetInt("grpc.use_local_subchannel_pool", 1);
-    channels_.push_back(
-        grpc::CreateCustomChannel(GrpcTarget(address), grpc::InsecureChannelCredentials(), args));
+    // "https://" is TLS, never silently plaintext (docs/security.md).
+    channels_.push_back(grpc::CreateCustomChannel(
+        GrpcTarget(address),
+        IsTlsEndpoint(address)
+            ? tls::GrpcChannelCredentials(options_.tls.value_or(tls::TlsOptions{}))
+            : grpc::InsecureChannelCredentials(),
+        args));
   }
   for (int i = 0; i < 8; ++i) acquire_workers_.emplace_back([this] { AcquireWorker(); });
   for (int i = 0; i < std::max(1, options_.threads); ++i) {

@@ -41,6 +41,7 @@
 
 #include "omnirelay/core/clock.h"
 #include "omnirelay/dispatcher/dispatcher.h"
+#include "omnirelay/tls/tls.h"
 #include "omnirelay/transport/peer_pool.h"
 
 namespace grpc {
@@ -61,6 +62,8 @@ struct GrpcInboundOptions {
   // Typed services served on the same listener before the generic dispatcher
   // service (e.g. the mesh's Gossip service); not owned, must outlive the inbound.
   std::vector<grpc::Service*> services = {};
+  // TLS listener (client_auth require = mTLS); plaintext when unset.
+  std::optional<tls::TlsOptions> tls{};
 };
 
 class GrpcInbound {
@@ -95,6 +98,10 @@ struct GrpcOutboundOptions {
   std::vector<std::string> endpoints;  // "host:port", "http://host:port" or "https://..."
   PeerPoolOptions peers;
   int threads = 1;  // own completion-queue threads for callers off the inbound threads
+  // "https://" endpoints use TLS with these options (ca_file to verify the
+  // server, cert/key as the client identity for mTLS); the system store and
+  // no client certificate when unset. Other endpoints are plaintext.
+  std::optional<tls::TlsOptions> tls{};
 };
 
 class GrpcOutbound final : public dispatcher::Outbound {
@@ -142,5 +149,7 @@ class GrpcOutbound final : public dispatcher::Outbound {
 
 // "http://host:port" / "https://host:port/" / "host:port" -> "host:port".
 std::string GrpcTarget(const std::string& endpoint);
+// True for "https://..." endpoints (TLS); everything else is plaintext.
+bool IsTlsEndpoint(const std::string& endpoint);
 
 }  // namespace omnirelay::transport

@@ -62,10 +62,13 @@ class SseWriter final : public dispatcher::ServerStream {
 
 absl::StatusOr<HostPort> ParseHostPort(const std::string& address) {
   std::string rest = address;
-  for (const char* scheme : {"http://", "https://", "grpc://"}) {
-    if (rest.rfind(scheme, 0) == 0) rest = rest.substr(std::string_view(scheme).size());
-  }
   HostPort out;
+  for (const char* scheme : {"http://", "https://", "grpc://"}) {
+    if (rest.rfind(scheme, 0) == 0) {
+      rest = rest.substr(std::string_view(scheme).size());
+      out.scheme = std::string(scheme, std::string_view(scheme).size() - 3);
+    }
+  }
   if (auto slash = rest.find('/'); slash != std::string::npos) {
     out.path = rest.substr(slash);
     rest = rest.substr(0, slash);
@@ -95,8 +98,8 @@ HttpInbound::~HttpInbound() { Stop(); }
 absl::Status HttpInbound::Start(const std::function<void(http::HttpServer&)>& extra) {
   auto hp = ParseHostPort(options_.address);
   if (!hp.ok()) return hp.status();
-  server_ = std::make_unique<http::HttpServer>(
-      http::HttpServerOptions{.host = hp->host, .port = hp->port, .threads = options_.threads});
+  server_ = std::make_unique<http::HttpServer>(http::HttpServerOptions{
+      .host = hp->host, .port = hp->port, .threads = options_.threads, .tls = options_.tls});
   if (extra) extra(*server_);
   server_->Fallback([this](const http::HttpRequest& request) { return Handle(request); });
   return server_->Start();
@@ -116,6 +119,8 @@ http::HttpResponse HttpInbound::Handle(const http::HttpRequest& request) {
     if (!IsTransportHeader(k)) meta.headers.Add(k, v);
   }
   ApplyRpcHeaders(meta);
+  meta.peer_address = request.remote_address;
+  if (!request.peer.empty()) meta.peer_identity = request.peer.Principal();
   if (meta.time_to_live) meta.deadline = meta.EffectiveDeadline(std::chrono::system_clock::now());
   meta.service = std::string(request.headers.Get("rpc-service").value_or(""));
   meta.procedure = std::string(request.headers.Get("rpc-procedure").value_or(""));
@@ -212,7 +217,15 @@ HttpOutbound::~HttpOutbound() { Stop(); }
 
 absl::Status HttpOutbound::Start() {
   for (const auto& endpoint : pool_->addresses()) {
-    if (auto hp = ParseHostPort(endpoint); !hp.ok()) return hp.status();
+    auto hp = ParseHostPort(endpoint);
+    if (!hp.ok()) return hp.status();
+    if (hp->scheme == "https" && !tls_) {
+      // "https://" is TLS, never silently plaintext (docs/security.md).
+      auto source =
+          tls::ContextSource::Create(options_.tls.value_or(tls::TlsOptions{}), tls::Role::kClient);
+      if (!source.ok()) return source.status();
+      tls_ = *source;
+    }
   }
   for (int i = 0; i < std::max(1, options_.threads); ++i) workers_.emplace_back([this] { Work(); });
   return absl::OkStatus();
@@ -286,8 +299,8 @@ void HttpOutbound::Run(dispatcher::Request request, dispatcher::UnaryCallback do
     headers.Set("rpc-ttl-ms", std::to_string(left.count()));
     headers.Set("rpc-deadline", core::FormatTimestamp(*deadline));
   }
-  auto result =
-      http::HttpCall(hp->host, hp->port, "POST", hp->path, request.body, headers, timeout);
+  auto result = http::HttpCall(hp->host, hp->port, "POST", hp->path, request.body, headers, timeout,
+                               hp->scheme == "https" ? tls_.get() : nullptr);
   if (!result.ok()) {
     absl::Status status = result.status();
     if (deadline && clock_->Now() >= *deadline) {

@@ -33,6 +33,7 @@
 #include "omnirelay/core/clock.h"
 #include "omnirelay/dispatcher/dispatcher.h"
 #include "omnirelay/http/http_server.h"
+#include "omnirelay/tls/tls.h"
 #include "omnirelay/transport/peer_pool.h"
 
 namespace omnirelay::transport {
@@ -40,6 +41,8 @@ namespace omnirelay::transport {
 struct HttpInboundOptions {
   std::string address = "127.0.0.1:0";
   int threads = 4;
+  // TLS listener (tls::Role::kServer); plaintext when null.
+  std::shared_ptr<tls::ContextSource> tls{};
 };
 
 class HttpInbound {
@@ -66,6 +69,9 @@ struct HttpOutboundOptions {
   std::vector<std::string> endpoints;
   PeerPoolOptions peers;
   int threads = 4;
+  // "https://" endpoints use TLS with these options (ca_file verifies the
+  // server, cert/key are the client identity); the system store when unset.
+  std::optional<tls::TlsOptions> tls{};
 };
 
 class HttpOutbound final : public dispatcher::Outbound {
@@ -91,10 +97,12 @@ class HttpOutbound final : public dispatcher::Outbound {
   std::deque<std::function<void()>> queue_;
   std::vector<std::thread> workers_;
   bool stopping_ = false;
+  std::shared_ptr<tls::ContextSource> tls_;  // set when an endpoint is https://
 };
 
 // Splits "host:port" (optionally with a scheme and path).
 struct HostPort {
+  std::string scheme{};  // "http", "https", "grpc" or "" when none was given
   std::string host;
   uint16_t port = 0;
   std::string path = "/";

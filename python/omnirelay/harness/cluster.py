@@ -21,6 +21,7 @@ import copy
 import json
 import os
 import re
+import secrets
 import socket
 import sys
 import threading
@@ -64,10 +65,15 @@ def _tail(path: Path, lines: int = 15) -> str:
     return "\n".join(text.splitlines()[-lines:])
 
 
-def http_get(url: str, timeout: float = 2.0) -> Tuple[int, str]:
-    """GET ``url``; (status, body). Raises OSError on connection problems/timeouts."""
+def http_get(url: str, timeout: float = 2.0, context: Any = None,
+             headers: Optional[Mapping[str, str]] = None, method: str = "GET") -> Tuple[int, str]:
+    """GET ``url``; (status, body). Raises OSError on connection problems/timeouts.
+    ``context`` is the ssl.SSLContext for https:// (mTLS clusters); ``headers``
+    e.g. the admin bearer token."""
+    request = urllib.request.Request(url, headers=dict(headers or {}), method=method,
+                                     data=b"" if method == "POST" else None)
     try:
-        with urllib.request.urlopen(url, timeout=timeout) as response:
+        with urllib.request.urlopen(request, timeout=timeout, context=context) as response:
             return response.status, response.read().decode(errors="replace")
     except urllib.error.HTTPError as error:
         return error.code, error.read().decode(errors="replace")
@@ -81,6 +87,8 @@ class LinkHandle:
     spec: LinkSpec
     upstream: str
     proxy: Any = None  # omnirelay.chaos.proxy.FaultProxy when proxied
+    tls: bool = False  # the target port speaks TLS (mTLS cluster, omnirelay node)
+    ssl_context: Any = None  # the harness's client context when `tls`
 
     @property
     def name(self) -> str:
@@ -90,6 +98,10 @@ class LinkHandle:
     def address(self) -> str:
         """What the link's source should dial: the proxy if any, else the target."""
         return self.proxy.address if self.proxy is not None else self.upstream
+
+    def url(self, path: str = "/") -> str:
+        """``http(s)://<address><path>``: HTTPS when the target speaks TLS."""
+        return f"{'https' if self.tls else 'http'}://{self.address}{path}"
 
 
 class Node:
@@ -131,7 +143,13 @@ class Node:
 
     @property
     def admin_url(self) -> str:
-        return f"http://{self.admin}"
+        scheme = "https" if self.cluster.tls_enabled_for(self.spec) else "http"
+        return f"{scheme}://{self.admin}"
+
+    def grpc_channel(self, port: str = "grpc"):
+        """A gRPC channel to this node: mTLS with the harness certificate when
+        the cluster runs under mTLS, plaintext otherwise."""
+        return self.cluster.grpc_channel(self.address(port))
 
     @property
     def endpoints(self) -> Dict[str, str]:
@@ -208,7 +226,7 @@ class Node:
                     last_error = str(error)
             if spec.http and not pending:
                 try:
-                    status, body = http_get(self.admin_url + spec.http, timeout=1.0)
+                    status, body = self.get(spec.http, timeout=1.0)
                     if status != 200:
                         pending.append(f"GET {spec.http} -> 200")
                         last_error = f"GET {spec.http}: {status} {body[:200]}"
@@ -289,7 +307,13 @@ class Node:
 
     # -- observation -----------------------------------------------------------------
     def get(self, path: str, timeout: float = 2.0) -> Tuple[int, str]:
-        return http_get(self.admin_url + path, timeout)
+        return http_get(self.admin_url + path, timeout, context=self.cluster.ssl_context,
+                        headers=self.cluster.admin_headers)
+
+    def post(self, path: str, timeout: float = 2.0) -> Tuple[int, str]:
+        """POST to an admin control endpoint, with the cluster's admin token."""
+        return http_get(self.admin_url + path, timeout, context=self.cluster.ssl_context,
+                        headers=self.cluster.admin_headers, method="POST")
 
     def get_json(self, path: str, timeout: float = 2.0) -> Any:
         status, body = self.get(path, timeout)
@@ -336,8 +360,21 @@ class Cluster:
     def __init__(self, topology: Union[Topology, str, Path], artifacts_dir: Union[str, Path, None] = None, *,
                  binary: Union[str, Path, None] = None, seed: int = 0, env: Optional[Mapping[str, str]] = None,
                  ready_timeout_s: Optional[float] = None, port_overrides: Optional[Mapping[str, int]] = None,
-                 stop_grace_s: float = 5.0, supervise: bool = True) -> None:
+                 stop_grace_s: float = 5.0, supervise: bool = True, tls: Optional[str] = None) -> None:
         self.topology = topology if isinstance(topology, Topology) else Topology.load(topology)
+        # mTLS: the argument, else the topology's `tls`, else $OMNIRELAY_TLS
+        # (so any existing scenario or test can be run under mTLS unchanged).
+        self.tls = tls or self.topology.tls or os.environ.get("OMNIRELAY_TLS") or None
+        if self.tls == "off":
+            self.tls = None
+        if self.tls not in (None, "mtls"):
+            raise HarnessError(f"tls: unknown mode {self.tls!r} (off, mtls)")
+        self.pki = None  # omnirelay.harness.pki.TestCa under mTLS, made at start
+        self.ssl_context = None
+        # Bearer token of every omnirelay node's admin control plane
+        # (omniRelay.admin.tokenFile), sent by Node.get/post.
+        self.admin_token = secrets.token_hex(32)
+        self.admin_headers = {"Authorization": f"Bearer {self.admin_token}"}
         if artifacts_dir is None:
             artifacts_dir = Path("artifacts") / f"{self.topology.name}-{time.strftime('%Y%m%d-%H%M%S')}"
         self.artifacts_dir = Path(artifacts_dir).resolve()
@@ -460,6 +497,14 @@ class Cluster:
         self.artifacts_dir.mkdir(parents=True, exist_ok=True)
         (self.artifacts_dir / "nodes").mkdir(exist_ok=True)
         self._events_file = open(self.artifacts_dir / "events.jsonl", "a")
+        token_file = self.artifacts_dir / "admin-token"
+        token_file.write_text(self.admin_token + "\n")
+        os.chmod(token_file, 0o600)
+        if self.tls == "mtls":
+            from omnirelay.harness.pki import TestCa
+
+            self.pki = TestCa(self.artifacts_dir / "pki")
+            self.ssl_context = self.pki.client_ssl_context("harness")
         self.event("cluster.starting", topology=self.topology.name, seed=self.seed,
                    binary=str(self.binary) if self.binary else None)
 
@@ -486,6 +531,8 @@ class Cluster:
             target = self.nodes[link_spec.target]
             upstream = target.address(link_spec.port)
             handle = LinkHandle(link_spec, upstream)
+            if self.tls_enabled_for(target.spec):
+                handle.tls, handle.ssl_context = True, self.ssl_context
             if link_spec.proxy:
                 handle.proxy = FaultProxy(link_spec.name, (HOST, target.ports[link_spec.port]),
                                           (HOST, ALLOCATOR.allocate()), seed=self.seed,
@@ -510,10 +557,19 @@ class Cluster:
     def _render(self, node: Node) -> None:
         spec = node.spec
         node.dir.mkdir(parents=True, exist_ok=True)
+        omnirelay_node = self.is_omnirelay_node(spec)
         if spec.config is not None:
             config = self.resolve(spec.config, node)
+            if self.tls_enabled_for(spec):
+                _dial_tls(config)
             node.config_file.write_text(yaml.safe_dump(config, sort_keys=False))
         args = self.resolve(spec.launch_args(), node)
+        if omnirelay_node:
+            # The admin control plane is closed; the harness holds the token.
+            args += ["--set", f"admin.tokenFile={self.artifacts_dir / 'admin-token'}"]
+            if self.tls_enabled_for(spec):
+                for key, value in self.pki.node_settings(node.name).items():
+                    args += ["--set", f"{key}={value}"]
         command = self.resolve(spec.command, node) if spec.command else str(self.binary)
         node.argv = [command, *[str(a) for a in args]]
         env = dict(os.environ)
@@ -521,6 +577,28 @@ class Cluster:
         env.update({k: str(v) for k, v in self.resolve(spec.env, node).items()})
         node.env = env
         (node.dir / "argv.json").write_text(json.dumps(node.argv, indent=2))
+
+    # -- security ---------------------------------------------------------------------
+    def is_omnirelay_node(self, spec: NodeSpec) -> bool:
+        """A node running an omnirelay node verb (serve, echo) that reads
+        omniRelay config; sample verbs (auth, worker, registry) and foreign
+        commands are not."""
+        if spec.command is not None:
+            return False
+        args = spec.launch_args()
+        return bool(args) and args[0] in ("serve", "echo")
+
+    def tls_enabled_for(self, spec: NodeSpec) -> bool:
+        return self.tls == "mtls" and self.is_omnirelay_node(spec)
+
+    def grpc_channel(self, address: str):
+        """A gRPC channel to ``address``: mTLS with the harness certificate
+        under mTLS, plaintext otherwise."""
+        import grpc
+
+        if self.pki is None:
+            return grpc.insecure_channel(address)
+        return grpc.secure_channel(address, self.pki.grpc_credentials("harness"))
 
     # -- placeholders -------------------------------------------------------------------
     def resolve(self, value: Any, node: Node) -> Any:
@@ -718,6 +796,29 @@ def _port_form(host: str, port: int, rest: List[str]) -> str:
     if rest[0] == "url":
         return f"http://{host}:{port}"
     raise KeyError(rest[0])
+
+
+def _dial_tls(config: Any) -> None:
+    """Under mTLS, an omnirelay node's outbound and gateway-cluster endpoints
+    given as bare host:port become https:// (TLS with the node's certificate):
+    every omnirelay peer listens with TLS then."""
+    section = config.get("omniRelay") if isinstance(config, dict) else None
+    if not isinstance(section, dict):
+        return
+
+    def https(endpoints: Any) -> Any:
+        if not isinstance(endpoints, list):
+            return endpoints
+        return [e if not isinstance(e, str) or "://" in e else "https://" + e for e in endpoints]
+
+    for outbound in (section.get("outbounds") or {}).values():
+        if isinstance(outbound, dict) and "endpoints" in outbound:
+            outbound["endpoints"] = https(outbound["endpoints"])
+    gateway = section.get("gateway")
+    if isinstance(gateway, dict):
+        for cluster in (gateway.get("clusters") or {}).values():
+            if isinstance(cluster, dict) and cluster.get("endpoints"):
+                cluster["endpoints"] = https(cluster["endpoints"])
 
 
 def _safe(text: str) -> str:
