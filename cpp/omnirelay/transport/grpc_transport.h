@@ -6,7 +6,8 @@
 // resolves it (procedure, alias or forwarding route) or the call ends in
 // UNIMPLEMENTED. Unary and oneway calls run as a completion-queue state
 // machine without a thread per call; streaming kinds run their blocking
-// handler on a thread of their own that waits for each queue operation.
+// handler on a bounded pool (`max_streams` threads, started on demand, joined
+// by Shutdown) and wait for each queue operation there.
 //
 // Outbound: N peers from a PeerPool, one channel per peer. Unary calls use
 // the async generic stub on the *calling thread's* completion queue when the
@@ -57,6 +58,9 @@ struct GrpcInboundOptions {
   std::string address = "127.0.0.1:0";
   int threads = 2;  // completion queues, one polling thread each
   int max_message_bytes = 16 * 1024 * 1024;
+  // Streaming calls handled at once (each holds one pool thread while it
+  // runs); further streams are answered RESOURCE_EXHAUSTED ("stream-capacity").
+  int max_streams = 64;
 };
 
 class GrpcInbound {

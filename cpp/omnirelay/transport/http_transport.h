@@ -33,6 +33,7 @@
 #include "omnirelay/core/clock.h"
 #include "omnirelay/dispatcher/dispatcher.h"
 #include "omnirelay/http/http_server.h"
+#include "omnirelay/core/address.h"
 #include "omnirelay/transport/peer_pool.h"
 
 namespace omnirelay::transport {
@@ -40,6 +41,7 @@ namespace omnirelay::transport {
 struct HttpInboundOptions {
   std::string address = "127.0.0.1:0";
   int threads = 4;
+  http::HttpLimits limits{};  // 400/413/431 and read timeouts (http_server.h)
 };
 
 class HttpInbound {
@@ -93,12 +95,10 @@ class HttpOutbound final : public dispatcher::Outbound {
   bool stopping_ = false;
 };
 
-// Splits "host:port" (optionally with a scheme and path).
-struct HostPort {
-  std::string host;
-  uint16_t port = 0;
-  std::string path = "/";
-};
-absl::StatusOr<HostPort> ParseHostPort(const std::string& address);
+// The one address parser (core/address.h), re-exported for transport callers.
+using HostPort = core::HostPort;
+inline absl::StatusOr<HostPort> ParseHostPort(const std::string& address) {
+  return core::ParseHostPort(address);
+}
 
 }  // namespace omnirelay::transport
