@@ -9,6 +9,7 @@
 
 #include "bindings/registrations.h"
 #include "bindings/status_conversion.h"
+#include "omnirelay/core/address.h"
 #include "omnirelay/core/clock.h"
 #include "omnirelay/core/latency_histogram.h"
 #include "omnirelay/core/logging.h"
@@ -171,6 +172,14 @@ void RegisterCore(py::module_& m) {
   m.def("format_timestamp", [](double seconds) {
     return core::FormatTimestamp(FromEpochSeconds(seconds));
   });
+  m.def(
+      "parse_host_port",
+      [](const std::string& text) {
+        auto parsed = core::ParseHostPort(text);
+        if (!parsed.ok()) ThrowIfError(parsed.status());
+        return py::make_tuple(parsed->scheme, parsed->host, parsed->port, parsed->path);
+      },
+      "The one address parser: '[scheme://]host:port[/path]' -> (scheme, host, port, path).");
   m.def("parse_duration", [](const std::string& text) -> Duration {
     auto parsed = core::ParseDuration(text);
     if (!parsed) ThrowIfError(absl::InvalidArgumentError("not a duration: " + text));

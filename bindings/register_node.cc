@@ -97,10 +97,21 @@ py::dict HeadersToDict(const core::Headers& headers) {
 
 class PyNode {
  public:
-  PyNode(const std::string& config_json, const std::vector<std::string>& sets, int python_threads)
+  // The same loader as `omnirelay serve`: a file goes through
+  // config::LoadFile (YAML by yaml-cpp with our scalar rules, or JSON), then
+  // OMNIRELAY__* environment overrides, then `sets`, then validation.
+  // `config_json` is used when no `config_path` is given.
+  PyNode(const std::string& config_json, const std::vector<std::string>& sets, int python_threads,
+         const std::string& config_path, bool use_environment)
       : pool_(std::make_shared<PythonPool>(python_threads)) {
-    auto root = nlohmann::json::parse(config_json, nullptr, false);
-    if (root.is_discarded()) ThrowIfError(absl::InvalidArgumentError("config: not valid JSON"));
+    nlohmann::json root;
+    if (!config_path.empty()) {
+      root = ValueOrThrow(config::LoadFile(config_path));
+    } else {
+      root = nlohmann::json::parse(config_json, nullptr, false);
+      if (root.is_discarded()) ThrowIfError(absl::InvalidArgumentError("config: not valid JSON"));
+    }
+    if (use_environment) ThrowIfError(config::ApplyEnvironment(root));
     ThrowIfError(config::ApplySets(root, sets));
     auto parsed = ValueOrThrow(config::Parse(root));
     node_ = ValueOrThrow(node::Node::Create(std::move(parsed)));
@@ -226,9 +237,11 @@ class PyNode {
 
 void RegisterNode(py::module_& m) {
   py::class_<PyNode>(m, "Node")
-      .def(py::init<const std::string&, const std::vector<std::string>&, int>(),
+      .def(py::init<const std::string&, const std::vector<std::string>&, int, const std::string&,
+                    bool>(),
            py::arg("config_json"), py::arg("sets") = std::vector<std::string>{},
-           py::arg("python_threads") = 4)
+           py::arg("python_threads") = 4, py::arg("config_path") = std::string(),
+           py::arg("use_environment") = true)
       .def("register_unary", &PyNode::RegisterUnary, py::arg("service"), py::arg("name"),
            py::arg("handler"))
       .def("start", &PyNode::Start)

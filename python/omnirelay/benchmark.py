@@ -23,6 +23,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Dict, List, Mapping, Optional, Sequence, Union
 
+from omnirelay._core import parse_duration
 from omnirelay._native import find_native_binary
 
 PERCENTILES = ("p50", "p90", "p95", "p99", "p999", "max")
@@ -175,20 +176,15 @@ def run_benchmark(*, binary: Union[str, Path, None] = None, timeout_s: Optional[
 
 
 def _seconds(value: Any) -> float:
+    """A benchmark duration in seconds: numbers are seconds, text goes through
+    the one duration parser (``omnirelay.parse_duration``)."""
     if value is None:
         return 0.0
     if isinstance(value, (int, float)):
         return float(value)
-    text = str(value).strip()
-    for suffix, factor in (("ms", 0.001), ("s", 1.0), ("m", 60.0), ("h", 3600.0)):
-        if text.endswith(suffix):
-            try:
-                return float(text[: -len(suffix)]) * factor
-            except ValueError:
-                return 0.0
     try:
-        return float(text)
-    except ValueError:
+        return parse_duration(str(value).strip()).total_seconds()
+    except Exception:  # noqa: BLE001 - the native binary reports the bad flag itself
         return 0.0
 
 

@@ -44,7 +44,15 @@ def main(argv: Optional[List[str]] = None) -> int:
 
     argv = list(sys.argv[1:] if argv is None else argv)
     if argv and argv[0] in PYTHON_VERBS:
-        return PYTHON_VERBS[argv[0]][1](argv[1:])
+        # No input may crash a verb with a traceback: usage errors exit 2
+        # (argparse's SystemExit passes through), failures are reported and exit 1.
+        try:
+            return PYTHON_VERBS[argv[0]][1](argv[1:])
+        except KeyboardInterrupt:
+            return 130
+        except Exception as error:  # noqa: BLE001 - the verb's last line of defence
+            print(f"omnirelay {argv[0]}: {type(error).__name__}: {error}", file=sys.stderr)
+            return 1
     try:
         binary = find_native_binary()
     except NativeBinaryNotFound as error:

@@ -31,24 +31,16 @@ Handler = Callable[[bytes, Dict[str, Any]], Optional[bytes]]
 ConfigLike = Union[Mapping[str, Any], str, Path]
 
 
-def _load_config(config: ConfigLike) -> Dict[str, Any]:
+def _config_source(config: ConfigLike) -> Tuple[str, str]:
+    """(config_json, config_path): a path is loaded by the C++ loader itself,
+    exactly as ``omnirelay serve --config`` loads it (YAML semantics included);
+    a mapping or JSON text becomes JSON (a bare section gets its ``omniRelay`` key)."""
     if isinstance(config, Path) or (isinstance(config, str) and not config.lstrip().startswith("{")):
-        path = Path(config)
-        text = path.read_text()
-        if path.suffix in (".yaml", ".yml"):
-            import yaml
-
-            data = yaml.safe_load(text)
-        else:
-            data = json.loads(text)
-    elif isinstance(config, str):
-        data = json.loads(config)
-    else:
-        data = dict(config)
-    # Accept either the whole document or just the omniRelay section.
+        return "", str(config)
+    data = json.loads(config) if isinstance(config, str) else dict(config)
     if not any(k.lower() == "omnirelay" for k in data):
         data = {"omniRelay": data}
-    return data
+    return json.dumps(data), ""
 
 
 class Node:
@@ -59,8 +51,11 @@ class Node:
     """
 
     def __init__(self, config: ConfigLike, *, sets: Iterable[str] = (),
-                 python_threads: int = 4) -> None:
-        self._native = _core.Node(json.dumps(_load_config(config)), list(sets), python_threads)
+                 python_threads: int = 4, use_environment: bool = True) -> None:
+        # Same order as `serve`: file or mapping, OMNIRELAY__* environment, sets.
+        config_json, config_path = _config_source(config)
+        self._native = _core.Node(config_json, list(sets), python_threads,
+                                  config_path=config_path, use_environment=use_environment)
         self._ready: Dict[str, Any] = {}
         self._started = False
 

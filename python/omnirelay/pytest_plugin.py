@@ -17,6 +17,8 @@ select how scenarios run, and the fixtures that build clusters:
 ``golden``             ``golden(data, "name.json", redact=[...])`` compares with
                        ``tests/golden/`` (``--update-golden`` rewrites)
 =====================  ===========================================================
+
+``--fail-on-skip`` (CI): every skipped test or module becomes a failure.
 """
 
 from __future__ import annotations
@@ -57,6 +59,9 @@ def pytest_addoption(parser):
                     help="seed of every fault decision (default $OMNIRELAY_SEED or 0); printed on failure")
     group.addoption("--update-golden", action="store_true", default=False,
                     help="rewrite golden files instead of comparing (same as OMNIRELAY_UPDATE_GOLDEN=1)")
+    group.addoption("--fail-on-skip", action="store_true", default=False,
+                    help="CI mode: a skipped test or module is a failure (a missing binary or stub "
+                         "must be found, not skipped); scripts/test.sh passes it")
 
 
 def pytest_configure(config):
@@ -74,10 +79,31 @@ def pytest_configure(config):
                 os.environ[env] = os.pathsep.join([*paths, str(root / folder)])
 
 
+def _skip_reason(report) -> str:
+    longrepr = report.longrepr
+    if isinstance(longrepr, tuple) and len(longrepr) == 3:
+        return str(longrepr[2])
+    return str(longrepr)
+
+
+def _fail_skip(report, config) -> None:
+    """Turns a skip into a failure under --fail-on-skip (xfail stays xfail)."""
+    if report.skipped and not hasattr(report, "wasxfail") and config.getoption("--fail-on-skip"):
+        report.outcome = "failed"
+        report.longrepr = f"skipped under --fail-on-skip (CI): {_skip_reason(report)}"
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_make_collect_report(collector):
+    outcome = yield
+    _fail_skip(outcome.get_result(), collector.config)
+
+
 @pytest.hookimpl(hookwrapper=True)
 def pytest_runtest_makereport(item, call):
     outcome = yield
     report = outcome.get_result()
+    _fail_skip(report, item.config)
     setattr(item, f"omnirelay_rep_{report.when}", report)
     if report.failed and report.when == "call":
         path = getattr(item, "omnirelay_artifacts", None)

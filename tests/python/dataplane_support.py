@@ -1,79 +1,34 @@
 """Process fixtures and wire helpers for the data-plane tests.
 
-Nodes are real `omnirelay-native` processes started directly (never behind a
-shell), announced through their ready file, and always stopped: SIGTERM, then
-SIGKILL after a timeout. Every address is 127.0.0.1 with port 0.
+Nodes are real `omnirelay-native` processes started by the shared launcher
+(omnirelay.harness.launcher.ReadyProcess): directly, announced through their
+ready file, always stopped (SIGTERM, then SIGKILL after a timeout). Every
+address is 127.0.0.1 with port 0.
 """
 
 from __future__ import annotations
 
 import json
-import os
-import signal
-import subprocess
-import time
 import urllib.error
 import urllib.request
 from pathlib import Path
 from typing import Any, Dict, List, Optional
 
-try:
-    from omnirelay._native import find_native_binary
-except Exception:  # pragma: no cover - the package may not be importable
-    find_native_binary = None  # type: ignore
+from omnirelay._native import find_native_binary
+from omnirelay.harness.launcher import ReadyProcess
 
 REPO = Path(__file__).resolve().parents[2]
 
 
 def native_binary() -> Path:
-    override = os.environ.get("OMNIRELAY_NATIVE_BIN")
-    if override:
-        return Path(override)
-    if find_native_binary is not None:
-        return Path(find_native_binary())
-    candidates = sorted(REPO.glob("build/*/cpp/omnirelay/cli/omnirelay-native"),
-                        key=lambda p: p.stat().st_mtime, reverse=True)
-    if not candidates:
-        raise RuntimeError("omnirelay-native not built")
-    return candidates[0]
+    return Path(find_native_binary())
 
 
-class NodeProcess:
-    """One running node; `ready` holds the ready file (grpc/http/admin)."""
+class NodeProcess(ReadyProcess):
+    """One running node (the shared launcher, omnirelay.harness.ReadyProcess)."""
 
     def __init__(self, args: List[str], tmp_path: Path, name: str, env: Optional[dict] = None):
-        self.ready_file = tmp_path / f"{name}.ready.json"
-        self.log_file = tmp_path / f"{name}.log"
-        cmd = [str(native_binary())] + args + ["--ready-file", str(self.ready_file),
-                                               "--log-file", str(self.log_file)]
-        full_env = dict(os.environ)
-        full_env.update(env or {})
-        self.process = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                                        text=True, env=full_env)
-        self.ready: Dict[str, Any] = {}
-        deadline = time.monotonic() + 20
-        while time.monotonic() < deadline:
-            if self.ready_file.exists():
-                self.ready = json.loads(self.ready_file.read_text())
-                return
-            if self.process.poll() is not None:
-                out, err = self.process.communicate()
-                raise RuntimeError(f"{name} exited {self.process.returncode}: {err}{out}")
-            time.sleep(0.02)
-        self.stop()
-        raise RuntimeError(f"{name} did not become ready")
-
-    @property
-    def grpc(self) -> str:
-        return self.ready["grpc"]
-
-    @property
-    def http(self) -> str:
-        return self.ready["http"]
-
-    @property
-    def admin(self) -> str:
-        return self.ready["admin"]
+        super().__init__(args, tmp_path, name, env=env)
 
     def get_json(self, path: str) -> Any:
         status, body, _ = http_request("GET", f"http://{self.admin}{path}")
@@ -82,30 +37,6 @@ class NodeProcess:
 
     def metrics(self) -> str:
         return http_request("GET", f"http://{self.admin}/metrics")[1].decode()
-
-    def terminate(self) -> None:
-        if self.process.poll() is None:
-            self.process.send_signal(signal.SIGTERM)
-
-    def wait(self, timeout: float = 15) -> int:
-        try:
-            return self.process.wait(timeout=timeout)
-        except subprocess.TimeoutExpired:
-            self.process.kill()
-            self.process.wait()
-            raise
-
-    def stop(self) -> None:
-        if self.process.poll() is None:
-            self.process.send_signal(signal.SIGTERM)
-            try:
-                self.process.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait()
-        for stream in (self.process.stdout, self.process.stderr):
-            if stream:
-                stream.close()
 
 
 def http_request(method: str, url: str, body: bytes = b"", headers: Optional[dict] = None,

@@ -60,6 +60,34 @@ def roundtrip(sock, payload=b"ping"):
     return time.monotonic() - start
 
 
+def outcome(sock, payload=None, timeout=2.0) -> str:
+    """What a peer sees next, told apart: "reset" (RST: ECONNRESET, or EPIPE
+    on a write after one), "eof" (orderly close), "timeout", or "data"."""
+    sock.settimeout(timeout)
+    try:
+        if payload is not None:
+            sock.sendall(payload)
+        data = sock.recv(100)
+    except (ConnectionResetError, BrokenPipeError):
+        return "reset"
+    except socket.timeout:
+        return "timeout"
+    return "eof" if data == b"" else "data"
+
+
+def poll(predicate, within_s=5.0, interval_s=0.05):
+    """Waits for state, bounded: returns as soon as predicate() holds."""
+    deadline = time.monotonic() + within_s
+    while True:
+        try:
+            if predicate():
+                return
+        except (OSError, ConnectionError):
+            pass
+        assert time.monotonic() < deadline, f"not reached within {within_s}s"
+        time.sleep(interval_s)
+
+
 def test_passes_traffic_without_faults(proxy):
     with connect(proxy) as s:
         assert roundtrip(s) < 0.5
@@ -74,8 +102,7 @@ def test_latency_is_measurable_and_heals(proxy):
         # 150 ms on the way up and 150 ms on the way down.
         assert delayed >= 0.28, (baseline, delayed)
         assert delayed < 2.0
-        time.sleep(1.6)
-        assert proxy.faults() == []
+        poll(lambda: proxy.faults() == [], within_s=5.0)  # the 1.5 s window ends by itself
         assert roundtrip(s) < 0.1
 
 
@@ -111,12 +138,9 @@ def test_blackhole_drops_traffic_and_heals_within_window(proxy):
                 assert time.monotonic() < deadline, "link did not heal within its window"
                 time.sleep(0.1)
         assert time.monotonic() - added >= 0.9  # not before the window ended
-        # The connection that lost bytes was reset when the blackhole healed.
-        s.settimeout(1.0)
-        with pytest.raises((ConnectionError, OSError)):
-            data = s.recv(100)
-            if data == b"":
-                raise ConnectionError("closed")
+        # The connection that lost bytes was reset (RST, not a silent stall)
+        # when the blackhole healed.
+        assert outcome(s, timeout=2.0) == "reset"
 
 
 def test_one_direction_blackhole(proxy):
@@ -132,14 +156,14 @@ def test_reset_aborts_open_connections(proxy):
     with connect(proxy) as s:
         roundtrip(s)
         proxy.add("reset", duration_s=0.5)
-        with pytest.raises((ConnectionResetError, ConnectionError, OSError)):
-            # Either the recv sees RST or returns EOF (then we raise ourselves).
-            s.sendall(b"after-reset")
-            if s.recv(100) == b"":
-                raise ConnectionError("closed")
-    time.sleep(0.6)
-    with connect(proxy) as s:
-        roundtrip(s)
+        # A reset is an RST seen at once, not a timeout and not an orderly close.
+        assert outcome(s, b"after-reset", timeout=3.0) == "reset"
+
+    def fresh_connection_works():
+        with connect(proxy, timeout=1.0) as t:
+            return outcome(t, b"ping", timeout=1.0) == "data"
+
+    poll(fresh_connection_works, within_s=5.0)  # after the 0.5 s window
 
 
 def test_bandwidth_cap(proxy):

@@ -111,3 +111,35 @@ def test_serve_reports_a_port_in_use(tmp_path):
         )
     assert result.returncode == 1
     assert "cannot listen" in result.stderr
+
+
+# Hostile or mistyped input: every verb answers with a message and exit code 2
+# (usage) or 1 (failure), never a crash (signal), an abort or a traceback.
+HOSTILE_ARGV = [
+    (["serve", "--admin-address", "127.0.0.1:99999999999999999999"], 2),
+    (["serve", "--admin-address", "127.0.0.1:65536"], 2),
+    (["serve", "--set"], 2),
+    (["serve", "--no-such-flag"], 2),
+    (["no-such-verb"], 2),
+    (["echo", "--latency", "nan"], 2),
+    (["echo", "--latency", "1e999h"], 2),
+    (["benchmark", "--duration", "99999999999999999999h"], None),
+    (["benchmark", "--concurrency", "abc"], 2),
+    (["config", "validate", "--config", "/nonexistent/omnirelay.yaml"], None),
+    (["serve", "--config", "/nonexistent/omnirelay.yaml"], None),
+    (["serve", "--set", "inbounds.grpc.address=127.0.0.1:70000"], None),
+    (["up", "no-such-topology"], None),
+    (["scenario", "run", "no-such-scenario"], None),
+    (["stack", "ps", "--control", "/nonexistent/control.json"], None),
+]
+
+
+@pytest.mark.parametrize("argv,expected", HOSTILE_ARGV, ids=[" ".join(a) for a, _ in HOSTILE_ARGV])
+def test_no_input_crashes_a_verb(argv, expected):
+    result = run(*argv)
+    assert result.returncode in (1, 2), (result.returncode, result.stderr[-2000:])
+    if expected is not None:
+        assert result.returncode == expected, result.stderr[-2000:]
+    assert "Traceback" not in result.stderr, result.stderr[-2000:]
+    assert "terminate called" not in result.stderr, result.stderr[-2000:]
+    assert result.stderr.strip() or result.stdout.strip(), "a refusal must say why"

@@ -117,8 +117,8 @@ def test_prometheus_exposition_and_snapshot():
     assert (
         'omnirelay_peer_lease_rejected_total{peer_rejection_reason="busy",rpc_peer="b"} 4\n' in text
     )
-    assert "# TYPE omnirelay_peer_lease_duration_milliseconds histogram\n" in text
-    assert 'omnirelay_peer_lease_duration_milliseconds_count{rpc_peer="a"} 4\n' in text
+    assert "# TYPE omnirelay_peer_lease_duration_seconds histogram\n" in text
+    assert 'omnirelay_peer_lease_duration_seconds_count{rpc_peer="a"} 4\n' in text
 
     assert registry.total("omnirelay.peer.lease_rejected", {"peer.rejection_reason": "busy"}) == 5
     (histogram,) = [p for p in registry.snapshot() if p["kind"] == "histogram"]
@@ -153,3 +153,35 @@ def test_log_level_is_adjustable(tmp_path):
     lines = log.read_text().splitlines()
     assert len(lines) == 1
     assert '"event":"shown.event"' in lines[0] and '"peer":"b1"' in lines[0]
+
+
+def test_python_uses_the_one_duration_and_address_parser():
+    # The harness and the benchmark wrapper read durations as the C++ loader
+    # does: "1.5s", "250ms", "2m"; a bare config number is milliseconds.
+    from omnirelay.benchmark import _seconds
+    from omnirelay.harness.stack import _duration_s
+
+    assert omnirelay.parse_duration("1.5s") == timedelta(milliseconds=1500)
+    assert _seconds("250ms") == pytest.approx(0.25)
+    assert _seconds("500us") == pytest.approx(0.0005)  # a unit only the C++ parser knew
+    assert _duration_s("2m", 1.0) == pytest.approx(120.0)
+    assert _duration_s(1500, 1.0) == pytest.approx(1.5)
+    assert _duration_s("nan", 1.0) == 1.0
+    with pytest.raises(errors.InvalidArgument):
+        omnirelay.parse_duration("99999999999999999999h")
+    assert omnirelay.parse_host_port("https://[::1]:8443/x") == ("https", "::1", 8443, "/x")
+    assert omnirelay.parse_host_port("127.0.0.1:0") == ("", "127.0.0.1", 0, "/")
+    with pytest.raises(errors.InvalidArgument) as error:
+        omnirelay.parse_host_port("host:65536")
+    assert "out of range" in str(error.value)
+
+
+def test_state_lives_under_xdg_directories(monkeypatch, tmp_path):
+    from omnirelay.harness.stack import state_dir
+
+    monkeypatch.delenv("OMNIRELAY_STATE_DIR", raising=False)
+    monkeypatch.setenv("XDG_STATE_HOME", str(tmp_path / "state"))
+    assert state_dir() == tmp_path / "state" / "omnirelay"
+    monkeypatch.delenv("XDG_STATE_HOME")
+    monkeypatch.setenv("HOME", str(tmp_path))
+    assert state_dir() == tmp_path / ".local" / "state" / "omnirelay"

@@ -260,10 +260,11 @@ def test_retry_stops_at_deadline_and_budget(nodes, tmp_path):
             "deadline": {"endpoints": [dead], "circuitBreaker": no_breaker,
                          "retry": {"maxAttempts": 100, "initialBackoff": "200ms",
                                    "multiplier": 1, "jitter": 0, "budgetMax": 1000,
-                                   "budgetRatio": 1}},
+                                   "budgetRatio": 1, "idempotentProcedures": ["Call"]}},
             "budget": {"endpoints": [dead], "circuitBreaker": no_breaker,
                        "retry": {"maxAttempts": 10, "initialBackoff": "5ms", "jitter": 0,
-                                 "budgetMax": 2, "budgetRatio": 0}},
+                                 "budgetMax": 2, "budgetRatio": 0,
+                                 "idempotentProcedures": ["budget.Svc/Call"]}},
         },
         "routes": [{"prefix": "/deadline.Svc/", "outbound": "deadline"},
                    {"prefix": "/budget.Svc/", "outbound": "budget"}],
@@ -345,6 +346,21 @@ def test_config_errors_name_the_key(tmp_path):
     assert "omniRelay.inbounds.grpc.address: 'nowhere' is not host:port" in result.stderr
 
 
+def wait_draining(node, within_s=5.0):
+    """Polls the node's /readyz until it reports draining (bounded), instead
+    of sleeping and hoping SIGTERM has been handled."""
+    deadline = time.monotonic() + within_s
+    while True:
+        try:
+            status, body, _ = http_request("GET", f"http://{node.admin}/readyz")
+            if status == 503 and "draining" in json.loads(body)["reasons"]:
+                return
+        except OSError:
+            pass
+        assert time.monotonic() < deadline, "node did not start draining"
+        time.sleep(0.01)
+
+
 def test_graceful_drain_loses_no_in_flight_request(nodes):
     echo = nodes(echo_args("d1", "--latency", "600ms"), "d1")
     results = []
@@ -366,7 +382,7 @@ def test_graceful_drain_loses_no_in_flight_request(nodes):
         while echo.get_json("/omnirelay/echo/stats")["inFlight"] < 8 and time.monotonic() < deadline:
             time.sleep(0.02)
         echo.terminate()
-        time.sleep(0.1)
+        wait_draining(echo)
         with pytest.raises(grpc.RpcError) as error:
             call(b"late", timeout=5)
         assert error.value.code() == grpc.StatusCode.UNAVAILABLE
@@ -389,7 +405,7 @@ def test_metrics_show_the_seed_names_after_traffic(nodes, tmp_path):
                       rpc_procedure="Echo", rpc_transport="grpc", rpc_status="OK")
     assert ok >= 10  # inbound and outbound sides
     assert metric_total(text, "omnirelay_rpc_requests_total", rpc_procedure="Echo") >= 10
-    assert "omnirelay_rpc_duration_milliseconds" in text
+    assert "omnirelay_rpc_duration_seconds" in text
     ready = relay.get_json("/readyz")
     assert ready["ready"] is True
 
@@ -479,7 +495,7 @@ def test_http_drain_answers_503_with_retry_after_and_finishes_in_flight(nodes):
     while echo.get_json("/omnirelay/echo/stats")["inFlight"] < 1 and time.monotonic() < deadline:
         time.sleep(0.02)
     echo.terminate()
-    time.sleep(0.1)
+    wait_draining(echo)
     status, body, headers = http_request("POST", f"http://{echo.http}/", b"late", hdr)
     assert status == 503 and headers["retry-after"] == "1" and headers["rpc-status"] == "UNAVAILABLE"
     t.join(timeout=10)

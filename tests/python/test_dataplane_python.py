@@ -95,29 +95,67 @@ def test_config_errors_raise_invalid_argument_naming_the_key():
 
 
 def test_gil_is_released_while_a_call_waits():
-    # A slow Python handler on the node and a Python thread that must keep
-    # running while the main thread blocks in node.call().
-    node = Node(base_config(outbounds={"self": {"transport": "grpc",
-                                                "endpoints": ["127.0.0.1:1"]}}))
+    # node.call() goes through the binding: C++ outbound -> gRPC -> the other
+    # node's Python handler. A Python thread must keep running meanwhile; if
+    # the binding held the GIL, neither the ticker nor the handler (which needs
+    # the GIL on a C++ worker thread) could run and the call would time out.
+    server = Node(base_config())
 
-    @node.procedure("Slow", service="demo")
+    @server.procedure("Slow", service="demo")
     def slow(body, meta):
         time.sleep(0.3)
         return body
 
-    with node:
-        ticks = []
-        stop = threading.Event()
+    with server:
+        client = Node(base_config(outbounds={"server": {"transport": "grpc",
+                                                        "endpoints": [server.grpc_address]}}))
+        with client:
+            ticks = []
+            stop = threading.Event()
 
-        def ticker():
-            while not stop.is_set():
-                ticks.append(time.monotonic())
-                time.sleep(0.01)
+            def ticker():
+                while not stop.is_set():
+                    ticks.append(time.monotonic())
+                    time.sleep(0.01)
 
-        t = threading.Thread(target=ticker)
-        t.start()
-        with grpc.insecure_channel(node.grpc_address) as channel:
-            assert channel.unary_unary("/demo/Slow")(b"z", timeout=5) == b"z"
-        stop.set()
-        t.join()
-        assert len(ticks) >= 10
+            t = threading.Thread(target=ticker)
+            t.start()
+            started = time.monotonic()
+            try:
+                assert client.call("server", "Slow", b"z", service="demo", timeout=10) == b"z"
+            finally:
+                finished = time.monotonic()
+                stop.set()
+                t.join()
+            during = [tick for tick in ticks if started < tick < finished]
+            assert finished - started >= 0.25
+            assert len(during) >= 5, (len(during), finished - started)
+
+
+def test_node_loads_files_through_the_serve_loader(tmp_path, monkeypatch):
+    # YAML semantics are yaml-cpp's with our scalar rules (as `serve`), not
+    # PyYAML's: `yes` stays the string "yes" (PyYAML would make it True), and
+    # OMNIRELAY__* environment overrides apply before `sets`.
+    path = tmp_path / "node.yaml"
+    path.write_text("omniRelay:\n"
+                    "  service: from-yaml\n"
+                    "  admin: {address: \"127.0.0.1:0\"}\n"
+                    "  inbounds:\n"
+                    "    grpc: {address: \"127.0.0.1:0\"}\n"
+                    "  echo:\n"
+                    "    instance: yes\n"
+                    "    maxConcurrency: 3\n")
+    monkeypatch.setenv("OMNIRELAY__ECHO__MAXCONCURRENCY", "7")
+    node = Node(path)
+    config = node.introspect()["config"]["omniRelay"]
+    assert config["service"] == "from-yaml"
+    assert config["echo"]["instance"] == "yes"
+    assert config["echo"]["maxConcurrency"] == 7
+    assert Node(str(path), sets=["echo.maxConcurrency=9"]).introspect()[
+        "config"]["omniRelay"]["echo"]["maxConcurrency"] == 9
+    assert Node(path, use_environment=False).introspect()[
+        "config"]["omniRelay"]["echo"]["maxConcurrency"] == 3
+    monkeypatch.setenv("OMNIRELAY__ECHO__MAXCONCURRENCY", "nan")
+    with pytest.raises(errors.InvalidArgument) as error:
+        Node(path)
+    assert "omniRelay.echo.maxConcurrency" in str(error.value)

@@ -20,6 +20,8 @@ from typing import Any, Dict, List, Optional
 
 import pytest
 
+from omnirelay.harness.launcher import ReadyProcess
+
 grpc = pytest.importorskip("grpc")
 
 REPO = Path(__file__).resolve().parents[2]
@@ -73,52 +75,13 @@ def pb():
     return Stubs
 
 
-class Process:
-    """One native process announced by its ready file; always stopped."""
+class Process(ReadyProcess):
+    """One native process announced by its ready file; always stopped
+    (the shared launcher, omnirelay.harness.launcher)."""
 
     def __init__(self, binary: Path, args: List[str], tmp_path: Path, name: str):
-        self.name = name
-        self.ready_file = tmp_path / f"{name}.ready.json"
-        self.log_file = tmp_path / f"{name}.log"
-        if self.ready_file.exists():
-            self.ready_file.unlink()
-        self.popen = subprocess.Popen(
-            [str(binary)] + args + ["--ready-file", str(self.ready_file),
-                                    "--log-file", str(self.log_file)],
-            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
-        self.ready: Dict[str, Any] = {}
-        deadline = time.monotonic() + START_TIMEOUT
-        while time.monotonic() < deadline:
-            if self.ready_file.exists():
-                self.ready = json.loads(self.ready_file.read_text())
-                return
-            if self.popen.poll() is not None:
-                _, err = self.popen.communicate()
-                raise RuntimeError(f"{name} exited {self.popen.returncode}: {err}")
-            time.sleep(0.02)
-        self.stop()
-        raise RuntimeError(f"{name} did not become ready in {START_TIMEOUT}s")
-
-    @property
-    def address(self) -> str:
-        return self.ready["address"] if "address" in self.ready else self.ready["gateway"]
-
-    def stop(self, sig: int = signal.SIGTERM) -> Optional[int]:
-        if self.popen.poll() is None:
-            self.popen.send_signal(sig)
-            try:
-                self.popen.wait(timeout=STOP_TIMEOUT)
-            except subprocess.TimeoutExpired:
-                self.popen.kill()
-                self.popen.wait(timeout=STOP_TIMEOUT)
-        self.popen.communicate(timeout=STOP_TIMEOUT)
-        return self.popen.returncode
-
-    def wait_exit(self, timeout: float) -> Optional[int]:
-        try:
-            return self.popen.wait(timeout=timeout)
-        except subprocess.TimeoutExpired:
-            return None
+        super().__init__(args, tmp_path, name, binary=binary, start_timeout=START_TIMEOUT,
+                         stop_timeout=STOP_TIMEOUT)
 
 
 def wait_until(predicate, timeout: float, what: str) -> None:

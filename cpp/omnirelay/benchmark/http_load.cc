@@ -19,6 +19,7 @@
 #include <thread>
 
 #include "omnirelay/benchmark/load_state.h"
+#include "omnirelay/core/address.h"
 #include "omnirelay/core/request_meta.h"
 
 namespace omnirelay::benchmark {
@@ -37,23 +38,15 @@ struct Target {
 
 absl::StatusOr<Target> ParseTarget(const LoadOptions& options) {
   std::string url = options.url.empty() ? options.addresses.front() : options.url;
-  if (url.rfind("https://", 0) == 0) {
+  auto parsed = core::ParseHostPort(url);  // the one address parser
+  if (!parsed.ok()) return absl::InvalidArgumentError("--url: " + std::string(parsed.status().message()));
+  if (parsed->tls()) {
     return absl::InvalidArgumentError("--url: https is not supported by the HTTP load client");
   }
-  if (url.rfind("http://", 0) == 0) url = url.substr(7);
   Target target;
-  const size_t slash = url.find('/');
-  std::string authority = url.substr(0, slash);
-  target.path = slash == std::string::npos ? "/" : url.substr(slash);
-  const size_t colon = authority.rfind(':');
-  if (colon == std::string::npos) {
-    target.host = authority;
-    target.port = "80";
-  } else {
-    target.host = authority.substr(0, colon);
-    target.port = authority.substr(colon + 1);
-  }
-  if (target.host.empty()) return absl::InvalidArgumentError("--url has no host: " + options.url);
+  target.host = parsed->host;
+  target.port = std::to_string(parsed->port);
+  target.path = parsed->path;
   return target;
 }
 

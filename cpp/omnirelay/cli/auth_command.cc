@@ -19,6 +19,7 @@
 #include "omnirelay/core/logging.h"
 #include "omnirelay/core/process.h"
 #include "omnirelay/core/request_meta.h"
+#include "omnirelay/core/xdg.h"
 #include "omnirelay/samples/auth_service.h"
 #include "omnirelay/samples/process.h"
 
@@ -27,8 +28,9 @@ namespace {
 
 struct AuthOptions : ProcessFlags {
   std::string listen = "127.0.0.1:0";
-  std::string db = ".omnirelay/auth/users.db";
-  std::string jwt_secret_file = ".omnirelay/auth/jwt-secret";
+  // XDG data directory by default (core/xdg.h), not a dot-folder in the cwd.
+  std::string db = core::XdgPath(core::XdgKind::kData, "auth/users.db");
+  std::string jwt_secret_file = core::XdgPath(core::XdgKind::kData, "auth/jwt-secret");
   std::string token_ttl = "1h";
   std::string seed_username = "testuser";
   std::string seed_password = "testpass";

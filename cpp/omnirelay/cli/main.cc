@@ -18,10 +18,21 @@ int main(int argc, char** argv) {
   omnirelay::cli::AddAuthCommand(app, &exit_code);
   omnirelay::cli::AddWorkerCommand(app, &exit_code);
   omnirelay::cli::AddRegistryCommand(app, &exit_code);
+  // Exit codes: 0 success (and --help), 2 usage errors (unknown verb or flag,
+  // a value that does not parse), 1 failures reported by the verb itself.
+  // No input may crash a verb: anything thrown from a callback (a library
+  // throwing on hostile input) is reported and mapped to 1, never an abort.
   try {
     app.parse(argc, argv);
   } catch (const CLI::ParseError& error) {
-    return app.exit(error);
+    const int code = app.exit(error);
+    return code == 0 ? 0 : 2;
+  } catch (const std::exception& error) {
+    std::cerr << "omnirelay: " << error.what() << "\n";
+    return 1;
+  } catch (...) {
+    std::cerr << "omnirelay: unexpected failure\n";
+    return 1;
   }
   return exit_code;
 }

@@ -17,6 +17,7 @@
 
 #include "omnirelay/cli/commands.h"
 #include "omnirelay/cli/run_node.h"
+#include "omnirelay/core/address.h"
 #include "omnirelay/core/logging.h"
 #include "omnirelay/core/process.h"
 #include "omnirelay/node/node.h"
@@ -44,15 +45,6 @@ struct ServeOptions {
   RunNodeOptions run;
 };
 
-bool IsHostPort(const std::string& address) {
-  const auto colon = address.rfind(':');
-  if (colon == std::string::npos || colon + 1 >= address.size()) return false;
-  for (size_t i = colon + 1; i < address.size(); ++i) {
-    if (!std::isdigit(static_cast<unsigned char>(address[i]))) return false;
-  }
-  return std::stol(address.substr(colon + 1)) <= 65535;
-}
-
 int RunServe(const ServeOptions& options) {
   std::vector<std::string> sets = options.sets;
   // Flags override the file: express them as --set entries so validation
@@ -62,7 +54,7 @@ int RunServe(const ServeOptions& options) {
         std::tuple{"--grpc-address", options.grpc_address, "inbounds.grpc.address"},
         std::tuple{"--http-address", options.http_address, "inbounds.http.address"}}) {
     if (value.empty()) continue;
-    if (!IsHostPort(value)) {
+    if (!core::IsHostPort(value)) {
       std::cerr << "omnirelay " << options.run.command << ": " << flag << ": address '" << value
                 << "' is not host:port\n";
       return 2;

@@ -4,14 +4,15 @@
 
 #include <algorithm>
 #include <cctype>
+#include <cmath>
 #include <fstream>
 #include <sstream>
 
+#include "absl/strings/numbers.h"
+#include "omnirelay/core/address.h"
 #include "omnirelay/core/request_meta.h"
 
-#if OMNIRELAY_HAVE_PEERS
 #include "omnirelay/peers/chooser.h"
-#endif
 
 extern char** environ;
 
@@ -104,12 +105,12 @@ class Obj {
       std::optional<double> n;
       if (v->is_number()) n = v->get<double>();
       if (v->is_string()) {
-        try {
-          n = std::stod(v->get<std::string>());
-        } catch (...) {
-        }
+        // The whole string must be the number: "1.5x" and "nan" are errors.
+        double parsed = 0;
+        const std::string& text = v->get_ref<const std::string&>();
+        if (!text.empty() && absl::SimpleAtod(text, &parsed)) n = parsed;
       }
-      if (!n || *n < min) {
+      if (!n || !std::isfinite(*n) || *n < min) {
         errors_.Add(Path(key), "must be a number >= " + std::to_string(min) + ", got " + v->dump());
       } else {
         out = *n;
@@ -211,23 +212,22 @@ class Obj {
   std::vector<std::string> used_;
 };
 
-bool ValidAddress(const std::string& address) {
-  const auto colon = address.rfind(':');
-  if (colon == std::string::npos || colon == 0) return false;
-  const std::string port = address.substr(colon + 1);
-  if (port.empty() || port.size() > 5 ||
-      !std::all_of(port.begin(), port.end(), [](char c) { return std::isdigit(c); })) {
-    return false;
-  }
-  return std::stoi(port) <= 65535;
+bool ValidAddress(const std::string& address) { return core::IsHostPort(address); }
+
+// "'x' is not host:port (why)", the reason from the one address parser.
+std::string NotHostPort(const std::string& address, std::string_view what = "host:port") {
+  auto parsed = core::ParseHostPort(address);
+  std::string why = parsed.ok() ? "" : std::string(parsed.status().message());
+  if (auto cut = why.find("' "); cut != std::string::npos) why = why.substr(cut + 2);
+  if (why.starts_with("is not ")) why.clear();  // nothing to add to "is not host:port"
+  return "'" + address + "' is not " + std::string(what) + (why.empty() ? "" : " (" + why + ")");
 }
 
+// Drops scheme and path ("https://h:1/x" -> "h:1"); unparseable input is kept
+// as it is so validation reports it.
 std::string StripScheme(std::string s) {
-  for (const char* scheme : {"http://", "https://", "grpc://"}) {
-    if (s.rfind(scheme, 0) == 0) s = s.substr(std::string_view(scheme).size());
-  }
-  if (auto slash = s.find('/'); slash != std::string::npos) s = s.substr(0, slash);
-  return s;
+  auto parsed = core::ParseHostPort(s);
+  return parsed.ok() ? parsed->Authority() : s;
 }
 
 void ParseInbound(Obj& parent, std::string_view key, std::optional<InboundConfig>& out) {
@@ -251,10 +251,22 @@ void ParseInbound(Obj& parent, std::string_view key, std::optional<InboundConfig
     inbound.address = StripScheme(urls.front());
   }
   obj.Int("threads", inbound.threads, 1);
+  if (key == "http") {
+    obj.Int("maxHeaderBytes", inbound.max_header_bytes, 256);
+    obj.Int("maxBodyBytes", inbound.max_body_bytes, 0);
+    obj.Dur("headerTimeout", inbound.header_timeout);
+    obj.Dur("bodyTimeout", inbound.body_timeout);
+    for (auto [name, value] : {std::pair{"headerTimeout", inbound.header_timeout},
+                               std::pair{"bodyTimeout", inbound.body_timeout}}) {
+      if (value <= core::Duration::zero()) parent.errors().Add(path + "." + name, "must be positive");
+    }
+  } else {
+    obj.Int("maxStreams", inbound.max_streams, 1);
+  }
   if (inbound.address.empty()) {
     parent.errors().Add(path + ".address", "is required");
   } else if (!ValidAddress(inbound.address)) {
-    parent.errors().Add(path + ".address", "'" + inbound.address + "' is not host:port");
+    parent.errors().Add(path + ".address", NotHostPort(inbound.address));
   }
   out = inbound;
 }
@@ -315,16 +327,32 @@ nlohmann::json ParseValue(const std::string& text) {
   return parsed;
 }
 
-nlohmann::json YamlNode(const YAML::Node& node) {
+// Configuration is small and shallow; anything deeper or larger is hostile or
+// an alias cycle (`a: &x {b: *x}` makes yaml-cpp return a cyclic graph), which
+// would recurse forever (or, with several aliases, explode). Found by the
+// config_yaml fuzz target (corpus: alias-loop.yaml).
+constexpr int kMaxYamlDepth = 64;
+constexpr int kMaxYamlNodes = 100000;
+
+struct YamlWalk {
+  int nodes = 0;
+  bool refused = false;
+};
+
+nlohmann::json YamlNode(const YAML::Node& node, int depth, YamlWalk& walk) {
+  if (walk.refused || depth > kMaxYamlDepth || ++walk.nodes > kMaxYamlNodes) {
+    walk.refused = true;
+    return nullptr;
+  }
   switch (node.Type()) {
     case YAML::NodeType::Map: {
       nlohmann::json out = nlohmann::json::object();
-      for (const auto& kv : node) out[kv.first.as<std::string>()] = YamlNode(kv.second);
+      for (const auto& kv : node) out[kv.first.as<std::string>()] = YamlNode(kv.second, depth + 1, walk);
       return out;
     }
     case YAML::NodeType::Sequence: {
       nlohmann::json out = nlohmann::json::array();
-      for (const auto& item : node) out.push_back(YamlNode(item));
+      for (const auto& item : node) out.push_back(YamlNode(item, depth + 1, walk));
       return out;
     }
     case YAML::NodeType::Scalar: {
@@ -349,7 +377,7 @@ void ParseGateway(const nlohmann::json& value, Errors& errors, GatewayConfig& gw
   if (gw.address.empty()) {
     errors.Add(path + ".address", "is required");
   } else if (!ValidAddress(gw.address)) {
-    errors.Add(path + ".address", "'" + gw.address + "' is not host:port");
+    errors.Add(path + ".address", NotHostPort(gw.address));
   }
   if (const auto* jwt = g.Get("jwt")) {
     Obj j(*jwt, path + ".jwt", errors);
@@ -396,11 +424,11 @@ void ParseGateway(const nlohmann::json& value, Errors& errors, GatewayConfig& gw
           cluster.endpoints[i] = StripScheme(cluster.endpoints[i]);
           if (!ValidAddress(cluster.endpoints[i])) {
             errors.Add(cpath + ".endpoints[" + std::to_string(i) + "]",
-                       "'" + cluster.endpoints[i] + "' is not a host:port endpoint");
+                       NotHostPort(cluster.endpoints[i], "a host:port endpoint"));
           }
         }
         if (!cluster.registry.empty() && !ValidAddress(cluster.registry)) {
-          errors.Add(cpath + ".registry", "'" + cluster.registry + "' is not host:port");
+          errors.Add(cpath + ".registry", NotHostPort(cluster.registry));
         }
         if (cluster.refresh_interval <= core::Duration::zero()) {
           errors.Add(cpath + ".refreshInterval", "must be positive");
@@ -736,17 +764,18 @@ const std::vector<std::string>& MiddlewareNames() {
   return names;
 }
 
-std::vector<std::string> KnownChoosers() {
-#if OMNIRELAY_HAVE_PEERS
-  return peers::ChooserNames();
-#else
-  return {"round-robin", "fewest-pending", "two-random", "random"};
-#endif
-}
+std::vector<std::string> KnownChoosers() { return peers::ChooserNames(); }
 
 absl::StatusOr<nlohmann::json> YamlToJson(const std::string& text) {
   try {
-    return YamlNode(YAML::Load(text));
+    YamlWalk walk;
+    nlohmann::json out = YamlNode(YAML::Load(text), 0, walk);
+    if (walk.refused) {
+      return absl::InvalidArgumentError(
+          "YAML: deeper than " + std::to_string(kMaxYamlDepth) + " levels or more than " +
+          std::to_string(kMaxYamlNodes) + " nodes (an alias that refers to itself?)");
+    }
+    return out;
   } catch (const YAML::Exception& error) {
     return absl::InvalidArgumentError(std::string("YAML: ") + error.what());
   }
@@ -911,7 +940,7 @@ absl::StatusOr<NodeConfig> Parse(const nlohmann::json& root) {
       }
       a.Bool("tls", config.admin.tls);
       if (!ValidAddress(config.admin_address)) {
-        errors.Add("omniRelay.admin.address", "'" + config.admin_address + "' is not host:port");
+        errors.Add("omniRelay.admin.address", NotHostPort(config.admin_address));
       }
     }
     config.admin.address = config.admin_address;
@@ -980,7 +1009,7 @@ absl::StatusOr<NodeConfig> Parse(const nlohmann::json& root) {
           for (size_t i = 0; i < out.endpoints.size(); ++i) {
             if (!ValidAddress(StripScheme(out.endpoints[i]))) {
               errors.Add(path + ".endpoints[" + std::to_string(i) + "]",
-                         "'" + out.endpoints[i] + "' is not a host:port endpoint");
+                         NotHostPort(out.endpoints[i], "a host:port endpoint"));
             }
           }
           o.String("peerChooser", out.peer_chooser);
@@ -1010,6 +1039,8 @@ absl::StatusOr<NodeConfig> Parse(const nlohmann::json& root) {
             if (out.retry.jitter > 1) errors.Add(path + ".retry.jitter", "must be within [0, 1]");
             r.Double("budgetRatio", out.retry.budget_ratio);
             r.Double("budgetMax", out.retry.budget_max);
+            r.Strings("idempotentProcedures", out.retry.idempotent_procedures);
+            r.Bool("retryResourceExhausted", out.retry.retry_resource_exhausted);
           }
           config.outbounds[name] = out;
         }
@@ -1197,15 +1228,28 @@ nlohmann::json ToJson(const NodeConfig& c) {
                          {"maxAttempts", o.retry.max_attempts},
                          {"initialBackoffMs", ms(o.retry.initial_backoff)},
                          {"maxBackoffMs", ms(o.retry.max_backoff)},
-                         {"budgetRatio", o.retry.budget_ratio}}}};
+                         {"budgetRatio", o.retry.budget_ratio},
+                         {"idempotentProcedures", o.retry.idempotent_procedures},
+                         {"retryResourceExhausted", o.retry.retry_resource_exhausted}}}};
   }
   nlohmann::json routes = nlohmann::json::array();
   for (const auto& r : c.routes) {
     routes.push_back({{"prefix", r.prefix}, {"outbound", r.outbound}, {"kind", r.kind}});
   }
   nlohmann::json inbounds = nlohmann::json::object();
-  if (c.grpc) inbounds["grpc"] = {{"address", c.grpc->address}, {"threads", c.grpc->threads}};
-  if (c.http) inbounds["http"] = {{"address", c.http->address}, {"threads", c.http->threads}};
+  if (c.grpc) {
+    inbounds["grpc"] = {{"address", c.grpc->address},
+                        {"threads", c.grpc->threads},
+                        {"maxStreams", c.grpc->max_streams}};
+  }
+  if (c.http) {
+    inbounds["http"] = {{"address", c.http->address},
+                        {"threads", c.http->threads},
+                        {"maxHeaderBytes", c.http->max_header_bytes},
+                        {"maxBodyBytes", c.http->max_body_bytes},
+                        {"headerTimeoutMs", ms(c.http->header_timeout)},
+                        {"bodyTimeoutMs", ms(c.http->body_timeout)}};
+  }
   nlohmann::json out = {
       {"service", c.service},
       {"inbounds", inbounds},

@@ -26,6 +26,15 @@ struct InboundConfig {
   std::string address;  // "host:port"; port 0 = any free port
   int threads = 2;
   bool https_url = false;  // given as an https:// url: needs omniRelay.tls
+  // HTTP only: what a client may send (http::HttpLimits; 400/413/431 and
+  // slowloris timeouts, docs/configuration.md).
+  int max_header_bytes = 16 * 1024;
+  int max_body_bytes = 16 * 1024 * 1024;
+  core::Duration header_timeout = std::chrono::seconds(10);
+  core::Duration body_timeout = std::chrono::seconds(30);
+  // gRPC only: streaming calls running at once (each holds one pool thread);
+  // beyond it new streams get RESOURCE_EXHAUSTED.
+  int max_streams = 64;
 };
 
 struct CircuitBreakerConfig {
@@ -43,6 +52,11 @@ struct RetryConfig {
   double jitter = 0.2;
   double budget_ratio = 0.2;
   double budget_max = 10;
+  // Only idempotent calls are retried: procedures listed here ("Method",
+  // "service/Method", "*") or calls carrying `rpc-idempotent: true`.
+  std::vector<std::string> idempotent_procedures;
+  // Retry a backend's own RESOURCE_EXHAUSTED too (default: only our pool's).
+  bool retry_resource_exhausted = false;
 };
 
 // Peers taken from mesh membership instead of static endpoints (issue 10,

@@ -44,6 +44,24 @@ TEST(ConfigTest, UnknownChooserNamesTheKey) {
       << config.status();
 }
 
+// The chooser names are the peer kit's own table: nothing is accepted that no
+// implementation backs (the old fallback list accepted an unimplemented "random").
+TEST(ConfigTest, ChooserNamesComeFromThePeerKit) {
+  auto root = Base();
+  root["omniRelay"]["outbounds"]["analytics"]["peerChooser"] = "random";
+  auto config = Parse(root);
+  ASSERT_FALSE(config.ok());
+  EXPECT_NE(std::string(config.status().message())
+                .find("omniRelay.outbounds.analytics.peerChooser: unknown chooser 'random'"),
+            std::string::npos)
+      << config.status();
+  for (const auto& name : KnownChoosers()) {
+    root["omniRelay"]["outbounds"]["analytics"]["peerChooser"] = name;
+    EXPECT_TRUE(Parse(root).ok()) << name;
+  }
+  EXPECT_GE(KnownChoosers().size(), 6u);
+}
+
 TEST(ConfigTest, EchoProceduresAreParsedAndCheckedByName) {
   auto root = Base();
   root["omniRelay"]["echo"] = {{"procedures", {"trace.Analytics/Process"}}};
@@ -69,6 +87,69 @@ TEST(ConfigTest, UnknownKeyAndBadRouteAreReported) {
   EXPECT_NE(message.find("omniRelay.outbounds.analytics.endpoint: unknown key"), std::string::npos);
   EXPECT_NE(message.find("omniRelay.routes[0].outbound: unknown outbound 'missing'"),
             std::string::npos);
+}
+
+// Each bad value is reported with its key path; none is half-parsed.
+TEST(ConfigTest, NumericValuesRejectNanGarbageAndOutOfRangePorts) {
+  const std::vector<std::pair<std::string, std::string>> cases = {
+      {"omniRelay.outbounds.analytics.retry.multiplier=\"nan\"",
+       "omniRelay.outbounds.analytics.retry.multiplier: must be a number"},
+      {"omniRelay.outbounds.analytics.retry.jitter=\"0.1abc\"",
+       "omniRelay.outbounds.analytics.retry.jitter: must be a number"},
+      {"omniRelay.outbounds.analytics.retry.budgetRatio=\"inf\"",
+       "omniRelay.outbounds.analytics.retry.budgetRatio: must be a number"},
+      {"omniRelay.outbounds.analytics.maxInFlightPerPeer=\"12x\"",
+       "omniRelay.outbounds.analytics.maxInFlightPerPeer: must be an integer"},
+      {"omniRelay.outbounds.analytics.threads=2.5",
+       "omniRelay.outbounds.analytics.threads: must be an integer"},
+      {"omniRelay.inbounds.grpc.address=\"127.0.0.1:65536\"",
+       "omniRelay.inbounds.grpc.address: '127.0.0.1:65536' is not host:port (has port 65536 out "
+       "of range"},
+      {"omniRelay.admin.address=\"127.0.0.1:80x\"", "omniRelay.admin.address: '127.0.0.1:80x'"},
+      {"omniRelay.outbounds.analytics.endpoints=[\"h:99999\"]",
+       "omniRelay.outbounds.analytics.endpoints[0]: 'h:99999' is not a host:port endpoint"},
+      {"omniRelay.drain.timeout=\"nan\"", "omniRelay.drain.timeout: must be a duration"},
+      {"omniRelay.drain.timeout=\"10sx\"", "omniRelay.drain.timeout: must be a duration"},
+      {"omniRelay.inbounds.http={\"address\":\"127.0.0.1:0\",\"maxBodyBytes\":\"1e3\"}",
+       "omniRelay.inbounds.http.maxBodyBytes: must be an integer"},
+      {"omniRelay.inbounds.grpc.maxStreams=0",
+       "omniRelay.inbounds.grpc.maxStreams: must be an integer >= 1"},
+  };
+  for (const auto& [set, expected] : cases) {
+    auto root = Base();
+    ASSERT_TRUE(ApplySets(root, {set}).ok()) << set;
+    auto config = Parse(root);
+    ASSERT_FALSE(config.ok()) << set;
+    EXPECT_NE(std::string(config.status().message()).find(expected), std::string::npos)
+        << set << " -> " << config.status();
+  }
+}
+
+TEST(ConfigTest, HttpLimitsAndStreamCapAreParsed) {
+  auto root = Base();
+  ASSERT_TRUE(ApplySets(root, {"inbounds.http.address=127.0.0.1:0",
+                               "inbounds.http.maxHeaderBytes=4096",
+                               "inbounds.http.maxBodyBytes=1024",
+                               "inbounds.http.headerTimeout=250ms",
+                               "inbounds.http.bodyTimeout=2s", "inbounds.grpc.maxStreams=3"})
+                  .ok());
+  auto config = Parse(root);
+  ASSERT_TRUE(config.ok()) << config.status();
+  EXPECT_EQ(config->http->max_header_bytes, 4096);
+  EXPECT_EQ(config->http->max_body_bytes, 1024);
+  EXPECT_EQ(config->http->header_timeout, std::chrono::milliseconds(250));
+  EXPECT_EQ(config->http->body_timeout, std::chrono::seconds(2));
+  EXPECT_EQ(config->grpc->max_streams, 3);
+}
+
+// Regression (config_yaml fuzz target): a self-referential alias made the
+// YAML conversion recurse until the stack overflowed.
+TEST(ConfigTest, YamlAliasCycleIsAnErrorNotACrash) {
+  auto cyclic = YamlToJson("omniRelay: &a\n  service: *a\n");
+  ASSERT_FALSE(cyclic.ok());
+  EXPECT_NE(std::string(cyclic.status().message()).find("alias"), std::string::npos);
+  auto wide = YamlToJson("a: &x [1, 2]\nb: &y [*x, *x, *x, *x]\nc: [*y, *y, *y]\n");
+  EXPECT_TRUE(wide.ok()) << wide.status();  // shared (acyclic) aliases stay fine
 }
 
 TEST(ConfigTest, SetAndEnvironmentOverride) {

@@ -52,12 +52,20 @@ prometheus::Labels ToLabels(const Tags& tags) {
   return labels;
 }
 
+// Prometheus wants base units (promtool: 'use base unit "seconds"'): time
+// is exposed in seconds whatever unit it is recorded in, scaled on render.
 std::string_view UnitSuffix(std::string_view unit) {
-  if (unit == "ms") return "_milliseconds";
-  if (unit == "s") return "_seconds";
-  if (unit == "us") return "_microseconds";
+  if (unit == "ms" || unit == "s" || unit == "us") return "_seconds";
   if (unit == "By") return "_bytes";
   return "";  // "1", "{request}" and other annotations add no suffix (OTel->Prometheus rules)
+}
+
+// Recorded units per exposed base unit (a divisor: 555.5 ms / 1000 prints as
+// 0.5555, where 555.5 * 1e-3 would not).
+double UnitScale(std::string_view unit) {
+  if (unit == "ms") return 1e3;
+  if (unit == "us") return 1e6;
+  return 1;
 }
 
 }  // namespace
@@ -127,10 +135,11 @@ std::vector<prometheus::MetricFamily> MetricsRegistry::CollectHistogramsLocked()
       prometheus::ClientMetric metric;
       for (const auto& [key, value] : tags) metric.label.push_back({PrometheusLabel(key), value});
       const auto& data = series->data();
+      const double per_base_unit = UnitScale(family->unit);
       metric.histogram.sample_count = data.Count();
-      metric.histogram.sample_sum = data.Sum();
+      metric.histogram.sample_sum = data.Sum() / per_base_unit;
       for (double bound : bounds) {
-        metric.histogram.bucket.push_back({data.CountAtOrBelow(bound), bound});
+        metric.histogram.bucket.push_back({data.CountAtOrBelow(bound), bound / per_base_unit});
       }
       metric.histogram.bucket.push_back({data.Count(), std::numeric_limits<double>::infinity()});
       rendered.metric.push_back(std::move(metric));
@@ -171,6 +180,10 @@ MetricsRegistry::Family& MetricsRegistry::FamilyFor(const MetricDescriptor& desc
     assert(it->second->kind == descriptor.kind && "metric registered with two kinds");
     return *it->second;
   }
+  // Only histograms are rescaled to base units on render; a counter or gauge
+  // must be recorded in its base unit already.
+  assert((descriptor.kind == MetricKind::kHistogram || UnitScale(descriptor.unit) == 1) &&
+         "non-histogram metrics must use base units (s, By)");
   auto family = std::make_unique<Family>();
   family->name = std::string(descriptor.name);
   family->kind = descriptor.kind;
@@ -333,7 +346,10 @@ std::string MetricsRegistry::RenderPrometheus() const {
 std::vector<MetricPoint> MetricsRegistry::Snapshot() const {
   std::lock_guard lock(mu_);
   std::vector<MetricPoint> points;
-  for (const auto& [name, family] : families_) {
+  // Not a structured binding: clang 14 (the fuzz build) cannot capture one.
+  for (const auto& entry : families_) {
+    const std::string& name = entry.first;
+    const auto& family = entry.second;
     auto point_for = [&](const Tags& tags) {
       MetricPoint point;
       point.name = name;

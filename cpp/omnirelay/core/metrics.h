@@ -4,8 +4,9 @@
 // Names follow the seeds' OpenTelemetry style (`omnirelay.peer.pool_exhausted`)
 // and are described once, in a per-subsystem table of MetricDescriptor. The
 // registry renders them as Prometheus text exposition through prometheus-cpp:
-//   dots -> underscores, a unit suffix (ms -> `_milliseconds`, s -> `_seconds`,
-//   By -> `_bytes`), and `_total` for counters; tag keys likewise
+//   dots -> underscores, a unit suffix in Prometheus base units (ms, us and s
+//   -> `_seconds`, histogram values rescaled on render; By -> `_bytes`), and
+//   `_total` for counters (what `promtool check metrics` asks for); tag keys likewise
 //   (`peer.rejection_reason` -> `peer_rejection_reason`). PrometheusName() is
 //   the one place this mapping lives.
 //

@@ -29,7 +29,7 @@ TEST(MetricsNamingTest, DottedNamesBecomePrometheusNames) {
       "omnirelay_peer_pool_exhausted_total");
   EXPECT_EQ(MetricsRegistry::PrometheusName("omnirelay.peer.lease.duration", MetricKind::kHistogram,
                                             "ms"),
-            "omnirelay_peer_lease_duration_milliseconds");
+            "omnirelay_peer_lease_duration_seconds");
   EXPECT_EQ(MetricsRegistry::PrometheusName("omnirelay.peer.inflight", MetricKind::kUpDownCounter,
                                             "{request}"),
             "omnirelay_peer_inflight");
@@ -54,14 +54,14 @@ TEST(MetricsRegistryTest, ExactPrometheusExposition) {
       "# HELP omnirelay_peer_inflight Requests in flight per peer.\n"
       "# TYPE omnirelay_peer_inflight gauge\n"
       "omnirelay_peer_inflight{rpc_peer=\"b1\"} 2\n"
-      "# HELP omnirelay_peer_lease_duration_milliseconds Lease hold time.\n"
-      "# TYPE omnirelay_peer_lease_duration_milliseconds histogram\n"
-      "omnirelay_peer_lease_duration_milliseconds_count{rpc_peer=\"b1\"} 4\n"
-      "omnirelay_peer_lease_duration_milliseconds_sum{rpc_peer=\"b1\"} 555.5\n"
-      "omnirelay_peer_lease_duration_milliseconds_bucket{rpc_peer=\"b1\",le=\"1\"} 1\n"
-      "omnirelay_peer_lease_duration_milliseconds_bucket{rpc_peer=\"b1\",le=\"10\"} 2\n"
-      "omnirelay_peer_lease_duration_milliseconds_bucket{rpc_peer=\"b1\",le=\"100\"} 3\n"
-      "omnirelay_peer_lease_duration_milliseconds_bucket{rpc_peer=\"b1\",le=\"+Inf\"} 4\n"
+      "# HELP omnirelay_peer_lease_duration_seconds Lease hold time.\n"
+      "# TYPE omnirelay_peer_lease_duration_seconds histogram\n"
+      "omnirelay_peer_lease_duration_seconds_count{rpc_peer=\"b1\"} 4\n"
+      "omnirelay_peer_lease_duration_seconds_sum{rpc_peer=\"b1\"} 0.5555\n"
+      "omnirelay_peer_lease_duration_seconds_bucket{rpc_peer=\"b1\",le=\"0.001\"} 1\n"
+      "omnirelay_peer_lease_duration_seconds_bucket{rpc_peer=\"b1\",le=\"0.01\"} 2\n"
+      "omnirelay_peer_lease_duration_seconds_bucket{rpc_peer=\"b1\",le=\"0.1\"} 3\n"
+      "omnirelay_peer_lease_duration_seconds_bucket{rpc_peer=\"b1\",le=\"+Inf\"} 4\n"
       "# HELP omnirelay_peer_lease_rejected_total Lease attempts refused by a peer.\n"
       "# TYPE omnirelay_peer_lease_rejected_total counter\n"
       "omnirelay_peer_lease_rejected_total{peer_rejection_reason=\"busy\",rpc_peer=\"b1\"} 5\n"

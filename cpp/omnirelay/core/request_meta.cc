@@ -63,6 +63,9 @@ std::optional<TimePoint> ParseTimestamp(std::string_view text) {
   if (!absl::ParseTime("%Y-%m-%dT%H:%M:%E*S%Ez", std::string(text), &parsed, &error)) {
     return std::nullopt;
   }
+  // Keep to what a nanosecond system_clock holds (years 1970..2200) so a
+  // hostile timestamp cannot overflow deadline arithmetic.
+  if (parsed < absl::UnixEpoch() || parsed > absl::FromUnixSeconds(7258118400)) return std::nullopt;
   return absl::ToChronoTime(parsed);
 }
 
@@ -94,7 +97,10 @@ std::optional<Duration> ParseDuration(std::string_view text) {
   } else {
     return std::nullopt;
   }
-  return Duration(static_cast<Duration::rep>(std::llround(value * nanos_per_unit)));
+  const double nanos = value * nanos_per_unit;
+  // At most ~100 years: larger values would overflow nanosecond arithmetic.
+  if (!std::isfinite(nanos) || nanos > 3.2e18) return std::nullopt;
+  return Duration(static_cast<Duration::rep>(std::llround(nanos)));
 }
 
 }  // namespace omnirelay::core

@@ -85,6 +85,15 @@ TEST(DurationTest, ParsesUnits) {
   EXPECT_FALSE(ParseDuration("-5ms"));
   EXPECT_FALSE(ParseDuration("5 parsecs"));
   EXPECT_FALSE(ParseDuration("ms"));
+  // Hostile input: no overflow, no NaN, no trailing garbage.
+  EXPECT_FALSE(ParseDuration("nan"));
+  EXPECT_FALSE(ParseDuration("nanms"));
+  EXPECT_FALSE(ParseDuration("99999999999999999999h"));
+  EXPECT_FALSE(ParseDuration("1e9h"));
+  EXPECT_FALSE(ParseDuration("5msx"));
+  EXPECT_FALSE(ParseDuration("1..5s"));
+  EXPECT_FALSE(ParseTimestamp("2026-11-23T10:00:00Zjunk"));
+  EXPECT_FALSE(ParseTimestamp("99999-11-23T10:00:00Z"));
 }
 
 }  // namespace

@@ -16,6 +16,7 @@
 #include <boost/beast/http.hpp>
 #include <boost/beast/ssl.hpp>
 #include <future>
+#include <limits>
 
 #include "omnirelay/core/logging.h"
 #include "omnirelay/tls/tls.h"
@@ -59,7 +60,66 @@ beast::ssl_stream<beast::tcp_stream>& SyncLayer(beast::ssl_stream<beast::tcp_str
   return stream;
 }
 
+// The answer to a request the parser refused (see HttpLimits).
+int StatusForParseError(const beast::error_code& ec) {
+  if (ec == bhttp::error::header_limit) return 431;
+  if (ec == bhttp::error::body_limit) return 413;
+  return 400;
+}
+
+// Errors after which nothing can be answered: the peer went away or stalled.
+bool IsDisconnect(const beast::error_code& ec) {
+  return ec == bhttp::error::end_of_stream || ec == bhttp::error::partial_message ||
+         ec == beast::error::timeout || ec == asio::error::eof ||
+         ec == asio::error::connection_reset || ec == asio::error::operation_aborted ||
+         ec == asio::error::broken_pipe || ec == asio::error::not_connected;
+}
+
+void ConfigureParser(bhttp::request_parser<bhttp::string_body>& parser, const HttpLimits& limits) {
+  parser.header_limit(static_cast<std::uint32_t>(
+      std::min<size_t>(limits.max_header_bytes, std::numeric_limits<std::uint32_t>::max())));
+  parser.body_limit(limits.max_body_bytes);
+}
+
+HttpRequest ToHttpRequest(bhttp::request<bhttp::string_body>& raw, std::string remote) {
+  HttpRequest request;
+  request.method = std::string(raw.method_string());
+  request.target = std::string(raw.target());
+  const size_t q = request.target.find('?');
+  request.path = request.target.substr(0, q);
+  if (q != std::string::npos) request.query = request.target.substr(q + 1);
+  for (const auto& field : raw) {
+    request.headers.Add(std::string(field.name_string()), std::string(field.value()));
+  }
+  request.body = std::move(raw.body());
+  request.remote_address = std::move(remote);
+  return request;
+}
+
 }  // namespace
+
+ParsedRequest ParseHttpRequest(std::string_view bytes, const HttpLimits& limits) {
+  ParsedRequest out;
+  bhttp::request_parser<bhttp::string_body> parser;
+  ConfigureParser(parser, limits);
+  parser.eager(true);
+  beast::error_code ec;
+  while (!bytes.empty() && !parser.is_done()) {
+    const size_t used = parser.put(asio::buffer(bytes.data(), bytes.size()), ec);
+    if (ec == bhttp::error::need_more) return out;  // incomplete, not an error
+    if (ec) {
+      out.error_status = StatusForParseError(ec);
+      out.error = ec.message();
+      return out;
+    }
+    if (used == 0) break;
+    bytes.remove_prefix(used);
+  }
+  if (!parser.is_done()) return out;
+  out.complete = true;
+  out.request = ToHttpRequest(parser.get(), "");
+  return out;
+}
 
 std::optional<std::string> HttpRequest::QueryParam(std::string_view name) const {
   std::string_view rest = query;
@@ -146,26 +206,44 @@ template <class Stream>
 asio::awaitable<void> HttpServer::Impl::Serve(Stream& stream, std::string remote, bool secure,
                                               tls::PeerIdentity peer) {
   beast::flat_buffer buffer;
+  HttpLimits limits = server->options_.limits;
+  limits.max_body_bytes = std::min(limits.max_body_bytes, server->options_.max_body_bytes);
   for (;;) {
     bhttp::request_parser<bhttp::string_body> parser;
-    parser.body_limit(server->options_.max_body_bytes);
+    ConfigureParser(parser, limits);
+    // Headers, then body, each under its own timeout (slowloris); the stream
+    // closes the socket when one expires.
     beast::error_code read_ec;
-    co_await bhttp::async_read(stream, buffer, parser,
-                               asio::redirect_error(asio::use_awaitable, read_ec));
-    if (read_ec) break;  // closed, reset or malformed: drop the connection
+    beast::get_lowest_layer(stream).expires_after(limits.header_timeout);
+    co_await bhttp::async_read_header(stream, buffer, parser,
+                                      asio::redirect_error(asio::use_awaitable, read_ec));
+    if (!read_ec && !parser.is_done()) {
+      beast::get_lowest_layer(stream).expires_after(limits.body_timeout);
+      co_await bhttp::async_read(stream, buffer, parser,
+                                 asio::redirect_error(asio::use_awaitable, read_ec));
+    }
+    beast::get_lowest_layer(stream).expires_never();
+    if (read_ec) {
+      if (IsDisconnect(read_ec)) break;
+      // Malformed or over a limit: say which, then close (the rest of the
+      // request cannot be framed reliably).
+      const int status = StatusForParseError(read_ec);
+      bhttp::response<bhttp::string_body> refusal(static_cast<bhttp::status>(status), 11);
+      refusal.set(bhttp::field::server, "omnirelay");
+      refusal.set(bhttp::field::content_type, "text/plain; charset=utf-8");
+      refusal.keep_alive(false);
+      refusal.body() = std::string(bhttp::obsolete_reason(refusal.result())) + ": " +
+                       read_ec.message() + "\n";
+      refusal.prepare_payload();
+      beast::error_code ignored;
+      beast::get_lowest_layer(stream).expires_after(limits.header_timeout);
+      co_await bhttp::async_write(stream, refusal,
+                                  asio::redirect_error(asio::use_awaitable, ignored));
+      break;
+    }
     auto& raw = parser.get();
     server->active_requests_.fetch_add(1);
-    HttpRequest request;
-    request.method = std::string(raw.method_string());
-    request.target = std::string(raw.target());
-    const size_t q = request.target.find('?');
-    request.path = request.target.substr(0, q);
-    if (q != std::string::npos) request.query = request.target.substr(q + 1);
-    for (const auto& field : raw) {
-      request.headers.Add(std::string(field.name_string()), std::string(field.value()));
-    }
-    request.body = std::move(raw.body());
-    request.remote_address = remote;
+    HttpRequest request = ToHttpRequest(raw, remote);
     request.secure = secure;
     request.peer = peer;
 

@@ -68,16 +68,43 @@ struct HttpResponse {
 
 using HttpHandler = std::function<HttpResponse(const HttpRequest&)>;
 
+// What the server accepts from a client before a handler sees the request.
+// Violations get a precise answer and the connection is closed afterwards:
+// unparseable request 400, body over `max_body_bytes` 413, request line plus
+// headers over `max_header_bytes` 431. A client that does not finish its
+// headers within `header_timeout` (counted from when the server starts
+// waiting for a request, so idle keep-alive connections are included) or its
+// body within `body_timeout` is disconnected (slowloris).
+struct HttpLimits {
+  size_t max_header_bytes = 16 * 1024;
+  size_t max_body_bytes = 16 * 1024 * 1024;
+  std::chrono::milliseconds header_timeout{10000};
+  std::chrono::milliseconds body_timeout{30000};
+};
+
 struct HttpServerOptions {
   std::string host = "127.0.0.1";
   uint16_t port = 0;  // 0 = pick a free port (see HttpServer::port())
   int threads = 1;
   std::chrono::milliseconds drain_timeout{5000};
-  size_t max_body_bytes = 16 * 1024 * 1024;
+  size_t max_body_bytes = 16 * 1024 * 1024;  // kept for callers; limits.max_body_bytes wins if lower
+  HttpLimits limits{};
   // TLS (tls::Role::kServer): every connection handshakes first with the
   // source's current context (rotated files apply to new connections).
   std::shared_ptr<tls::ContextSource> tls{};
 };
+
+// The outcome of parsing one request from raw bytes with the server's own
+// parser, limits and error mapping (used by the server, the fuzz target and
+// tests). `error_status` is 0 on success, else the HTTP status the server
+// answers with (400, 413, 431); `complete` is false when more bytes are needed.
+struct ParsedRequest {
+  bool complete = false;
+  int error_status = 0;
+  std::string error;
+  HttpRequest request;
+};
+ParsedRequest ParseHttpRequest(std::string_view bytes, const HttpLimits& limits);
 
 class HttpServer {
  public:

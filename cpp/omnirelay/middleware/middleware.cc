@@ -3,6 +3,7 @@
 #include <arpa/inet.h>
 
 #include <algorithm>
+#include <cctype>
 #include <cmath>
 #include <exception>
 
@@ -144,10 +145,26 @@ core::Duration RetryMiddleware::Backoff(int retry) {
   return core::Duration(static_cast<int64_t>(base * factor));
 }
 
+bool IsIdempotentCall(const core::RequestMeta& meta, const std::vector<std::string>& procedures) {
+  if (auto marked = meta.headers.Get("rpc-idempotent")) {
+    std::string value(*marked);
+    for (auto& c : value) c = static_cast<char>(std::tolower(static_cast<unsigned char>(c)));
+    if (value == "true" || value == "1") return true;
+  }
+  const std::string qualified = meta.service + "/" + meta.procedure;
+  for (const auto& name : procedures) {
+    if (name == "*" || name == meta.procedure || name == qualified || name == "/" + qualified) {
+      return true;
+    }
+  }
+  return false;
+}
+
 void RetryMiddleware::HandleUnary(const dispatcher::CallInfo& info, dispatcher::Request request,
                                   dispatcher::UnaryCallback done,
                                   const dispatcher::UnaryHandler& next) {
-  if (info.kind != dispatcher::ProcedureKind::kUnary || options_.max_attempts <= 1) {
+  if (info.kind != dispatcher::ProcedureKind::kUnary || options_.max_attempts <= 1 ||
+      !IsIdempotentCall(request.meta, options_.idempotent_procedures)) {
     next(std::move(request), std::move(done));
     return;
   }
@@ -172,7 +189,14 @@ void RetryMiddleware::Run(std::shared_ptr<Attempt> attempt) {
       return;
     }
     const absl::StatusCode code = result.status().code();
-    if (!core::IsRetryable(code)) {
+    // A backend's own RESOURCE_EXHAUSTED says "I am full": retrying adds load
+    // to a saturated service. Only our pool's exhaustion (nobody was called)
+    // is retried by default.
+    const bool backend_exhausted =
+        code == absl::StatusCode::kResourceExhausted &&
+        core::ErrorCode(result.status()) != std::optional<std::string>("peer-pool-exhausted") &&
+        !options_.retry_resource_exhausted;
+    if (!core::IsRetryable(code) || backend_exhausted) {
       attempt->done(std::move(result));
       return;
     }

@@ -52,9 +52,14 @@ class DeadlineMiddleware final : public dispatcher::Middleware {
 };
 
 // Retry for idempotent unary calls (outbound chains).
+//   Only calls marked idempotent are retried: the procedure is listed in
+//   `idempotent_procedures` ("Method", "service/Method" or "*"), or the call
+//   carries `rpc-idempotent: true`; anything else gets exactly one attempt.
 //   attempt k (k >= 1) waits min(initial * multiplier^(k-1), max) scaled by a
 //   uniform jitter in [1 - jitter, 1]; only core::IsRetryable codes are
-//   retried; a retry is never scheduled if it would start at or after the
+//   retried, and RESOURCE_EXHAUSTED only when no backend acted on the call
+//   (the local peer pool was exhausted, error code "peer-pool-exhausted")
+//   unless `retry_resource_exhausted` allows a backend's own refusal too; a retry is never scheduled if it would start at or after the
 //   call's effective deadline; each retry spends one token of a budget that
 //   every first attempt refills by `budget_ratio` (at most `budget_max`
 //   tokens), so retries stay a bounded fraction of traffic under failure.
@@ -67,7 +72,12 @@ struct RetryOptions {
   double budget_ratio = 0.2;
   double budget_max = 10;
   double budget_initial = 10;
+  std::vector<std::string> idempotent_procedures = {};
+  bool retry_resource_exhausted = false;
 };
+
+// True when `meta` names an idempotent call per the rules above.
+bool IsIdempotentCall(const core::RequestMeta& meta, const std::vector<std::string>& procedures);
 
 class RetryMiddleware final : public dispatcher::Middleware {
  public:

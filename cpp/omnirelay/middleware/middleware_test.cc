@@ -23,6 +23,13 @@ Request MakeRequest() {
   return r;
 }
 
+// Retries apply only to calls marked idempotent; this one is, by header.
+Request IdempotentRequest() {
+  Request r = MakeRequest();
+  r.meta.headers.Set("rpc-idempotent", "true");
+  return r;
+}
+
 TEST(RetryMiddlewareTest, RetriesRetryableCodesUntilAttemptsAndStopsBeforeDeadline) {
   auto clock = std::make_shared<core::ManualClock>();
   auto metrics = std::make_shared<core::MetricsRegistry>();
@@ -40,7 +47,7 @@ TEST(RetryMiddlewareTest, RetriesRetryableCodesUntilAttemptsAndStopsBeforeDeadli
     ++attempts;
     done(absl::UnavailableError("down"));
   };
-  Request request = MakeRequest();
+  Request request = IdempotentRequest();
   request.meta.deadline = clock->Now() + std::chrono::milliseconds(350);
   std::optional<absl::Status> result;
   retry.HandleUnary(
@@ -75,7 +82,7 @@ TEST(RetryMiddlewareTest, BudgetBoundsRetriesAndNonRetryableCodesAreNotRetried) 
   for (int call = 0; call < 2; ++call) {
     bool done = false;
     retry.HandleUnary(
-        CallInfo{}, MakeRequest(), [&](absl::StatusOr<Response>) { done = true; }, failing);
+        CallInfo{}, IdempotentRequest(), [&](absl::StatusOr<Response>) { done = true; }, failing);
     for (int i = 0; i < 20 && !done; ++i) clock->Advance(std::chrono::milliseconds(1));
     ASSERT_TRUE(done);
   }
@@ -83,8 +90,79 @@ TEST(RetryMiddlewareTest, BudgetBoundsRetriesAndNonRetryableCodesAreNotRetried) 
   code = absl::StatusCode::kInvalidArgument;
   attempts = 0;
   retry.HandleUnary(
-      CallInfo{}, MakeRequest(), [](absl::StatusOr<Response>) {}, failing);
+      CallInfo{}, IdempotentRequest(), [](absl::StatusOr<Response>) {}, failing);
   EXPECT_EQ(attempts, 1);
+}
+
+TEST(RetryMiddlewareTest, OnlyIdempotentCallsAreRetried) {
+  auto clock = std::make_shared<core::ManualClock>();
+  auto metrics = std::make_shared<core::MetricsRegistry>();
+  RetryOptions options{.max_attempts = 3,
+                       .initial_backoff = std::chrono::milliseconds(1),
+                       .max_backoff = std::chrono::milliseconds(1),
+                       .jitter = 0,
+                       .budget_max = 100,
+                       .budget_initial = 100};
+  options.idempotent_procedures = {"svc/Get"};
+  RetryMiddleware retry(options, clock, metrics);
+  int attempts = 0;
+  dispatcher::UnaryHandler failing = [&](Request, UnaryCallback done) {
+    ++attempts;
+    done(absl::UnavailableError("down"));
+  };
+  auto run = [&](Request request) {
+    attempts = 0;
+    bool done = false;
+    retry.HandleUnary(
+        CallInfo{}, std::move(request), [&](absl::StatusOr<Response>) { done = true; }, failing);
+    for (int i = 0; i < 20 && !done; ++i) clock->Advance(std::chrono::milliseconds(1));
+    EXPECT_TRUE(done);
+    return attempts;
+  };
+  EXPECT_EQ(run(MakeRequest()), 1);  // "svc/M" is not marked: one attempt only
+  Request listed = MakeRequest();
+  listed.meta.procedure = "Get";
+  EXPECT_EQ(run(listed), 3);  // listed in idempotent_procedures
+  Request by_header = MakeRequest();
+  by_header.meta.headers.Set("Rpc-Idempotent", "TRUE");
+  EXPECT_EQ(run(by_header), 3);
+  by_header.meta.headers.Set("rpc-idempotent", "false");
+  EXPECT_EQ(run(by_header), 1);
+}
+
+TEST(RetryMiddlewareTest, BackendResourceExhaustedIsRetriedOnlyWhenConfigured) {
+  auto clock = std::make_shared<core::ManualClock>();
+  auto metrics = std::make_shared<core::MetricsRegistry>();
+  RetryOptions options{.max_attempts = 3,
+                       .initial_backoff = std::chrono::milliseconds(1),
+                       .max_backoff = std::chrono::milliseconds(1),
+                       .jitter = 0,
+                       .budget_max = 100,
+                       .budget_initial = 100};
+  int attempts = 0;
+  absl::Status failure = absl::ResourceExhaustedError("backend is full");
+  dispatcher::UnaryHandler failing = [&](Request, UnaryCallback done) {
+    ++attempts;
+    done(failure);
+  };
+  auto run = [&](RetryMiddleware& retry) {
+    attempts = 0;
+    bool done = false;
+    retry.HandleUnary(
+        CallInfo{}, IdempotentRequest(), [&](absl::StatusOr<Response>) { done = true; }, failing);
+    for (int i = 0; i < 20 && !done; ++i) clock->Advance(std::chrono::milliseconds(1));
+    EXPECT_TRUE(done);
+    return attempts;
+  };
+  RetryMiddleware strict(options, clock, metrics);
+  EXPECT_EQ(run(strict), 1);  // the backend's own refusal: not retried
+  failure = core::MakeStatus(absl::StatusCode::kResourceExhausted, "every peer busy",
+                             "peer-pool-exhausted");
+  EXPECT_EQ(run(strict), 3);  // our pool was exhausted: no backend acted, retry
+  options.retry_resource_exhausted = true;
+  RetryMiddleware lenient(options, clock, metrics);
+  failure = absl::ResourceExhaustedError("backend is full");
+  EXPECT_EQ(run(lenient), 3);
 }
 
 TEST(DeadlineMiddlewareTest, ExpiredAndLateCallsEndInDeadlineExceeded) {

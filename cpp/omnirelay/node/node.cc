@@ -70,7 +70,9 @@ absl::StatusOr<dispatcher::MiddlewareChain> Node::Chain(const std::vector<std::s
                                  .jitter = r.jitter,
                                  .budget_ratio = r.budget_ratio,
                                  .budget_max = r.budget_max,
-                                 .budget_initial = r.budget_max},
+                                 .budget_initial = r.budget_max,
+                                 .idempotent_procedures = r.idempotent_procedures,
+                                 .retry_resource_exhausted = r.retry_resource_exhausted},
         clock_, metrics_));
     retry_added = true;
   };
@@ -165,17 +167,12 @@ absl::Status Node::Build() {
         .breaker_open_delay = o.circuit_breaker.open_delay,
         .service = o.service,
         .transport = o.transport};
-    // The peer kit's coordinator when built with it; the interim pool otherwise.
-    std::shared_ptr<transport::PeerPool> pool;
     auto coordinated = transport::MakeCoordinatorPeerPool(o.endpoints, peers, clock_, metrics_);
-    if (coordinated.ok()) {
-      pool = *coordinated;
-    } else if (coordinated.status().code() == absl::StatusCode::kUnimplemented) {
-      pool = transport::MakeInterimPeerPool(o.endpoints, peers, clock_);
-    } else {
+    if (!coordinated.ok()) {
       return absl::InvalidArgumentError("omniRelay.outbounds." + name + ": " +
                                         std::string(coordinated.status().message()));
     }
+    std::shared_ptr<transport::PeerPool> pool = *coordinated;
     pools_[name] = pool;
     std::shared_ptr<dispatcher::Outbound> outbound;
     if (o.transport == "grpc") {
@@ -379,8 +376,10 @@ absl::Status Node::Start() {
   if (auto s = dispatcher_->Start(); !s.ok()) return s;
   if (config_.mesh) gossip_service_ = std::make_unique<mesh::GossipService>();
   if (config_.grpc) {
-    transport::GrpcInboundOptions grpc_options{
-        .address = config_.grpc->address, .threads = config_.grpc->threads, .tls = tls_};
+    transport::GrpcInboundOptions grpc_options{.address = config_.grpc->address,
+                                               .threads = config_.grpc->threads,
+                                               .tls = tls_,
+                                               .max_streams = config_.grpc->max_streams};
     if (gossip_service_) grpc_options.services.push_back(gossip_service_->service());
     grpc_ = std::make_unique<transport::GrpcInbound>(grpc_options, dispatcher_);
     if (auto s = grpc_->Start(); !s.ok()) return s;
@@ -393,9 +392,16 @@ absl::Status Node::Start() {
   }
   if (config_.http) {
     http_ = std::make_unique<transport::HttpInbound>(
-        transport::HttpInboundOptions{.address = config_.http->address,
-                                      .threads = std::max(4, config_.http->threads),
-                                      .tls = server_tls},
+        transport::HttpInboundOptions{
+            .address = config_.http->address,
+            .threads = std::max(4, config_.http->threads),
+            .tls = server_tls,
+            .limits = {.max_header_bytes = static_cast<size_t>(config_.http->max_header_bytes),
+                       .max_body_bytes = static_cast<size_t>(config_.http->max_body_bytes),
+                       .header_timeout = std::chrono::duration_cast<std::chrono::milliseconds>(
+                           config_.http->header_timeout),
+                       .body_timeout = std::chrono::duration_cast<std::chrono::milliseconds>(
+                           config_.http->body_timeout)}},
         dispatcher_);
     if (auto s = http_->Start(); !s.ok()) return s;
   }

@@ -2,6 +2,7 @@
 
 #include <nlohmann/json.hpp>
 
+#include "omnirelay/core/address.h"
 #include "omnirelay/core/logging.h"
 #include "omnirelay/http/http_server.h"
 
@@ -28,27 +29,9 @@ std::string UrlEncode(std::string_view text) {
 }  // namespace
 
 absl::StatusOr<std::pair<std::string, uint16_t>> SplitHostPort(std::string_view address) {
-  const auto colon = address.rfind(':');
-  if (colon == std::string_view::npos || colon == 0 || colon + 1 == address.size() ||
-      address.size() - colon - 1 > 5) {
-    return absl::InvalidArgumentError("address '" + std::string(address) + "' is not host:port");
-  }
-  int port = 0;
-  for (char c : address.substr(colon + 1)) {
-    if (c < '0' || c > '9') {
-      return absl::InvalidArgumentError("address '" + std::string(address) + "' has no valid port");
-    }
-    port = port * 10 + (c - '0');
-  }
-  if (port > 65535) {
-    return absl::InvalidArgumentError("address '" + std::string(address) + "' has no valid port");
-  }
-  std::string host(address.substr(0, colon));
-  // "[::1]:80" → "::1"
-  if (host.size() > 2 && host.front() == '[' && host.back() == ']') {
-    host = host.substr(1, host.size() - 2);
-  }
-  return std::make_pair(std::move(host), static_cast<uint16_t>(port));
+  auto parsed = core::ParseHostPort(address);  // the one address parser
+  if (!parsed.ok()) return parsed.status();
+  return std::make_pair(parsed->host, parsed->port);
 }
 
 absl::StatusOr<RegistryClient> RegistryClient::Create(std::string_view address,

@@ -7,10 +7,12 @@
 
 #include <charconv>
 #include <condition_variable>
+#include <deque>
 #include <mutex>
 #include <optional>
 
 #include "absl/synchronization/mutex.h"
+#include "omnirelay/core/address.h"
 #include "omnirelay/core/logging.h"
 #include "omnirelay/core/retry_after.h"
 #include "omnirelay/tls/grpc_credentials.h"
@@ -90,10 +92,74 @@ class WaitTag final : public Tag {
   bool ok_ = false;
 };
 
+// Streaming handlers block (they wait for each queue operation), so each
+// needs a thread; this pool bounds how many run at once instead of starting a
+// detached thread per stream. Threads start on demand up to `cap` and are
+// reused. TrySubmit refuses when `cap` handlers are already admitted (the call
+// is answered RESOURCE_EXHAUSTED). Shutdown waits for admitted handlers and
+// joins every thread, so no handler outlives the inbound.
+class StreamPool {
+ public:
+  explicit StreamPool(int cap) : cap_(std::max(1, cap)) {}
+  ~StreamPool() { Shutdown(); }
+
+  bool TrySubmit(std::function<void()> task) {
+    std::lock_guard<std::mutex> lock(mu_);
+    if (stopping_ || admitted_ >= cap_) return false;
+    ++admitted_;
+    queue_.push_back(std::move(task));
+    if (static_cast<int>(threads_.size()) < admitted_) {
+      threads_.emplace_back([this] { Work(); });
+    }
+    cv_.notify_one();
+    return true;
+  }
+
+  void Shutdown() {
+    std::vector<std::thread> threads;
+    {
+      std::lock_guard<std::mutex> lock(mu_);
+      stopping_ = true;
+      threads.swap(threads_);
+    }
+    cv_.notify_all();
+    for (auto& t : threads) t.join();
+  }
+
+  int admitted() const {
+    std::lock_guard<std::mutex> lock(mu_);
+    return admitted_;
+  }
+
+ private:
+  void Work() {
+    std::unique_lock<std::mutex> lock(mu_);
+    for (;;) {
+      cv_.wait(lock, [this] { return stopping_ || !queue_.empty(); });
+      if (queue_.empty()) return;  // stopping and nothing admitted is left
+      auto task = std::move(queue_.front());
+      queue_.pop_front();
+      lock.unlock();
+      task();
+      lock.lock();
+      --admitted_;
+    }
+  }
+
+  const int cap_;
+  mutable std::mutex mu_;
+  std::condition_variable cv_;
+  std::deque<std::function<void()>> queue_;
+  std::vector<std::thread> threads_;
+  int admitted_ = 0;
+  bool stopping_ = false;
+};
+
 struct InboundShared {
   std::shared_ptr<dispatcher::Dispatcher> dispatcher;
   grpc::AsyncGenericService* service = nullptr;
   std::atomic<int> streams{0};
+  std::unique_ptr<StreamPool> stream_pool;
 };
 
 // One server call, from RequestCall to Finish. Unary kinds: a queue state
@@ -160,7 +226,10 @@ class InboundCall final : public Tag {
       if (IsTransportHeader(k)) continue;
       meta_.headers.Add(k, std::string(View(value)));
     }
-    ApplyRpcHeaders(meta_);
+    if (auto bad = ApplyRpcHeaders(meta_); !bad.ok()) {
+      FinishWith(bad);
+      return;
+    }
     meta_.peer_address = PeerAddress(ctx_.peer());
     meta_.peer_identity = tls::GrpcPeerIdentity(ctx_.auth_context().get()).Principal();
     if (meta_.peer_identity == "sha256:") meta_.peer_identity.clear();
@@ -177,7 +246,12 @@ class InboundCall final : public Tag {
       default:
         state_ = State::kStreaming;
         shared_->streams.fetch_add(1);
-        std::thread([this] { RunStream(); }).detach();
+        if (!shared_->stream_pool->TrySubmit([this] { RunStream(); })) {
+          shared_->streams.fetch_sub(1);
+          FinishWith(core::MakeStatus(absl::StatusCode::kResourceExhausted,
+                                      "the inbound's streaming capacity is in use (maxStreams)",
+                                      "stream-capacity"));
+        }
         return;
     }
   }
@@ -413,12 +487,9 @@ class GrpcOutboundStream final : public dispatcher::OutboundStream {
 }  // namespace
 
 std::string GrpcTarget(const std::string& endpoint) {
-  std::string target = endpoint;
-  for (const char* scheme : {"http://", "https://", "grpc://", "dns:///"}) {
-    if (target.rfind(scheme, 0) == 0) target = target.substr(std::string_view(scheme).size());
-  }
-  while (!target.empty() && target.back() == '/') target.pop_back();
-  return target;
+  // Config validation already ran every endpoint through the same parser.
+  auto parsed = core::ParseHostPort(endpoint);
+  return parsed.ok() ? parsed->Authority() : endpoint;
 }
 
 bool IsTlsEndpoint(const std::string& endpoint) { return endpoint.rfind("https://", 0) == 0; }
@@ -462,6 +533,7 @@ absl::Status GrpcInbound::Start() {
   auto shared = std::make_unique<InboundShared>();
   shared->dispatcher = dispatcher_;
   shared->service = service_.get();
+  shared->stream_pool = std::make_unique<StreamPool>(options_.max_streams);
   InboundShared* raw = shared.get();
   {
     std::lock_guard<std::mutex> lock(shared_mu);
@@ -487,10 +559,10 @@ void GrpcInbound::Shutdown(std::chrono::milliseconds grace) {
     std::lock_guard<std::mutex> lock(shared_mu);
     shared = shared_by_inbound[this].get();
   }
-  // Stream threads post their final operation to the queues; let them.
-  for (int i = 0; i < 200 && shared && shared->streams.load() > 0; ++i) {
-    std::this_thread::sleep_for(std::chrono::milliseconds(10));
-  }
+  // Streaming handlers post their final operation to the queues (still
+  // polled); the server shutdown above cancelled what was left, so they end.
+  // Join them before the queues and the shared state go away.
+  if (shared && shared->stream_pool) shared->stream_pool->Shutdown();
   for (auto& cq : cqs_) cq->Shutdown();
   for (auto& t : threads_) t.join();
   threads_.clear();

@@ -6,7 +6,8 @@
 // resolves it (procedure, alias or forwarding route) or the call ends in
 // UNIMPLEMENTED. Unary and oneway calls run as a completion-queue state
 // machine without a thread per call; streaming kinds run their blocking
-// handler on a thread of their own that waits for each queue operation.
+// handler on a bounded pool (`max_streams` threads, started on demand, joined
+// by Shutdown) and wait for each queue operation there.
 //
 // Outbound: N peers from a PeerPool, one channel per peer. Unary calls use
 // the async generic stub on the *calling thread's* completion queue when the
@@ -64,6 +65,9 @@ struct GrpcInboundOptions {
   std::vector<grpc::Service*> services = {};
   // TLS listener (client_auth require = mTLS); plaintext when unset.
   std::optional<tls::TlsOptions> tls{};
+  // Streaming calls handled at once (each holds one pool thread while it
+  // runs); further streams are answered RESOURCE_EXHAUSTED ("stream-capacity").
+  int max_streams = 64;
 };
 
 class GrpcInbound {

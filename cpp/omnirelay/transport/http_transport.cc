@@ -60,33 +60,6 @@ class SseWriter final : public dispatcher::ServerStream {
 
 }  // namespace
 
-absl::StatusOr<HostPort> ParseHostPort(const std::string& address) {
-  std::string rest = address;
-  HostPort out;
-  for (const char* scheme : {"http://", "https://", "grpc://"}) {
-    if (rest.rfind(scheme, 0) == 0) {
-      rest = rest.substr(std::string_view(scheme).size());
-      out.scheme = std::string(scheme, std::string_view(scheme).size() - 3);
-    }
-  }
-  if (auto slash = rest.find('/'); slash != std::string::npos) {
-    out.path = rest.substr(slash);
-    rest = rest.substr(0, slash);
-  }
-  const auto colon = rest.rfind(':');
-  if (colon == std::string::npos) {
-    return absl::InvalidArgumentError("address '" + address + "' is not host:port");
-  }
-  int port = -1;
-  auto [ptr, ec] = std::from_chars(rest.data() + colon + 1, rest.data() + rest.size(), port);
-  if (ec != std::errc() || ptr != rest.data() + rest.size() || port < 0 || port > 65535) {
-    return absl::InvalidArgumentError("address '" + address + "' has no valid port");
-  }
-  out.host = rest.substr(0, colon);
-  out.port = static_cast<uint16_t>(port);
-  return out;
-}
-
 // ---------------------------------------------------------------- inbound
 
 HttpInbound::HttpInbound(HttpInboundOptions options,
@@ -98,8 +71,12 @@ HttpInbound::~HttpInbound() { Stop(); }
 absl::Status HttpInbound::Start(const std::function<void(http::HttpServer&)>& extra) {
   auto hp = ParseHostPort(options_.address);
   if (!hp.ok()) return hp.status();
-  server_ = std::make_unique<http::HttpServer>(http::HttpServerOptions{
-      .host = hp->host, .port = hp->port, .threads = options_.threads, .tls = options_.tls});
+  http::HttpServerOptions server_options{
+      .host = hp->host, .port = hp->port, .threads = options_.threads};
+  server_options.limits = options_.limits;
+  server_options.max_body_bytes = options_.limits.max_body_bytes;
+  server_options.tls = options_.tls;
+  server_ = std::make_unique<http::HttpServer>(std::move(server_options));
   if (extra) extra(*server_);
   server_->Fallback([this](const http::HttpRequest& request) { return Handle(request); });
   return server_->Start();
@@ -118,7 +95,7 @@ http::HttpResponse HttpInbound::Handle(const http::HttpRequest& request) {
   for (const auto& [k, v] : request.headers.entries()) {
     if (!IsTransportHeader(k)) meta.headers.Add(k, v);
   }
-  ApplyRpcHeaders(meta);
+  if (auto bad = ApplyRpcHeaders(meta); !bad.ok()) return ErrorResponse(bad);
   meta.peer_address = request.remote_address;
   if (!request.peer.empty()) meta.peer_identity = request.peer.Principal();
   if (meta.time_to_live) meta.deadline = meta.EffectiveDeadline(std::chrono::system_clock::now());

@@ -34,6 +34,7 @@
 #include "omnirelay/dispatcher/dispatcher.h"
 #include "omnirelay/http/http_server.h"
 #include "omnirelay/tls/tls.h"
+#include "omnirelay/core/address.h"
 #include "omnirelay/transport/peer_pool.h"
 
 namespace omnirelay::transport {
@@ -43,6 +44,7 @@ struct HttpInboundOptions {
   int threads = 4;
   // TLS listener (tls::Role::kServer); plaintext when null.
   std::shared_ptr<tls::ContextSource> tls{};
+  http::HttpLimits limits{};  // 400/413/431 and read timeouts (http_server.h)
 };
 
 class HttpInbound {
@@ -100,13 +102,10 @@ class HttpOutbound final : public dispatcher::Outbound {
   std::shared_ptr<tls::ContextSource> tls_;  // set when an endpoint is https://
 };
 
-// Splits "host:port" (optionally with a scheme and path).
-struct HostPort {
-  std::string scheme{};  // "http", "https", "grpc" or "" when none was given
-  std::string host;
-  uint16_t port = 0;
-  std::string path = "/";
-};
-absl::StatusOr<HostPort> ParseHostPort(const std::string& address);
+// The one address parser (core/address.h), re-exported for transport callers.
+using HostPort = core::HostPort;
+inline absl::StatusOr<HostPort> ParseHostPort(const std::string& address) {
+  return core::ParseHostPort(address);
+}
 
 }  // namespace omnirelay::transport

@@ -6,11 +6,8 @@
 // (per-peer in-flight cap), whose breaker is open, and when the whole pool is
 // exhausted (ResourceExhausted, error code "peer-pool-exhausted").
 //
-// The production implementation adapts the peer kit's PeerListCoordinator
-// (cpp/omnirelay/peers/). Until that lands, MakeInterimPeerPool provides a
-// deliberately small stand-in: a rotating start index, the per-peer cap and
-// the kit's real CircuitBreaker per peer, no waiting. Outbounds only see this
-// interface, so swapping it changes no transport code.
+// The one implementation adapts the peer kit's PeerListCoordinator
+// (cpp/omnirelay/peers/); outbounds only see this interface.
 //
 // Thread-safety: every method is thread-safe.
 #include <memory>
@@ -49,7 +46,7 @@ class PeerPool {
 };
 
 struct PeerPoolOptions {
-  std::string chooser = "fewest-pending";  // informational for the interim pool
+  std::string chooser = "fewest-pending";  // a peers::ChooserNames() entry
   int max_in_flight_per_peer = 0;          // 0 = unlimited
   int breaker_consecutive_failures = 5;    // 0 disables the breaker
   core::Duration breaker_open_delay = std::chrono::seconds(1);
@@ -61,14 +58,9 @@ struct PeerPoolOptions {
 // contention rules, per-peer breaker and in-flight cap) with a
 // PeerLeaseHealthTracker whose diagnostics LeaseHealth() returns. Note: with
 // a deadline and every peer busy, Acquire waits (coordinator rule 5) on the
-// calling thread. InvalidArgument for an unknown chooser. Null when built
-// without the peer kit.
+// calling thread. InvalidArgument for an unknown chooser.
 absl::StatusOr<std::shared_ptr<PeerPool>> MakeCoordinatorPeerPool(
     std::vector<std::string> addresses, PeerPoolOptions options, std::shared_ptr<core::Clock> clock,
     std::shared_ptr<core::MetricsRegistry> metrics);
-
-std::shared_ptr<PeerPool> MakeInterimPeerPool(std::vector<std::string> addresses,
-                                              PeerPoolOptions options,
-                                              std::shared_ptr<core::Clock> clock);
 
 }  // namespace omnirelay::transport

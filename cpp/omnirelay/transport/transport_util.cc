@@ -1,5 +1,6 @@
 #include "omnirelay/transport/transport_util.h"
 
+#include <algorithm>
 #include <charconv>
 
 namespace omnirelay::transport {
@@ -25,7 +26,7 @@ bool IsRpcHeader(std::string_view name) {
   return false;
 }
 
-void ApplyRpcHeaders(core::RequestMeta& meta) {
+absl::Status ApplyRpcHeaders(core::RequestMeta& meta) {
   const auto& h = meta.headers;
   if (auto v = h.Get("rpc-caller")) meta.caller = std::string(*v);
   if (auto v = h.Get("rpc-encoding")) meta.encoding = std::string(*v);
@@ -33,13 +34,30 @@ void ApplyRpcHeaders(core::RequestMeta& meta) {
   if (auto v = h.Get("rpc-routing-key")) meta.routing_key = std::string(*v);
   if (auto v = h.Get("rpc-routing-delegate")) meta.routing_delegate = std::string(*v);
   if (auto v = h.Get("rpc-ttl-ms")) {
-    long long ms = 0;
+    long long ms = -1;
+    const bool digits_only =
+        !v->empty() && std::all_of(v->begin(), v->end(), [](char c) { return c >= '0' && c <= '9'; });
     auto [ptr, ec] = std::from_chars(v->data(), v->data() + v->size(), ms);
-    if (ec == std::errc() && ms >= 0) meta.time_to_live = std::chrono::milliseconds(ms);
+    if (!digits_only || ec != std::errc() || ptr != v->data() + v->size() || ms > kMaxTtlMs) {
+      return core::MakeStatus(absl::StatusCode::kInvalidArgument,
+                              "Rpc-Ttl-Ms: '" + std::string(v->substr(0, 64)) +
+                                  "' is not a whole number of milliseconds in [0, " +
+                                  std::to_string(kMaxTtlMs) + "]",
+                              "bad-rpc-ttl-ms");
+    }
+    meta.time_to_live = std::chrono::milliseconds(ms);
   }
   if (auto v = h.Get("rpc-deadline")) {
-    if (auto t = core::ParseTimestamp(*v)) meta.deadline = *t;
+    auto t = core::ParseTimestamp(*v);
+    if (!t) {
+      return core::MakeStatus(absl::StatusCode::kInvalidArgument,
+                              "Rpc-Deadline: '" + std::string(v->substr(0, 64)) +
+                                  "' is not an RFC 3339 timestamp (2026-11-23T10:00:00.250Z)",
+                              "bad-rpc-deadline");
+    }
+    meta.deadline = *t;
   }
+  return absl::OkStatus();
 }
 
 }  // namespace omnirelay::transport

@@ -4,6 +4,7 @@
 #include <string_view>
 
 #include "omnirelay/core/request_meta.h"
+#include "omnirelay/core/status.h"
 
 namespace omnirelay::transport {
 
@@ -13,7 +14,14 @@ bool IsTransportHeader(std::string_view name);
 // rpc-* headers that RequestMeta carries as fields (re-emitted from them).
 bool IsRpcHeader(std::string_view name);
 // Fills meta.caller, encoding, shard/routing keys, TTL (rpc-ttl-ms) and
-// deadline (rpc-deadline) from meta.headers.
-void ApplyRpcHeaders(core::RequestMeta& meta);
+// deadline (rpc-deadline) from meta.headers. A malformed Rpc-Ttl-Ms (not a
+// plain non-negative decimal, or above kMaxTtlMs) or Rpc-Deadline (not an
+// RFC 3339 timestamp) is InvalidArgument naming the header and the value:
+// the call is refused (HTTP 400 / gRPC INVALID_ARGUMENT), never run with a
+// half-parsed or ignored deadline.
+absl::Status ApplyRpcHeaders(core::RequestMeta& meta);
+
+// The largest TTL accepted (ten years): keeps now + TTL far from overflow.
+inline constexpr long long kMaxTtlMs = 10LL * 365 * 24 * 3600 * 1000;
 
 }  // namespace omnirelay::transport

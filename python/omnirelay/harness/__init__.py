@@ -22,6 +22,8 @@ _EXPORTS = {
     "MetricsSnapshot": "omnirelay.harness.metrics",
     "delta": "omnirelay.harness.metrics",
     "PortInUse": "omnirelay.harness.ports",
+    "ProcessStartError": "omnirelay.harness.launcher",
+    "ReadyProcess": "omnirelay.harness.launcher",
 }
 
 __all__ = sorted(_EXPORTS)

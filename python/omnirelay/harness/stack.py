@@ -27,7 +27,7 @@ secret re-created and every session binding is gone.
 **Control endpoint.** :class:`ControlServer` is the small HTTP server the
 ``omnirelay up`` process serves on 127.0.0.1 (port 0). Its address and a random
 token are written (mode 0600) to ``<artifacts>/control.json`` and
-``$OMNIRELAY_STATE_DIR/stack-<topology>.json`` (default ``~/.omnirelay``), which
+``$OMNIRELAY_STATE_DIR/stack-<topology>.json`` (default ``$XDG_STATE_HOME/omnirelay``), which
 ``omnirelay stack`` reads; every request must carry the token
 (``X-OmniRelay-Token``), so only the user who started the stack controls it.
 
@@ -56,6 +56,8 @@ from typing import Any, Dict, Iterable, List, Mapping, Optional, Sequence, Union
 
 import yaml
 
+from omnirelay._core import parse_duration
+
 STATE_FOLDER = "state"
 TOKEN_HEADER = "X-OmniRelay-Token"
 
@@ -82,23 +84,27 @@ def pinned_ports(topology: Any) -> Dict[str, int]:
 
 
 def state_dir() -> Path:
+    """``$OMNIRELAY_STATE_DIR``, else the XDG state directory
+    (``$XDG_STATE_HOME/omnirelay``, default ``~/.local/state/omnirelay``)."""
     env = os.environ.get("OMNIRELAY_STATE_DIR")
-    return Path(env) if env else Path.home() / ".omnirelay"
+    if env:
+        return Path(env)
+    xdg = os.environ.get("XDG_STATE_HOME", "")
+    base = Path(xdg) if xdg.startswith("/") else Path.home() / ".local" / "state"
+    return base / "omnirelay"
 
 
 def _duration_s(text: Any, default: float) -> float:
+    """A node-config duration in seconds, read as the C++ loader reads it
+    (one parser: ``omnirelay.parse_duration``; a bare number is milliseconds)."""
     if text is None:
         return default
     if isinstance(text, (int, float)):
-        return float(text)
-    text = str(text).strip()
-    for suffix, factor in (("ms", 0.001), ("s", 1.0), ("m", 60.0)):
-        if text.endswith(suffix):
-            try:
-                return float(text[: -len(suffix)]) * factor
-            except ValueError:
-                return default
-    return default
+        return float(text) / 1000.0
+    try:
+        return parse_duration(str(text).strip()).total_seconds()
+    except Exception:  # noqa: BLE001 - the node validated it; fall back like an absent value
+        return default
 
 
 def pod_name(node: Any) -> str:
@@ -298,11 +304,32 @@ class StackControl:
                     return _duration_s(cluster_cfg.get("refreshInterval"), 1.0)
         return 0.0
 
+    def gateway_views(self) -> List[List[str]]:
+        """The member ids every running gateway currently routes to, one sorted
+        list per registry-fed cluster (from its ``/omnirelay/gateway``)."""
+        from omnirelay.harness.cluster import http_get
+
+        views: List[List[str]] = []
+        for node in self.cluster.with_role("gateway"):
+            if not node.is_running():
+                continue
+            try:
+                status, body = http_get(f"http://{node.admin}/omnirelay/gateway", timeout=1.0)
+            except OSError:
+                views.append(["<unreachable>"])
+                continue
+            if status != 200:
+                continue  # not a gateway-mode node
+            for cluster in json.loads(body).get("clusters", {}).values():
+                if cluster.get("source") == "registry":
+                    views.append(sorted(m.get("id", "") for m in cluster.get("members", [])))
+        return views
+
     def wait_workers(self, pods: Optional[Iterable[str]] = None, within_s: float = 15.0,
                      role: str = "worker") -> List[str]:
         """Waits (bounded) until the registry lists exactly ``pods`` (default:
-        the running workers' pod names), then one gateway refresh interval more
-        so the gateway has seen the same list."""
+        the running workers' pod names) and every gateway's registry-fed
+        cluster routes to exactly them (polled, not slept for)."""
         if pods is None:
             pods = [pod_name(n) for n in self.cluster.with_role(role) if n.is_running()]
         want = sorted(pods)
@@ -314,7 +341,16 @@ class StackControl:
             if time.monotonic() >= deadline:
                 raise StackError(f"registry lists {have} for role {role}, expected {want} after {within_s:g}s")
             time.sleep(0.05)
-        time.sleep(self.refresh_interval_s() + 0.25)
+        # The gateway refreshes on its own interval: poll its view, bounded by
+        # a few intervals past the caller's budget.
+        deadline = max(deadline, time.monotonic() + 4 * self.refresh_interval_s() + 2.0)
+        while True:
+            views = self.gateway_views()
+            if all(view == want for view in views):
+                break
+            if time.monotonic() >= deadline:
+                raise StackError(f"gateways route to {views}, expected {want}")
+            time.sleep(0.05)
         return have
 
 

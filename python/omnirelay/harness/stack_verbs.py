@@ -41,7 +41,7 @@ def stack(argv: List[str]) -> int:
     common = argparse.ArgumentParser(add_help=False)
     common.add_argument("--topology", default=argparse.SUPPRESS, help="which running stack (default: the only one)")
     common.add_argument("--control", default=argparse.SUPPRESS,
-                        help="path of a control.json (default: found in ~/.omnirelay)")
+                        help="path of a control.json (default: found in $XDG_STATE_HOME/omnirelay)")
     common.add_argument("--json", action="store_true", default=argparse.SUPPRESS, help="print the reply as JSON")
     parser = argparse.ArgumentParser(prog="omnirelay stack", parents=[common],
                                      description="Control a stack that `omnirelay up` runs (docker-compose style).")
