@@ -760,6 +760,8 @@ void StartCall(Call* call) {
   const FrameRoute* route = MatchRoute(shared, service, method, &local);
   if (route == nullptr) {
     if (!shared->options.fallback.empty()) {
+      // The local inbound enforces the deadline itself; pass it on.
+      call->deadline = call->grpc_deadline;
       UpstreamConnection* up = call->loop->Upstream(nullptr, 0, shared->options.fallback);
       if (up == nullptr) {
         RespondError(call, absl::StatusCode::kUnavailable, "local inbound unreachable");

@@ -32,6 +32,7 @@
 #include "omnirelay/dispatcher/dispatcher.h"
 #include "omnirelay/dispatcher/echo.h"
 #include "omnirelay/gateway/gateway.h"
+#include "omnirelay/h2relay/frame_relay.h"
 #include "omnirelay/http/http_server.h"
 #include "omnirelay/middleware/middleware.h"
 #include "omnirelay/transport/grpc_transport.h"
@@ -65,7 +66,9 @@ class Node {
   const config::NodeConfig& config() const { return config_; }
   std::shared_ptr<middleware::SpanRecorder> spans() const { return spans_; }
   std::shared_ptr<middleware::RateLimitMiddleware> rate_limiter() const { return rate_limiter_; }
-  std::string grpc_address() const { return grpc_ ? grpc_->address() : ""; }
+  std::string grpc_address() const {
+    return relay_ ? relay_->address() : grpc_ ? grpc_->address() : "";
+  }
   std::string http_address() const { return http_ ? http_->address() : ""; }
   std::string admin_address() const { return admin_ ? admin_->address() : ""; }
 
@@ -88,6 +91,10 @@ class Node {
   std::unique_ptr<transport::HttpInbound> http_;
   std::unique_ptr<http::HttpServer> admin_;
   std::unique_ptr<gateway::Gateway> gateway_;  // gateway mode (config `gateway`)
+  // The HTTP/2 frame relay: when any route takes the fast path it owns the
+  // configured gRPC address and grpc_ listens on loopback behind it.
+  std::vector<h2relay::FrameRoute> frame_routes_;
+  std::unique_ptr<h2relay::FrameRelay> relay_;
   core::TimePoint started_at_{};
   bool started_ = false;
   bool stopped_ = false;
