@@ -27,6 +27,7 @@ from __future__ import annotations
 import argparse
 import json
 import shutil
+import socket
 import statistics
 import subprocess
 import sys
@@ -43,7 +44,7 @@ TARGETS = ("direct", "frame", "grpc", "haproxy", "nginx")
 HAPROXY_CONF = """
 global
   nbthread {threads}
-  maxconn 100000
+  maxconn 8000
   log stderr format raw local0 emerg
 defaults
   mode http
@@ -79,6 +80,18 @@ def load(address: str, concurrency: int, payload: int, duration: str, warmup: st
     return {"qps": report["throughput_rps"], "p50": success["p50"], "p99": success["p99"],
             "failures": report["failures"],
             "cpu_us_per_call": cpu / calls * 1e6 if pids else float("nan")}
+
+
+def wait_listening(port: int, proc: Proc) -> None:
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline:
+        if proc.p.poll() is not None:
+            sys.exit(f"proxy exited: {proc.p.stderr.read() if proc.p.stderr else ''}")
+        with socket.socket() as s:
+            if s.connect_ex(("127.0.0.1", port)) == 0:
+                return
+        time.sleep(0.05)
+    sys.exit(f"nothing listens on port {port}")
 
 
 def parse_seconds(text: str) -> float:
@@ -156,6 +169,7 @@ def main() -> int:
                 servers="\n".join(f"  server b{i} {b} proto h2" for i, b in enumerate(backends))))
             p = Proc([haproxy_bin, "-f", str(conf), "-db"])
             procs.append(p)
+            wait_listening(port, p)
             targets["haproxy"], trees["haproxy"] = f"127.0.0.1:{port}", [p.p.pid]
         if "nginx" in args.targets:
             port = free_port()
@@ -167,7 +181,7 @@ def main() -> int:
                 servers="\n".join(f"    server {b};" for b in backends)))
             p = Proc([nginx_bin, "-c", str(conf), "-p", str(tmp)])
             procs.append(p)
-            time.sleep(0.5)
+            wait_listening(port, p)
             targets["nginx"], trees["nginx"] = f"127.0.0.1:{port}", process_tree(p.p.pid)
         order = [t for t in TARGETS if t in targets]
         for name in order:  # smoke every target before measuring
