@@ -768,7 +768,15 @@ void MaybeDelete(Call* call) {
 // reset/connection failure): release the lease with it.
 void UpstreamClosed(Call* call, absl::StatusCode code) {
   call->up_open = false;
-  if (call->up != nullptr) call->up->calls.Erase(call);
+  if (call->up != nullptr) {
+    // Response bytes still buffered will not be consumed per stream any
+    // more: give their connection window back now, or the connection stalls.
+    if (call->response.size() > 0) {
+      nghttp2_session_consume_connection(call->up->session(), call->response.size());
+      call->up->MarkDirty();
+    }
+    call->up->calls.Erase(call);
+  }
   call->up = nullptr;
   ReleaseLease(call, code);
 }
@@ -1061,6 +1069,12 @@ int InStreamClose(nghttp2_session* session, int32_t stream_id, uint32_t error_co
   auto* call = static_cast<Call*>(nghttp2_session_get_stream_user_data(session, stream_id));
   if (call == nullptr) return 0;
   nghttp2_session_set_stream_user_data(session, stream_id, nullptr);
+  // As in UpstreamClosed: request bytes not yet forwarded return their
+  // connection window now.
+  if (call->request.size() > 0) {
+    nghttp2_session_consume_connection(session, call->request.size());
+    call->in->MarkDirty();
+  }
   call->in_open = false;
   call->in->calls.Erase(call);
   const bool completed = call->response_final && error_code == NGHTTP2_NO_ERROR;
