@@ -55,7 +55,31 @@ def write_config(tmp_path, name, section):
     return path
 
 
-def relay_config(tmp_path, backends, name="relay", **extra):
+# The forwarding tests run on both data paths (docs/dataplane.md "Fast path"):
+# "grpc" is the default node (full middleware chain, so every route stays on
+# the grpc++ generic path); "frame" is a plain forwarding node (deadline and
+# recovery only), whose routes the HTTP/2 frame relay serves by default.
+FRAME_MIDDLEWARE = {"inbound": ["recovery", "deadline"], "outbound": ["deadline"]}
+
+
+@pytest.fixture(params=["grpc", "frame"])
+def data_path(request):
+    return request.param
+
+
+def on_path(section, data_path):
+    """The node config for `data_path`; the route choice itself is `auto`."""
+    if data_path == "frame":
+        section["middleware"] = dict(FRAME_MIDDLEWARE)
+    return section
+
+
+def assert_path(node, data_path, prefixes):
+    frame = {r["prefix"].lstrip("/") for r in node.get_json("/omnirelay/introspect")["frameRoutes"]}
+    assert frame == (set(prefixes) if data_path == "frame" else set()), frame
+
+
+def relay_config(tmp_path, backends, name="relay", data_path="grpc", **extra):
     section = {
         "service": name,
         "inbounds": {"grpc": {"address": "127.0.0.1:0"}, "http": {"address": "127.0.0.1:0"}},
@@ -72,7 +96,7 @@ def relay_config(tmp_path, backends, name="relay", **extra):
         ],
     }
     section.update(extra)
-    return write_config(tmp_path, name, section)
+    return write_config(tmp_path, name, on_path(section, data_path))
 
 
 def check_all_kinds(address, instances):
@@ -113,19 +137,24 @@ def test_every_call_kind_direct(nodes):
     assert echo.get_json("/omnirelay/echo/stats")["oneway"] == 1
 
 
-def test_every_call_kind_through_a_forwarding_relay(nodes, tmp_path):
+def test_every_call_kind_through_a_forwarding_relay(nodes, tmp_path, data_path):
     e1 = nodes(echo_args("e1"), "e1")
     e2 = nodes(echo_args("e2"), "e2")
-    relay = nodes(["serve", "--config", str(relay_config(tmp_path, [e1.grpc, e2.grpc]))], "relay")
+    relay = nodes(["serve", "--config",
+                   str(relay_config(tmp_path, [e1.grpc, e2.grpc], data_path=data_path))], "relay")
+    # Oneway stays on the grpc++ path (acknowledged on arrival), the rest is frame-relayed.
+    assert_path(relay, data_path, {f"{ECHO[1:]}/EchoStream", f"{ECHO[1:]}/EchoCollect",
+                                   f"{ECHO[1:]}/EchoDuplex", f"{ECHO[1:]}/"})
     check_all_kinds(relay.grpc, ["e1", "e2"])
     intro = relay.get_json("/omnirelay/introspect")
     assert {r["prefix"] for r in intro["routes"]} >= {"omnirelay.echo.v1.Echo/"}
     assert len(intro["outbounds"]["echo"]["peers"]) == 2
 
 
-def test_status_codes_cross_the_relay_unchanged(nodes, tmp_path):
+def test_status_codes_cross_the_relay_unchanged(nodes, tmp_path, data_path):
     echo = nodes(echo_args("busy", "--max-concurrency", "1", "--latency", "400ms"), "busy")
-    relay = nodes(["serve", "--config", str(relay_config(tmp_path, [echo.grpc]))], "relay")
+    relay = nodes(["serve", "--config",
+                   str(relay_config(tmp_path, [echo.grpc], data_path=data_path))], "relay")
     with grpc.insecure_channel(relay.grpc) as channel, ThreadPoolExecutor(4) as pool:
         call = unary(channel, f"{ECHO}/Echo")
         futures = [pool.submit(lambda: call.with_call(b"x", timeout=5)) for _ in range(4)]
@@ -143,9 +172,10 @@ def test_status_codes_cross_the_relay_unchanged(nodes, tmp_path):
     assert set(codes) <= {grpc.StatusCode.OK, grpc.StatusCode.RESOURCE_EXHAUSTED}
 
 
-def test_deadline_exceeded_direct_and_propagated_through_relay(nodes, tmp_path):
+def test_deadline_exceeded_direct_and_propagated_through_relay(nodes, tmp_path, data_path):
     echo = nodes(echo_args("slow", "--latency", "1s"), "slow")
-    relay = nodes(["serve", "--config", str(relay_config(tmp_path, [echo.grpc]))], "relay")
+    relay = nodes(["serve", "--config",
+                   str(relay_config(tmp_path, [echo.grpc], data_path=data_path))], "relay")
     for address in (echo.grpc, relay.grpc):
         with grpc.insecure_channel(address) as channel:
             started = time.monotonic()
@@ -361,6 +391,59 @@ def wait_draining(node, within_s=5.0):
         time.sleep(0.01)
 
 
+def test_data_path_config_errors_name_the_key(tmp_path):
+    section = {
+        "service": "fr",
+        "inbounds": {"grpc": {"address": "127.0.0.1:0"}},
+        "admin": {"address": "127.0.0.1:0"},
+        "outbounds": {"e": {"endpoints": ["127.0.0.1:1"]}},
+        "routes": [{"prefix": "/x.Svc/", "outbound": "e", "dataPath": "fast"}],
+    }
+    result = subprocess.run([str(native_binary()), "config", "validate",
+                             str(write_config(tmp_path, "bad", section))],
+                            capture_output=True, text=True, timeout=30)
+    assert result.returncode == 2
+    assert "omniRelay.routes[0].dataPath: unknown data path 'fast'" in result.stderr
+    # "frame" where the default middleware chain (tracing, metrics, ...) must see every call
+    section["routes"][0]["dataPath"] = "frame"
+    result = subprocess.run([str(native_binary()), "serve", "--config",
+                             str(write_config(tmp_path, "frame", section))],
+                            capture_output=True, text=True, timeout=30)
+    assert result.returncode == 2
+    assert ("omniRelay.routes[0].dataPath: 'frame' is not possible: "
+            "inbound middleware 'tracing' needs the grpc++ path") in result.stderr
+
+
+def test_frame_relay_drain_finishes_in_flight_and_refuses_new_calls(nodes, tmp_path):
+    echo = nodes(echo_args("fd", "--latency", "600ms"), "fd")
+    relay = nodes(["serve", "--config",
+                   str(relay_config(tmp_path, [echo.grpc], data_path="frame"))], "relay")
+    assert_path(relay, "frame", {f"{ECHO[1:]}/EchoStream", f"{ECHO[1:]}/EchoCollect",
+                                 f"{ECHO[1:]}/EchoDuplex", f"{ECHO[1:]}/"})
+    results = []
+    with grpc.insecure_channel(relay.grpc) as channel:
+        call = unary(channel, f"{ECHO}/Echo")
+        call(b"warm", timeout=5)
+
+        def one(i):
+            try:
+                results.append(call(b"%d" % i, timeout=10))
+            except grpc.RpcError as error:
+                results.append(error.code())
+
+        threads = [threading.Thread(target=one, args=(i,)) for i in range(4)]
+        for t in threads:
+            t.start()
+        deadline = time.monotonic() + 5
+        while echo.get_json("/omnirelay/echo/stats")["inFlight"] < 4 and time.monotonic() < deadline:
+            time.sleep(0.02)
+        relay.terminate()
+        for t in threads:
+            t.join(timeout=10)
+    assert sorted(results) == sorted(b"%d" % i for i in range(4))
+    assert relay.wait() == 0
+
+
 def test_graceful_drain_loses_no_in_flight_request(nodes):
     echo = nodes(echo_args("d1", "--latency", "600ms"), "d1")
     results = []
@@ -410,21 +493,22 @@ def test_metrics_show_the_seed_names_after_traffic(nodes, tmp_path):
     assert ready["ready"] is True
 
 
-def test_contention_pool_exhausted_without_ttl_and_deadline_with_ttl(nodes, tmp_path):
+def test_contention_pool_exhausted_without_ttl_and_deadline_with_ttl(nodes, tmp_path, data_path):
     # Seed 000: capped peers; TTL-less calls fail ResourceExhausted only after
     # every peer rejected the lease (never DeadlineExceeded); with a TTL they
     # wait and end in DeadlineExceeded without inflating pool_exhausted.
     b1 = nodes(echo_args("c1", "--latency", "400ms"), "c1")
     b2 = nodes(echo_args("c2", "--latency", "400ms"), "c2")
-    cfg = write_config(tmp_path, "gw", {
+    cfg = write_config(tmp_path, "gw", on_path({
         "service": "gw",
         "inbounds": {"grpc": {"address": "127.0.0.1:0"}},
         "admin": {"address": "127.0.0.1:0"},
         "outbounds": {"analytics": {"transport": "grpc", "endpoints": [b1.grpc, b2.grpc],
                                     "peerChooser": "fewest-pending", "maxInFlightPerPeer": 1}},
         "routes": [{"prefix": f"{ECHO}/", "outbound": "analytics"}],
-    })
+    }, data_path))
     gw = nodes(["serve", "--config", str(cfg)], "gw")
+    assert_path(gw, data_path, {f"{ECHO[1:]}/"})
 
     def burst(timeout):
         with grpc.insecure_channel(gw.grpc) as channel, ThreadPoolExecutor(6) as pool:
@@ -457,20 +541,21 @@ def test_contention_pool_exhausted_without_ttl_and_deadline_with_ttl(nodes, tmp_
     assert gw.get_json("/readyz")["ready"] is True
 
 
-def test_readyz_reports_an_outbound_without_available_peers(nodes, tmp_path):
+def test_readyz_reports_an_outbound_without_available_peers(nodes, tmp_path, data_path):
     import socket
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         dead = f"127.0.0.1:{s.getsockname()[1]}"
-    cfg = write_config(tmp_path, "lonely", {
+    cfg = write_config(tmp_path, "lonely", on_path({
         "service": "lonely",
         "inbounds": {"grpc": {"address": "127.0.0.1:0"}},
         "admin": {"address": "127.0.0.1:0"},
         "outbounds": {"down": {"endpoints": [dead],
                                "circuitBreaker": {"consecutiveFailures": 1, "openDelay": "30s"}}},
         "routes": [{"prefix": "/down.Svc/", "outbound": "down"}],
-    })
+    }, data_path))
     node = nodes(["serve", "--config", str(cfg)], "lonely")
+    assert_path(node, data_path, {"down.Svc/"})
     assert node.get_json("/readyz")["ready"] is True
     with grpc.insecure_channel(node.grpc) as channel:
         with pytest.raises(grpc.RpcError) as error:

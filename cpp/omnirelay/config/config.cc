@@ -1057,6 +1057,13 @@ absl::StatusOr<NodeConfig> Parse(const nlohmann::json& root) {
           r.String("prefix", route.prefix);
           r.String("outbound", route.outbound);
           r.String("kind", route.kind);
+          r.String("dataPath", route.data_path);
+          route.data_path = Lower(route.data_path);
+          if (route.data_path != "auto" && route.data_path != "frame" &&
+              route.data_path != "grpc") {
+            errors.Add(path + ".dataPath",
+                       "unknown data path '" + route.data_path + "' (auto, frame, grpc)");
+          }
           if (route.outbound.empty()) {
             errors.Add(path + ".outbound", "is required");
           } else if (!config.outbounds.count(route.outbound)) {
@@ -1234,7 +1241,10 @@ nlohmann::json ToJson(const NodeConfig& c) {
   }
   nlohmann::json routes = nlohmann::json::array();
   for (const auto& r : c.routes) {
-    routes.push_back({{"prefix", r.prefix}, {"outbound", r.outbound}, {"kind", r.kind}});
+    routes.push_back({{"prefix", r.prefix},
+                      {"outbound", r.outbound},
+                      {"kind", r.kind},
+                      {"dataPath", r.data_path}});
   }
   nlohmann::json inbounds = nlohmann::json::object();
   if (c.grpc) {

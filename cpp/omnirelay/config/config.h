@@ -87,6 +87,11 @@ struct RouteConfig {
   std::string prefix;  // "/pkg.Service/" or "pkg.Service/Method"; "" = everything
   std::string outbound;
   std::string kind = "unary";
+  // Which forwarding path serves the route (docs/dataplane.md "Fast path"):
+  // "auto" (the HTTP/2 frame relay when the route's middleware allows it,
+  // else grpc++), "frame" (the frame relay; an error when not allowed),
+  // "grpc" (always the grpc++ generic path).
+  std::string data_path = "auto";
 };
 
 struct RateLimitProfileConfig {

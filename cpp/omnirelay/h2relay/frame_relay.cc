@@ -161,6 +161,26 @@ class Connection;
 class InboundConnection;
 class UpstreamConnection;
 
+// Header pairs whose strings keep their capacity when a pooled call is
+// reused, so steady-state forwarding does not allocate for headers.
+struct HeaderList {
+  std::vector<Header> items;
+  size_t count = 0;
+  void Clear() { count = 0; }
+  bool empty() const { return count == 0; }
+  void Add(std::string_view k, std::string_view v) {
+    if (count == items.size()) items.emplace_back();
+    items[count].first.assign(k.data(), k.size());
+    items[count].second.assign(v.data(), v.size());
+    ++count;
+  }
+  const Header* begin() const { return items.data(); }
+  const Header* end() const { return items.data() + count; }
+};
+
+// nghttp2_nv scratch for building header blocks (nghttp2 copies them on submit).
+thread_local std::vector<nghttp2_nv> tls_nv;
+
 // One relayed stream: an inbound stream and (once leased) an upstream stream.
 // Lives on one loop; deleted when both streams are closed and no lease
 // acquisition is pending (MaybeDelete).
@@ -172,16 +192,18 @@ struct Call {
   int32_t up_sid = 0;
   const FrameRoute* route = nullptr;
   std::string path;
-  std::vector<Header> request_headers;
+  HeaderList request_headers;
   size_t header_bytes = 0;
-  core::RequestMeta meta;  // only what routing and the peer kit read
+  // Only what the peer kit reads: rpc-caller/-encoding/-shard-key/-routing-*
+  // and the deadline/TTL (service and procedure come from `path`).
+  core::RequestMeta meta;
   std::optional<TimePoint> grpc_deadline;
   std::optional<TimePoint> deadline;
   Buffer request;  // client → upstream, not yet handed to the upstream socket
   bool request_ended = false;
   Buffer response;  // upstream → client
-  std::vector<Header> response_headers;
-  std::vector<Header> trailers;
+  HeaderList response_headers;
+  HeaderList trailers;
   int http_status = 0;
   std::optional<absl::StatusCode> upstream_status;
   bool in_open = true;
@@ -195,6 +217,78 @@ struct Call {
   transport::PeerLease lease;
   std::multimap<TimePoint, Call*>::iterator timer;
   bool timer_armed = false;
+  // Positions in the loop's, the inbound's and the upstream's call sets.
+  size_t loop_slot = 0, in_slot = 0, up_slot = 0;
+
+  // Back to a fresh call, keeping the capacity of strings and lists.
+  void Reset() {
+    in = nullptr;
+    in_sid = 0;
+    up = nullptr;
+    up_sid = 0;
+    route = nullptr;
+    path.clear();
+    request_headers.Clear();
+    header_bytes = 0;
+    meta.caller.clear();
+    meta.encoding.clear();
+    meta.shard_key.clear();
+    meta.routing_key.clear();
+    meta.routing_delegate.clear();
+    meta.time_to_live.reset();
+    meta.deadline.reset();
+    grpc_deadline.reset();
+    deadline.reset();
+    ResetBuffer(request);
+    request_ended = false;
+    ResetBuffer(response);
+    response_headers.Clear();
+    trailers.Clear();
+    http_status = 0;
+    upstream_status.reset();
+    in_open = true;
+    up_open = false;
+    acquiring = false;
+    admitted = false;
+    response_started = false;
+    response_final = false;
+    trailers_sent = false;
+    lease_held = false;
+    lease = {};
+    timer_armed = false;
+  }
+  static void ResetBuffer(Buffer& b) {
+    if (b.bytes.capacity() > 64 * 1024) {
+      std::string().swap(b.bytes);  // do not pin large bodies in the pool
+    } else {
+      b.bytes.clear();
+    }
+    b.offset = 0;
+  }
+};
+
+// Calls by position (swap-remove): O(1), no allocation once warm.
+class CallSet {
+ public:
+  explicit CallSet(size_t Call::*slot) : slot_(slot) {}
+  void Insert(Call* call) {
+    call->*slot_ = items_.size();
+    items_.push_back(call);
+  }
+  void Erase(Call* call) {
+    const size_t i = call->*slot_;
+    Call* last = items_.back();
+    items_[i] = last;
+    last->*slot_ = i;
+    items_.pop_back();
+  }
+  bool empty() const { return items_.empty(); }
+  // Empties the set and returns what it held.
+  std::vector<Call*> Take() { return std::exchange(items_, {}); }
+
+ private:
+  size_t Call::*slot_;
+  std::vector<Call*> items_;
 };
 
 struct RelayShared;
@@ -350,8 +444,34 @@ class Loop final : public Handler {
     if (call->timer_armed) timers_.erase(call->timer);
     call->timer_armed = false;
   }
-  void Track(Call* call) { calls_.insert(call); }
-  void Untrack(Call* call) { calls_.erase(call); }
+  Call* NewCall() {
+    Call* call;
+    if (free_calls_.empty()) {
+      call = new Call();
+      call->loop = this;
+    } else {
+      call = free_calls_.back();
+      free_calls_.pop_back();
+    }
+    calls_.Insert(call);
+    return call;
+  }
+  void FreeCall(Call* call) {
+    calls_.Erase(call);
+    if (free_calls_.size() >= 4096) {
+      delete call;
+      return;
+    }
+    call->Reset();
+    free_calls_.push_back(call);
+  }
+  struct CachedRoute {
+    const FrameRoute* route = nullptr;
+    bool local = false;
+  };
+  // Routing decisions by :path (the dispatcher's tables are immutable once
+  // started); bounded so random paths cannot grow it without limit.
+  std::unordered_map<std::string, CachedRoute> route_cache;
 
   // Shutdown steps, run on the loop thread.
   void StopAccepting();
@@ -373,7 +493,8 @@ class Loop final : public Handler {
   std::vector<Connection*> dirty_;
   std::vector<Connection*> graveyard_;
   std::multimap<TimePoint, Call*> timers_;
-  std::unordered_set<Call*> calls_;
+  CallSet calls_{&Call::loop_slot};
+  std::vector<Call*> free_calls_;
   std::unordered_set<InboundConnection*> inbounds_;
   std::map<std::pair<const void*, size_t>, UpstreamConnection*> upstreams_;
   std::unordered_set<UpstreamConnection*> retired_;
@@ -400,7 +521,7 @@ class InboundConnection final : public Connection {
  public:
   InboundConnection(Loop* loop, int fd, RelayShared* shared);
   ~InboundConnection() override = default;
-  std::unordered_set<Call*> calls;
+  CallSet calls{&Call::in_slot};
   RelayShared* shared;
 
  protected:
@@ -411,7 +532,7 @@ class UpstreamConnection final : public Connection {
  public:
   UpstreamConnection(Loop* loop, int fd, RelayShared* shared, std::pair<const void*, size_t> key,
                      std::string authority);
-  std::unordered_set<Call*> calls;
+  CallSet calls{&Call::up_slot};
   std::pair<const void*, size_t> key;
   std::string authority;
   bool retired = false;
@@ -547,13 +668,11 @@ void ResumeUpstream(Call* call) {
   call->up->MarkDirty();
 }
 
-std::vector<Header> ErrorTrailers(absl::StatusCode code, std::string_view message,
-                                  std::string_view error_code) {
-  std::vector<Header> t;
-  t.emplace_back("grpc-status", std::to_string(static_cast<int>(code)));
-  if (!message.empty()) t.emplace_back("grpc-message", PercentEncode(message));
-  if (!error_code.empty()) t.emplace_back("rpc-error-code", std::string(error_code));
-  return t;
+void AddErrorTrailers(HeaderList& t, absl::StatusCode code, std::string_view message,
+                      std::string_view error_code) {
+  t.Add("grpc-status", std::to_string(static_cast<int>(code)));
+  if (!message.empty()) t.Add("grpc-message", PercentEncode(message));
+  if (!error_code.empty()) t.Add("rpc-error-code", error_code);
 }
 
 ssize_t ReadResponse(nghttp2_session* session, int32_t stream_id, uint8_t*, size_t length,
@@ -566,7 +685,8 @@ ssize_t ReadResponse(nghttp2_session* session, int32_t stream_id, uint8_t*, size
   }
   *flags |= NGHTTP2_DATA_FLAG_EOF;
   if (!call->trailers.empty() && !call->trailers_sent) {
-    std::vector<nghttp2_nv> nv;
+    auto& nv = tls_nv;
+    nv.clear();
     for (const auto& [k, v] : call->trailers) nv.push_back(MakeNv(k, v));
     if (nghttp2_submit_trailer(session, stream_id, nv.data(), nv.size()) == 0) {
       *flags |= NGHTTP2_DATA_FLAG_NO_END_STREAM;
@@ -589,14 +709,14 @@ ssize_t ReadRequest(nghttp2_session*, int32_t, uint8_t*, size_t length, uint32_t
 }
 
 // Starts the inbound response with the upstream's (or our) headers.
-void SubmitResponse(Call* call, std::vector<Header> headers, bool end_stream) {
+void SubmitResponse(Call* call, bool end_stream) {
   if (!call->in_open || call->response_started) return;
   std::string status = call->http_status > 0 ? std::to_string(call->http_status) : "200";
-  const std::string status_name = ":status";
-  std::vector<nghttp2_nv> nv;
-  nv.reserve(headers.size() + 1);
+  static const std::string status_name = ":status";
+  auto& nv = tls_nv;
+  nv.clear();
   nv.push_back(MakeNv(status_name, status));
-  for (const auto& [k, v] : headers) {
+  for (const auto& [k, v] : call->response_headers) {
     if (!k.empty() && k.front() == ':') continue;
     nv.push_back(MakeNv(k, v));
   }
@@ -620,12 +740,14 @@ void RespondError(Call* call, absl::StatusCode code, std::string_view message,
   if (!call->in_open || call->response_final) return;
   if (!call->response_started) {
     call->http_status = 200;
-    std::vector<Header> headers{{"content-type", "application/grpc"}};
-    for (auto& h : ErrorTrailers(code, message, error_code)) headers.push_back(std::move(h));
-    SubmitResponse(call, std::move(headers), /*end_stream=*/true);
+    call->response_headers.Clear();
+    call->response_headers.Add("content-type", "application/grpc");
+    AddErrorTrailers(call->response_headers, code, message, error_code);
+    SubmitResponse(call, /*end_stream=*/true);
     return;
   }
-  call->trailers = ErrorTrailers(code, message, error_code);
+  call->trailers.Clear();
+  AddErrorTrailers(call->trailers, code, message, error_code);
   call->response_final = true;
   ResumeInbound(call);
 }
@@ -638,32 +760,48 @@ void MaybeDelete(Call* call) {
   if (call->admitted && loop->shared()->options.dispatcher) {
     loop->shared()->options.dispatcher->EndCall();
   }
-  loop->Untrack(call);
   loop->shared()->active_calls.fetch_sub(1, std::memory_order_relaxed);
-  delete call;
+  loop->FreeCall(call);
 }
 
 // The upstream stream is gone with `code` (from its trailers or mapped from a
 // reset/connection failure): release the lease with it.
 void UpstreamClosed(Call* call, absl::StatusCode code) {
   call->up_open = false;
-  if (call->up != nullptr) call->up->calls.erase(call);
+  if (call->up != nullptr) {
+    // Response bytes still buffered will not be consumed per stream any
+    // more: give their connection window back now, or the connection stalls.
+    if (call->response.size() > 0) {
+      nghttp2_session_consume_connection(call->up->session(), call->response.size());
+      call->up->MarkDirty();
+    }
+    call->up->calls.Erase(call);
+  }
   call->up = nullptr;
   ReleaseLease(call, code);
 }
 
 void SubmitUpstream(Call* call, UpstreamConnection* up) {
   RelayShared* shared = call->loop->shared();
-  std::string path = call->path;
+  const std::string* path = &call->path;
+  std::string rewritten;
   if (call->route != nullptr) {
     const auto& r = *call->route;
     if (!r.procedure.empty() || !r.service.empty()) {
-      const std::string service = r.service.empty() ? call->meta.service : r.service;
+      // The outbound's fixed service/procedure, as GrpcOutbound::MethodPath.
+      std::string_view p(call->path);
+      if (!p.empty() && p.front() == '/') p.remove_prefix(1);
+      const auto slash = p.find('/');
+      const std::string_view in_service = slash == std::string_view::npos ? "" : p.substr(0, slash);
+      const std::string_view in_method = slash == std::string_view::npos ? p : p.substr(slash + 1);
+      const std::string_view service = r.service.empty() ? in_service : std::string_view(r.service);
       if (r.procedure.find('/') != std::string::npos) {
-        path = r.procedure.front() == '/' ? r.procedure : "/" + r.procedure;
+        rewritten = r.procedure.front() == '/' ? r.procedure : "/" + r.procedure;
       } else {
-        path = "/" + service + "/" + (r.procedure.empty() ? call->meta.procedure : r.procedure);
+        rewritten.append("/").append(service).append("/").append(
+            r.procedure.empty() ? in_method : std::string_view(r.procedure));
       }
+      path = &rewritten;
     }
   }
   static const std::string kMethod = ":method", kPost = "POST", kScheme = ":scheme", kHttp = "http",
@@ -672,11 +810,11 @@ void SubmitUpstream(Call* call, UpstreamConnection* up) {
   if (call->deadline) {
     timeout = FormatGrpcTimeout(*call->deadline - shared->clock->Now());
   }
-  std::vector<nghttp2_nv> nv;
-  nv.reserve(call->request_headers.size() + 5);
+  auto& nv = tls_nv;
+  nv.clear();
   nv.push_back(MakeNv(kMethod, kPost));
   nv.push_back(MakeNv(kScheme, kHttp));
-  nv.push_back(MakeNv(kPath, path));
+  nv.push_back(MakeNv(kPath, *path));
   nv.push_back(MakeNv(kAuthority, up->authority));
   for (const auto& [k, v] : call->request_headers) nv.push_back(MakeNv(k, v));
   if (!timeout.empty()) nv.push_back(MakeNv(kTimeout, timeout));
@@ -694,7 +832,7 @@ void SubmitUpstream(Call* call, UpstreamConnection* up) {
   call->up = up;
   call->up_sid = sid;
   call->up_open = true;
-  up->calls.insert(call);
+  up->calls.Insert(call);
   up->MarkDirty();
 }
 
@@ -756,10 +894,20 @@ void StartCall(Call* call) {
   const auto slash = path.find('/');
   std::string_view service = slash == std::string_view::npos ? "" : path.substr(0, slash);
   std::string_view method = slash == std::string_view::npos ? path : path.substr(slash + 1);
-  bool local = false;
-  const FrameRoute* route = MatchRoute(shared, service, method, &local);
+  Loop::CachedRoute cached;
+  auto& cache = call->loop->route_cache;
+  if (auto it = cache.find(call->path); it != cache.end()) {
+    cached = it->second;
+  } else {
+    cached.route = MatchRoute(shared, service, method, &cached.local);
+    if (cache.size() >= 4096) cache.clear();
+    cache.emplace(call->path, cached);
+  }
+  const FrameRoute* route = cached.route;
   if (route == nullptr) {
     if (!shared->options.fallback.empty()) {
+      // The local inbound enforces the deadline itself; pass it on.
+      call->deadline = call->grpc_deadline;
       UpstreamConnection* up = call->loop->Upstream(nullptr, 0, shared->options.fallback);
       if (up == nullptr) {
         RespondError(call, absl::StatusCode::kUnavailable, "local inbound unreachable");
@@ -780,10 +928,6 @@ void StartCall(Call* call) {
     }
     call->admitted = true;
   }
-  call->meta.service = std::string(service);
-  call->meta.procedure = std::string(method);
-  call->meta.transport = "grpc";
-  transport::ApplyRpcHeaders(call->meta);
   if (call->grpc_deadline &&
       (!call->meta.deadline || *call->grpc_deadline < *call->meta.deadline)) {
     call->meta.deadline = call->grpc_deadline;
@@ -831,15 +975,35 @@ void OnDeadline(Call* call) {
 int InBeginHeaders(nghttp2_session* session, const nghttp2_frame* frame, void* user_data) {
   if (frame->hd.type != NGHTTP2_HEADERS || frame->headers.cat != NGHTTP2_HCAT_REQUEST) return 0;
   auto* conn = static_cast<InboundConnection*>(user_data);
-  auto* call = new Call();
-  call->loop = conn->loop();
-  call->loop->Track(call);
+  Call* call = conn->loop()->NewCall();
   conn->shared->active_calls.fetch_add(1, std::memory_order_relaxed);
   call->in = conn;
   call->in_sid = frame->hd.stream_id;
-  conn->calls.insert(call);
+  conn->calls.Insert(call);
   nghttp2_session_set_stream_user_data(session, frame->hd.stream_id, call);
   return 0;
+}
+
+// The rpc-* headers the peer kit reads (transport::ApplyRpcHeaders, without
+// a Headers map per call).
+void CaptureRpcHeader(core::RequestMeta& meta, std::string_view k, std::string_view v) {
+  if (k == "rpc-caller") {
+    meta.caller.assign(v.data(), v.size());
+  } else if (k == "rpc-encoding") {
+    meta.encoding.assign(v.data(), v.size());
+  } else if (k == "rpc-shard-key") {
+    meta.shard_key.assign(v.data(), v.size());
+  } else if (k == "rpc-routing-key") {
+    meta.routing_key.assign(v.data(), v.size());
+  } else if (k == "rpc-routing-delegate") {
+    meta.routing_delegate.assign(v.data(), v.size());
+  } else if (k == "rpc-ttl-ms") {
+    long long ms = 0;
+    auto [ptr, ec] = std::from_chars(v.data(), v.data() + v.size(), ms);
+    if (ec == std::errc() && ms >= 0) meta.time_to_live = std::chrono::milliseconds(ms);
+  } else if (k == "rpc-deadline") {
+    if (auto t = core::ParseTimestamp(v)) meta.deadline = *t;
+  }
 }
 
 int InHeader(nghttp2_session* session, const nghttp2_frame* frame, const uint8_t* name,
@@ -866,8 +1030,8 @@ int InHeader(nghttp2_session* session, const nghttp2_frame* frame, const uint8_t
     }
     return 0;
   }
-  if (k.starts_with("rpc-")) call->meta.headers.Add(k, std::string(v));
-  call->request_headers.emplace_back(std::string(k), std::string(v));
+  if (k.size() > 4 && k.starts_with("rpc-")) CaptureRpcHeader(call->meta, k, v);
+  call->request_headers.Add(k, v);
   return 0;
 }
 
@@ -905,8 +1069,14 @@ int InStreamClose(nghttp2_session* session, int32_t stream_id, uint32_t error_co
   auto* call = static_cast<Call*>(nghttp2_session_get_stream_user_data(session, stream_id));
   if (call == nullptr) return 0;
   nghttp2_session_set_stream_user_data(session, stream_id, nullptr);
+  // As in UpstreamClosed: request bytes not yet forwarded return their
+  // connection window now.
+  if (call->request.size() > 0) {
+    nghttp2_session_consume_connection(session, call->request.size());
+    call->in->MarkDirty();
+  }
   call->in_open = false;
-  call->in->calls.erase(call);
+  call->in->calls.Erase(call);
   const bool completed = call->response_final && error_code == NGHTTP2_NO_ERROR;
   if (!completed) {
     // The client cancelled (RST_STREAM) or the stream failed: cancel upstream.
@@ -972,9 +1142,9 @@ int UpHeader(nghttp2_session* session, const nghttp2_frame* frame, const uint8_t
     call->upstream_status = static_cast<absl::StatusCode>(code);
   }
   if (frame->headers.cat == NGHTTP2_HCAT_HEADERS && call->response_started) {
-    call->trailers.emplace_back(std::string(k), std::string(v));
+    call->trailers.Add(k, v);
   } else {
-    call->response_headers.emplace_back(std::string(k), std::string(v));
+    call->response_headers.Add(k, v);
   }
   return 0;
 }
@@ -1005,16 +1175,12 @@ int UpFrameRecv(nghttp2_session* session, const nghttp2_frame* frame, void* user
         auto code = FromHttpStatus(call->http_status);
         call->upstream_status = code;
         call->http_status = 200;
-        auto headers = std::move(call->response_headers);
-        headers.emplace_back("content-type", "application/grpc");
-        for (auto& h : ErrorTrailers(code, "upstream answered HTTP status", "")) {
-          headers.push_back(std::move(h));
-        }
-        SubmitResponse(call, std::move(headers), true);
+        call->response_headers.Add("content-type", "application/grpc");
+        AddErrorTrailers(call->response_headers, code, "upstream answered HTTP status", "");
+        SubmitResponse(call, true);
         return 0;
       }
-      SubmitResponse(call, std::move(call->response_headers), end);
-      call->response_headers.clear();
+      SubmitResponse(call, end);
       return 0;
     }
     if (end && !call->response_final) {  // trailers
@@ -1111,9 +1277,7 @@ InboundConnection::InboundConnection(Loop* loop, int fd, RelayShared* s)
 
 void InboundConnection::FailCalls(std::string_view) {
   loop_->ForgetInbound(this);
-  auto calls_copy = calls;
-  calls.clear();
-  for (Call* call : calls_copy) {
+  for (Call* call : calls.Take()) {
     call->in_open = false;
     ReleaseLease(call, absl::StatusCode::kCancelled);
     if (call->up_open) {
@@ -1139,9 +1303,7 @@ UpstreamConnection::UpstreamConnection(Loop* loop, int fd, RelayShared* shared,
 
 void UpstreamConnection::FailCalls(std::string_view reason) {
   loop_->Retire(this);
-  auto calls_copy = calls;
-  calls.clear();
-  for (Call* call : calls_copy) {
+  for (Call* call : calls.Take()) {
     call->up = nullptr;
     UpstreamClosed(call, absl::StatusCode::kUnavailable);
     RespondError(call, absl::StatusCode::kUnavailable,
@@ -1154,6 +1316,7 @@ void UpstreamConnection::FailCalls(std::string_view reason) {
 
 Loop::~Loop() {
   for (Connection* c : graveyard_) delete c;
+  for (Call* call : free_calls_) delete call;
   if (listen_fd_ >= 0) ::close(listen_fd_);
   if (event_fd_ >= 0) ::close(event_fd_);
   if (epoll_fd_ >= 0) ::close(epoll_fd_);
@@ -1291,10 +1454,12 @@ void Loop::CloseAll() {
   auto retired = retired_;
   for (auto* c : retired) c->Close("relay stopped");
   // Calls still waiting for a lease: their acquisitions were dropped.
-  auto calls = calls_;
+  std::vector<Call*> calls = calls_.Take();
+  for (Call* call : calls) calls_.Insert(call);  // MaybeDelete erases them again
   for (Call* call : calls) {
     call->acquiring = false;
     call->in_open = false;
+    call->up_open = false;
     MaybeDelete(call);
   }
   for (Connection* c : graveyard_) {

@@ -7,6 +7,7 @@
 #include <fstream>
 #include <sstream>
 
+#include "omnirelay/core/address.h"
 #include "omnirelay/core/logging.h"
 #include "omnirelay/mesh/mesh_metrics.h"
 #include "omnirelay/mesh/peer_feed.h"
@@ -106,6 +107,39 @@ absl::StatusOr<dispatcher::MiddlewareChain> Node::Chain(const std::vector<std::s
   return chain;
 }
 
+namespace {
+// Middleware the frame relay provides itself (it never sees a message, so
+// only header-level work qualifies): `deadline` is the relay's own timer and
+// grpc-timeout, `recovery` has nothing to catch.
+bool FramePathRunsMiddleware(const std::string& name) {
+  return name == "deadline" || name == "recovery";
+}
+
+// Why a route cannot take the frame relay, or "" when it can.
+std::string FramePathBlocker(const config::NodeConfig& c, const config::RouteConfig& r) {
+  auto o = c.outbounds.find(r.outbound);
+  if (o == c.outbounds.end()) return "unknown outbound";
+  if (o->second.transport != "grpc") return "outbound transport is " + o->second.transport;
+  // The relay speaks cleartext HTTP/2 on both sides: a TLS node or a TLS
+  // upstream keeps the grpc++ path (never a silent downgrade, docs/security.md).
+  if (c.tls) return "the frame relay does not terminate TLS (omniRelay.tls is set)";
+  for (const auto& endpoint : o->second.endpoints) {
+    auto hp = core::ParseHostPort(endpoint);
+    if (hp.ok() && hp->tls()) return "outbound endpoint '" + endpoint + "' uses TLS";
+  }
+  if (o->second.retry.enabled) return "outbound retry replays the message";
+  if (r.kind == "oneway") return "oneway calls are acknowledged on arrival by the grpc++ path";
+  if (c.middleware.rate_limit) return "inbound middleware 'rate-limit' needs the grpc++ path";
+  for (const auto& m : c.middleware.inbound) {
+    if (!FramePathRunsMiddleware(m)) return "inbound middleware '" + m + "' needs the grpc++ path";
+  }
+  for (const auto& m : c.middleware.outbound) {
+    if (!FramePathRunsMiddleware(m)) return "outbound middleware '" + m + "' needs the grpc++ path";
+  }
+  return "";
+}
+}  // namespace
+
 absl::Status Node::Build() {
   if (!config_.middleware.rate_limit && config_.resource_lease &&
       config_.resource_lease->throttle_node) {
@@ -204,10 +238,27 @@ absl::Status Node::Build() {
     }
     if (auto s = dispatcher_->AddOutbound(name, outbound, std::move(chain)); !s.ok()) return s;
   }
-  for (const auto& r : config_.routes) {
+  for (size_t i = 0; i < config_.routes.size(); ++i) {
+    const auto& r = config_.routes[i];
     auto kind = dispatcher::ParseProcedureKind(r.kind);
     if (!kind) return absl::InvalidArgumentError("route kind '" + r.kind + "'");
     if (auto s = dispatcher_->AddRoute({r.prefix, r.outbound, *kind}); !s.ok()) return s;
+    // The fast path (docs/dataplane.md): per route, by `dataPath`.
+    if (r.data_path == "grpc" || !config_.grpc) continue;
+    const std::string blocker = FramePathBlocker(config_, r);
+    if (!blocker.empty()) {
+      if (r.data_path == "frame") {
+        return absl::InvalidArgumentError("omniRelay.routes[" + std::to_string(i) +
+                                          "].dataPath: 'frame' is not possible: " + blocker);
+      }
+      continue;
+    }
+    const auto& o = config_.outbounds.at(r.outbound);
+    frame_routes_.push_back(h2relay::FrameRoute{.prefix = r.prefix,
+                                                .outbound = r.outbound,
+                                                .pool = pools_.at(r.outbound),
+                                                .service = o.service,
+                                                .procedure = o.procedure});
   }
   if (config_.echo.enabled) {
     auto stats = dispatcher::RegisterEchoProcedures(
@@ -376,13 +427,27 @@ absl::Status Node::Start() {
   if (auto s = dispatcher_->Start(); !s.ok()) return s;
   if (config_.mesh) gossip_service_ = std::make_unique<mesh::GossipService>();
   if (config_.grpc) {
-    transport::GrpcInboundOptions grpc_options{.address = config_.grpc->address,
-                                               .threads = config_.grpc->threads,
-                                               .tls = tls_,
-                                               .max_streams = config_.grpc->max_streams};
+    // With frame routes the relay takes the configured address and passes
+    // everything else (the mesh's Gossip service included) to the grpc++
+    // inbound on loopback.
+    transport::GrpcInboundOptions grpc_options{
+        .address = frame_routes_.empty() ? config_.grpc->address : "127.0.0.1:0",
+        .threads = config_.grpc->threads,
+        .tls = tls_,
+        .max_streams = config_.grpc->max_streams};
     if (gossip_service_) grpc_options.services.push_back(gossip_service_->service());
     grpc_ = std::make_unique<transport::GrpcInbound>(grpc_options, dispatcher_);
     if (auto s = grpc_->Start(); !s.ok()) return s;
+    if (!frame_routes_.empty()) {
+      relay_ = std::make_unique<h2relay::FrameRelay>(
+          h2relay::FrameRelayOptions{.address = config_.grpc->address,
+                                     .threads = config_.grpc->threads,
+                                     .routes = frame_routes_,
+                                     .fallback = grpc_->address(),
+                                     .dispatcher = dispatcher_,
+                                     .clock = clock_});
+      if (auto s = relay_->Start(); !s.ok()) return s;
+    }
   }
   std::shared_ptr<tls::ContextSource> server_tls;
   if (tls_) {
@@ -538,6 +603,7 @@ void Node::Stop() {
   dispatcher_->Drain();
   if (membership_) membership_->Stop();
   if (gossip_transport_) gossip_transport_->Shutdown(std::chrono::milliseconds(500));
+  if (relay_) relay_->Shutdown(std::chrono::milliseconds(500));
   if (grpc_) grpc_->Shutdown(std::chrono::milliseconds(500));
   if (http_) http_->Stop();
   if (gateway_) gateway_->Stop();
@@ -549,7 +615,7 @@ void Node::Stop() {
 
 nlohmann::json Node::ReadyInfo() const {
   nlohmann::json info = {{"name", config_.service}, {"pid", static_cast<int>(::getpid())}};
-  if (grpc_) info["grpc"] = grpc_->address();
+  if (grpc_) info["grpc"] = grpc_address();
   if (http_) info["http"] = http_->address();
   if (admin_) info["admin"] = admin_->address();
   if (gateway_) info["gateway"] = gateway_->address();
@@ -584,6 +650,11 @@ nlohmann::json Node::Introspect() const {
   if (config_.mesh) out["mesh"] = RoleMap();
   if (leadership_) out["leadership"] = LeadersJson();
   out["config"] = config::ToJson(config_);
+  // Which routes the frame relay serves (the rest take the grpc++ path).
+  nlohmann::json frame = nlohmann::json::array();
+  for (const auto& r : frame_routes_)
+    frame.push_back({{"prefix", r.prefix}, {"outbound", r.outbound}});
+  out["frameRoutes"] = frame;
   return out;
 }
 

@@ -48,6 +48,7 @@
 #include "omnirelay/dispatcher/dispatcher.h"
 #include "omnirelay/dispatcher/echo.h"
 #include "omnirelay/gateway/gateway.h"
+#include "omnirelay/h2relay/frame_relay.h"
 #include "omnirelay/http/http_server.h"
 #include "omnirelay/mesh/grpc_gossip.h"
 #include "omnirelay/mesh/membership.h"
@@ -88,7 +89,9 @@ class Node {
   const config::NodeConfig& config() const { return config_; }
   std::shared_ptr<middleware::SpanRecorder> spans() const { return spans_; }
   std::shared_ptr<middleware::RateLimitMiddleware> rate_limiter() const { return rate_limiter_; }
-  std::string grpc_address() const { return grpc_ ? grpc_->address() : ""; }
+  std::string grpc_address() const {
+    return relay_ ? relay_->address() : grpc_ ? grpc_->address() : "";
+  }
   std::string http_address() const { return http_ ? http_->address() : ""; }
   std::string admin_address() const { return admin_ ? admin_->address() : ""; }
   // ResourceLease queues by namespace (config `resourceLease`).
@@ -151,6 +154,10 @@ class Node {
   std::shared_ptr<leadership::LeadershipManager> leadership_;
   std::optional<tls::TlsOptions> tls_;         // from omniRelay.tls
   std::string admin_token_;                    // from omniRelay.admin.tokenFile
+  // The HTTP/2 frame relay: when any route takes the fast path it owns the
+  // configured gRPC address and grpc_ listens on loopback behind it.
+  std::vector<h2relay::FrameRoute> frame_routes_;
+  std::unique_ptr<h2relay::FrameRelay> relay_;
   core::TimePoint started_at_{};
   bool started_ = false;
   bool stopped_ = false;
