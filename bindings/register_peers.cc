@@ -258,7 +258,9 @@ void RegisterPeers(py::module_& m) {
   py::class_<PeerLease, std::shared_ptr<PeerLease>>(m, "PeerLease")
       .def_property_readonly("peer",
                              [](const PeerLease& l) -> std::shared_ptr<Peer> {
-                               return l.peer() ? l.peer()->shared_from_this() : nullptr;
+                               // None once the peer left the list (its last shared_ptr is gone;
+                               // the lease alone keeps the object until released).
+                               return l.peer() ? l.peer()->weak_from_this().lock() : nullptr;
                              })
       .def_property_readonly("peer_id",
                              [](const PeerLease& l) -> std::optional<std::string> {

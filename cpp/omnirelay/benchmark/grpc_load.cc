@@ -1,174 +1,648 @@
-// gRPC load loop: `threads` completion queues, each driving its share of the
-// slots. A slot is one outstanding call at a time; its tag on the queue is
-// the slot itself, tagged in the low bit with what completed (call or alarm).
-// Calls are byte-level generic calls: the body is sent as-is as the message.
-#include <grpcpp/alarm.h>
-#include <grpcpp/generic/generic_stub.h>
-#include <grpcpp/grpcpp.h>
+// gRPC load loop on nghttp2 (HTTP/2 with prior knowledge, plaintext), the
+// same engine h2load uses, so the generator is not the bottleneck of what it
+// measures. grpc++'s client costs several times more CPU per call (a
+// ClientContext, a call arena, filter stacks and a completion-queue hand-off
+// per call); with it `omnirelay benchmark` reached only ~0.56x h2load's rate
+// against a backend with CPU to spare (benchmarks/benchmark_vs_h2load.py).
+//
+// Per worker thread: one epoll loop, its own TCP connections (one nghttp2
+// client session each) and its share of the slots. A slot is one outstanding
+// unary call at a time: HEADERS (:path, content-type application/grpc,
+// te: trailers, grpc-timeout when a deadline applies, the rpc-* metadata),
+// one DATA frame with the length-prefixed body, END_STREAM; the outcome is
+// the grpc-status/grpc-message of the trailers (or trailers-only headers),
+// else the HTTP status or the RST_STREAM code mapped as gRPC clients map it.
+// The response body is not decoded. Deadlines are also enforced locally (the
+// stream is reset and the call counts DEADLINE_EXCEEDED), and a deadline
+// already past fails the call without sending it, as a gRPC client does.
+//
+// Nothing is allocated per call by this file except nghttp2's own stream
+// state; output is written once per loop turn per connection (frames of many
+// calls coalesce into one write).
+#include <arpa/inet.h>
+#include <fcntl.h>
+#include <netdb.h>
+#include <netinet/in.h>
+#include <netinet/tcp.h>
+#include <nghttp2/nghttp2.h>
+#include <poll.h>
+#include <sys/epoll.h>
+#include <sys/socket.h>
+#include <unistd.h>
 
+#include <algorithm>
+#include <atomic>
+#include <cctype>
+#include <cstring>
+#include <memory>
+#include <optional>
+#include <string>
 #include <thread>
+#include <vector>
 
 #include "omnirelay/benchmark/load_state.h"
 
 namespace omnirelay::benchmark {
 namespace {
 
-struct Slot {
-  LoadState::Ticket ticket;
-  std::unique_ptr<grpc::ClientContext> context;
-  std::unique_ptr<grpc::GenericClientAsyncResponseReader> reader;
-  grpc::ByteBuffer response;
-  grpc::Status status;
-  grpc::Alarm alarm;
-  grpc::GenericStub* stub = nullptr;
-  bool active = true;
+constexpr auto kDrainGrace = std::chrono::seconds(5);
+constexpr auto kReconnectDelay = std::chrono::milliseconds(100);
+
+struct Target {
+  std::string host;  // as given (for :authority)
+  std::string port;
+  std::string authority;
 };
 
-constexpr uintptr_t kCallDone = 0;
-constexpr uintptr_t kAlarmDone = 1;
-
-void* Tag(Slot* slot, uintptr_t kind) {
-  return reinterpret_cast<void*>(reinterpret_cast<uintptr_t>(slot) | kind);
+absl::StatusOr<Target> ParseTarget(std::string address) {
+  for (const char* scheme : {"http://", "https://", "grpc://", "dns:///", "ipv4:"}) {
+    if (address.rfind(scheme, 0) == 0) address = address.substr(std::string_view(scheme).size());
+  }
+  while (!address.empty() && address.back() == '/') address.pop_back();
+  Target target;
+  target.authority = address;
+  if (!address.empty() && address.front() == '[') {
+    const auto close = address.find(']');
+    if (close == std::string::npos || close + 1 >= address.size() || address[close + 1] != ':') {
+      return absl::InvalidArgumentError("address '" + address + "' is not [host]:port");
+    }
+    target.host = address.substr(1, close - 1);
+    target.port = address.substr(close + 2);
+  } else {
+    const auto colon = address.rfind(':');
+    if (colon == std::string::npos || colon + 1 >= address.size()) {
+      return absl::InvalidArgumentError("address '" + address + "' is not host:port");
+    }
+    target.host = address.substr(0, colon);
+    target.port = address.substr(colon + 1);
+  }
+  return target;
 }
 
-class GrpcWorker {
+// gRPC's mapping of HTTP statuses without a grpc-status (the gRPC spec's
+// "HTTP to gRPC Status Code Mapping").
+absl::StatusCode FromHttpStatus(int status) {
+  switch (status) {
+    case 400:
+      return absl::StatusCode::kInternal;
+    case 401:
+      return absl::StatusCode::kUnauthenticated;
+    case 403:
+      return absl::StatusCode::kPermissionDenied;
+    case 404:
+      return absl::StatusCode::kUnimplemented;
+    case 429:
+    case 502:
+    case 503:
+    case 504:
+      return absl::StatusCode::kUnavailable;
+    default:
+      return absl::StatusCode::kUnknown;
+  }
+}
+
+// RST_STREAM codes as gRPC clients report them.
+absl::StatusCode FromH2Error(uint32_t error) {
+  switch (error) {
+    case NGHTTP2_REFUSED_STREAM:
+      return absl::StatusCode::kUnavailable;
+    case NGHTTP2_CANCEL:
+      return absl::StatusCode::kCancelled;
+    case NGHTTP2_ENHANCE_YOUR_CALM:
+      return absl::StatusCode::kResourceExhausted;
+    case NGHTTP2_INADEQUATE_SECURITY:
+      return absl::StatusCode::kPermissionDenied;
+    default:
+      return absl::StatusCode::kInternal;
+  }
+}
+
+std::string PercentDecode(std::string_view in) {
+  std::string out;
+  out.reserve(in.size());
+  for (size_t i = 0; i < in.size(); ++i) {
+    if (in[i] == '%' && i + 2 < in.size() && std::isxdigit(static_cast<unsigned char>(in[i + 1])) &&
+        std::isxdigit(static_cast<unsigned char>(in[i + 2]))) {
+      out.push_back(static_cast<char>(std::stoi(std::string(in.substr(i + 1, 2)), nullptr, 16)));
+      i += 2;
+    } else {
+      out.push_back(in[i]);
+    }
+  }
+  return out;
+}
+
+// "<n>m" / "<n>u" / "<n>S": at most 8 digits, as the gRPC spec requires.
+std::string GrpcTimeout(std::chrono::nanoseconds remaining) {
+  const auto us = std::max<int64_t>(
+      1, std::chrono::duration_cast<std::chrono::microseconds>(remaining).count());
+  if (us < 100'000'000) return std::to_string(us) + "u";
+  const auto ms = us / 1000;
+  if (ms < 100'000'000) return std::to_string(ms) + "m";
+  return std::to_string(std::min<int64_t>(ms / 1000, 99'999'999)) + "S";
+}
+
+class Worker;
+struct Connection;
+
+struct Slot {
+  LoadState::Ticket ticket;
+  Connection* connection = nullptr;
+  int32_t stream_id = -1;  // -1: no call in flight
+  bool waiting = false;    // open loop: due in the future
+  bool active = true;      // false once the run is over for this slot
+  bool has_deadline = false;
+  SteadyClock::time_point deadline;
+  int http_status = 0;
+  bool has_grpc_status = false;
+  int grpc_status = 0;
+  std::string grpc_message;
+  size_t body_offset = 0;
+};
+
+struct Connection {
+  Worker* worker = nullptr;
+  const Target* target = nullptr;
+  int fd = -1;
+  nghttp2_session* session = nullptr;
+  std::string output;     // encoded frames not yet written
+  bool want_out = false;  // EPOLLOUT armed
+  SteadyClock::time_point retry_at{};
+  std::string last_error;
+};
+
+class Worker {
  public:
-  GrpcWorker(const LoadOptions& options, LoadState& state, std::vector<grpc::GenericStub*> stubs,
-             int slots, const grpc::ByteBuffer& body)
-      : options_(options), state_(state), body_(body), method_(options.MethodPath()) {
+  Worker(const LoadOptions& options, LoadState& state, std::vector<const Target*> targets,
+         int slots, const std::string& framed_body)
+      : options_(options),
+        state_(state),
+        body_(framed_body),
+        method_(options.MethodPath()),
+        uses_deadlines_(options.ttl || options.deadline || options.timeout.count() > 0) {
+    for (const Target* target : targets) {
+      auto connection = std::make_unique<Connection>();
+      connection->worker = this;
+      connection->target = target;
+      connections_.push_back(std::move(connection));
+    }
     for (int i = 0; i < slots; ++i) {
       auto slot = std::make_unique<Slot>();
-      slot->stub = stubs[static_cast<size_t>(i) % stubs.size()];
+      slot->connection = connections_[static_cast<size_t>(i) % connections_.size()].get();
       slots_.push_back(std::move(slot));
     }
+    // Constant headers, built once (nghttp2 copies them into its encoder).
+    AddHeader(":method", "POST");
+    AddHeader(":scheme", "http");
+    AddHeader(":path", method_);
+    authority_index_ = headers_.size();
+    AddHeader(":authority", "");
+    AddHeader("content-type", "application/grpc");
+    AddHeader("te", "trailers");
+    AddHeader("user-agent", "omnirelay-benchmark");
+    AddHeader("rpc-caller", options.caller);
+    if (!options.service.empty()) AddHeader("rpc-service", options.service);
+    if (!options.encoding.empty()) AddHeader("rpc-encoding", options.encoding);
+    if (!options.shard_key.empty()) AddHeader("rpc-shard-key", options.shard_key);
+    if (!options.routing_key.empty()) AddHeader("rpc-routing-key", options.routing_key);
+    for (const auto& [name, value] : options.headers) AddHeader(name, value);
+  }
+
+  ~Worker() {
+    for (auto& connection : connections_) Close(*connection);
+    if (epoll_fd_ >= 0) ::close(epoll_fd_);
   }
 
   void Run() {
-    int active = 0;
-    for (auto& slot : slots_) {
-      if (Schedule(slot.get())) ++active;
-    }
+    epoll_fd_ = ::epoll_create1(EPOLL_CLOEXEC);
+    for (auto& slot : slots_) ready_.push_back(slot.get());
+    int active = static_cast<int>(slots_.size());
     bool cancelled = false;
+    std::vector<epoll_event> events(64);
     while (active > 0) {
-      void* tag = nullptr;
-      bool ok = false;
-      const auto wake = std::chrono::system_clock::now() + std::chrono::milliseconds(100);
-      const auto result = queue_.AsyncNext(&tag, &ok, wake);
-      if (result == grpc::CompletionQueue::SHUTDOWN) break;
-      if (result == grpc::CompletionQueue::TIMEOUT) {
-        // Past the end plus a grace period: abandon what is still in flight.
-        if (!cancelled && SteadyClock::now() > state_.end() + kDrainGrace) {
-          for (auto& slot : slots_) {
-            if (slot->active && slot->context) slot->context->TryCancel();
-          }
-          cancelled = true;
+      // Start every slot that is ready for its next call.
+      while (!ready_.empty()) {
+        Slot* slot = ready_.back();
+        ready_.pop_back();
+        if (cancelled || !Schedule(slot)) {
+          slot->active = false;
+          --active;
         }
-        continue;
       }
-      auto* slot = reinterpret_cast<Slot*>(reinterpret_cast<uintptr_t>(tag) & ~uintptr_t{1});
-      const uintptr_t kind = reinterpret_cast<uintptr_t>(tag) & 1;
-      if (kind == kAlarmDone) {
-        Send(slot);
-        continue;
+      if (active == 0) break;
+      for (auto& connection : connections_) Flush(*connection);
+      const auto now = SteadyClock::now();
+      auto wake = now + std::chrono::milliseconds(100);
+      if (options_.rps > 0 || uses_deadlines_) {
+        for (auto& slot : slots_) {
+          if (slot->waiting) wake = std::min(wake, slot->ticket.due);
+          if (slot->stream_id >= 0 && slot->has_deadline) wake = std::min(wake, slot->deadline);
+        }
       }
-      if (!cancelled || slot->status.error_code() != grpc::StatusCode::CANCELLED) {
-        state_.Record(slot->ticket, static_cast<absl::StatusCode>(slot->status.error_code()),
-                      slot->status.error_message());
+      const int timeout_ms = static_cast<int>(std::max<int64_t>(
+          0, std::chrono::duration_cast<std::chrono::milliseconds>(wake - now).count() +
+                 (wake > now ? 1 : 0)));
+      const int n = ::epoll_wait(epoll_fd_, events.data(), static_cast<int>(events.size()),
+                                 ready_.empty() ? timeout_ms : 0);
+      for (int i = 0; i < n; ++i) {
+        auto* connection = static_cast<Connection*>(events[i].data.ptr);
+        if (events[i].events & (EPOLLIN | EPOLLERR | EPOLLHUP)) Read(*connection);
+        if (connection->fd >= 0 && (events[i].events & EPOLLOUT)) Flush(*connection);
       }
-      slot->context.reset();
-      slot->reader.reset();
-      if (cancelled || !Schedule(slot)) {
-        slot->active = false;
-        --active;
+      if (options_.rps > 0 || uses_deadlines_) Timers(SteadyClock::now());
+      if (!cancelled && SteadyClock::now() > state_.end() + kDrainGrace) {
+        // Past the end plus a grace period: abandon what is still in flight.
+        cancelled = true;
+        for (auto& slot : slots_) {
+          if (!slot->active) continue;
+          if (slot->stream_id >= 0) Abandon(*slot);
+          slot->waiting = false;
+          ready_.push_back(slot.get());
+        }
       }
     }
-    queue_.Shutdown();
-    void* tag;
-    bool ok;
-    while (queue_.Next(&tag, &ok)) {
-    }
+    for (auto& connection : connections_) Flush(*connection);
   }
 
  private:
-  static constexpr auto kDrainGrace = std::chrono::seconds(5);
+  void AddHeader(std::string name, std::string value) {
+    std::transform(name.begin(), name.end(), name.begin(),
+                   [](unsigned char c) { return static_cast<char>(std::tolower(c)); });
+    header_storage_.push_back(
+        std::make_unique<std::pair<std::string, std::string>>(std::move(name), std::move(value)));
+    headers_.push_back({});
+    RebuildHeaders();
+  }
 
-  // Takes the slot's next ticket; sends now or arms an alarm for its due time.
+  void RebuildHeaders() {
+    for (size_t i = 0; i < headers_.size(); ++i) {
+      auto& [name, value] = *header_storage_[i];
+      headers_[i] = nghttp2_nv{reinterpret_cast<uint8_t*>(name.data()),
+                               reinterpret_cast<uint8_t*>(value.data()), name.size(), value.size(),
+                               NGHTTP2_NV_FLAG_NONE};
+    }
+  }
+
+  // Takes the slot's next ticket; sends now or waits for its due time.
   bool Schedule(Slot* slot) {
     slot->ticket = state_.Next();
     if (slot->ticket.stop) return false;
     if (slot->ticket.due > SteadyClock::now()) {
-      const auto wait = slot->ticket.due - SteadyClock::now();
-      slot->alarm.Set(&queue_,
-                      std::chrono::system_clock::now() +
-                          std::chrono::duration_cast<std::chrono::system_clock::duration>(wait),
-                      Tag(slot, kAlarmDone));
+      slot->waiting = true;
     } else {
       Send(slot);
     }
     return true;
   }
 
+  void Timers(SteadyClock::time_point now) {
+    for (auto& slot : slots_) {
+      if (slot->waiting && slot->ticket.due <= now) {
+        slot->waiting = false;
+        Send(slot.get());
+      } else if (slot->stream_id >= 0 && slot->has_deadline && slot->deadline <= now) {
+        Abandon(*slot);
+        Finish(*slot, absl::StatusCode::kDeadlineExceeded, "Deadline Exceeded");
+      }
+    }
+  }
+
+  // Forgets the slot's stream: reset it and ignore whatever arrives for it.
+  void Abandon(Slot& slot) {
+    Connection& connection = *slot.connection;
+    if (connection.session != nullptr) {
+      nghttp2_session_set_stream_user_data(connection.session, slot.stream_id, nullptr);
+      nghttp2_submit_rst_stream(connection.session, NGHTTP2_FLAG_NONE, slot.stream_id,
+                                NGHTTP2_CANCEL);
+    }
+    slot.stream_id = -1;
+  }
+
+  // Records the slot's outcome and queues its next call.
+  void Finish(Slot& slot, absl::StatusCode code, std::string_view message) {
+    slot.stream_id = -1;
+    state_.Record(slot.ticket, code, message);
+    ready_.push_back(&slot);
+  }
+
   void Send(Slot* slot) {
-    slot->context = std::make_unique<grpc::ClientContext>();
-    grpc::ClientContext& context = *slot->context;
-    if (auto deadline = state_.RequestDeadline()) context.set_deadline(*deadline);
-    context.AddMetadata("rpc-caller", options_.caller);
-    if (!options_.service.empty()) context.AddMetadata("rpc-service", options_.service);
-    if (!options_.encoding.empty()) context.AddMetadata("rpc-encoding", options_.encoding);
-    if (!options_.shard_key.empty()) context.AddMetadata("rpc-shard-key", options_.shard_key);
-    if (!options_.routing_key.empty()) context.AddMetadata("rpc-routing-key", options_.routing_key);
-    for (const auto& [name, value] : options_.headers) context.AddMetadata(name, value);
-    slot->reader = slot->stub->PrepareUnaryCall(&context, method_, body_, &queue_);
-    slot->reader->StartCall();
-    slot->reader->Finish(&slot->response, &slot->status, Tag(slot, kCallDone));
+    slot->has_deadline = false;
+    std::optional<std::string> timeout;
+    if (uses_deadlines_) {
+      if (auto deadline = state_.RequestDeadline()) {
+        const auto remaining = *deadline - std::chrono::system_clock::now();
+        if (remaining <= std::chrono::nanoseconds::zero()) {
+          // Like a gRPC client: a call whose deadline has passed is never sent.
+          Finish(*slot, absl::StatusCode::kDeadlineExceeded, "Deadline Exceeded");
+          return;
+        }
+        slot->has_deadline = true;
+        slot->deadline =
+            SteadyClock::now() + std::chrono::duration_cast<SteadyClock::duration>(remaining);
+        timeout = GrpcTimeout(remaining);
+      }
+    }
+    Connection& connection = *slot->connection;
+    if (connection.session == nullptr && !Connect(connection)) {
+      Finish(*slot, absl::StatusCode::kUnavailable, connection.last_error);
+      return;
+    }
+    headers_[authority_index_].value =
+        reinterpret_cast<uint8_t*>(const_cast<char*>(connection.target->authority.data()));
+    headers_[authority_index_].valuelen = connection.target->authority.size();
+    nghttp2_nv* nva = headers_.data();
+    size_t nvlen = headers_.size();
+    std::vector<nghttp2_nv>* with_timeout = nullptr;
+    if (timeout) {
+      timeout_headers_.assign(headers_.begin(), headers_.end());
+      timeout_headers_.push_back(nghttp2_nv{
+          reinterpret_cast<uint8_t*>(const_cast<char*>("grpc-timeout")),
+          reinterpret_cast<uint8_t*>(timeout->data()), 12, timeout->size(), NGHTTP2_NV_FLAG_NONE});
+      with_timeout = &timeout_headers_;
+      nva = with_timeout->data();
+      nvlen = with_timeout->size();
+    }
+    slot->http_status = 0;
+    slot->has_grpc_status = false;
+    slot->grpc_message.clear();
+    slot->body_offset = 0;
+    nghttp2_data_provider provider;
+    provider.source.ptr = slot;
+    provider.read_callback = &Worker::ReadBody;
+    const int32_t stream_id =
+        nghttp2_submit_request(connection.session, nullptr, nva, nvlen, &provider, slot);
+    if (stream_id < 0) {
+      // Stream ids exhausted or the session is going away: start over on a
+      // new connection next time.
+      connection.last_error = nghttp2_strerror(stream_id);
+      Close(connection);
+      Finish(*slot, absl::StatusCode::kUnavailable, connection.last_error);
+      return;
+    }
+    slot->stream_id = stream_id;
+  }
+
+  static ssize_t ReadBody(nghttp2_session*, int32_t, uint8_t* buf, size_t length,
+                          uint32_t* data_flags, nghttp2_data_source* source, void*) {
+    auto* slot = static_cast<Slot*>(source->ptr);
+    const std::string& body = slot->connection->worker->body_;
+    const size_t n = std::min(length, body.size() - slot->body_offset);
+    std::memcpy(buf, body.data() + slot->body_offset, n);
+    slot->body_offset += n;
+    if (slot->body_offset == body.size()) *data_flags |= NGHTTP2_DATA_FLAG_EOF;
+    return static_cast<ssize_t>(n);
+  }
+
+  bool Connect(Connection& connection) {
+    if (SteadyClock::now() < connection.retry_at) return false;
+    addrinfo hints{};
+    hints.ai_socktype = SOCK_STREAM;
+    addrinfo* found = nullptr;
+    const int rc = ::getaddrinfo(connection.target->host.c_str(), connection.target->port.c_str(),
+                                 &hints, &found);
+    if (rc != 0) {
+      return Failed(connection, std::string("cannot resolve ") + connection.target->authority +
+                                    ": " + gai_strerror(rc));
+    }
+    int fd = -1;
+    std::string error = "connection refused";
+    for (addrinfo* ai = found; ai != nullptr && fd < 0; ai = ai->ai_next) {
+      fd = ::socket(ai->ai_family, ai->ai_socktype | SOCK_NONBLOCK | SOCK_CLOEXEC, ai->ai_protocol);
+      if (fd < 0) continue;
+      if (::connect(fd, ai->ai_addr, ai->ai_addrlen) != 0 && errno != EINPROGRESS) {
+        error = std::strerror(errno);
+        ::close(fd);
+        fd = -1;
+        continue;
+      }
+      pollfd p{fd, POLLOUT, 0};
+      int soerr = 0;
+      socklen_t len = sizeof(soerr);
+      if (::poll(&p, 1, 5000) != 1 || ::getsockopt(fd, SOL_SOCKET, SO_ERROR, &soerr, &len) != 0 ||
+          soerr != 0) {
+        error = soerr ? std::strerror(soerr) : "connect timed out";
+        ::close(fd);
+        fd = -1;
+      }
+    }
+    ::freeaddrinfo(found);
+    if (fd < 0) {
+      return Failed(connection,
+                    "failed to connect to " + connection.target->authority + ": " + error);
+    }
+    int one = 1;
+    ::setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof(one));
+    connection.fd = fd;
+
+    nghttp2_session_callbacks* callbacks = nullptr;
+    nghttp2_session_callbacks_new(&callbacks);
+    nghttp2_session_callbacks_set_on_header_callback(callbacks, &Worker::OnHeader);
+    nghttp2_session_callbacks_set_on_stream_close_callback(callbacks, &Worker::OnStreamClose);
+    nghttp2_session_client_new(&connection.session, callbacks, &connection);
+    nghttp2_session_callbacks_del(callbacks);
+    // Large windows: a benchmark should not wait for WINDOW_UPDATEs.
+    const nghttp2_settings_entry settings[] = {
+        {NGHTTP2_SETTINGS_ENABLE_PUSH, 0},
+        {NGHTTP2_SETTINGS_INITIAL_WINDOW_SIZE, (1u << 24)},
+    };
+    nghttp2_submit_settings(connection.session, NGHTTP2_FLAG_NONE, settings, 2);
+    nghttp2_session_set_local_window_size(connection.session, NGHTTP2_FLAG_NONE, 0, 1 << 30);
+
+    epoll_event event{};
+    event.events = EPOLLIN;
+    event.data.ptr = &connection;
+    ::epoll_ctl(epoll_fd_, EPOLL_CTL_ADD, fd, &event);
+    connection.want_out = false;
+    return true;
+  }
+
+  bool Failed(Connection& connection, std::string error) {
+    connection.last_error = std::move(error);
+    connection.retry_at = SteadyClock::now() + kReconnectDelay;
+    return false;
+  }
+
+  // Tears the connection down; calls in flight on it fail UNAVAILABLE.
+  void Close(Connection& connection) {
+    if (connection.session != nullptr) {
+      nghttp2_session_del(connection.session);  // no callbacks from here
+      connection.session = nullptr;
+    }
+    if (connection.fd >= 0) {
+      ::epoll_ctl(epoll_fd_, EPOLL_CTL_DEL, connection.fd, nullptr);
+      ::close(connection.fd);
+      connection.fd = -1;
+    }
+    connection.output.clear();
+    connection.want_out = false;
+    if (connection.last_error.empty()) connection.last_error = "connection closed";
+    for (auto& slot : slots_) {
+      if (slot->connection == &connection && slot->stream_id >= 0) {
+        Finish(*slot, absl::StatusCode::kUnavailable, connection.last_error);
+      }
+    }
+  }
+
+  void Read(Connection& connection) {
+    uint8_t buffer[65536];
+    for (;;) {
+      const ssize_t n = ::read(connection.fd, buffer, sizeof(buffer));
+      if (n > 0) {
+        const ssize_t used =
+            nghttp2_session_mem_recv(connection.session, buffer, static_cast<size_t>(n));
+        if (used < 0) {
+          connection.last_error =
+              std::string("HTTP/2 error: ") + nghttp2_strerror(static_cast<int>(used));
+          Close(connection);
+          return;
+        }
+        if (static_cast<size_t>(n) < sizeof(buffer)) break;
+        continue;
+      }
+      if (n < 0 && (errno == EAGAIN || errno == EWOULDBLOCK)) break;
+      if (n < 0 && errno == EINTR) continue;
+      connection.last_error = n == 0 ? "connection closed by peer" : std::strerror(errno);
+      Close(connection);
+      return;
+    }
+    Flush(connection);  // SETTINGS acks, WINDOW_UPDATEs, new requests
+  }
+
+  void Flush(Connection& connection) {
+    if (connection.session == nullptr) return;
+    for (;;) {
+      const uint8_t* data = nullptr;
+      const ssize_t n = nghttp2_session_mem_send(connection.session, &data);
+      if (n < 0) {
+        connection.last_error = nghttp2_strerror(static_cast<int>(n));
+        Close(connection);
+        return;
+      }
+      if (n == 0) break;
+      connection.output.append(reinterpret_cast<const char*>(data), static_cast<size_t>(n));
+    }
+    while (!connection.output.empty()) {
+      const ssize_t n =
+          ::send(connection.fd, connection.output.data(), connection.output.size(), MSG_NOSIGNAL);
+      if (n > 0) {
+        connection.output.erase(0, static_cast<size_t>(n));
+        continue;
+      }
+      if (n < 0 && errno == EINTR) continue;
+      if (n < 0 && (errno == EAGAIN || errno == EWOULDBLOCK)) break;
+      connection.last_error = std::strerror(errno);
+      Close(connection);
+      return;
+    }
+    const bool want_out = !connection.output.empty();
+    if (want_out != connection.want_out) {
+      epoll_event event{};
+      event.events = want_out ? (EPOLLIN | EPOLLOUT) : EPOLLIN;
+      event.data.ptr = &connection;
+      ::epoll_ctl(epoll_fd_, EPOLL_CTL_MOD, connection.fd, &event);
+      connection.want_out = want_out;
+    }
+    if (!nghttp2_session_want_read(connection.session) &&
+        !nghttp2_session_want_write(connection.session) && connection.output.empty()) {
+      // GOAWAY received and every stream done: reconnect on the next call.
+      connection.last_error = "connection closed (GOAWAY)";
+      Close(connection);
+    }
+  }
+
+  static int OnHeader(nghttp2_session* session, const nghttp2_frame* frame, const uint8_t* name,
+                      size_t namelen, const uint8_t* value, size_t valuelen, uint8_t, void*) {
+    if (frame->hd.type != NGHTTP2_HEADERS) return 0;
+    auto* slot =
+        static_cast<Slot*>(nghttp2_session_get_stream_user_data(session, frame->hd.stream_id));
+    if (slot == nullptr) return 0;
+    const std::string_view key(reinterpret_cast<const char*>(name), namelen);
+    const std::string_view text(reinterpret_cast<const char*>(value), valuelen);
+    if (key == ":status") {
+      slot->http_status = std::atoi(std::string(text).c_str());
+    } else if (key == "grpc-status") {
+      slot->has_grpc_status = true;
+      slot->grpc_status = std::atoi(std::string(text).c_str());
+    } else if (key == "grpc-message") {
+      slot->grpc_message = PercentDecode(text);
+    }
+    return 0;
+  }
+
+  static int OnStreamClose(nghttp2_session* session, int32_t stream_id, uint32_t error_code,
+                           void* user_data) {
+    auto* slot = static_cast<Slot*>(nghttp2_session_get_stream_user_data(session, stream_id));
+    if (slot == nullptr || slot->stream_id != stream_id) return 0;  // abandoned
+    Worker& worker = *static_cast<Connection*>(user_data)->worker;
+    absl::StatusCode code;
+    std::string message;
+    if (slot->has_grpc_status) {
+      code = static_cast<absl::StatusCode>(slot->grpc_status);
+      message = std::move(slot->grpc_message);
+    } else if (error_code != NGHTTP2_NO_ERROR) {
+      code = FromH2Error(error_code);
+      message = std::string("stream reset: ") + nghttp2_http2_strerror(error_code);
+    } else if (slot->http_status != 200) {
+      code = FromHttpStatus(slot->http_status);
+      message = "HTTP status " + std::to_string(slot->http_status);
+    } else {
+      code = absl::StatusCode::kUnknown;
+      message = "response without grpc-status";
+    }
+    worker.Finish(*slot, code, message);
+    return 0;
   }
 
   const LoadOptions& options_;
   LoadState& state_;
-  const grpc::ByteBuffer& body_;
+  const std::string& body_;
   const std::string method_;
-  grpc::CompletionQueue queue_;
+  const bool uses_deadlines_;
+  int epoll_fd_ = -1;
+  std::vector<std::unique_ptr<Connection>> connections_;
   std::vector<std::unique_ptr<Slot>> slots_;
+  std::vector<Slot*> ready_;
+  std::vector<std::unique_ptr<std::pair<std::string, std::string>>> header_storage_;
+  std::vector<nghttp2_nv> headers_;
+  std::vector<nghttp2_nv> timeout_headers_;
+  size_t authority_index_ = 0;
 };
 
 }  // namespace
 
 absl::StatusOr<LoadReport> RunGrpcLoad(const LoadOptions& options, LoadState& state) {
-  // One channel per (address, connection); a local subchannel pool stops
-  // gRPC from folding identical channels onto one TCP connection.
-  std::vector<std::unique_ptr<grpc::GenericStub>> stubs;
+  std::vector<Target> targets;
   for (const std::string& address : options.addresses) {
-    std::string target = address;
-    for (const char* scheme : {"http://", "https://", "grpc://"}) {
-      if (target.rfind(scheme, 0) == 0) target = target.substr(std::string_view(scheme).size());
-    }
-    for (int c = 0; c < options.connections; ++c) {
-      grpc::ChannelArguments args;
-      args.SetInt(GRPC_ARG_USE_LOCAL_SUBCHANNEL_POOL, 1);
-      args.SetInt("omnirelay.benchmark.connection", c);
-      auto channel = grpc::CreateCustomChannel(target, grpc::InsecureChannelCredentials(), args);
-      if (!channel) return absl::InvalidArgumentError("cannot create a channel to " + address);
-      stubs.push_back(std::make_unique<grpc::GenericStub>(channel));
-    }
+    auto target = ParseTarget(address);
+    if (!target.ok()) return target.status();
+    targets.push_back(*std::move(target));
   }
-  grpc::Slice slice(options.body);
-  grpc::ByteBuffer body(&slice, 1);
+  // The gRPC message: flag 0 (uncompressed), 4-byte big-endian length, body.
+  std::string framed(5, '\0');
+  const auto length = static_cast<uint32_t>(options.body.size());
+  framed[1] = static_cast<char>(length >> 24);
+  framed[2] = static_cast<char>(length >> 16);
+  framed[3] = static_cast<char>(length >> 8);
+  framed[4] = static_cast<char>(length);
+  framed += options.body;
 
   int threads =
       options.threads > 0
           ? options.threads
           : static_cast<int>(std::min(2u, std::max(1u, std::thread::hardware_concurrency())));
   threads = std::min(threads, options.concurrency);
-  std::vector<std::unique_ptr<GrpcWorker>> workers;
+  // `connections` TCP connections per address, spread over the threads; a
+  // thread with none of an address's share opens one of its own (a
+  // connection belongs to one thread's event loop).
+  std::vector<std::unique_ptr<Worker>> workers;
   for (int t = 0; t < threads; ++t) {
     const int slots = options.concurrency / threads + (t < options.concurrency % threads ? 1 : 0);
-    std::vector<grpc::GenericStub*> mine;
-    for (size_t s = 0; s < stubs.size(); ++s) {
-      if (stubs.size() < static_cast<size_t>(threads) || s % threads == static_cast<size_t>(t)) {
-        mine.push_back(stubs[s].get());
-      }
+    std::vector<const Target*> mine;
+    for (const Target& target : targets) {
+      int count = options.connections / threads + (t < options.connections % threads ? 1 : 0);
+      for (int c = 0; c < std::max(count, 1); ++c) mine.push_back(&target);
     }
-    workers.push_back(std::make_unique<GrpcWorker>(options, state, mine, slots, body));
+    workers.push_back(std::make_unique<Worker>(options, state, mine, slots, framed));
   }
   state.StartClock();
   std::atomic<bool> done{false};

@@ -33,19 +33,45 @@ std::uint64_t LatencyHistogram::BucketUpperTicks(size_t index) {
   return BucketLowerTicks(index) + (std::uint64_t{1} << (exponent - kSubBucketBits));
 }
 
-void LatencyHistogram::Record(double value) {
+std::uint64_t LatencyHistogram::ToTicks(double value) const {
   if (!(value >= 0)) value = 0;  // negative or NaN: clamp, never corrupt an index
   const double scaled = value * ticks_per_unit_;
-  const std::uint64_t ticks =
-      scaled >= 1.8e19 ? UINT64_MAX / 2 : static_cast<std::uint64_t>(std::llround(scaled));
+  return scaled >= 1.8e19 ? UINT64_MAX / 2 : static_cast<std::uint64_t>(std::llround(scaled));
+}
+
+void LatencyHistogram::AddRaw(size_t bucket, std::uint64_t samples) {
+  if (bucket < kBucketCount && samples != 0) {
+    buckets_[bucket].fetch_add(samples, std::memory_order_relaxed);
+  }
+}
+
+void LatencyHistogram::AddTotals(std::uint64_t count, std::uint64_t sum_ticks,
+                                 std::uint64_t min_ticks, std::uint64_t max_ticks) {
+  if (count == 0) return;
+  count_.fetch_add(count, std::memory_order_relaxed);
+  sum_ticks_.fetch_add(sum_ticks, std::memory_order_relaxed);
+  std::uint64_t seen = min_ticks_.load(std::memory_order_relaxed);
+  while (min_ticks < seen &&
+         !min_ticks_.compare_exchange_weak(seen, min_ticks, std::memory_order_relaxed)) {
+  }
+  seen = max_ticks_.load(std::memory_order_relaxed);
+  while (max_ticks > seen &&
+         !max_ticks_.compare_exchange_weak(seen, max_ticks, std::memory_order_relaxed)) {
+  }
+}
+
+void LatencyHistogram::Record(double value) {
+  const std::uint64_t ticks = ToTicks(value);
   buckets_[BucketIndex(ticks)].fetch_add(1, std::memory_order_relaxed);
   count_.fetch_add(1, std::memory_order_relaxed);
   sum_ticks_.fetch_add(ticks, std::memory_order_relaxed);
   std::uint64_t seen = min_ticks_.load(std::memory_order_relaxed);
-  while (ticks < seen && !min_ticks_.compare_exchange_weak(seen, ticks, std::memory_order_relaxed)) {
+  while (ticks < seen &&
+         !min_ticks_.compare_exchange_weak(seen, ticks, std::memory_order_relaxed)) {
   }
   seen = max_ticks_.load(std::memory_order_relaxed);
-  while (ticks > seen && !max_ticks_.compare_exchange_weak(seen, ticks, std::memory_order_relaxed)) {
+  while (ticks > seen &&
+         !max_ticks_.compare_exchange_weak(seen, ticks, std::memory_order_relaxed)) {
   }
 }
 

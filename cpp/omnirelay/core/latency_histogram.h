@@ -62,8 +62,18 @@ class LatencyHistogram {
   // Adds every sample of `other` into this histogram.
   void Merge(const LatencyHistogram& other);
 
- private:
+  // Raw access for sharded recorders (e.g. per-thread cells summed at scrape
+  // time, see peers/peer_stats.h): they convert and bucket a value exactly as
+  // Record() does, keep their own counts, and add them in with AddRaw/AddTotals.
+  std::uint64_t ToTicks(double value) const;
   static size_t BucketIndex(std::uint64_t ticks);
+  void AddRaw(size_t bucket, std::uint64_t samples);
+  // Adds `count` samples summing to `sum_ticks` with the given extremes (a
+  // min of UINT64_MAX / count 0 adds nothing to min/max).
+  void AddTotals(std::uint64_t count, std::uint64_t sum_ticks, std::uint64_t min_ticks,
+                 std::uint64_t max_ticks);
+
+ private:
   static std::uint64_t BucketLowerTicks(size_t index);
   static std::uint64_t BucketUpperTicks(size_t index);  // exclusive
 

@@ -84,6 +84,18 @@ struct MetricsRegistry::ObservableSeries {
   }
 };
 
+// A histogram fed by callbacks (RegisterObservableHistogram): retained
+// samples of unregistered observers plus every live observer's.
+struct MetricsRegistry::ObservableHistogramSeries {
+  LatencyHistogram retained{1000.0};
+  std::map<std::uint64_t, std::function<void(LatencyHistogram&)>> observers;
+
+  void CollectInto(LatencyHistogram& out) const {
+    out.Merge(retained);
+    for (const auto& [id, collect] : observers) collect(out);
+  }
+};
+
 // One metric name: its descriptor, its prometheus-cpp family (counters and
 // gauges) or our own histogram series, and every series created so far.
 struct MetricsRegistry::Family {
@@ -100,6 +112,21 @@ struct MetricsRegistry::Family {
   std::map<Tags, std::unique_ptr<Gauge>> gauge_series;
   std::map<Tags, std::unique_ptr<Histogram>> histogram_series;
   std::map<Tags, std::unique_ptr<ObservableSeries>> observable_series;
+  std::map<Tags, std::unique_ptr<ObservableHistogramSeries>> observable_histograms;
+
+  // Every histogram series (push and observable, summed per tag set) as one
+  // merged histogram each. Caller holds the registry mutex.
+  std::map<Tags, std::unique_ptr<LatencyHistogram>> MergedHistograms() const {
+    std::map<Tags, std::unique_ptr<LatencyHistogram>> out;
+    auto slot = [&](const Tags& tags) -> LatencyHistogram& {
+      auto& merged = out[tags];
+      if (!merged) merged = std::make_unique<LatencyHistogram>(1000.0);
+      return *merged;
+    };
+    for (const auto& [tags, series] : histogram_series) slot(tags).Merge(series->data());
+    for (const auto& [tags, series] : observable_histograms) series->CollectInto(slot(tags));
+    return out;
+  }
 };
 
 ObservableHandle& ObservableHandle::operator=(ObservableHandle&& other) noexcept {
@@ -131,10 +158,10 @@ std::vector<prometheus::MetricFamily> MetricsRegistry::CollectHistogramsLocked()
     rendered.help = family->help;
     rendered.type = prometheus::MetricType::Histogram;
     const auto& bounds = family->buckets.empty() ? DefaultLatencyBucketsMs() : family->buckets;
-    for (const auto& [tags, series] : family->histogram_series) {
+    for (const auto& [tags, merged] : family->MergedHistograms()) {
       prometheus::ClientMetric metric;
       for (const auto& [key, value] : tags) metric.label.push_back({PrometheusLabel(key), value});
-      const auto& data = series->data();
+      const LatencyHistogram& data = *merged;
       const double per_base_unit = UnitScale(family->unit);
       metric.histogram.sample_count = data.Count();
       metric.histogram.sample_sum = data.Sum() / per_base_unit;
@@ -267,9 +294,36 @@ ObservableHandle MetricsRegistry::RegisterObservable(const MetricDescriptor& des
   return ObservableHandle(this, id);
 }
 
+ObservableHandle MetricsRegistry::RegisterObservableHistogram(
+    const MetricDescriptor& descriptor, const Tags& tags,
+    std::function<void(LatencyHistogram&)> collect) {
+  assert(descriptor.kind == MetricKind::kHistogram && "only histograms take a histogram observer");
+  if (descriptor.kind != MetricKind::kHistogram || !collect) return {};
+  std::lock_guard lock(mu_);
+  Family& family = FamilyFor(descriptor);
+  auto& slot = family.observable_histograms[tags];
+  if (!slot) slot = std::make_unique<ObservableHistogramSeries>();
+  const std::uint64_t id = next_observer_id_++;
+  slot->observers.emplace(id, std::move(collect));
+  histogram_observers_.emplace(id, slot.get());
+  return ObservableHandle(this, id);
+}
+
 void MetricsRegistry::Unregister(std::uint64_t id) {
   std::function<double()> observe;  // destroyed after the lock is dropped
+  std::function<void(LatencyHistogram&)> collect;
   std::lock_guard lock(mu_);
+  if (auto histogram = histogram_observers_.find(id); histogram != histogram_observers_.end()) {
+    ObservableHistogramSeries* series = histogram->second;
+    histogram_observers_.erase(histogram);
+    auto observer = series->observers.find(id);
+    if (observer == series->observers.end()) return;
+    // Keep what the observer contributed, as a push histogram would.
+    observer->second(series->retained);
+    collect = std::move(observer->second);
+    series->observers.erase(observer);
+    return;
+  }
   auto it = observers_.find(id);
   if (it == observers_.end()) return;
   ObservableSeries* series = it->second;
@@ -374,9 +428,9 @@ std::vector<MetricPoint> MetricsRegistry::Snapshot() const {
       points.push_back(point_for(tags));
       points.back().value = series->Value();
     }
-    for (const auto& [tags, series] : family->histogram_series) {
+    for (const auto& [tags, merged] : family->MergedHistograms()) {
       points.push_back(point_for(tags));
-      points.back().histogram = series->data().Summarize();
+      points.back().histogram = merged->Summarize();
       points.back().value = static_cast<double>(points.back().histogram.count);
     }
   }

@@ -169,6 +169,16 @@ class MetricsRegistry {
   [[nodiscard]] ObservableHandle RegisterObservable(const MetricDescriptor& descriptor,
                                                     const Tags& tags,
                                                     std::function<double()> observe);
+  // The histogram counterpart: at scrape time `collect` adds the observer's
+  // samples into the histogram it is given (LatencyHistogram::AddRaw /
+  // AddTotals / Merge; ticks of 1/1000 of the unit, like GetHistogram's).
+  // The series is the sum of a push series with the same tags (if any), the
+  // retained samples of unregistered observers and every live observer, so it
+  // behaves exactly like a push histogram every observer recorded into. The
+  // descriptor's kind must be kHistogram.
+  [[nodiscard]] ObservableHandle RegisterObservableHistogram(
+      const MetricDescriptor& descriptor, const Tags& tags,
+      std::function<void(LatencyHistogram&)> collect);
 
   // Prometheus text exposition format 0.0.4 of every series.
   std::string RenderPrometheus() const;
@@ -190,6 +200,7 @@ class MetricsRegistry {
   friend class ObservableHandle;
   struct Family;
   struct ObservableSeries;
+  struct ObservableHistogramSeries;
   Family& FamilyFor(const MetricDescriptor& descriptor);
   std::vector<prometheus::MetricFamily> CollectHistogramsLocked() const;
   void AddObservablesLocked(std::vector<prometheus::MetricFamily>& families) const;
@@ -201,6 +212,7 @@ class MetricsRegistry {
   std::uint64_t next_observer_id_ = 1;
   // Observer id -> its series, for Unregister.
   std::map<std::uint64_t, ObservableSeries*> observers_;
+  std::map<std::uint64_t, ObservableHistogramSeries*> histogram_observers_;
 };
 
 // Default latency buckets (ms) for Prometheus exposition of histograms.

@@ -47,19 +47,23 @@ struct PeerSnapshot {
   std::vector<Peer*> raw;  // peers[i].get(), contiguous for hot loops
   std::unordered_map<std::string, int> index_by_id;
   std::shared_ptr<ChooserState> chooser_state;
-  // Keeps the coordinator's shared state alive while leases hold the snapshot.
+  // Keeps the coordinator's shared state alive while the snapshot is held
+  // (by the coordinator, a thread's snapshot cache, a waiting Acquire).
   std::shared_ptr<void> owner;
 };
 
 // Seedable, lock-free random source: SplitMix64 over an atomic counter, so a
 // single-threaded sequence is a pure function of the seed (deterministic
-// tests) and concurrent callers never block each other.
+// tests) and concurrent callers never block each other. The counter advances
+// with a relaxed load + store, not a locked fetch_add (a locked RMW is the
+// largest single cost of a pick): two threads racing may draw the same value
+// once, which only correlates those two picks.
 class SeededRandom {
  public:
   explicit SeededRandom(std::uint64_t seed) : state_(seed) {}
   std::uint64_t Next() {
-    std::uint64_t z =
-        state_.fetch_add(0x9E3779B97F4A7C15ull, std::memory_order_relaxed) + 0x9E3779B97F4A7C15ull;
+    std::uint64_t z = state_.load(std::memory_order_relaxed) + 0x9E3779B97F4A7C15ull;
+    state_.store(z, std::memory_order_relaxed);
     z = (z ^ (z >> 30)) * 0xBF58476D1CE4E5B9ull;
     z = (z ^ (z >> 27)) * 0x94D049BB133111EBull;
     return z ^ (z >> 31);

@@ -7,6 +7,21 @@
 #include "omnirelay/peers/peer_metrics.h"
 
 namespace omnirelay::peers {
+namespace {
+
+// Per-thread snapshot cache (see CoordinatorShared::LoadCached): the last
+// snapshot this thread saw of up to kCacheSlots coordinators. It also pins a
+// coordinator's shared state (snapshot->owner) while this thread releases a
+// lease (PeerLease::Release).
+struct SnapshotCacheEntry {
+  std::uint64_t id = 0;
+  std::uint64_t version = 0;
+  std::shared_ptr<const PeerSnapshot> snapshot;
+};
+constexpr std::size_t kCacheSlots = 4;
+thread_local std::array<SnapshotCacheEntry, kCacheSlots> tls_snapshot_cache;
+
+}  // namespace
 
 // State shared by the coordinator, its snapshots (via PeerSnapshot::owner,
 // so leases can release after the coordinator is gone), peer observers and
@@ -56,14 +71,7 @@ class CoordinatorShared {
   // coordinator's shared state) may live on in an idle thread's cache; it is
   // never picked again (every read revalidates against `version`).
   const std::shared_ptr<const PeerSnapshot>& LoadCached() {
-    struct Entry {
-      std::uint64_t id = 0;
-      std::uint64_t version = 0;
-      std::shared_ptr<const PeerSnapshot> snapshot;
-    };
-    static constexpr std::size_t kCacheSlots = 4;
-    thread_local std::array<Entry, kCacheSlots> cache;
-    Entry& entry = cache[id % kCacheSlots];
+    SnapshotCacheEntry& entry = tls_snapshot_cache[id % kCacheSlots];
     const std::uint64_t current = version.load(std::memory_order_acquire);
     if (entry.id == id && entry.version == current) return entry.snapshot;
     auto fresh = snapshot.load();
@@ -110,12 +118,31 @@ class CoordinatorShared {
     }
   }
 
-  void OnRelease(const PeerSnapshot& lease_snapshot, int index, Peer& peer) {
-    PeerChanged(&lease_snapshot, index, peer);
-    // Dekker-style pairing, all seq_cst: Peer::Release's decrement then this
-    // load, against AcquireSlow's waiters increment then Peer::TryAcquire's
-    // load. Either the waiter sees the freed slot when it probes, or we see
-    // it registered and wake it.
+  // After a lease gave its slot back (Peer::ReleaseLeaseSlot), so `peer`
+  // may already be deleted: it is only compared, never dereferenced, unless
+  // a snapshot holding it is found. `pinned` is a snapshot of ours the caller
+  // keeps alive (or null); `index` is the peer's index in the snapshot of
+  // `lease_version`, `slot` its slot read before the release.
+  void OnRelease(const PeerSnapshot* pinned, const Peer* peer, int index,
+                 std::uint64_t lease_version, int slot) {
+    if (chooser_tracks_load) {
+      std::shared_ptr<const PeerSnapshot> holder;
+      const PeerSnapshot* current = pinned;
+      if (current == nullptr || current->version != version.load(std::memory_order_acquire)) {
+        holder = snapshot.load();
+        current = holder.get();
+      }
+      if (current != nullptr) {
+        const int at = current->version == lease_version ? index : slot;
+        if (at >= 0 && at < static_cast<int>(current->raw.size()) && current->raw[at] == peer) {
+          chooser->OnPeerChanged(*current, at);
+        }
+      }
+    }
+    // Dekker-style pairing, all seq_cst: Peer::ReleaseLeaseSlot's decrement
+    // then this load, against AcquireSlow's waiters increment then
+    // Peer::TryAcquire's load. Either the waiter sees the freed slot when it
+    // probes, or we see it registered and wake it.
     if (waiters.load(std::memory_order_seq_cst) > 0) Wake();
   }
 
@@ -140,27 +167,45 @@ class CoordinatorShared {
 
 PeerLease& PeerLease::operator=(PeerLease&& other) noexcept {
   if (this != &other) {
-    if (snapshot_) Release(core::StatusCode::kCancelled, core::Duration::zero());
-    snapshot_ = std::move(other.snapshot_);
+    if (peer_) Release(core::StatusCode::kCancelled, core::Duration::zero());
+    peer_ = other.peer_;
+    owner_id_ = other.owner_id_;
+    version_ = other.version_;
     index_ = other.index_;
     probe_ = other.probe_;
-    other.snapshot_.reset();
+    other.peer_ = nullptr;
   }
   return *this;
 }
 
 PeerLease::~PeerLease() {
-  if (snapshot_) Release(core::StatusCode::kCancelled, core::Duration::zero());
+  if (peer_) Release(core::StatusCode::kCancelled, core::Duration::zero());
 }
 
 void PeerLease::Release(core::StatusCode outcome, core::Duration latency) {
-  if (!snapshot_) return;
-  auto snapshot = std::move(snapshot_);
-  Peer* peer = snapshot->raw[index_];
-  peer->Release(outcome, latency, probe_);
-  if (auto* shared = static_cast<CoordinatorShared*>(snapshot->owner.get())) {
-    shared->OnRelease(*snapshot, index_, *peer);
+  Peer* peer = peer_;
+  if (peer == nullptr) return;
+  peer_ = nullptr;
+  // Statistics and breaker first: our in-flight slot still keeps the peer alive.
+  peer->RecordRelease(outcome, latency, probe_);
+  // The coordinator's shared state must be alive after the slot is returned
+  // (to wake waiters, update the chooser). Usually this thread's snapshot
+  // cache holds a snapshot of that coordinator, which pins it at no cost.
+  const SnapshotCacheEntry& entry = tls_snapshot_cache[owner_id_ % kCacheSlots];
+  if (entry.id == owner_id_ && entry.snapshot != nullptr) {
+    const PeerSnapshot* pinned = entry.snapshot.get();
+    auto* shared = static_cast<CoordinatorShared*>(pinned->owner.get());
+    const int slot = shared->chooser_tracks_load ? peer->slot() : -1;
+    if (Peer::ReleaseLeaseSlot(peer)) peer = nullptr;  // our last touch of *peer
+    shared->OnRelease(pinned, peer, index_, version_, slot);
+    return;
   }
+  // Released on a thread with no cached snapshot of this coordinator (or
+  // after the coordinator is gone): take a strong reference, if any is left.
+  auto owner = std::static_pointer_cast<CoordinatorShared>(peer->owner().lock());
+  const int slot = peer->slot();
+  if (Peer::ReleaseLeaseSlot(peer)) peer = nullptr;
+  if (owner) owner->OnRelease(nullptr, peer, index_, version_, slot);
 }
 
 // ------------------------------------------------------------------ coordinator
@@ -241,6 +286,7 @@ std::shared_ptr<Peer> PeerListCoordinator::MakePeerLocked(PeerDescriptor descrip
                            shared_->clock, shared_->metrics, tags_);
   if (tracker_) peer->SetHealthHandle(tracker_->Handle(peer->id()));
   std::weak_ptr<CoordinatorShared> weak = shared_;
+  peer->SetOwner(weak);
   peer->SetObserver([weak](Peer& changed) {
     if (auto shared = weak.lock()) shared->OnPeerStateChanged(changed);
   });
@@ -369,7 +415,10 @@ absl::StatusOr<PeerLease> PeerListCoordinator::Acquire(const core::RequestMeta& 
   int index = shared_->chooser->Pick(*snapshot, meta);
   if (index >= 0) {
     Admission admission = snapshot->raw[index]->TryAcquire();
-    if (admission.ok()) return PeerLease(snapshot, index, admission.probe);
+    if (admission.ok()) {
+      return PeerLease(snapshot->raw[index], index, snapshot->version, shared_->id,
+                       admission.probe);
+    }
     if (shared_->chooser_tracks_load) shared_->chooser->OnPeerChanged(*snapshot, index);
   }
   return AcquireSlow(snapshot, meta, deadline, index);
@@ -405,7 +454,8 @@ absl::StatusOr<PeerLease> PeerListCoordinator::AcquireSlow(
       Admission admission = snapshot->raw[index]->TryAcquire();
       if (admission.ok()) {
         if (shared.chooser_tracks_load) shared.chooser->OnPeerChanged(*snapshot, index);
-        return PeerLease(std::move(snapshot), index, admission.probe);
+        return PeerLease(snapshot->raw[index], index, snapshot->version, shared.id,
+                         admission.probe);
       }
     }
     tried = -1;

@@ -28,12 +28,17 @@
 // from a per-thread cache validated by an atomic version (no mutex), and
 // per-peer atomics; membership changes serialise on one mutex. Acquire blocks
 // only in rule 5.
-// Ownership: the coordinator owns its chooser and peers (via snapshots);
-// leases keep the snapshot they were taken from (and so the peer) alive, and
-// may outlive the coordinator. A thread's snapshot cache may also keep a
-// removed peer (or, after the coordinator is destroyed, its shared state)
-// alive until that thread next acquires through the same cache slot or
-// exits; such a peer is never picked again.
+// Ownership: the coordinator owns its chooser and peers (via snapshots). A
+// lease holds no reference count: it keeps its peer alive through the peer's
+// in-flight count (a removed peer is deleted by its last release, see
+// peer.h), and reaches the coordinator's shared state on release through the
+// releasing thread's snapshot cache, or, when that thread has none (a lease
+// released on another thread than it was taken on), through the peer's weak
+// owner reference. Leases may outlive the coordinator; their release then
+// only returns the peer's slot. A thread's snapshot cache may keep a removed
+// peer (or, after the coordinator is destroyed, its shared state) alive until
+// that thread next acquires through the same cache slot or exits; such a
+// peer is never picked again.
 #include <atomic>
 #include <condition_variable>
 #include <memory>
@@ -77,8 +82,8 @@ class PeerLease {
   PeerLease& operator=(const PeerLease&) = delete;
   ~PeerLease();
 
-  explicit operator bool() const { return snapshot_ != nullptr; }
-  Peer* peer() const { return snapshot_ ? snapshot_->raw[index_] : nullptr; }
+  explicit operator bool() const { return peer_ != nullptr; }
+  Peer* peer() const { return peer_; }
   bool probe() const { return probe_; }
 
   void Release(core::StatusCode outcome, core::Duration latency);
@@ -88,9 +93,15 @@ class PeerLease {
 
  private:
   friend class PeerListCoordinator;
-  PeerLease(std::shared_ptr<const PeerSnapshot> snapshot, int index, bool probe)
-      : snapshot_(std::move(snapshot)), index_(index), probe_(probe) {}
-  std::shared_ptr<const PeerSnapshot> snapshot_;
+  // A lease is a handle, not an owner: the peer, its index in the snapshot of
+  // `version`, and the process-unique id of the coordinator's shared state
+  // (to find it in the releasing thread's snapshot cache). Copying it costs
+  // no atomic operation.
+  PeerLease(Peer* peer, int index, std::uint64_t version, std::uint64_t owner_id, bool probe)
+      : peer_(peer), owner_id_(owner_id), version_(version), index_(index), probe_(probe) {}
+  Peer* peer_ = nullptr;
+  std::uint64_t owner_id_ = 0;
+  std::uint64_t version_ = 0;
   int index_ = -1;
   bool probe_ = false;
 };

@@ -62,7 +62,8 @@ std::shared_ptr<Peer> Peer::Create(PeerDescriptor descriptor, PeerOptions option
                                    core::Tags tags) {
   if (descriptor.id.empty()) descriptor.id = descriptor.endpoint;
   std::shared_ptr<Peer> peer(new Peer(std::move(descriptor), std::move(options), std::move(clock),
-                                      std::move(metrics), std::move(tags)));
+                                      std::move(metrics), std::move(tags)),
+                             &Peer::Retire);
   if (peer->options_.breaker) {
     // The breaker outlives nothing: its timer holds a weak_ptr to it, and its
     // listener a weak_ptr to us, so a late timer never touches a dead peer.
@@ -91,15 +92,17 @@ Peer::Peer(PeerDescriptor descriptor, PeerOptions options, std::shared_ptr<core:
       coarse_clock_(dynamic_cast<const core::SystemClock*>(clock_.get()) != nullptr) {
   if (metrics_) {
     // Read at scrape time from our own atomics: no metric work per lease.
-    observed_[0] = metrics_->RegisterObservable(metric::kInflight, tags_, [this] {
-      return static_cast<double>(inflight_.load(std::memory_order_relaxed));
-    });
+    observed_[0] = metrics_->RegisterObservable(metric::kInflight, tags_,
+                                                [this] { return static_cast<double>(inflight()); });
     observed_[1] = metrics_->RegisterObservable(metric::kSuccesses, tags_, [this] {
-      return static_cast<double>(successes_.load(std::memory_order_relaxed));
+      return static_cast<double>(internal::SumSuccesses(stat_.id()));
     });
     observed_[2] = metrics_->RegisterObservable(metric::kFailures, tags_, [this] {
-      return static_cast<double>(failures_.load(std::memory_order_relaxed));
+      return static_cast<double>(internal::SumFailures(stat_.id()));
     });
+    observed_[3] = metrics_->RegisterObservableHistogram(
+        metric::kLeaseDuration, tags_,
+        [this](core::LatencyHistogram& out) { internal::MergeLatency(stat_.id(), out); });
     // Look every other series up once: Get* takes the registry mutex.
     auto with_reason = [&](const char* reason) {
       core::Tags tags = tags_;
@@ -109,11 +112,28 @@ Peer::Peer(PeerDescriptor descriptor, PeerOptions options, std::shared_ptr<core:
     series_.rejected_busy = with_reason("busy");
     series_.rejected_unhealthy = with_reason("unhealthy");
     series_.rejected_circuit_open = with_reason("circuit_open");
-    series_.duration = &metrics_->GetHistogram(metric::kLeaseDuration, tags_);
   }
 }
 
 Peer::~Peer() = default;
+
+void Peer::Retire(Peer* peer) {
+  // Whoever brings the word to exactly kRetired (count 0) deletes: here when
+  // no lease is out, else the last ReleaseLeaseSlot.
+  const int old = peer->inflight_.fetch_or(kRetired, std::memory_order_acq_rel);
+  if ((old & kInflightMask) == 0) delete peer;
+}
+
+bool Peer::ReleaseLeaseSlot(Peer* peer) {
+  // seq_cst: pairs with the coordinator's waiter count so a waiter either sees
+  // this slot free or is woken (see CoordinatorShared::OnRelease).
+  const int old = peer->inflight_.fetch_sub(1, std::memory_order_seq_cst);
+  if (old == (kRetired | 1)) {
+    delete peer;
+    return true;
+  }
+  return false;
+}
 
 void Peer::SetStatus(PeerStatus status) {
   if (status_.exchange(status, std::memory_order_acq_rel) != status) NotifyObserver();
@@ -163,7 +183,7 @@ Admission Peer::TryAcquire() {
     // seq_cst: see CoordinatorShared::OnRelease (a plain load on x86).
     int current = inflight_.load(std::memory_order_seq_cst);
     do {
-      if (current >= options_.max_inflight) {
+      if ((current & kInflightMask) >= options_.max_inflight) {
         if (admission.probe) breaker_->ReturnProbe();
         admission.probe = false;
         admission.result = AcquireResult::kBusy;
@@ -179,11 +199,12 @@ Admission Peer::TryAcquire() {
 }
 
 void Peer::Release(core::StatusCode outcome, core::Duration latency, bool probe) {
-  // seq_cst: pairs with the coordinator's waiter count so a waiter either sees
-  // this slot free or is woken (see PeerListCoordinator).
-  inflight_.fetch_sub(1, std::memory_order_seq_cst);
-  // A zero latency means "not measured" (a lease dropped unreleased).
-  if (series_.duration && latency.count() > 0) series_.duration->Record(ToMs(latency));
+  RecordRelease(outcome, latency, probe);
+  // The caller holds a shared_ptr, so this never deletes the peer.
+  ReleaseLeaseSlot(this);
+}
+
+void Peer::RecordRelease(core::StatusCode outcome, core::Duration latency, bool probe) {
   RecordOutcome(outcome, latency);
   if (breaker_) breaker_->RecordOutcome(outcome, probe);
 }
@@ -195,8 +216,9 @@ void Peer::RecordFeedback(core::StatusCode outcome, core::Duration rtt) {
 
 void Peer::RecordOutcome(core::StatusCode outcome, core::Duration latency) {
   const bool failure = outcome != core::StatusCode::kOk && core::IsServerFailure(outcome);
+  internal::StatCell& cell = internal::ThreadCell(stat_.id());
   if (outcome == core::StatusCode::kOk) {
-    successes_.fetch_add(1, std::memory_order_relaxed);
+    internal::Bump(cell.successes);
     // Store only when the (coarse) time moved: the line stays shared-clean
     // across cores while many releases land in the same tick.
     const std::int64_t now = NowNanos();
@@ -204,19 +226,26 @@ void Peer::RecordOutcome(core::StatusCode outcome, core::Duration latency) {
       last_success_ns_.store(now, std::memory_order_relaxed);
     }
   } else if (failure) {
-    failures_.fetch_add(1, std::memory_order_relaxed);
+    internal::Bump(cell.failures);
     last_failure_ns_.store(NowNanos(), std::memory_order_relaxed);
   }
   if (latency.count() <= 0) return;  // no measurement (cancelled lease, synthetic release)
-  double sample = ToMs(latency);
-  double old = ewma_ms_.load(std::memory_order_relaxed);
-  double next = old < 0 ? sample : old + options_.ewma_alpha * (sample - old);
-  // A sample equal to the average leaves it unchanged: skip the write (and the
-  // cache-line transfer) altogether. Otherwise CAS, retrying on contention.
-  while (next != old && !ewma_ms_.compare_exchange_weak(old, next, std::memory_order_relaxed)) {
-    next = old < 0 ? sample : old + options_.ewma_alpha * (sample - old);
-  }
-  std::uint32_t index = window_next_.fetch_add(1, std::memory_order_relaxed);
+  const double sample = ToMs(latency);
+  // lease.duration, in this thread's cell (same ticks as a registry histogram).
+  // Integer rounding to microsecond ticks, the same value Record()'s llround
+  // of ms x 1000 gives, without the libm call.
+  const auto nanos = std::chrono::duration_cast<std::chrono::nanoseconds>(latency).count();
+  internal::RecordLatency(cell, static_cast<std::uint64_t>((nanos + 500) / 1000));
+  // The EWMA and the window are estimates, updated with plain load + store
+  // rather than a locked RMW: two releases racing may drop one sample from
+  // the average, or write the same window slot, which an estimate tolerates.
+  // A sample equal to the average leaves it unchanged: skip the write (and
+  // the cache-line transfer) altogether.
+  const double old = ewma_ms_.load(std::memory_order_relaxed);
+  const double next = old < 0 ? sample : old + options_.ewma_alpha * (sample - old);
+  if (next != old) ewma_ms_.store(next, std::memory_order_relaxed);
+  const std::uint32_t index = window_next_.load(std::memory_order_relaxed);
+  window_next_.store(index + 1, std::memory_order_relaxed);
   window_[index % kLatencyWindow].store(static_cast<float>(sample), std::memory_order_relaxed);
 }
 
@@ -266,8 +295,8 @@ PeerState Peer::Snapshot() const {
   state.health_eligible = !health_ || health_->eligible();
   state.inflight = inflight();
   state.max_inflight = options_.max_inflight;
-  state.successes = successes_.load(std::memory_order_relaxed);
-  state.failures = failures_.load(std::memory_order_relaxed);
+  state.successes = internal::SumSuccesses(stat_.id());
+  state.failures = internal::SumFailures(stat_.id());
   state.last_success = FromNanos(last_success_ns_.load(std::memory_order_relaxed));
   state.last_failure = FromNanos(last_failure_ns_.load(std::memory_order_relaxed));
   state.latency_ewma_ms = LatencyEwmaMs();

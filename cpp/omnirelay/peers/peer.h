@@ -20,12 +20,20 @@
 //
 // Thread-safety: all methods are thread-safe. TryAcquire/Release are
 // lock-free (atomics) unless the breaker is half-open or records a failure.
-// Metrics: omnirelay.peer.inflight, .successes and .failures are observable
-// series (core::MetricsRegistry::RegisterObservable) read from this peer's
-// own counters at scrape time; last_success/last_failure come from a coarse
-// clock (1-4 ms granularity) when the clock is the SystemClock.
-// SetHealthHandle must be called before the peer is shared with other threads.
+// Metrics: omnirelay.peer.inflight, .successes, .failures and lease.duration
+// are observable series (core::MetricsRegistry::RegisterObservable /
+// RegisterObservableHistogram) read at scrape time: in-flight from this
+// peer's atomic, successes/failures/latencies from per-thread cells
+// (peer_stats.h) that a release writes without a locked instruction.
+// last_success/last_failure come from a coarse clock (1-4 ms granularity)
+// when the clock is the SystemClock.
+// SetHealthHandle and SetOwner must be called before the peer is shared with
+// other threads.
 // Ownership: held by shared_ptr; a peer belongs to at most one coordinator.
+// A leased peer outlives its last shared_ptr: the in-flight count doubles as
+// the leases' reference (a lease holds no shared_ptr, see coordinator.h), so
+// the object is deleted by whichever comes last, the last shared_ptr or the
+// last lease release (ReleaseLeaseSlot).
 #include <array>
 #include <atomic>
 #include <cstdint>
@@ -43,6 +51,7 @@
 #include "omnirelay/core/status.h"
 #include "omnirelay/peers/circuit_breaker.h"
 #include "omnirelay/peers/health_tracker.h"
+#include "omnirelay/peers/peer_stats.h"
 
 namespace omnirelay::peers {
 
@@ -125,7 +134,7 @@ class Peer : public std::enable_shared_from_this<Peer> {
 
   PeerStatus status() const { return status_.load(std::memory_order_acquire); }
   void SetStatus(PeerStatus status);
-  int inflight() const { return inflight_.load(std::memory_order_acquire); }
+  int inflight() const { return inflight_.load(std::memory_order_acquire) & kInflightMask; }
   int max_inflight() const { return options_.max_inflight; }
   // Eligible: not Unavailable, health tracker agrees, breaker not open.
   // Capacity is separate (a busy peer is eligible but refuses).
@@ -138,6 +147,13 @@ class Peer : public std::enable_shared_from_this<Peer> {
   // Outcome codes: OK = success; core::IsServerFailure codes = failure (count
   // for the breaker); anything else is neither (a client error).
   void Release(core::StatusCode outcome, core::Duration latency, bool probe = false);
+  // Release() in two halves, for PeerLease: RecordRelease() feeds statistics
+  // and the breaker (the lease still counts in in-flight); ReleaseLeaseSlot()
+  // then gives the slot back (seq_cst, see CoordinatorShared::OnRelease) and
+  // is the lease's last touch of the peer: it returns true when it deleted the
+  // peer (its last shared_ptr was already gone), after which `peer` dangles.
+  void RecordRelease(core::StatusCode outcome, core::Duration latency, bool probe);
+  static bool ReleaseLeaseSlot(Peer* peer);
   void RecordFeedback(core::StatusCode outcome, core::Duration rtt);
 
   // EWMA of latency in ms, or nullopt before the first sample.
@@ -147,6 +163,10 @@ class Peer : public std::enable_shared_from_this<Peer> {
   CircuitBreaker* breaker() const { return breaker_.get(); }
 
   void SetHealthHandle(std::shared_ptr<const PeerHealthHandle> handle);
+  // What a lease release reaches for after giving its slot back (the owning
+  // coordinator's shared state), held weakly. Set once, before sharing.
+  void SetOwner(std::weak_ptr<void> owner) { owner_ = std::move(owner); }
+  const std::weak_ptr<void>& owner() const { return owner_; }
   // Called (outside locks) when status, breaker state or health changes.
   void SetObserver(Observer observer);
   void NotifyObserver();
@@ -157,15 +177,19 @@ class Peer : public std::enable_shared_from_this<Peer> {
   void set_slot(int slot) { slot_.store(slot, std::memory_order_release); }
 
  private:
-  // Push series for rare events. inflight, successes and failures are
-  // observable series read from inflight_/successes_/failures_ at scrape
-  // time (observed_ below), so a release pays no metric CAS for them.
+  // Push series for rare events. inflight, successes, failures and
+  // lease.duration are observable series read at scrape time (observed_
+  // below), so a release pays no metric RMW for them.
   struct Series {
     core::Counter* rejected_busy = nullptr;
     core::Counter* rejected_unhealthy = nullptr;
     core::Counter* rejected_circuit_open = nullptr;
-    core::Histogram* duration = nullptr;
   };
+  // inflight_ = count | kRetired once the last shared_ptr is gone.
+  static constexpr int kRetired = 1 << 30;
+  static constexpr int kInflightMask = kRetired - 1;
+  // The shared_ptr deleter: deletes now, or leaves it to the last lease.
+  static void Retire(Peer* peer);
 
   Peer(PeerDescriptor descriptor, PeerOptions options, std::shared_ptr<core::Clock> clock,
        std::shared_ptr<core::MetricsRegistry> metrics, core::Tags tags);
@@ -186,8 +210,7 @@ class Peer : public std::enable_shared_from_this<Peer> {
   std::atomic<PeerStatus> status_;
   std::atomic<int> inflight_{0};
   std::atomic<int> slot_{-1};
-  std::atomic<std::uint64_t> successes_{0};
-  std::atomic<std::uint64_t> failures_{0};
+  std::weak_ptr<void> owner_;
   std::atomic<std::int64_t> last_success_ns_{0};  // since epoch; 0 = never
   std::atomic<std::int64_t> last_failure_ns_{0};
   std::atomic<double> ewma_ms_{-1};  // < 0: no sample yet
@@ -202,9 +225,13 @@ class Peer : public std::enable_shared_from_this<Peer> {
   std::mutex observer_mu_;
   std::shared_ptr<const Observer> observer_;
 
-  // Last members: destroyed (unregistered) first, while the atomics they read
-  // are still alive.
-  std::array<core::ObservableHandle, 3> observed_;
+  // This peer's cells in the per-thread statistics (successes, failures,
+  // latency histogram); freed after observed_ took its final values.
+  internal::PeerStatId stat_;
+
+  // Last members: destroyed (unregistered) first, while what they read is
+  // still alive.
+  std::array<core::ObservableHandle, 4> observed_;
 };
 
 }  // namespace omnirelay::peers

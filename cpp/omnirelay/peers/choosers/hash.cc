@@ -90,7 +90,9 @@ int HashChooser::Pick(const PeerSnapshot& snapshot, const core::RequestMeta& met
   if (ring == nullptr || n == 0 || ring->points.empty()) return -1;
   std::string_view key = KeyOf(meta);
   if (key.empty()) {
-    const std::uint64_t start = cursor_.fetch_add(1, std::memory_order_relaxed);
+    // Relaxed load + store, not a locked RMW: see RoundRobinChooser::Pick.
+    const std::uint64_t start = cursor_.load(std::memory_order_relaxed);
+    cursor_.store(start + 1, std::memory_order_relaxed);
     for (std::size_t i = 0; i < n; ++i) {
       auto index = static_cast<int>((start + i) % n);
       if (Pickable(*snapshot.raw[index])) return index;

@@ -43,7 +43,9 @@ int PreferredChooser::Pick(const PeerSnapshot& snapshot, const core::RequestMeta
   (void)meta;
   const auto* state = static_cast<const PreferredState*>(snapshot.chooser_state.get());
   if (state == nullptr) return -1;
-  const std::uint64_t start = cursor_.fetch_add(1, std::memory_order_relaxed);
+  // Relaxed load + store, not a locked RMW: see RoundRobinChooser::Pick.
+  const std::uint64_t start = cursor_.load(std::memory_order_relaxed);
+  cursor_.store(start + 1, std::memory_order_relaxed);
   for (const auto* group : {&state->preferred, &state->others}) {
     const auto n = group->size();
     for (std::size_t i = 0; i < n; ++i) {

@@ -1,0 +1,91 @@
+#pragma once
+// Per-thread release statistics of every peer in the process: successes,
+// failures and the lease.duration histogram, each written by exactly one
+// thread and summed when a scrape (or Peer::Snapshot) reads them.
+//
+// Why: a lease release used to do a handful of locked read-modify-writes on
+// cache lines every thread shares (the success counter, three histogram
+// atomics, min/max). Here each thread owns a block of cells; a release does
+// relaxed loads and stores on its own thread's cell (no lock prefix, no line
+// transfer), and the scraper adds the cells of every block.
+//
+// Layout: a peer gets a process-wide stat id (PeerStatId, lowest free id,
+// reused after the peer is destroyed). A ThreadBlock is a two-level table
+// id -> StatCell (pages of 64 cells allocated on a thread's first release on
+// a peer of that page); a cell's histogram keeps only the rows (64 buckets,
+// one power of two of latency) that were hit, allocated on first use. So a
+// steady-state release allocates nothing.
+//
+// Exactness: every completed release is in exactly one cell; a scrape sums
+// all blocks, including those of exited threads: a thread's block goes back
+// to a pool when the thread exits and is adopted, values and all, by the next
+// new thread, which keeps adding to it (sums never lose a count and memory
+// stays bounded by the peak number of threads). A scrape taken while releases
+// run sees each cell at some point of its own history (relaxed reads), so
+// concurrent scrapes are monotonic and, once the releases are done (joined),
+// exact.
+//
+// Thread-safety: Record* only from the owning thread (ThreadStats() is this
+// thread's block); Sum*/Merge*/Release of an id under the directory mutex
+// (they take it). A stat id must only be recorded into while its peer is
+// alive, and freed (PeerStatId's destructor) once no release can record into
+// it any more; freeing zeroes every block's cell for reuse.
+#include <array>
+#include <atomic>
+#include <cstdint>
+
+#include "omnirelay/core/latency_histogram.h"
+
+namespace omnirelay::peers::internal {
+
+inline constexpr std::size_t kHistogramRowSize = core::LatencyHistogram::kSubBuckets;
+inline constexpr std::size_t kHistogramRows =
+    core::LatencyHistogram::kBucketCount / kHistogramRowSize;
+
+struct HistogramRow {
+  std::array<std::atomic<std::uint64_t>, kHistogramRowSize> buckets{};
+};
+
+// One thread's view of one peer. Single writer (the owning thread), so
+// increments are a relaxed load + store, never a locked RMW.
+struct StatCell {
+  std::atomic<std::uint64_t> successes{0};
+  std::atomic<std::uint64_t> failures{0};
+  std::atomic<std::uint64_t> count{0};
+  std::atomic<std::uint64_t> sum_ticks{0};
+  std::atomic<std::uint64_t> min_ticks{UINT64_MAX};
+  std::atomic<std::uint64_t> max_ticks{0};
+  std::array<std::atomic<HistogramRow*>, kHistogramRows> rows{};
+};
+
+// The cell of `id` in the calling thread's block (created on first use).
+StatCell& ThreadCell(std::uint32_t id);
+
+// Single-writer increment.
+inline void Bump(std::atomic<std::uint64_t>& value, std::uint64_t delta = 1) {
+  value.store(value.load(std::memory_order_relaxed) + delta, std::memory_order_relaxed);
+}
+
+// Records one latency sample (`ticks` in the histogram's 1/1000-ms unit)
+// into this thread's cell. Allocates only the first time a row is hit.
+void RecordLatency(StatCell& cell, std::uint64_t ticks);
+
+// A peer's stat id, held for the peer's lifetime.
+class PeerStatId {
+ public:
+  PeerStatId();
+  ~PeerStatId();
+  PeerStatId(const PeerStatId&) = delete;
+  PeerStatId& operator=(const PeerStatId&) = delete;
+  std::uint32_t id() const { return id_; }
+
+ private:
+  std::uint32_t id_;
+};
+
+// Scrape side: sums over every thread block (takes the directory mutex).
+std::uint64_t SumSuccesses(std::uint32_t id);
+std::uint64_t SumFailures(std::uint32_t id);
+void MergeLatency(std::uint32_t id, core::LatencyHistogram& out);
+
+}  // namespace omnirelay::peers::internal
