@@ -354,6 +354,9 @@ void Node::Stop() {
   if (stopped_ || !started_) return;
   stopped_ = true;
   dispatcher_->Drain();
+  // Parked ResourceLease long polls end now ("no item"), while their
+  // transports can still answer them.
+  for (auto& [name, queue] : queues_) queue->CancelWaiters();
   if (grpc_) grpc_->Shutdown(std::chrono::milliseconds(500));
   if (http_) http_->Stop();
   if (gateway_) gateway_->Stop();
