@@ -133,9 +133,10 @@ def test_rollout_script_drains_restarts_restores_and_loses_nothing(tmp_path, mon
             node.args[node.args.index("--work") + 1] = "0.15"
     seeded = {f"seeder-{s}-{n}" for s in (1, 2) for n in range(150)}
     cluster = Cluster(topology, tmp_path / "cluster")
+    server = None
     cluster.start()
     try:
-        ControlServer(cluster, state_file=tmp_path / "state" / "control.json").start()
+        server = ControlServer(cluster, state_file=tmp_path / "state" / "control.json").start()
         admin = cluster.node("dispatcher").admin
 
         def stats():
@@ -175,5 +176,7 @@ def test_rollout_script_drains_restarts_restores_and_loses_nothing(tmp_path, mon
         assert set(counts) == seeded
         assert [rid for rid, n in counts.items() if n > 1] == [], "an item was completed twice"
     finally:
+        if server is not None:
+            server.close()
         cluster.stop()
 

@@ -604,6 +604,9 @@ void Node::Stop() {
   if (membership_) membership_->Stop();
   if (gossip_transport_) gossip_transport_->Shutdown(std::chrono::milliseconds(500));
   if (relay_) relay_->Shutdown(std::chrono::milliseconds(500));
+  // Parked ResourceLease long polls end now ("no item"), while their
+  // transports can still answer them.
+  for (auto& [name, queue] : queues_) queue->CancelWaiters();
   if (grpc_) grpc_->Shutdown(std::chrono::milliseconds(500));
   if (http_) http_->Stop();
   if (gateway_) gateway_->Stop();

@@ -721,6 +721,18 @@ absl::StatusOr<size_t> Queue::Restore(std::vector<ItemRecord> records) {
   return added;
 }
 
+void Queue::CancelWaiters() {
+  std::deque<Waiter> waiters;
+  {
+    std::lock_guard lock(mu_);
+    waiters.swap(waiters_);
+  }
+  for (auto& w : waiters) {
+    clock_->Cancel(w.timer);
+    w.done(std::optional<Lease>());
+  }
+}
+
 void Queue::Resume() {
   std::lock_guard lock(mu_);
   drained_ = false;

@@ -245,6 +245,9 @@ class Queue : public std::enable_shared_from_this<Queue> {
   absl::StatusOr<size_t> Restore(std::vector<ItemRecord> items);
   // Reopens a drained queue without adding anything.
   void Resume();
+  // Answers every parked long poll now with "no item" (node shutdown: the
+  // calls end cleanly before their transports go away).
+  void CancelWaiters();
 
   std::vector<ItemRecord> DeadLetters() const;
   // Moves dead-lettered items (all when `item_ids` is empty) back to pending

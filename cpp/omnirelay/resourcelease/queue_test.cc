@@ -296,6 +296,21 @@ TEST_F(Fixture, LongPollIsServedByTheNextEnqueueOrTimesOut) {
   EXPECT_EQ(clock->pending_timers(), 1u) << "only the lease expiry timer remains";
 }
 
+TEST_F(Fixture, CancelWaitersAnswersParkedPollsEmpty) {
+  auto q = Make();
+  int answered = 0;
+  q->LeaseAsync("w", seconds(60), [&](auto r) {
+    ASSERT_TRUE(r.ok());
+    EXPECT_FALSE(r->has_value());
+    ++answered;
+  });
+  q->CancelWaiters();
+  EXPECT_EQ(answered, 1);
+  EXPECT_EQ(q->Stats().waiters, 0u);
+  clock->Advance(seconds(61));
+  EXPECT_EQ(answered, 1) << "the cancelled timer never answers twice";
+}
+
 TEST_F(Fixture, ObserverSeesEveryMutationInSequence) {
   auto q = Make({.lease_duration = seconds(1), .max_attempts = 2});
   std::vector<std::pair<Op, std::uint64_t>> events;
