@@ -1,7 +1,7 @@
 // Membership over real gRPC servers on loopback (the production transport),
 // with the system clock: join through a seed, see each other alive, detect a
 // stopped member, count a malformed message. Concurrent (gRPC callback
-// threads + the timer thread), so it runs under TSan in CI.
+// threads + the timer thread); concurrency_test.cc is the TSan-stage twin.
 #include "omnirelay/mesh/grpc_gossip.h"
 
 #include <gtest/gtest.h>
