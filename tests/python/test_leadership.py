@@ -10,6 +10,7 @@ fenced writes checked for overlap). Rounds and runs are small in CI; set
 OMNIRELAY_LEADERSHIP_ROUNDS / OMNIRELAY_FAILOVER_RUNS for the full scale
 (docs/leadership.md quotes the figures)."""
 
+import json
 import os
 import statistics
 import subprocess
@@ -156,6 +157,10 @@ def test_cli_promote_hands_over_and_the_old_leader_is_refused(tmp_path, store):
         listing = subprocess.run([sys.executable, "-m", "omnirelay", "mesh", "leaders", "--admin", admin],
                                  capture_output=True, text=True)
         assert listing.returncode == 0 and "west-leader" in listing.stdout, listing.stdout
+        status, text = http_get(cluster["west-leader"].admin_url + "/omnirelay/introspect")
+        introspected = {s["scope"]: s for s in json.loads(text)["leadership"]["scopes"]}
+        assert status == 200 and introspected["global"]["held"] and introspected["global"]["leaseExpiresAt"]
+        assert introspected["global"]["fencingToken"] > 0 and introspected["region/west"]["candidate"]
         time.sleep(2 * LEASE_S + 1)  # past the promotion marker: the old leader does not take it back
         assert leader_of(admin, "global") == "west-leader"
 
