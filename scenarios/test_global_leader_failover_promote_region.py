@@ -48,14 +48,16 @@ def scenario(s: Scenario, store: str = "sqlite") -> None:
         old_token = next(x["fencingToken"] for x in leaders(observer)["scopes"] if x["scope"] == "global")
         before = http_get(cluster["east-leader"].admin_url + "/metrics")[1]
 
-    # The old leader keeps trying to write as global leader through the whole scenario.
-    attempts, stop = [], threading.Event()
+    # Once resumed, the old leader keeps trying to write as global leader. (Not before the pause: with
+    # SQLite, a process stopped inside a write transaction holds the file's lock and stalls the store until
+    # it resumes — docs/leadership.md — so the scenario does not make that likely on purpose.)
+    attempts, stop, resumed = [], threading.Event(), threading.Event()
 
     def old_leader_writes():
         seq = 0
         while not stop.is_set():
             node = cluster["global-leader"]
-            if node.is_running() and not node.paused:
+            if resumed.is_set() and node.is_running() and not node.paused:
                 try:
                     status, body = fenced_write(node.admin, "global", f"zombie/{seq}", str(seq), timeout=1.0)
                     attempts.append((time.monotonic(), status, body.get("fencingToken")))
@@ -97,6 +99,7 @@ def scenario(s: Scenario, store: str = "sqlite") -> None:
             time.sleep(max(0.0, pause_s - (time.monotonic() - paused_at)))
             resumed_at = time.monotonic()
             cluster["global-leader"].resume()
+            resumed.set()
             s.eventually(lambda: not any(x["held"] for x in leaders(cluster["global-leader"].admin)["scopes"]),
                          within_s=10, message="the old leader reports no leadership")
             time.sleep(1.0)  # let it keep trying

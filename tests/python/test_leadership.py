@@ -10,6 +10,7 @@ fenced writes checked for overlap). Rounds and runs are small in CI; set
 OMNIRELAY_LEADERSHIP_ROUNDS / OMNIRELAY_FAILOVER_RUNS for the full scale
 (docs/leadership.md quotes the figures)."""
 
+import json
 import os
 import statistics
 import subprocess
@@ -156,6 +157,10 @@ def test_cli_promote_hands_over_and_the_old_leader_is_refused(tmp_path, store):
         listing = subprocess.run([sys.executable, "-m", "omnirelay", "mesh", "leaders", "--admin", admin],
                                  capture_output=True, text=True)
         assert listing.returncode == 0 and "west-leader" in listing.stdout, listing.stdout
+        status, text = http_get(cluster["west-leader"].admin_url + "/omnirelay/introspect")
+        introspected = {s["scope"]: s for s in json.loads(text)["leadership"]["scopes"]}
+        assert status == 200 and introspected["global"]["held"] and introspected["global"]["leaseExpiresAt"]
+        assert introspected["global"]["fencingToken"] > 0 and introspected["region/west"]["candidate"]
         time.sleep(2 * LEASE_S + 1)  # past the promotion marker: the old leader does not take it back
         assert leader_of(admin, "global") == "west-leader"
 
@@ -208,3 +213,22 @@ def test_split_brain_drill_paused_leader_never_overlaps(tmp_path, store):
         assert len(writers_ok) >= 2, f"expected a hand-over in the history, got writers {writers_ok}"
         print(f"\n{store} split-brain drill: {ROUNDS} round(s), {len(oks)} fenced writes accepted, "
               f"{sum(1 for h in history if h[1] == 'fail')} refused, no overlap; leaders paused: {leaders_seen}; takeover: {takeovers}")
+
+
+@pytest.mark.parametrize("store,setting,expected", [
+    ("etcd", "leadership.endpoints=127.0.0.1:{port}", "no etcd endpoint answered"),
+    ("sqlite", "leadership.path=/nonexistent-omnirelay-dir/coord.db", "cannot open SQLite database"),
+])
+def test_mis_set_store_fails_the_start_fast_with_a_clear_error(tmp_path, store, setting, expected):
+    from omnirelay.harness.ports import ALLOCATOR
+
+    port = ALLOCATOR.allocate()  # nothing listens there
+    started = time.monotonic()
+    result = subprocess.run(
+        [str(find_native_binary()), "serve", "--name", "n1", "--admin-address", f"127.0.0.1:{ALLOCATOR.allocate()}",
+         "--set", f"leadership.store={store}", "--set", setting.format(port=port),
+         "--set", "leadership.dialTimeout=500ms"],
+        capture_output=True, text=True, timeout=30, cwd=tmp_path)
+    assert result.returncode != 0
+    assert time.monotonic() - started < 10
+    assert expected in result.stderr + result.stdout, result.stderr
