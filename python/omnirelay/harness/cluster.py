@@ -293,11 +293,14 @@ class Node:
 
     def resume(self) -> None:
         with self._lock:
+            # Cleared before SIGCONT: the node answers queued requests the
+            # moment it runs, and whoever sees that answer must not still
+            # find the node marked paused.
+            was_paused, self.paused = self.paused, False
             if self.is_running():
                 self.process.send_signal(18)  # SIGCONT
-            if self.paused:
+            if was_paused:
                 self.cluster.event("node.resumed", node=self.name, pid=self.pid)
-            self.paused = False
 
     def restart(self, grace_s: float = 5.0, wait: bool = True) -> "Node":
         self.stop(grace_s)
