@@ -158,8 +158,10 @@ struct HttpServer::Impl {
   asio::awaitable<void> Session(tcp::socket socket);
   // The request loop over a plain or TLS stream.
   template <class Stream>
-  asio::awaitable<void> Serve(Stream& stream, std::string remote, bool secure,
-                              tls::PeerIdentity peer);
+  // Parameters by reference: the caller's frame outlives the awaited call,
+  // and GCC 12 double-destroys coroutine parameters made from temporaries.
+  asio::awaitable<void> Serve(Stream& stream, const std::string& remote, bool secure,
+                              const tls::PeerIdentity& peer);
 
   HttpServer* server;
   asio::io_context io;
@@ -175,7 +177,8 @@ asio::awaitable<void> HttpServer::Impl::Session(tcp::socket socket) {
   if (!ep_ec) remote = remote_ep.address().to_string() + ":" + std::to_string(remote_ep.port());
   if (!server->options_.tls) {
     beast::tcp_stream stream(std::move(socket));
-    co_await Serve(stream, std::move(remote), false, {});
+    const tls::PeerIdentity anonymous;
+    co_await Serve(stream, remote, false, anonymous);
     beast::error_code ignored;
     stream.socket().shutdown(tcp::socket::shutdown_send, ignored);
     co_return;
@@ -197,14 +200,14 @@ asio::awaitable<void> HttpServer::Impl::Session(tcp::socket socket) {
   }
   stream.next_layer().expires_never();
   tls::PeerIdentity peer = tls::PeerOf(stream.native_handle());
-  co_await Serve(stream, std::move(remote), true, std::move(peer));
+  co_await Serve(stream, remote, true, peer);
   stream.next_layer().expires_after(std::chrono::seconds(1));  // close_notify, bounded
   co_await stream.async_shutdown(asio::redirect_error(asio::use_awaitable, ec));
 }
 
 template <class Stream>
-asio::awaitable<void> HttpServer::Impl::Serve(Stream& stream, std::string remote, bool secure,
-                                              tls::PeerIdentity peer) {
+asio::awaitable<void> HttpServer::Impl::Serve(Stream& stream, const std::string& remote,
+                                              bool secure, const tls::PeerIdentity& peer) {
   beast::flat_buffer buffer;
   HttpLimits limits = server->options_.limits;
   limits.max_body_bytes = std::min(limits.max_body_bytes, server->options_.max_body_bytes);

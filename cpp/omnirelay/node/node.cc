@@ -725,16 +725,19 @@ std::optional<http::HttpResponse> Node::Deny(const http::HttpRequest& request,
   }
   const bool mtls = tls_ && config_.admin.tls && tls_->client_auth != tls::ClientAuth::kNone;
   if (admin_token_.empty() && !mtls) {
-    return http::HttpResponse::Json(
-        403, R"({"error":"the control plane is closed: configure omniRelay.admin.tokenFile or )"
-             R"(admin mTLS (omniRelay.tls.clientCertificate)"
-  })");
-}
-auto response = http::HttpResponse::Json(
-    401, R"({"error":"needs Authorization: Bearer <token of omniRelay.admin.tokenFile> or a )"
-         R"(verified client certificate"})");
-response.headers.Set("www-authenticate", "Bearer realm=\"omnirelay-admin\"");
-return response;
+    const nlohmann::json closed = {
+        {"error",
+         "the control plane is closed: configure omniRelay.admin.tokenFile or admin mTLS "
+         "(omniRelay.tls.clientCertificate)"}};
+    return http::HttpResponse::Json(403, closed.dump());
+  }
+  const nlohmann::json unauthorized = {
+      {"error",
+       "needs Authorization: Bearer <token of omniRelay.admin.tokenFile> or a verified client "
+       "certificate"}};
+  auto response = http::HttpResponse::Json(401, unauthorized.dump());
+  response.headers.Set("www-authenticate", "Bearer realm=\"omnirelay-admin\"");
+  return response;
 }
 
 http::HttpHandler Node::Guard(http::HttpHandler handler, bool mutating) {

@@ -294,11 +294,14 @@ class Node:
 
     def resume(self) -> None:
         with self._lock:
+            # Cleared before SIGCONT: the node answers queued requests the
+            # moment it runs, and whoever sees that answer must not still
+            # find the node marked paused.
+            was_paused, self.paused = self.paused, False
             if self.is_running():
                 self.process.send_signal(18)  # SIGCONT
-            if self.paused:
+            if was_paused:
                 self.cluster.event("node.resumed", node=self.name, pid=self.pid)
-            self.paused = False
 
     def restart(self, grace_s: float = 5.0, wait: bool = True) -> "Node":
         self.stop(grace_s)
@@ -561,7 +564,7 @@ class Cluster:
         if spec.config is not None:
             config = self.resolve(spec.config, node)
             if self.tls_enabled_for(spec):
-                _dial_tls(config)
+                _dial_tls(config, self._tls_addresses())
             node.config_file.write_text(yaml.safe_dump(config, sort_keys=False))
         args = self.resolve(spec.launch_args(), node)
         if omnirelay_node:
@@ -590,6 +593,18 @@ class Cluster:
 
     def tls_enabled_for(self, spec: NodeSpec) -> bool:
         return self.tls == "mtls" and self.is_omnirelay_node(spec)
+
+    def _tls_addresses(self) -> set:
+        """host:port of every port that speaks TLS under mTLS: the omnirelay
+        nodes' ports and the fault proxies in front of them."""
+        out = set()
+        for node in self.nodes.values():
+            if self.tls_enabled_for(node.spec):
+                out.update(node.address(p) for p in node.ports)
+        for link in self.links.values():
+            if link.tls and link.proxy is not None:
+                out.add(link.proxy.address)
+        return out
 
     def grpc_channel(self, address: str):
         """A gRPC channel to ``address``: mTLS with the harness certificate
@@ -798,10 +813,11 @@ def _port_form(host: str, port: int, rest: List[str]) -> str:
     raise KeyError(rest[0])
 
 
-def _dial_tls(config: Any) -> None:
+def _dial_tls(config: Any, tls_addresses: set) -> None:
     """Under mTLS, an omnirelay node's outbound and gateway-cluster endpoints
-    given as bare host:port become https:// (TLS with the node's certificate):
-    every omnirelay peer listens with TLS then."""
+    given as bare host:port become https:// (TLS with the node's certificate)
+    when they point at a port that speaks TLS (another omnirelay node, or a
+    proxy in front of one); sample processes stay plaintext."""
     section = config.get("omniRelay") if isinstance(config, dict) else None
     if not isinstance(section, dict):
         return
@@ -809,7 +825,7 @@ def _dial_tls(config: Any) -> None:
     def https(endpoints: Any) -> Any:
         if not isinstance(endpoints, list):
             return endpoints
-        return [e if not isinstance(e, str) or "://" in e else "https://" + e for e in endpoints]
+        return [f"https://{e}" if isinstance(e, str) and e in tls_addresses else e for e in endpoints]
 
     for outbound in (section.get("outbounds") or {}).values():
         if isinstance(outbound, dict) and "endpoints" in outbound:
