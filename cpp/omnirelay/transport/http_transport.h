@@ -30,10 +30,10 @@
 #include <thread>
 #include <vector>
 
+#include "omnirelay/core/address.h"
 #include "omnirelay/core/clock.h"
 #include "omnirelay/dispatcher/dispatcher.h"
 #include "omnirelay/http/http_server.h"
-#include "omnirelay/core/address.h"
 #include "omnirelay/transport/peer_pool.h"
 
 namespace omnirelay::transport {
