@@ -1,11 +1,11 @@
 // Bindings of the shared core: status codes, RequestMeta, clocks, metrics,
 // histogram, logging. Times cross as float seconds since the Unix epoch and
 // durations as datetime.timedelta or float seconds (pybind11/chrono).
-#include <cmath>
-
 #include <pybind11/chrono.h>
 #include <pybind11/functional.h>
 #include <pybind11/stl.h>
+
+#include <cmath>
 
 #include "bindings/registrations.h"
 #include "bindings/status_conversion.h"

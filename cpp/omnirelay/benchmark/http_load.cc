@@ -39,7 +39,8 @@ struct Target {
 absl::StatusOr<Target> ParseTarget(const LoadOptions& options) {
   std::string url = options.url.empty() ? options.addresses.front() : options.url;
   auto parsed = core::ParseHostPort(url);  // the one address parser
-  if (!parsed.ok()) return absl::InvalidArgumentError("--url: " + std::string(parsed.status().message()));
+  if (!parsed.ok())
+    return absl::InvalidArgumentError("--url: " + std::string(parsed.status().message()));
   if (parsed->tls()) {
     return absl::InvalidArgumentError("--url: https is not supported by the HTTP load client");
   }

@@ -11,7 +11,6 @@
 #include "absl/strings/numbers.h"
 #include "omnirelay/core/address.h"
 #include "omnirelay/core/request_meta.h"
-
 #include "omnirelay/peers/chooser.h"
 
 extern char** environ;
@@ -258,7 +257,8 @@ void ParseInbound(Obj& parent, std::string_view key, std::optional<InboundConfig
     obj.Dur("bodyTimeout", inbound.body_timeout);
     for (auto [name, value] : {std::pair{"headerTimeout", inbound.header_timeout},
                                std::pair{"bodyTimeout", inbound.body_timeout}}) {
-      if (value <= core::Duration::zero()) parent.errors().Add(path + "." + name, "must be positive");
+      if (value <= core::Duration::zero())
+        parent.errors().Add(path + "." + name, "must be positive");
     }
   } else {
     obj.Int("maxStreams", inbound.max_streams, 1);
@@ -347,7 +347,8 @@ nlohmann::json YamlNode(const YAML::Node& node, int depth, YamlWalk& walk) {
   switch (node.Type()) {
     case YAML::NodeType::Map: {
       nlohmann::json out = nlohmann::json::object();
-      for (const auto& kv : node) out[kv.first.as<std::string>()] = YamlNode(kv.second, depth + 1, walk);
+      for (const auto& kv : node)
+        out[kv.first.as<std::string>()] = YamlNode(kv.second, depth + 1, walk);
       return out;
     }
     case YAML::NodeType::Sequence: {
@@ -771,9 +772,9 @@ absl::StatusOr<nlohmann::json> YamlToJson(const std::string& text) {
     YamlWalk walk;
     nlohmann::json out = YamlNode(YAML::Load(text), 0, walk);
     if (walk.refused) {
-      return absl::InvalidArgumentError(
-          "YAML: deeper than " + std::to_string(kMaxYamlDepth) + " levels or more than " +
-          std::to_string(kMaxYamlNodes) + " nodes (an alias that refers to itself?)");
+      return absl::InvalidArgumentError("YAML: deeper than " + std::to_string(kMaxYamlDepth) +
+                                        " levels or more than " + std::to_string(kMaxYamlNodes) +
+                                        " nodes (an alias that refers to itself?)");
     }
     return out;
   } catch (const YAML::Exception& error) {

@@ -127,12 +127,11 @@ TEST(ConfigTest, NumericValuesRejectNanGarbageAndOutOfRangePorts) {
 
 TEST(ConfigTest, HttpLimitsAndStreamCapAreParsed) {
   auto root = Base();
-  ASSERT_TRUE(ApplySets(root, {"inbounds.http.address=127.0.0.1:0",
-                               "inbounds.http.maxHeaderBytes=4096",
-                               "inbounds.http.maxBodyBytes=1024",
-                               "inbounds.http.headerTimeout=250ms",
-                               "inbounds.http.bodyTimeout=2s", "inbounds.grpc.maxStreams=3"})
-                  .ok());
+  ASSERT_TRUE(
+      ApplySets(root, {"inbounds.http.address=127.0.0.1:0", "inbounds.http.maxHeaderBytes=4096",
+                       "inbounds.http.maxBodyBytes=1024", "inbounds.http.headerTimeout=250ms",
+                       "inbounds.http.bodyTimeout=2s", "inbounds.grpc.maxStreams=3"})
+          .ok());
   auto config = Parse(root);
   ASSERT_TRUE(config.ok()) << config.status();
   EXPECT_EQ(config->http->max_header_bytes, 4096);

@@ -65,7 +65,8 @@ absl::StatusOr<HostPort> ParseHostPort(std::string_view address) {
   }
   int value = 0;
   for (char c : port) value = value * 10 + (c - '0');
-  if (value > 65535) return Bad(address, "has port " + std::string(port) + " out of range (0-65535)");
+  if (value > 65535)
+    return Bad(address, "has port " + std::string(port) + " out of range (0-65535)");
   out.host = std::string(host);
   out.port = static_cast<uint16_t>(value);
   return out;

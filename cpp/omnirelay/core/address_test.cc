@@ -29,9 +29,9 @@ TEST(AddressTest, ParsesSchemesHostsPortsAndPaths) {
 }
 
 TEST(AddressTest, RejectsWhatIsNotHostPort) {
-  for (const char* bad : {"", "localhost", ":80", "host:", "host:65536", "host:99999999999",
-                          "host:80x", "host:-1", "host: 80", "ftp://host:21", "::1:80",
-                          "[::1]80", "ho st:80", "host:+80"}) {
+  for (const char* bad :
+       {"", "localhost", ":80", "host:", "host:65536", "host:99999999999", "host:80x", "host:-1",
+        "host: 80", "ftp://host:21", "::1:80", "[::1]80", "ho st:80", "host:+80"}) {
     auto parsed = ParseHostPort(bad);
     EXPECT_FALSE(parsed.ok()) << bad;
     if (!parsed.ok()) {

@@ -33,7 +33,8 @@ TEST(XdgTest, FollowsXdgVariablesThenHome) {
   ::setenv("HOME", "/home/u", 1);
   ::unsetenv("XDG_DATA_HOME");
   ::unsetenv("XDG_STATE_HOME");
-  EXPECT_EQ(XdgPath(XdgKind::kData, "auth/users.db"), "/home/u/.local/share/omnirelay/auth/users.db");
+  EXPECT_EQ(XdgPath(XdgKind::kData, "auth/users.db"),
+            "/home/u/.local/share/omnirelay/auth/users.db");
   EXPECT_EQ(XdgPath(XdgKind::kState), "/home/u/.local/state/omnirelay");
   ::setenv("XDG_DATA_HOME", "/srv/data", 1);
   EXPECT_EQ(XdgPath(XdgKind::kData, "auth/jwt-secret"), "/srv/data/omnirelay/auth/jwt-secret");

@@ -235,8 +235,8 @@ asio::awaitable<void> HttpServer::Impl::Serve(Stream& stream, const std::string&
       refusal.set(bhttp::field::server, "omnirelay");
       refusal.set(bhttp::field::content_type, "text/plain; charset=utf-8");
       refusal.keep_alive(false);
-      refusal.body() = std::string(bhttp::obsolete_reason(refusal.result())) + ": " +
-                       read_ec.message() + "\n";
+      refusal.body() =
+          std::string(bhttp::obsolete_reason(refusal.result())) + ": " + read_ec.message() + "\n";
       refusal.prepare_payload();
       beast::error_code ignored;
       beast::get_lowest_layer(stream).expires_after(limits.header_timeout);

@@ -87,7 +87,8 @@ struct HttpServerOptions {
   uint16_t port = 0;  // 0 = pick a free port (see HttpServer::port())
   int threads = 1;
   std::chrono::milliseconds drain_timeout{5000};
-  size_t max_body_bytes = 16 * 1024 * 1024;  // kept for callers; limits.max_body_bytes wins if lower
+  size_t max_body_bytes =
+      16 * 1024 * 1024;  // kept for callers; limits.max_body_bytes wins if lower
   HttpLimits limits{};
   // TLS (tls::Role::kServer): every connection handshakes first with the
   // source's current context (rotated files apply to new connections).

@@ -64,7 +64,8 @@ HttpServerOptions SmallLimits() {
 class HttpLimitsTest : public ::testing::Test {
  protected:
   void SetUp() override {
-    server_.Route("", "/echo", [](const HttpRequest& r) { return HttpResponse::Text(200, r.body); });
+    server_.Route("", "/echo",
+                  [](const HttpRequest& r) { return HttpResponse::Text(200, r.body); });
     ASSERT_TRUE(server_.Start().ok());
   }
   HttpServer server_{SmallLimits()};
@@ -100,13 +101,15 @@ TEST_F(HttpLimitsTest, ChunkedBodyOverLimitIs413) {
   const std::string chunk(100, 'x');
   auto reply = RawExchange(server_.port(),
                            "POST /echo HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n"
-                           "64\r\n" + chunk + "\r\n0\r\n\r\n");
+                           "64\r\n" +
+                               chunk + "\r\n0\r\n\r\n");
   EXPECT_TRUE(reply.text.starts_with("HTTP/1.1 413")) << reply.text;
 }
 
 TEST_F(HttpLimitsTest, OversizedHeadersAre431) {
-  auto reply = RawExchange(server_.port(), "GET /echo HTTP/1.1\r\nHost: x\r\nX-Big: " +
-                                               std::string(4096, 'a') + "\r\n\r\n");
+  auto reply =
+      RawExchange(server_.port(),
+                  "GET /echo HTTP/1.1\r\nHost: x\r\nX-Big: " + std::string(4096, 'a') + "\r\n\r\n");
   EXPECT_TRUE(reply.text.starts_with("HTTP/1.1 431")) << reply.text;
   EXPECT_TRUE(reply.closed);
 }
@@ -129,8 +132,8 @@ TEST_F(HttpLimitsTest, SlowBodyIsDisconnected) {
 
 TEST(ParseHttpRequestTest, MapsParserOutcomes) {
   HttpLimits limits{.max_header_bytes = 256, .max_body_bytes = 8};
-  auto ok = ParseHttpRequest("POST /a/b?x=1 HTTP/1.1\r\nRpc-Ttl-Ms: 5\r\nContent-Length: 2\r\n\r\nhi",
-                             limits);
+  auto ok = ParseHttpRequest(
+      "POST /a/b?x=1 HTTP/1.1\r\nRpc-Ttl-Ms: 5\r\nContent-Length: 2\r\n\r\nhi", limits);
   ASSERT_TRUE(ok.complete) << ok.error;
   EXPECT_EQ(ok.request.path, "/a/b");
   EXPECT_EQ(ok.request.query, "x=1");
@@ -141,10 +144,9 @@ TEST(ParseHttpRequestTest, MapsParserOutcomes) {
   EXPECT_EQ(ParseHttpRequest("\x01\x02\r\n\r\n", limits).error_status, 400);
   EXPECT_EQ(ParseHttpRequest("POST / HTTP/1.1\r\nContent-Length: 9\r\n\r\n", limits).error_status,
             413);
-  EXPECT_EQ(
-      ParseHttpRequest("GET / HTTP/1.1\r\nX: " + std::string(300, 'a') + "\r\n\r\n", limits)
-          .error_status,
-      431);
+  EXPECT_EQ(ParseHttpRequest("GET / HTTP/1.1\r\nX: " + std::string(300, 'a') + "\r\n\r\n", limits)
+                .error_status,
+            431);
 }
 
 TEST(HttpServerTest, RoutesExactPrefixAndFallback) {

@@ -59,9 +59,9 @@ class DeadlineMiddleware final : public dispatcher::Middleware {
 //   uniform jitter in [1 - jitter, 1]; only core::IsRetryable codes are
 //   retried, and RESOURCE_EXHAUSTED only when no backend acted on the call
 //   (the local peer pool was exhausted, error code "peer-pool-exhausted")
-//   unless `retry_resource_exhausted` allows a backend's own refusal too; a retry is never scheduled if it would start at or after the
-//   call's effective deadline; each retry spends one token of a budget that
-//   every first attempt refills by `budget_ratio` (at most `budget_max`
+//   unless `retry_resource_exhausted` allows a backend's own refusal too; a retry is never
+//   scheduled if it would start at or after the call's effective deadline; each retry spends one
+//   token of a budget that every first attempt refills by `budget_ratio` (at most `budget_max`
 //   tokens), so retries stay a bounded fraction of traffic under failure.
 struct RetryOptions {
   int max_attempts = 3;  // including the first

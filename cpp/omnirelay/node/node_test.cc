@@ -50,7 +50,8 @@ Reply GrpcUnary(const std::string& address, const std::string& method, const std
   }
   std::vector<grpc::Slice> slices;
   if (reply.status.ok() && response.Dump(&slices).ok()) {
-    for (const auto& s : slices) reply.body.append(reinterpret_cast<const char*>(s.begin()), s.size());
+    for (const auto& s : slices)
+      reply.body.append(reinterpret_cast<const char*>(s.begin()), s.size());
   }
   return reply;
 }
@@ -75,14 +76,16 @@ TEST(NodeTest, EchoRelayAndGatewayEndToEnd) {
   auto relay = StartNode(R"({"omniRelay": {"service": "relay",
       "inbounds": {"grpc": {"address": "127.0.0.1:0"}, "http": {"address": "127.0.0.1:0"}},
       "admin": {"address": "127.0.0.1:0"},
-      "outbounds": {"analytics": {"endpoints": [")" + backend_grpc + R"("],
+      "outbounds": {"analytics": {"endpoints": [")" +
+                         backend_grpc + R"("],
                                   "peerChooser": "round-robin"}},
       "routes": [{"prefix": "/trace.Analytics/", "outbound": "analytics"}]}})");
 
   auto gateway = StartNode(R"({"omniRelay": {"service": "gw",
       "admin": {"address": "127.0.0.1:0"},
       "gateway": {"address": "127.0.0.1:0",
-                  "clusters": {"backends": {"endpoints": [")" + backend_grpc + R"("]}},
+                  "clusters": {"backends": {"endpoints": [")" +
+                           backend_grpc + R"("]}},
                   "routes": [{"prefix": "/trace.Analytics/", "cluster": "backends"}]}}})");
   const std::string gateway_address = gateway->ReadyInfo()["gateway"].get<std::string>();
 
@@ -108,7 +111,8 @@ TEST(NodeTest, EchoRelayAndGatewayEndToEnd) {
   // Admin endpoints.
   EXPECT_EQ(Get(relay->admin_address(), "/healthz").status, 200);
   EXPECT_EQ(Get(relay->admin_address(), "/readyz").status, 200);
-  auto introspect = nlohmann::json::parse(Get(relay->admin_address(), "/omnirelay/introspect").body);
+  auto introspect =
+      nlohmann::json::parse(Get(relay->admin_address(), "/omnirelay/introspect").body);
   EXPECT_EQ(introspect["service"], "relay");
   auto gw = nlohmann::json::parse(Get(gateway->admin_address(), "/omnirelay/gateway").body);
   EXPECT_EQ(gw["clusters"]["backends"]["members"].size(), 1u);

@@ -30,11 +30,11 @@
 #include <thread>
 #include <vector>
 
+#include "omnirelay/core/address.h"
 #include "omnirelay/core/clock.h"
 #include "omnirelay/dispatcher/dispatcher.h"
 #include "omnirelay/http/http_server.h"
 #include "omnirelay/tls/tls.h"
-#include "omnirelay/core/address.h"
 #include "omnirelay/transport/peer_pool.h"
 
 namespace omnirelay::transport {

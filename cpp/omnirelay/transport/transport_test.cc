@@ -236,8 +236,7 @@ TEST_F(HttpTransportTest, OutboundRoundTripAndStatusMapping) {
   HttpOutboundOptions options;
   options.name = "self";
   options.service = "test.Svc";
-  HttpOutbound outbound(options, PoolFor("http://" + Address() + "/"),
-                        core::SystemClock::Shared());
+  HttpOutbound outbound(options, PoolFor("http://" + Address() + "/"), core::SystemClock::Shared());
   ASSERT_TRUE(outbound.Start().ok());
   dispatcher::Request request;
   request.meta.service = "test.Svc";

@@ -35,8 +35,9 @@ absl::Status ApplyRpcHeaders(core::RequestMeta& meta) {
   if (auto v = h.Get("rpc-routing-delegate")) meta.routing_delegate = std::string(*v);
   if (auto v = h.Get("rpc-ttl-ms")) {
     long long ms = -1;
-    const bool digits_only =
-        !v->empty() && std::all_of(v->begin(), v->end(), [](char c) { return c >= '0' && c <= '9'; });
+    const bool digits_only = !v->empty() && std::all_of(v->begin(), v->end(), [](char c) {
+      return c >= '0' && c <= '9';
+    });
     auto [ptr, ec] = std::from_chars(v->data(), v->data() + v->size(), ms);
     if (!digits_only || ec != std::errc() || ptr != v->data() + v->size() || ms > kMaxTtlMs) {
       return core::MakeStatus(absl::StatusCode::kInvalidArgument,
