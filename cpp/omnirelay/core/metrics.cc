@@ -333,7 +333,11 @@ std::string MetricsRegistry::RenderPrometheus() const {
 std::vector<MetricPoint> MetricsRegistry::Snapshot() const {
   std::lock_guard lock(mu_);
   std::vector<MetricPoint> points;
-  for (const auto& [name, family] : families_) {
+  for (const auto& entry : families_) {
+    // Named references, not structured bindings: clang 14 (the fuzz build)
+    // cannot capture structured bindings in a lambda.
+    const auto& name = entry.first;
+    const auto& family = entry.second;
     auto point_for = [&](const Tags& tags) {
       MetricPoint point;
       point.name = name;
