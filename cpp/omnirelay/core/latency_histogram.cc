@@ -147,8 +147,9 @@ std::uint64_t LatencyHistogram::CountAtOrBelow(double upper_bound) const {
 
 void LatencyHistogram::Merge(const LatencyHistogram& other) {
   for (size_t i = 0; i < kBucketCount; ++i) {
-    buckets_[i].fetch_add(other.buckets_[i].load(std::memory_order_relaxed),
-                          std::memory_order_relaxed);
+    // Most buckets are empty: skip them rather than do an RMW on each.
+    const std::uint64_t n = other.buckets_[i].load(std::memory_order_relaxed);
+    if (n != 0) buckets_[i].fetch_add(n, std::memory_order_relaxed);
   }
   count_.fetch_add(other.Count(), std::memory_order_relaxed);
   sum_ticks_.fetch_add(other.sum_ticks_.load(std::memory_order_relaxed), std::memory_order_relaxed);

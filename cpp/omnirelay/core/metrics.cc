@@ -115,16 +115,21 @@ struct MetricsRegistry::Family {
   std::map<Tags, std::unique_ptr<ObservableHistogramSeries>> observable_histograms;
 
   // Every histogram series (push and observable, summed per tag set) as one
-  // merged histogram each. Caller holds the registry mutex.
-  std::map<Tags, std::unique_ptr<LatencyHistogram>> MergedHistograms() const {
-    std::map<Tags, std::unique_ptr<LatencyHistogram>> out;
-    auto slot = [&](const Tags& tags) -> LatencyHistogram& {
-      auto& merged = out[tags];
-      if (!merged) merged = std::make_unique<LatencyHistogram>(1000.0);
-      return *merged;
-    };
-    for (const auto& [tags, series] : histogram_series) slot(tags).Merge(series->data());
-    for (const auto& [tags, series] : observable_histograms) series->CollectInto(slot(tags));
+  // histogram each: a push series alone is used as is; observable ones are
+  // merged into a scratch histogram (owned by `scratch`). Caller holds the
+  // registry mutex.
+  std::map<Tags, const LatencyHistogram*> MergedHistograms(
+      std::vector<std::unique_ptr<LatencyHistogram>>& scratch) const {
+    std::map<Tags, const LatencyHistogram*> out;
+    for (const auto& [tags, series] : histogram_series) out[tags] = &series->data();
+    for (const auto& [tags, series] : observable_histograms) {
+      scratch.push_back(std::make_unique<LatencyHistogram>(1000.0));
+      LatencyHistogram& merged = *scratch.back();
+      auto push = out.find(tags);
+      if (push != out.end()) merged.Merge(*push->second);
+      series->CollectInto(merged);
+      out[tags] = &merged;
+    }
     return out;
   }
 };
@@ -158,7 +163,8 @@ std::vector<prometheus::MetricFamily> MetricsRegistry::CollectHistogramsLocked()
     rendered.help = family->help;
     rendered.type = prometheus::MetricType::Histogram;
     const auto& bounds = family->buckets.empty() ? DefaultLatencyBucketsMs() : family->buckets;
-    for (const auto& [tags, merged] : family->MergedHistograms()) {
+    std::vector<std::unique_ptr<LatencyHistogram>> scratch;
+    for (const auto& [tags, merged] : family->MergedHistograms(scratch)) {
       prometheus::ClientMetric metric;
       for (const auto& [key, value] : tags) metric.label.push_back({PrometheusLabel(key), value});
       const LatencyHistogram& data = *merged;
@@ -428,7 +434,8 @@ std::vector<MetricPoint> MetricsRegistry::Snapshot() const {
       points.push_back(point_for(tags));
       points.back().value = series->Value();
     }
-    for (const auto& [tags, merged] : family->MergedHistograms()) {
+    std::vector<std::unique_ptr<LatencyHistogram>> scratch;
+    for (const auto& [tags, merged] : family->MergedHistograms(scratch)) {
       points.push_back(point_for(tags));
       points.back().histogram = merged->Summarize();
       points.back().value = static_cast<double>(points.back().histogram.count);

@@ -80,16 +80,17 @@ std::shared_ptr<Peer> Peer::Create(PeerDescriptor descriptor, PeerOptions option
 
 Peer::Peer(PeerDescriptor descriptor, PeerOptions options, std::shared_ptr<core::Clock> clock,
            std::shared_ptr<core::MetricsRegistry> metrics, core::Tags tags)
-    : descriptor_(std::move(descriptor)),
+    : status_(descriptor.status),
+      max_inflight_(options.max_inflight),
+      coarse_clock_(dynamic_cast<const core::SystemClock*>(clock.get()) != nullptr),
+      descriptor_(std::move(descriptor)),
       options_(std::move(options)),
       clock_(std::move(clock)),
       metrics_(std::move(metrics)),
       tags_([&] {
         tags[kTagPeer] = descriptor_.id;
         return tags;
-      }()),
-      status_(descriptor_.status),
-      coarse_clock_(dynamic_cast<const core::SystemClock*>(clock_.get()) != nullptr) {
+      }()) {
   if (metrics_) {
     // Read at scrape time from our own atomics: no metric work per lease.
     observed_[0] = metrics_->RegisterObservable(metric::kInflight, tags_,
@@ -179,11 +180,11 @@ Admission Peer::TryAcquire() {
     }
     admission.probe = breaker_admission == CircuitBreaker::Admission::kProbe;
   }
-  if (options_.max_inflight > 0) {
+  if (max_inflight_ > 0) {
     // seq_cst: see CoordinatorShared::OnRelease (a plain load on x86).
     int current = inflight_.load(std::memory_order_seq_cst);
     do {
-      if ((current & kInflightMask) >= options_.max_inflight) {
+      if ((current & kInflightMask) >= max_inflight_) {
         if (admission.probe) breaker_->ReturnProbe();
         admission.probe = false;
         admission.result = AcquireResult::kBusy;
@@ -294,7 +295,7 @@ PeerState Peer::Snapshot() const {
   state.eligible = IsEligible();
   state.health_eligible = !health_ || health_->eligible();
   state.inflight = inflight();
-  state.max_inflight = options_.max_inflight;
+  state.max_inflight = max_inflight_;
   state.successes = internal::SumSuccesses(stat_.id());
   state.failures = internal::SumFailures(stat_.id());
   state.last_success = FromNanos(last_success_ns_.load(std::memory_order_relaxed));

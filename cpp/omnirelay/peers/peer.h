@@ -135,13 +135,11 @@ class Peer : public std::enable_shared_from_this<Peer> {
   PeerStatus status() const { return status_.load(std::memory_order_acquire); }
   void SetStatus(PeerStatus status);
   int inflight() const { return inflight_.load(std::memory_order_acquire) & kInflightMask; }
-  int max_inflight() const { return options_.max_inflight; }
+  int max_inflight() const { return max_inflight_; }
   // Eligible: not Unavailable, health tracker agrees, breaker not open.
   // Capacity is separate (a busy peer is eligible but refuses).
   bool IsEligible() const;
-  bool AtCapacity() const {
-    return options_.max_inflight > 0 && inflight() >= options_.max_inflight;
-  }
+  bool AtCapacity() const { return max_inflight_ > 0 && inflight() >= max_inflight_; }
 
   Admission TryAcquire();
   // Outcome codes: OK = success; core::IsServerFailure codes = failure (count
@@ -198,29 +196,32 @@ class Peer : public std::enable_shared_from_this<Peer> {
   std::int64_t NowNanos() const;
   void OnBreakerTransition(BreakerState from, BreakerState to);
 
+  // Hot: what every pick, acquire and release reads, kept together at the
+  // front so a pick on a cold peer (1000 peers do not fit in cache) touches
+  // one or two cache lines of it rather than four.
+  std::atomic<PeerStatus> status_;
+  std::atomic<int> inflight_{0};
+  const int max_inflight_;  // options_.max_inflight
+  std::atomic<std::uint32_t> window_next_{0};
+  std::shared_ptr<CircuitBreaker> breaker_;
+  std::shared_ptr<const PeerHealthHandle> health_;
+  std::atomic<double> ewma_ms_{-1};               // < 0: no sample yet
+  std::atomic<std::int64_t> last_success_ns_{0};  // since epoch; 0 = never
+  std::atomic<int> slot_{-1};
+  // Clock behind last_success/last_failure: CoarseSystemNow() when clock_ is
+  // the SystemClock (a 1-4 ms-grained vDSO read instead of a precise one on
+  // every release), else clock_->Now() (ManualClock stays exact).
+  const bool coarse_clock_;
+
   const PeerDescriptor descriptor_;
   const PeerOptions options_;
   const std::shared_ptr<core::Clock> clock_;
   const std::shared_ptr<core::MetricsRegistry> metrics_;
   const core::Tags tags_;
   Series series_;
-  std::shared_ptr<CircuitBreaker> breaker_;
-  std::shared_ptr<const PeerHealthHandle> health_;
-
-  std::atomic<PeerStatus> status_;
-  std::atomic<int> inflight_{0};
-  std::atomic<int> slot_{-1};
   std::weak_ptr<void> owner_;
-  std::atomic<std::int64_t> last_success_ns_{0};  // since epoch; 0 = never
   std::atomic<std::int64_t> last_failure_ns_{0};
-  std::atomic<double> ewma_ms_{-1};  // < 0: no sample yet
-  std::atomic<std::uint32_t> window_next_{0};
   std::array<std::atomic<float>, kLatencyWindow> window_{};
-
-  // Clock behind last_success/last_failure: CoarseSystemNow() when clock_ is
-  // the SystemClock (a 1-4 ms-grained vDSO read instead of a precise one on
-  // every release), else clock_->Now() (ManualClock stays exact).
-  const bool coarse_clock_;
 
   std::mutex observer_mu_;
   std::shared_ptr<const Observer> observer_;
