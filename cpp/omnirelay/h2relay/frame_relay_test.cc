@@ -116,9 +116,7 @@ std::shared_ptr<transport::PeerPool> Pool(std::vector<std::string> addresses, in
 struct Client {
   explicit Client(const std::string& address) {
     outbound = std::make_shared<transport::GrpcOutbound>(
-        transport::GrpcOutboundOptions{.name = "client", .endpoints = {address}},
-        transport::MakeInterimPeerPool({address}, {.breaker_consecutive_failures = 0},
-                                       core::SystemClock::Shared()),
+        transport::GrpcOutboundOptions{.name = "client", .endpoints = {address}}, Pool({address}),
         core::SystemClock::Shared());
     EXPECT_TRUE(outbound->Start().ok());
   }
