@@ -1,6 +1,6 @@
 #pragma once
 // The load generator behind `omnirelay benchmark`: one process, asynchronous,
-// gRPC (completion queues, byte-level generic calls) or HTTP (Beast, one
+// gRPC (HTTP/2 on nghttp2, one epoll loop per thread) or HTTP (Beast, one
 // keep-alive connection per concurrent slot).
 //
 // Closed loop by default: `concurrency` slots each send the next request as
@@ -50,8 +50,8 @@ struct LoadOptions {
   std::string shard_key;
   std::string routing_key;
   std::string caller = "omnirelay-benchmark";
-  int connections = 1;  // gRPC channels (TCP connections) per address
-  int threads = 0;      // completion-queue threads; 0 = min(2, hardware)
+  int connections = 1;  // gRPC TCP connections per address
+  int threads = 0;      // event-loop threads; 0 = min(2, hardware)
   // Called about once per second with a one-line progress summary.
   std::function<void(const std::string&)> on_progress;
 

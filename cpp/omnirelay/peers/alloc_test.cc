@@ -64,8 +64,9 @@ TEST_P(HotPathAllocationTest, AcquireReleaseAllocatesNothing) {
   EXPECT_EQ(tls_allocations - before, 0u) << "allocations on the acquire+release path";
   // The counter works (a check that could not fail would prove nothing).
   const std::uint64_t probe = tls_allocations;
-  auto* p = new int(1);
-  delete p;
+  // (An explicit call: a new-expression paired with delete may be elided.)
+  void* p = ::operator new(sizeof(int));
+  ::operator delete(p);
   EXPECT_EQ(tls_allocations - probe, 1u);
 }
 
