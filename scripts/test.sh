@@ -65,6 +65,7 @@ if [[ "${OMNIRELAY_FUZZ_SECONDS:-30}" != "0" ]]; then
   stage "fuzz: the frame relay's inbound HTTP/2 session (${OMNIRELAY_FUZZ_SECONDS:-30}s)"
   mkdir -p build/fuzz/corpus/h2relay
   ASAN_OPTIONS=detect_leaks=1 build/fuzz/cpp/omnirelay/h2relay/h2relay_fuzz \
+    -dict=cpp/omnirelay/h2relay/frame_relay_fuzz.dict \
     -max_total_time="${OMNIRELAY_FUZZ_SECONDS:-30}" -rss_limit_mb=2048 -print_final_stats=1 \
     build/fuzz/corpus/h2relay
 fi
