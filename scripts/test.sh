@@ -73,9 +73,11 @@ if [[ "${OMNIRELAY_SANITIZERS:-1}" == "1" ]]; then
     target=$(basename "$corpus")
     work="build/fuzz/findings/$target"
     rm -rf "$work" && mkdir -p "$work/corpus" && cp "$corpus"* "$work/corpus/"
+    dict=()
+    [[ -f "tests/fuzz/$target.dict" ]] && dict=("-dict=tests/fuzz/$target.dict")
     ASAN_OPTIONS=detect_leaks=1:abort_on_error=1 UBSAN_OPTIONS=print_stacktrace=1:halt_on_error=1 \
       "build/fuzz/tests/fuzz/fuzz_$target" -max_total_time="${OMNIRELAY_FUZZ_SECONDS:-20}" \
-      -rss_limit_mb=2048 -timeout=10 -artifact_prefix="$work/" -print_final_stats=1 \
+      -rss_limit_mb=2048 -timeout=10 -artifact_prefix="$work/" -print_final_stats=1 "${dict[@]}" \
       "$work/corpus" 2>"$work/log" || { tail -60 "$work/log"; exit 1; }
     grep -E "^stat::number_of_executed_runs" "$work/log" | sed "s/^/$target: /"
   done

@@ -27,9 +27,6 @@
 #include <utility>
 
 #include "omnirelay/core/logging.h"
-#include "omnirelay/transport/grpc_transport.h"
-#include "omnirelay/transport/http_transport.h"
-#include "omnirelay/transport/transport_util.h"
 
 namespace omnirelay::h2relay {
 namespace {
@@ -141,6 +138,35 @@ absl::StatusCode FromResetCode(uint32_t code) {
     default:
       return absl::StatusCode::kInternal;
   }
+}
+
+struct HostPort {
+  std::string host;
+  int port = 0;
+};
+
+// "host:port", "[v6]:port", optionally with a scheme ("http://", "https://",
+// "grpc://", "dns:///") and trailing '/', as the gRPC outbound accepts peers.
+// Parsed here (not with transport's helpers) so the relay and its fuzz target
+// need no HTTP/gRPC client libraries.
+std::optional<HostPort> SplitTarget(std::string_view target) {
+  for (std::string_view scheme : {"http://", "https://", "grpc://", "dns:///"}) {
+    if (target.starts_with(scheme)) target.remove_prefix(scheme.size());
+  }
+  while (!target.empty() && target.back() == '/') target.remove_suffix(1);
+  const size_t colon = target.rfind(':');
+  if (colon == std::string_view::npos || colon == 0) return std::nullopt;
+  std::string_view host = target.substr(0, colon);
+  const std::string_view port = target.substr(colon + 1);
+  if (host.size() >= 2 && host.front() == '[' && host.back() == ']') {
+    host = host.substr(1, host.size() - 2);
+  }
+  int value = -1;
+  auto [ptr, ec] = std::from_chars(port.data(), port.data() + port.size(), value);
+  if (ec != std::errc() || ptr != port.data() + port.size() || value < 0 || value > 65535) {
+    return std::nullopt;
+  }
+  return HostPort{std::string(host), value};
 }
 
 nghttp2_nv MakeNv(const std::string& name, const std::string& value) {
@@ -1369,8 +1395,8 @@ UpstreamConnection* Loop::Upstream(const void* pool, size_t index, const std::st
     if (!it->second->retired && !it->second->closed()) return it->second;
     Retire(it->second);
   }
-  auto hp = transport::ParseHostPort(transport::GrpcTarget(address));
-  if (!hp.ok()) return nullptr;
+  auto hp = SplitTarget(address);
+  if (!hp) return nullptr;
   addrinfo hints{};
   hints.ai_family = AF_UNSPEC;
   hints.ai_socktype = SOCK_STREAM;
@@ -1581,8 +1607,11 @@ FrameRelay::~FrameRelay() {
 
 absl::Status FrameRelay::Start() {
   if (impl_->started) return absl::OkStatus();
-  auto hp = transport::ParseHostPort(impl_->shared.options.address);
-  if (!hp.ok()) return hp.status();
+  auto hp = SplitTarget(impl_->shared.options.address);
+  if (!hp) {
+    return absl::InvalidArgumentError("frame relay address '" + impl_->shared.options.address +
+                                      "' is not host:port");
+  }
   impl_->host = hp->host;
   int port = hp->port;
   const int threads = std::max(1, impl_->shared.options.threads);
