@@ -247,9 +247,9 @@ absl::Status Node::StartMesh() {
   auto options = MeshOptions(c);
   gossip_transport_ =
       std::make_shared<mesh::GrpcGossipTransport>(options.send_timeout, c.peer_addresses);
-  mesh::LocalIdentity self{c.identity.node_id, advertise,
-                           mesh::MemberMeta{c.identity.roles, c.identity.region, c.identity.zone,
-                                            c.identity.labels}};
+  mesh::LocalIdentity self{
+      c.identity.node_id, advertise,
+      mesh::MemberMeta{c.identity.roles, c.identity.region, c.identity.zone, c.identity.labels}};
   membership_ = mesh::Membership::Create(std::move(self), options, clock_, gossip_transport_);
   gossip_transport_->SetStats(&membership_->stats());
   // Heartbeat grace: a member is probed by this node about once per
@@ -278,12 +278,9 @@ absl::Status Node::StartMesh() {
 nlohmann::json Node::RoleMap() const {
   if (!config_.mesh) return nullptr;
   const auto& id = config_.mesh->identity;
-  nlohmann::json self = {{"id", id.node_id},
-                         {"cluster", id.cluster_name},
-                         {"roles", id.roles},
-                         {"region", id.region},
-                         {"zone", id.zone},
-                         {"labels", id.labels}};
+  nlohmann::json self = {{"id", id.node_id},  {"cluster", id.cluster_name},
+                         {"roles", id.roles}, {"region", id.region},
+                         {"zone", id.zone},   {"labels", id.labels}};
   nlohmann::json map = nlohmann::json::object();
   if (membership_) {
     self["address"] = membership_->SelfRecord().address;
