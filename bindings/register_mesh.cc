@@ -32,7 +32,8 @@ void RegisterMesh(py::module_& root) {
       .def(py::init([](int nodes, std::uint64_t seed, const std::string& profile, double loss,
                        double min_latency_ms, double max_latency_ms, bool converged_start) {
              auto membership = Options::Profile(profile);
-             if (!membership) throw py::value_error("unknown profile '" + profile + "' (lan, test)");
+             if (!membership)
+               throw py::value_error("unknown profile '" + profile + "' (lan, test)");
              if (nodes < 1) throw py::value_error("nodes must be >= 1");
              if (loss < 0 || loss >= 1) throw py::value_error("loss must be within [0, 1)");
              SimulatorOptions o;
@@ -47,8 +48,8 @@ void RegisterMesh(py::module_& root) {
              py::gil_scoped_release release;
              return std::make_unique<Simulator>(o);
            }),
-           py::arg("nodes"), py::arg("seed") = 1, py::arg("profile") = "lan",
-           py::arg("loss") = 0.0, py::arg("min_latency_ms") = 0.5, py::arg("max_latency_ms") = 2.0,
+           py::arg("nodes"), py::arg("seed") = 1, py::arg("profile") = "lan", py::arg("loss") = 0.0,
+           py::arg("min_latency_ms") = 0.5, py::arg("max_latency_ms") = 2.0,
            py::arg("converged_start") = true)
       .def_property_readonly("now_s", &Simulator::now_s)
       .def_property_readonly("size", &Simulator::size)
@@ -82,8 +83,9 @@ void RegisterMesh(py::module_& root) {
           },
           py::arg("member"), py::arg("state"))
       .def("is_up", &Simulator::IsUp, py::arg("node"))
-      .def("view", [](Simulator& s, int node) { return Json(s.node(node).ToJson()); },
-           py::arg("node"))
+      .def(
+          "view", [](Simulator& s, int node) { return Json(s.node(node).ToJson()); },
+          py::arg("node"))
       .def_property_readonly("false_deaths", &Simulator::false_deaths)
       .def_property_readonly("false_suspicions", &Simulator::false_suspicions)
       .def("totals", [](const Simulator& s) { return Json(s.Totals()); })

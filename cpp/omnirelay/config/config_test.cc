@@ -228,12 +228,12 @@ TEST(ConfigTest, MeshErrorsNameTheKeyPath) {
   auto config = Parse(root);
   ASSERT_FALSE(config.ok());
   const std::string message(config.status().message());
-  for (const char* expected :
-       {"omniRelay.mesh.nodeId: 'bad id' is not a valid node id",
-        "omniRelay.mesh.roles[1]: '' is not a valid role name",
-        "omniRelay.mesh.seeds[0]: 'nowhere' is not host:port",
-        "omniRelay.mesh.gossip.profile: unknown profile 'wan'",
-        "omniRelay.mesh.gossip.probeInterval: must be a duration", "omniRelay.mesh.labes: unknown key"}) {
+  for (const char* expected : {"omniRelay.mesh.nodeId: 'bad id' is not a valid node id",
+                               "omniRelay.mesh.roles[1]: '' is not a valid role name",
+                               "omniRelay.mesh.seeds[0]: 'nowhere' is not host:port",
+                               "omniRelay.mesh.gossip.profile: unknown profile 'wan'",
+                               "omniRelay.mesh.gossip.probeInterval: must be a duration",
+                               "omniRelay.mesh.labes: unknown key"}) {
     EXPECT_NE(message.find(expected), std::string::npos) << expected << "\nin:\n" << message;
   }
 }
@@ -244,19 +244,19 @@ TEST(ConfigTest, MeshNeedsTheGrpcListener) {
   root["omniRelay"]["mesh"] = {{"region", "east"}};
   auto config = Parse(root);
   ASSERT_FALSE(config.ok());
-  EXPECT_NE(std::string(config.status().message())
-                .find("omniRelay.mesh: needs omniRelay.inbounds.grpc"),
-            std::string::npos)
+  EXPECT_NE(
+      std::string(config.status().message()).find("omniRelay.mesh: needs omniRelay.inbounds.grpc"),
+      std::string::npos)
       << config.status();
 }
 
 TEST(ConfigTest, MeshFlagsAsSetsAndOutboundSelector) {
   auto root = Base();
-  ASSERT_TRUE(ApplySets(root, {"mesh.nodeId=n1", "mesh.roles=replica,shard", "mesh.labels.tier=web",
-                               "outbounds.analytics.endpoints=[]",
-                               "outbounds.analytics.mesh.role=replica",
-                               "outbounds.analytics.mesh.region=west"})
-                  .ok());
+  ASSERT_TRUE(
+      ApplySets(root, {"mesh.nodeId=n1", "mesh.roles=replica,shard", "mesh.labels.tier=web",
+                       "outbounds.analytics.endpoints=[]", "outbounds.analytics.mesh.role=replica",
+                       "outbounds.analytics.mesh.region=west"})
+          .ok());
   auto config = Parse(root);
   ASSERT_TRUE(config.ok()) << config.status();
   EXPECT_EQ(config->mesh->identity.node_id, "n1");

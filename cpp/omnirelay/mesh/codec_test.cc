@@ -18,7 +18,8 @@ TEST(CodecTest, RoundTripsEveryField) {
   m.target_address = "127.0.0.1:2";
   m.join = true;
   m.reason = "why";
-  m.updates.push_back(MemberRecord{"x", "127.0.0.1:3", MemberMeta{{"r1", "r2"}, "east", "east-a", {{"k", "v"}}},
+  m.updates.push_back(MemberRecord{"x", "127.0.0.1:3",
+                                   MemberMeta{{"r1", "r2"}, "east", "east-a", {{"k", "v"}}},
                                    MemberState::kSuspect, 7, "a"});
   m.state.push_back(MemberRecord{"y", "127.0.0.1:4", {}, MemberState::kLeft, 9, "y"});
   auto decoded = DecodeMessage(EncodeMessage(m));

@@ -82,15 +82,18 @@ TEST(MembershipConcurrencyTest, TimersDeliveriesAndReadersOnSeparateThreads) {
   for (int i = 0; i < 4; ++i) {
     Options o = Options::Test();
     o.seed = static_cast<std::uint64_t>(i);
-    const std::string id = "n" + std::to_string(i);
+    // (not "n" + to_string: GCC 12's -O3 -Wrestrict false positive)
+    std::string id(1, 'n');
+    id.append(std::to_string(i));
     auto node = Membership::Create(LocalIdentity{id, id, {}}, o, clock,
                                    std::make_shared<ThreadedNetwork::Link>(&net));
     node->AddListener([&events](const MemberEvent&) { events.fetch_add(1); });
     net.Attach(id, node);
     nodes.push_back(node);
   }
-  for (int i = 0; i < 4; ++i) nodes[static_cast<std::size_t>(i)]->Start(i == 0 ? std::vector<std::string>{}
-                                                                               : std::vector<std::string>{"n0"});
+  for (int i = 0; i < 4; ++i)
+    nodes[static_cast<std::size_t>(i)]->Start(i == 0 ? std::vector<std::string>{}
+                                                     : std::vector<std::string>{"n0"});
   auto all = [&](std::size_t n) {
     for (std::size_t i = 0; i < nodes.size(); ++i) {
       if (i == 3 && n == 3) continue;

@@ -95,9 +95,8 @@ void GrpcGossipTransport::Shutdown(std::chrono::milliseconds grace) {
   while (in_flight_.load() > 0) std::this_thread::sleep_for(std::chrono::milliseconds(5));
 }
 
-class GossipService::Impl final
-    : public ::omnirelay::mesh::v1::Gossip::WithRawCallbackMethod_Send<
-          ::omnirelay::mesh::v1::Gossip::Service> {
+class GossipService::Impl final : public ::omnirelay::mesh::v1::Gossip::WithRawCallbackMethod_Send<
+                                      ::omnirelay::mesh::v1::Gossip::Service> {
  public:
   grpc::ServerUnaryReactor* Send(grpc::CallbackServerContext* context,
                                  const grpc::ByteBuffer* request,

@@ -16,14 +16,14 @@
 // Threading: Send is thread-safe and never blocks (callback API); the
 // service runs on gRPC's callback threads. Shutdown() waits (bounded) for
 // calls in flight.
+#include <grpcpp/generic/generic_stub.h>
+#include <grpcpp/grpcpp.h>
+
 #include <atomic>
 #include <map>
 #include <memory>
 #include <mutex>
 #include <string>
-
-#include <grpcpp/generic/generic_stub.h>
-#include <grpcpp/grpcpp.h>
 
 #include "omnirelay/mesh/membership.h"
 #include "omnirelay/mesh/transport.h"
@@ -34,7 +34,8 @@ inline constexpr const char* kGossipSendMethod = "/omnirelay.mesh.v1.Gossip/Send
 
 class GrpcGossipTransport final : public Transport {
  public:
-  GrpcGossipTransport(core::Duration send_timeout, std::map<std::string, std::string> peer_addresses);
+  GrpcGossipTransport(core::Duration send_timeout,
+                      std::map<std::string, std::string> peer_addresses);
   ~GrpcGossipTransport() override;
   // Counts bytes and failed sends into `stats` (set before the first Send).
   void SetStats(Stats* stats) { stats_ = stats; }

@@ -84,8 +84,8 @@ void Membership::Stop() {
   std::lock_guard lock(mu_);
   if (!running_) return;
   running_ = false;
-  for (auto id : {probe_timer_, probe_timeout_timer_, gossip_timer_, push_pull_timer_,
-                  reconnect_timer_}) {
+  for (auto id :
+       {probe_timer_, probe_timeout_timer_, gossip_timer_, push_pull_timer_, reconnect_timer_}) {
     if (id != 0) clock_->Cancel(id);
   }
   probe_timer_ = probe_timeout_timer_ = gossip_timer_ = push_pull_timer_ = reconnect_timer_ = 0;
@@ -101,8 +101,8 @@ void Membership::Leave() {
     std::lock_guard lock(mu_);
     if (!running_) return;
     leaving_ = true;
-    MemberRecord left{self_.id, self_.address,  self_.meta, MemberState::kLeft,
-                      incarnation_, self_.id};
+    MemberRecord left{self_.id,           self_.address, self_.meta,
+                      MemberState::kLeft, incarnation_,  self_.id};
     // Tell every live member directly: a leave must not wait for gossip to
     // reach everyone, the process is about to exit.
     for (const auto& [id, e] : members_) {
@@ -144,17 +144,17 @@ void Membership::ScheduleProbe(core::Duration delay) {
 }
 
 void Membership::ScheduleGossip() {
-  gossip_timer_ =
-      clock_->ScheduleAfter(options_.gossip_interval, Guard([](Membership& m) { m.OnGossipTick(); }));
+  gossip_timer_ = clock_->ScheduleAfter(options_.gossip_interval,
+                                        Guard([](Membership& m) { m.OnGossipTick(); }));
 }
 
 void Membership::SchedulePushPull() {
   std::uniform_real_distribution<double> jitter(0.75, 1.25);
   const auto base = PushPullInterval(options_, LiveCount());
-  push_pull_timer_ = clock_->ScheduleAfter(
-      std::chrono::duration_cast<core::Duration>(jitter(rng_) *
-                                                 std::chrono::duration<double, std::nano>(base)),
-      Guard([](Membership& m) { m.OnPushPullTick(); }));
+  push_pull_timer_ =
+      clock_->ScheduleAfter(std::chrono::duration_cast<core::Duration>(
+                                jitter(rng_) * std::chrono::duration<double, std::nano>(base)),
+                            Guard([](Membership& m) { m.OnPushPullTick(); }));
 }
 
 void Membership::ScheduleReconnect() {
@@ -180,8 +180,7 @@ void Membership::OnProbeTick() {
   }
   // Next live member in the shuffled round-robin order.
   const MemberEntry* target = nullptr;
-  for (std::size_t attempts = 0; attempts <= probe_order_.size() && target == nullptr;
-       ++attempts) {
+  for (std::size_t attempts = 0; attempts <= probe_order_.size() && target == nullptr; ++attempts) {
     if (probe_index_ >= probe_order_.size()) {
       probe_order_.clear();
       for (const auto& [id, e] : members_) {
@@ -206,8 +205,8 @@ void Membership::OnProbeTick() {
   stats_.probes_sent.fetch_add(1, std::memory_order_relaxed);
   Send(probe_target_, AddressOf(*target), std::move(ping));
   const auto seq = probe_seq_;
-  probe_timeout_timer_ =
-      clock_->ScheduleAfter(options_.probe_timeout, Guard([seq](Membership& m) { m.OnProbeTimeout(seq); }));
+  probe_timeout_timer_ = clock_->ScheduleAfter(
+      options_.probe_timeout, Guard([seq](Membership& m) { m.OnProbeTimeout(seq); }));
 }
 
 void Membership::OnProbeTimeout(std::uint64_t seq) {
@@ -217,11 +216,10 @@ void Membership::OnProbeTimeout(std::uint64_t seq) {
   if (target == members_.end()) return;
   const std::string target_id = probe_target_;
   const std::string target_address = AddressOf(target->second);
-  auto helpers = PickRandom(static_cast<std::size_t>(std::max(0, options_.indirect_checks)),
-                            [&](const MemberEntry& e) {
-                              return e.member.record.state == MemberState::kAlive &&
-                                     e.member.record.id != target_id;
-                            });
+  auto helpers = PickRandom(
+      static_cast<std::size_t>(std::max(0, options_.indirect_checks)), [&](const MemberEntry& e) {
+        return e.member.record.state == MemberState::kAlive && e.member.record.id != target_id;
+      });
   for (const auto* helper : helpers) {
     auto req = NewMessage(MessageType::kPingReq);
     req->seq = seq;
@@ -259,9 +257,8 @@ void Membership::OnGossipTick() {
 void Membership::OnPushPullTick() {
   SchedulePushPull();
   Reap();
-  auto peers = PickRandom(1, [](const MemberEntry& e) {
-    return e.member.record.state == MemberState::kAlive;
-  });
+  auto peers = PickRandom(
+      1, [](const MemberEntry& e) { return e.member.record.state == MemberState::kAlive; });
   if (!peers.empty()) {
     SendPushPull(peers.front()->member.record.id, AddressOf(*peers.front()), false);
   }
@@ -273,9 +270,8 @@ void Membership::OnReconnectTick() {
     // Alone (not joined yet, or everyone else is gone): try the seeds again.
     for (const auto& seed : seeds_) SendPushPull("", seed, /*join=*/true);
   }
-  auto dead = PickRandom(1, [](const MemberEntry& e) {
-    return e.member.record.state == MemberState::kDead;
-  });
+  auto dead = PickRandom(
+      1, [](const MemberEntry& e) { return e.member.record.state == MemberState::kDead; });
   if (!dead.empty()) SendPushPull(dead.front()->member.record.id, AddressOf(*dead.front()), false);
 }
 
@@ -283,7 +279,8 @@ void Membership::OnSuspicionTimeout(const std::string& id, std::uint64_t incarna
   auto it = members_.find(id);
   if (it == members_.end()) return;
   auto& e = it->second;
-  if (e.member.record.state != MemberState::kSuspect || e.member.record.incarnation != incarnation) {
+  if (e.member.record.state != MemberState::kSuspect ||
+      e.member.record.incarnation != incarnation) {
     return;
   }
   e.suspicion.reset();
@@ -417,7 +414,8 @@ void Membership::HandleLocked(const Message& m) {
 }
 
 void Membership::Touch(const std::string& id) {
-  if (auto it = members_.find(id); it != members_.end()) it->second.member.last_seen = clock_->Now();
+  if (auto it = members_.find(id); it != members_.end())
+    it->second.member.last_seen = clock_->Now();
 }
 
 void Membership::ApplyUpdates(const std::vector<MemberRecord>& updates) {
@@ -630,7 +628,8 @@ void Membership::SuspectLocally(const std::string& id) {
   MemberRecord r = it->second.member.record;
   // Already suspect: our failed probe is an independent confirmation
   // (Lifeguard), which shortens the suspicion timeout.
-  if (r.state == MemberState::kAlive) stats_.suspicions_raised.fetch_add(1, std::memory_order_relaxed);
+  if (r.state == MemberState::kAlive)
+    stats_.suspicions_raised.fetch_add(1, std::memory_order_relaxed);
   r.state = MemberState::kSuspect;
   r.from = self_.id;
   ApplySuspect(r);
@@ -751,8 +750,7 @@ std::vector<const Membership::MemberEntry*> Membership::PickRandom(
   candidates.reserve(members_.size());
   if (members_.size() > 64) {
     // Big tables: sample by random probing of the probe order first.
-    for (std::size_t tries = 0; tries < 4 * k && !probe_order_.empty() && out.size() < k;
-         ++tries) {
+    for (std::size_t tries = 0; tries < 4 * k && !probe_order_.empty() && out.size() < k; ++tries) {
       std::uniform_int_distribution<std::size_t> pick(0, probe_order_.size() - 1);
       auto it = members_.find(probe_order_[pick(rng_)]);
       if (it == members_.end() || !ok(it->second)) continue;
@@ -764,10 +762,9 @@ std::vector<const Membership::MemberEntry*> Membership::PickRandom(
   for (const auto& [id, e] : members_) {
     if (ok(e)) candidates.push_back(&e);
   }
-  std::sort(candidates.begin(), candidates.end(),
-            [](const MemberEntry* a, const MemberEntry* b) {
-              return a->member.record.id < b->member.record.id;
-            });
+  std::sort(candidates.begin(), candidates.end(), [](const MemberEntry* a, const MemberEntry* b) {
+    return a->member.record.id < b->member.record.id;
+  });
   for (std::size_t i = 0; i < candidates.size() && i < k; ++i) {
     std::uniform_int_distribution<std::size_t> pick(i, candidates.size() - 1);
     std::swap(candidates[i], candidates[pick(rng_)]);

@@ -245,8 +245,8 @@ class Membership : public std::enable_shared_from_this<Membership> {
   std::uint64_t broadcast_order_ = 0;
   std::vector<std::string> seeds_;
   std::vector<core::TimerId> timers_;  // periodic timers (cancelled by Stop)
-  core::TimerId probe_timer_ = 0, probe_timeout_timer_ = 0, gossip_timer_ = 0,
-                push_pull_timer_ = 0, reconnect_timer_ = 0;
+  core::TimerId probe_timer_ = 0, probe_timeout_timer_ = 0, gossip_timer_ = 0, push_pull_timer_ = 0,
+                reconnect_timer_ = 0;
   bool running_ = false;
   bool leaving_ = false;
   std::string refusal_;

@@ -30,8 +30,9 @@ class TestCluster {
                                   std::string address = "") {
     if (address.empty()) address = id + ":7000";
     options.seed = seed_++;
-    auto node = Membership::Create(LocalIdentity{id, address, MemberMeta{{"r-" + id}, "east", "", {}}},
-                                   options, clock_, net_->Endpoint(address));
+    auto node =
+        Membership::Create(LocalIdentity{id, address, MemberMeta{{"r-" + id}, "east", "", {}}},
+                           options, clock_, net_->Endpoint(address));
     net_->Attach(address, node);
     nodes_[id] = node;
     return node;
@@ -130,7 +131,8 @@ TEST(MembershipTest, ProbeThenIndirectThenSuspectThenDead) {
   c.RunFor(std::chrono::seconds(1));
   c.net().SetDown("e:7000", true);  // crash
   const auto crashed = c.clock().Now();
-  ASSERT_TRUE(c.RunUntil([&] { return c.AllSee("e", MemberState::kDead); }, std::chrono::seconds(5)));
+  ASSERT_TRUE(
+      c.RunUntil([&] { return c.AllSee("e", MemberState::kDead); }, std::chrono::seconds(5)));
   const auto detection = c.clock().Now() - crashed;
   // One probe interval to be probed, one to fail, the suspicion timeout
   // (2 x 250 ms at n = 5), a little dissemination.
@@ -167,10 +169,12 @@ TEST(MembershipTest, SuspectedMemberRefutesWithAHigherIncarnation) {
       },
       std::chrono::seconds(3)));
   c.net().Heal();
-  ASSERT_TRUE(c.RunUntil([&] { return c.AllSee("b", MemberState::kAlive); }, std::chrono::seconds(10)));
+  ASSERT_TRUE(
+      c.RunUntil([&] { return c.AllSee("b", MemberState::kAlive); }, std::chrono::seconds(10)));
   EXPECT_GE(c["b"].incarnation(), 1u);
   EXPECT_GE(c["b"].stats().suspicions_refuted.load(), 1u);
-  for (auto id : {"a", "c", "d"}) EXPECT_EQ(c[id].Find("b")->record.incarnation, c["b"].incarnation());
+  for (auto id : {"a", "c", "d"})
+    EXPECT_EQ(c[id].Find("b")->record.incarnation, c["b"].incarnation());
 }
 
 Message From(const std::string& from, std::vector<MemberRecord> updates) {
@@ -263,7 +267,8 @@ TEST(MembershipTest, PartitionedSidesDeclareEachOtherDeadThenConverge) {
   c.net().Partition(east, west);
   ASSERT_TRUE(c.RunUntil(
       [&] {
-        return c.StateOf("a", "d") == MemberState::kDead && c.StateOf("d", "a") == MemberState::kDead;
+        return c.StateOf("a", "d") == MemberState::kDead &&
+               c.StateOf("d", "a") == MemberState::kDead;
       },
       std::chrono::seconds(10)));
   c.net().Heal();
@@ -301,7 +306,7 @@ TEST(MembershipTest, NodeIdCollisionIsRefused) {
   c["a"].Start();
   c["b"].Start();
   // A second process that claims id "a" from another address.
-  auto dup = Membership::Create(LocalIdentity{"a", "other:7000", {}}, Fast(), 
+  auto dup = Membership::Create(LocalIdentity{"a", "other:7000", {}}, Fast(),
                                 std::shared_ptr<core::Clock>(&c.clock(), [](core::Clock*) {}),
                                 c.net().Endpoint("other:7000"));
   c.net().Attach("other:7000", dup);

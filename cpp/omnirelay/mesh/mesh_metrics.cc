@@ -12,9 +12,10 @@ const core::MetricDescriptor kIncarnation{"omnirelay.mesh.incarnation", MetricKi
 const core::MetricDescriptor kProbesSent{"omnirelay.mesh.probes.sent", MetricKind::kCounter,
                                          "{probe}", "Direct probes sent"};
 const core::MetricDescriptor kProbesFailed{"omnirelay.mesh.probes.failed", MetricKind::kCounter,
-                                           "{probe}", "Probes without any ack (direct or indirect)"};
-const core::MetricDescriptor kProbesIndirect{"omnirelay.mesh.probes.indirect",
-                                             MetricKind::kCounter, "{request}",
+                                           "{probe}",
+                                           "Probes without any ack (direct or indirect)"};
+const core::MetricDescriptor kProbesIndirect{"omnirelay.mesh.probes.indirect", MetricKind::kCounter,
+                                             "{request}",
                                              "Indirect probe requests sent (ping-req)"};
 const core::MetricDescriptor kSuspicionsRaised{"omnirelay.mesh.suspicions.raised",
                                                MetricKind::kCounter, "{suspicion}",
@@ -39,8 +40,9 @@ const core::MetricDescriptor kConflicts{"omnirelay.mesh.conflicts", MetricKind::
 
 const std::vector<core::MetricDescriptor>& MeshMetricDescriptors() {
   static const std::vector<core::MetricDescriptor> all = {
-      kMembers,  kIncarnation, kProbesSent, kProbesFailed, kProbesIndirect, kSuspicionsRaised,
-      kSuspicionsRefuted, kDeaths, kMessages, kBytes, kPushPull, kDropped, kConflicts};
+      kMembers,          kIncarnation,       kProbesSent, kProbesFailed, kProbesIndirect,
+      kSuspicionsRaised, kSuspicionsRefuted, kDeaths,     kMessages,     kBytes,
+      kPushPull,         kDropped,           kConflicts};
   return all;
 }
 
@@ -55,8 +57,8 @@ std::vector<core::ObservableHandle> RegisterMeshMetrics(core::MetricsRegistry& r
       return m ? static_cast<double>((m->stats().*field).load(std::memory_order_relaxed)) : 0.0;
     }));
   };
-  for (auto state : {MemberState::kAlive, MemberState::kSuspect, MemberState::kDead,
-                     MemberState::kLeft}) {
+  for (auto state :
+       {MemberState::kAlive, MemberState::kSuspect, MemberState::kDead, MemberState::kLeft}) {
     handles.push_back(registry.RegisterObservable(
         kMembers, {{"state", std::string(MemberStateName(state))}}, [weak, state] {
           auto m = weak.lock();

@@ -66,8 +66,7 @@ int RetransmitLimit(const Options& o, std::size_t n) {
 core::Duration PushPullInterval(const Options& o, std::size_t n) {
   constexpr double kThreshold = 32;
   if (static_cast<double>(n) <= kThreshold) return o.push_pull_interval;
-  const double mult =
-      std::ceil(std::log2(static_cast<double>(n)) - std::log2(kThreshold)) + 1.0;
+  const double mult = std::ceil(std::log2(static_cast<double>(n)) - std::log2(kThreshold)) + 1.0;
   return std::chrono::duration_cast<core::Duration>(
       mult * std::chrono::duration<double, std::nano>(o.push_pull_interval));
 }

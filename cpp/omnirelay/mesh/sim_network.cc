@@ -33,7 +33,8 @@ void SimClock::RunUntil(core::TimePoint until) {
 
 class SimNetwork::Link final : public Transport {
  public:
-  Link(std::weak_ptr<SimNetwork> net, std::string from) : net_(std::move(net)), from_(std::move(from)) {}
+  Link(std::weak_ptr<SimNetwork> net, std::string from)
+      : net_(std::move(net)), from_(std::move(from)) {}
   void Send(const std::string&, const std::string& address, MessagePtr message) override {
     if (auto net = net_.lock()) net->Deliver(from_, address, std::move(message));
   }
@@ -81,7 +82,8 @@ core::Duration SimNetwork::Latency(const std::string& from, const std::string& t
   h ^= h >> 32;
   const auto span = (options_.max_latency - options_.min_latency).count();
   if (span <= 0) return options_.min_latency;
-  return options_.min_latency + core::Duration(static_cast<std::int64_t>(h % static_cast<std::uint64_t>(span)));
+  return options_.min_latency +
+         core::Duration(static_cast<std::int64_t>(h % static_cast<std::uint64_t>(span)));
 }
 
 void SimNetwork::Deliver(const std::string& from, const std::string& to, MessagePtr message) {

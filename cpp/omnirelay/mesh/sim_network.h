@@ -56,7 +56,7 @@ class SimClock final : public core::Clock {
 struct SimNetworkOptions {
   core::Duration min_latency = std::chrono::microseconds(500);
   core::Duration max_latency = std::chrono::milliseconds(2);  // per link, fixed for the run
-  double loss = 0.0;                                           // uniform per message
+  double loss = 0.0;                                          // uniform per message
   std::uint64_t seed = 1;
 };
 

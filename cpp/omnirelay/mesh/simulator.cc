@@ -13,11 +13,12 @@ std::string Simulator::NameOf(int i) {
 Simulator::Simulator(SimulatorOptions options)
     : options_(std::move(options)),
       clock_(std::make_shared<SimClock>()),
-      net_(std::make_shared<SimNetwork>(clock_, [&] {
-        auto n = options_.network;
-        n.seed = options_.seed;
-        return n;
-      }())),
+      net_(std::make_shared<SimNetwork>(clock_,
+                                        [&] {
+                                          auto n = options_.network;
+                                          n.seed = options_.seed;
+                                          return n;
+                                        }())),
       start_(clock_->Now()) {
   for (int i = 0; i < options_.nodes; ++i) AddNode();
   if (options_.converged_start) {
@@ -123,7 +124,8 @@ bool Simulator::Converged() const {
     if (nodes_[i]->NumAlive() != up) return false;
     for (const auto& name : down_names_) {
       auto m = nodes_[i]->Find(name);
-      if (m && (m->record.state == MemberState::kAlive || m->record.state == MemberState::kSuspect)) {
+      if (m &&
+          (m->record.state == MemberState::kAlive || m->record.state == MemberState::kSuspect)) {
         return false;
       }
     }
@@ -132,8 +134,8 @@ bool Simulator::Converged() const {
 }
 
 nlohmann::json Simulator::Totals() const {
-  std::uint64_t probes = 0, failed = 0, indirect = 0, raised = 0, refuted = 0, deaths = 0,
-                sent = 0, syncs = 0;
+  std::uint64_t probes = 0, failed = 0, indirect = 0, raised = 0, refuted = 0, deaths = 0, sent = 0,
+                syncs = 0;
   for (const auto& n : nodes_) {
     auto& s = n->stats();
     probes += s.probes_sent.load();
@@ -163,7 +165,8 @@ nlohmann::json Simulator::Totals() const {
 }
 
 nlohmann::json Simulator::MeasureFailure(int victim, core::Duration limit) {
-  const double interval_s = std::chrono::duration<double>(options_.membership.probe_interval).count();
+  const double interval_s =
+      std::chrono::duration<double>(options_.membership.probe_interval).count();
   Crash(victim);
   const double t0 = now_s();
   double first_suspect = -1;
@@ -186,7 +189,8 @@ nlohmann::json Simulator::MeasureFailure(int victim, core::Duration limit) {
 }
 
 nlohmann::json Simulator::MeasureJoin(core::Duration limit) {
-  const double interval_s = std::chrono::duration<double>(options_.membership.probe_interval).count();
+  const double interval_s =
+      std::chrono::duration<double>(options_.membership.probe_interval).count();
   const double t0 = now_s();
   const int joiner = Join(0);
   const bool complete = RunUntil(

@@ -17,8 +17,8 @@ std::string_view MemberStateName(MemberState state) {
 }
 
 std::optional<MemberState> ParseMemberState(std::string_view name) {
-  for (auto state : {MemberState::kAlive, MemberState::kSuspect, MemberState::kDead,
-                     MemberState::kLeft}) {
+  for (auto state :
+       {MemberState::kAlive, MemberState::kSuspect, MemberState::kDead, MemberState::kLeft}) {
     if (MemberStateName(state) == name) return state;
   }
   return std::nullopt;

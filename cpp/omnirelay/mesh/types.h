@@ -52,13 +52,13 @@ struct Member {
 };
 
 enum class MessageType : std::uint8_t {
-  kPing = 1,       // direct probe; answered with kAck
-  kPingReq = 2,    // "probe `target` for me" (indirect probe through k members)
-  kAck = 3,        // answer to a ping (relayed back for an indirect probe)
-  kGossip = 4,     // piggyback-only message (dissemination, leave announcements)
-  kPushPull = 5,   // full-state anti-entropy (and join), answered with kPushPullReply
+  kPing = 1,      // direct probe; answered with kAck
+  kPingReq = 2,   // "probe `target` for me" (indirect probe through k members)
+  kAck = 3,       // answer to a ping (relayed back for an indirect probe)
+  kGossip = 4,    // piggyback-only message (dissemination, leave announcements)
+  kPushPull = 5,  // full-state anti-entropy (and join), answered with kPushPullReply
   kPushPullReply = 6,
-  kReject = 7,     // refusal: wrong cluster name, node id collision
+  kReject = 7,  // refusal: wrong cluster name, node id collision
 };
 std::string_view MessageTypeName(MessageType type);
 
