@@ -32,27 +32,42 @@ int main(int argc, char** argv) {
   const std::string name = argv[2];
   const auto ttl = std::chrono::milliseconds(std::atoi(argv[3]));
   auto store = coord::LeadershipStore::Open(options);
+  // A busy store (another process inside a write) is retried, a bad path is not.
+  for (int attempt = 0;
+       !store.ok() && store.status().code() == absl::StatusCode::kUnavailable && attempt < 100;
+       ++attempt) {
+    std::this_thread::sleep_for(100ms);
+    store = coord::LeadershipStore::Open(options);
+  }
   if (!store.ok()) {
     std::fprintf(stderr, "%s\n", store.status().ToString().c_str());
     return 1;
   }
-  auto lease = (*store)->GrantLease(ttl);
-  if (!lease.ok()) return 1;
-  // Renew while campaigning so a long wait does not lose the candidacy.
-  std::atomic<bool> campaigning{true};
-  std::thread renewer([&] {
-    while (campaigning.load()) {
-      (*store)->KeepAlive(lease->id).IgnoreError();
-      std::this_thread::sleep_for(ttl / 4);
+  // Campaign until elected; a busy or stalled store (another process stopped
+  // inside a write) can cost the lease: then start over with a new one.
+  core::StatusOr<coord::Lease> lease = absl::UnknownError("no lease yet");
+  core::StatusOr<coord::Leadership> leader = absl::UnknownError("not elected yet");
+  for (int attempt = 0; attempt < 100; ++attempt) {
+    lease = (*store)->GrantLease(ttl);
+    if (!lease.ok()) {
+      std::this_thread::sleep_for(100ms);
+      continue;
     }
-  });
-  auto leader = (*store)->Campaign("global", lease->id, name);
-  campaigning.store(false);
-  renewer.join();
-  if (!leader.ok()) {
-    std::fprintf(stderr, "campaign: %s\n", leader.status().ToString().c_str());
-    return 1;
+    // Renew while campaigning so a long wait does not lose the candidacy.
+    std::atomic<bool> campaigning{true};
+    std::thread renewer([&] {
+      while (campaigning.load()) {
+        (*store)->KeepAlive(lease->id).IgnoreError();
+        std::this_thread::sleep_for(ttl / 4);
+      }
+    });
+    leader = (*store)->Campaign("global", lease->id, name);
+    campaigning.store(false);
+    renewer.join();
+    if (leader.ok()) break;
+    std::fprintf(stderr, "campaign: %s (retrying)\n", leader.status().ToString().c_str());
   }
+  if (!lease.ok() || !leader.ok()) return 1;
   std::printf("LEADER %lld\n", static_cast<long long>(leader->fencing_token));
   auto last_renewal = std::chrono::steady_clock::now();
   for (long seq = 0;; ++seq) {

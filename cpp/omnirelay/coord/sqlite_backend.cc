@@ -232,12 +232,25 @@ core::StatusOr<std::shared_ptr<SqliteBackend>> SqliteBackend::Open(
   // (and with it every fencing token handed out) survives a power cut too.
   if (!Exec(db, "PRAGMA journal_mode=WAL").ok()) return fail("enable WAL");
   if (!Exec(db, "PRAGMA synchronous=FULL").ok()) return fail("set synchronous");
-  if (!Exec(db, "BEGIN IMMEDIATE").ok()) return fail("lock for schema");
-  if (auto status = Exec(db, kSchema); !status.ok()) {
-    Exec(db, "ROLLBACK").IgnoreError();
-    return fail("create schema");
+  // An existing database needs no write at open: a process stopped inside a
+  // write transaction must not keep other nodes from even starting.
+  const bool has_schema =
+      Stmt(db, "SELECT value FROM omnirelay_coord_meta WHERE name = 'schema_version'").Step() ==
+      SQLITE_ROW;
+  if (!has_schema) {
+    if (auto status = Exec(db, "BEGIN IMMEDIATE"); !status.ok()) {
+      if (status.code() == StatusCode::kUnavailable) {  // busy: another process writes
+        sqlite3_close(db);
+        return status;
+      }
+      return fail("lock for schema");
+    }
+    if (auto status = Exec(db, kSchema); !status.ok()) {
+      Exec(db, "ROLLBACK").IgnoreError();
+      return fail("create schema");
+    }
+    if (!Exec(db, "COMMIT").ok()) return fail("commit schema");
   }
-  if (!Exec(db, "COMMIT").ok()) return fail("commit schema");
   auto backend =
       std::shared_ptr<SqliteBackend>(new SqliteBackend(std::move(options), std::move(clock), db));
   return backend;
