@@ -76,7 +76,8 @@ TEST(GrpcGossipTest, JoinDetectFailureAndDropMalformed) {
   grpc::GenericStub stub(channel);
   grpc::ClientContext context;
   context.set_deadline(std::chrono::system_clock::now() + std::chrono::seconds(5));
-  grpc::Slice slice(std::string("\xff\xff\xff not a message", 19));
+  const char kGarbage[] = "\xff\xff\xff not a message";
+  grpc::Slice slice(std::string(kGarbage, sizeof(kGarbage) - 1));
   grpc::ByteBuffer request(&slice, 1), response;
   std::promise<grpc::Status> done;
   stub.UnaryCall(&context, kGossipSendMethod, grpc::StubOptions(), &request, &response,
