@@ -31,8 +31,11 @@ struct Call {
 }  // namespace
 
 GrpcGossipTransport::GrpcGossipTransport(core::Duration send_timeout,
-                                         std::map<std::string, std::string> peer_addresses)
-    : send_timeout_(send_timeout), peer_addresses_(std::move(peer_addresses)) {}
+                                         std::map<std::string, std::string> peer_addresses,
+                                         std::shared_ptr<grpc::ChannelCredentials> credentials)
+    : send_timeout_(send_timeout),
+      peer_addresses_(std::move(peer_addresses)),
+      credentials_(credentials ? std::move(credentials) : grpc::InsecureChannelCredentials()) {}
 
 GrpcGossipTransport::~GrpcGossipTransport() { Shutdown(std::chrono::milliseconds(1000)); }
 
@@ -56,8 +59,8 @@ grpc::GenericStub* GrpcGossipTransport::StubFor(const std::string& address) {
     args.SetInt(GRPC_ARG_KEEPALIVE_PERMIT_WITHOUT_CALLS, 0);
     // One channel per address, not shared with the data plane's channels.
     args.SetInt(GRPC_ARG_USE_LOCAL_SUBCHANNEL_POOL, 1);
-    stub = std::make_unique<grpc::GenericStub>(
-        grpc::CreateCustomChannel(address, grpc::InsecureChannelCredentials(), args));
+    stub =
+        std::make_unique<grpc::GenericStub>(grpc::CreateCustomChannel(address, credentials_, args));
   }
   return stub.get();
 }

@@ -34,8 +34,11 @@ inline constexpr const char* kGossipSendMethod = "/omnirelay.mesh.v1.Gossip/Send
 
 class GrpcGossipTransport final : public Transport {
  public:
+  // `credentials`: the channel credentials gossip dials with (the node's
+  // TLS/mTLS identity when omniRelay.tls is set); null = plaintext.
   GrpcGossipTransport(core::Duration send_timeout,
-                      std::map<std::string, std::string> peer_addresses);
+                      std::map<std::string, std::string> peer_addresses,
+                      std::shared_ptr<grpc::ChannelCredentials> credentials = nullptr);
   ~GrpcGossipTransport() override;
   // Counts bytes and failed sends into `stats` (set before the first Send).
   void SetStats(Stats* stats) { stats_ = stats; }
@@ -48,6 +51,7 @@ class GrpcGossipTransport final : public Transport {
   grpc::GenericStub* StubFor(const std::string& address);
   const core::Duration send_timeout_;
   const std::map<std::string, std::string> peer_addresses_;
+  const std::shared_ptr<grpc::ChannelCredentials> credentials_;
   Stats* stats_ = nullptr;
   std::mutex mu_;
   std::map<std::string, std::unique_ptr<grpc::GenericStub>> stubs_;

@@ -12,6 +12,7 @@
 #include "omnirelay/mesh/mesh_metrics.h"
 #include "omnirelay/mesh/peer_feed.h"
 #include "omnirelay/resourcelease/service.h"
+#include "omnirelay/tls/grpc_credentials.h"
 
 namespace omnirelay::node {
 
@@ -536,8 +537,10 @@ absl::Status Node::StartMesh() {
     }
   }
   auto options = MeshOptions(c);
-  gossip_transport_ =
-      std::make_shared<mesh::GrpcGossipTransport>(options.send_timeout, c.peer_addresses);
+  // Gossip dials with the node's own TLS identity: under mTLS the members'
+  // listeners require it, and a plaintext fallback would be a downgrade.
+  gossip_transport_ = std::make_shared<mesh::GrpcGossipTransport>(
+      options.send_timeout, c.peer_addresses, tls_ ? tls::GrpcChannelCredentials(*tls_) : nullptr);
   mesh::LocalIdentity self{
       c.identity.node_id, advertise,
       mesh::MemberMeta{c.identity.roles, c.identity.region, c.identity.zone, c.identity.labels}};
