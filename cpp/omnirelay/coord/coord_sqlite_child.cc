@@ -88,6 +88,6 @@ int main(int argc, char** argv) {
       }
       last_renewal = std::chrono::steady_clock::now();
     }
-    std::this_thread::sleep_for(5ms);
+    std::this_thread::sleep_for(20ms);
   }
 }
