@@ -17,7 +17,7 @@ import json
 import sys
 import urllib.error
 import urllib.request
-from typing import Any, Dict, List, Optional
+from typing import Any, Callable, Dict, List, Optional, Tuple
 
 from omnirelay.cli import register_verb
 
@@ -65,14 +65,17 @@ def format_table(table: Dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
-@register_verb("mesh", "Mesh membership: omnirelay mesh peers --admin HOST:PORT [--json]")
-def mesh_verb(argv: List[str]) -> int:
-    parser = argparse.ArgumentParser(prog="omnirelay mesh")
-    sub = parser.add_subparsers(dest="command", required=True)
-    p = sub.add_parser("peers", help="the members a node sees (its /omnirelay/control/peers)")
-    p.add_argument("--admin", required=True, help="admin endpoint HOST:PORT of the node to ask")
-    p.add_argument("--json", action="store_true", help="print the JSON document instead of a table")
-    p.add_argument("--timeout", type=float, default=3.0)
+# `omnirelay mesh SUBVERB ...`: one verb, one table. Membership adds `peers`
+# here; leadership (omnirelay.harness.leadership) adds `leaders` and `promote`.
+MESH_SUBVERBS: Dict[str, Tuple[str, Callable[[List[str]], int]]] = {}
+
+
+def _peers_verb(argv: List[str]) -> int:
+    parser = argparse.ArgumentParser(prog="omnirelay mesh peers",
+                                     description="The members a node sees (its /omnirelay/control/peers).")
+    parser.add_argument("--admin", required=True, help="admin endpoint HOST:PORT of the node to ask")
+    parser.add_argument("--json", action="store_true", help="print the JSON document instead of a table")
+    parser.add_argument("--timeout", type=float, default=3.0)
     args = parser.parse_args(argv)
     try:
         table = peers(args.admin, args.timeout)
@@ -87,6 +90,21 @@ def mesh_verb(argv: List[str]) -> int:
     return 0
 
 
+MESH_SUBVERBS["peers"] = ("the members a node sees: omnirelay mesh peers --admin HOST:PORT [--json]",
+                          _peers_verb)
+
+
+@register_verb("mesh", "mesh membership and leadership: peers, leaders, promote")
+def mesh_verb(argv: List[str]) -> int:
+    if not argv or argv[0] not in MESH_SUBVERBS:
+        stream = sys.stdout if argv and argv[0] in ("-h", "--help") else sys.stderr
+        print("usage: omnirelay mesh {" + ",".join(sorted(MESH_SUBVERBS)) + "} ...", file=stream)
+        for name, (help_text, _) in sorted(MESH_SUBVERBS.items()):
+            print(f"  {name:<10}{help_text}", file=stream)
+        return 0 if stream is sys.stdout else 2
+    return MESH_SUBVERBS[argv[0]][1](argv[1:])
+
+
 def Simulator(nodes: int, seed: int = 1, profile: str = "lan", loss: float = 0.0,
               min_latency_ms: float = 0.5, max_latency_ms: float = 2.0,
               converged_start: bool = True):  # noqa: N802 (a factory named like the class it returns)
@@ -99,4 +117,4 @@ def Simulator(nodes: int, seed: int = 1, profile: str = "lan", loss: float = 0.0
                            max_latency_ms=max_latency_ms, converged_start=converged_start)
 
 
-__all__ = ["STATES", "Simulator", "format_table", "mesh_verb", "peers", "role_map", "states"]
+__all__ = ["MESH_SUBVERBS", "STATES", "Simulator", "format_table", "mesh_verb", "peers", "role_map", "states"]

@@ -21,7 +21,7 @@ import urllib.parse
 import urllib.request
 from typing import Any, Dict, List, Optional, Sequence, Tuple
 
-from omnirelay.cli import register_verb
+from omnirelay.mesh import MESH_SUBVERBS  # the `omnirelay mesh` verb's table
 from omnirelay.topology import Topology, TopologyBuilder
 
 ETCD_BINARY = "/usr/bin/etcd"
@@ -167,7 +167,6 @@ def fenced_write(admin: str, scope: str, key: str, value: str, timeout: float = 
 
 # -- CLI: omnirelay mesh leaders | promote ---------------------------------------------
 
-MESH_SUBVERBS: Dict[str, Any] = {}
 
 
 def _leaders_verb(argv: List[str]) -> int:
@@ -213,14 +212,6 @@ MESH_SUBVERBS["leaders"] = ("every scope's leader, fencing token and lease", _le
 MESH_SUBVERBS["promote"] = ("hand a scope over to a node", _promote_verb)
 
 
-@register_verb("mesh", "mesh control: leaders, promote")
-def _mesh_verb(argv: List[str]) -> int:
-    if not argv or argv[0] not in MESH_SUBVERBS:
-        print("usage: omnirelay mesh {" + ",".join(sorted(MESH_SUBVERBS)) + "} ...")
-        for name, (help_text, _) in sorted(MESH_SUBVERBS.items()):
-            print(f"  {name:<10}{help_text}")
-        return 0 if argv and argv[0] in ("-h", "--help") else 2
-    return MESH_SUBVERBS[argv[0]][1](argv[1:])
 
 
 # -- the seed's GlobalLeaderWithRegions shape, with leadership -----------------------------
