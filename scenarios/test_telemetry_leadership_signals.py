@@ -51,7 +51,7 @@ def scenario(s: Scenario) -> None:
 
     with s.then("the leadership series exist for every node"):
         for metric in ("omnirelay_leadership_changes_total", "omnirelay_leadership_term",
-                       "omnirelay_leadership_is_leader", "omnirelay_leadership_lease_renew_duration_milliseconds_count"):
+                       "omnirelay_leadership_is_leader", "omnirelay_leadership_lease_renew_duration_seconds_count"):
             result = prometheus_query(web, metric)
             instances = {r["metric"].get("instance") for r in result}
             assert len(instances) == 3, (metric, instances)

@@ -341,8 +341,8 @@ def test_backpressure_throttles_the_node_and_is_observable(nodes, tmp_path):
                         resourcelease_namespace="default") == 2
     assert metric_total(text, "omnirelay_resourcelease_pending", resourcelease_namespace="default") == 2
     assert metric_total(text, "omnirelay_resourcelease_leases_total", resourcelease_namespace="default") == 2
-    assert "omnirelay_resourcelease_queue_wait_milliseconds_bucket" in text
-    assert "omnirelay_resourcelease_lease_hold_milliseconds_bucket" in text
+    assert "omnirelay_resourcelease_queue_wait_seconds_bucket" in text
+    assert "omnirelay_resourcelease_lease_hold_seconds_bucket" in text
     if sse.response is not None:
         sse.response.close()
 

@@ -81,8 +81,11 @@ void ConfigureParser(bhttp::request_parser<bhttp::string_body>& parser, const Ht
   parser.body_limit(limits.max_body_bytes);
 }
 
-HttpRequest ToHttpRequest(bhttp::request<bhttp::string_body>& raw, std::string remote) {
-  HttpRequest request;
+// Fills `request` in place: inside the Serve coroutine a by-value
+// HttpRequest return (with its PeerIdentity member) trips GCC 12's coroutine
+// temporaries handling (double destruction), so the loop fills a frame local.
+void FillHttpRequest(bhttp::request<bhttp::string_body>& raw, const std::string& remote,
+                     HttpRequest& request) {
   request.method = std::string(raw.method_string());
   request.target = std::string(raw.target());
   const size_t q = request.target.find('?');
@@ -92,7 +95,12 @@ HttpRequest ToHttpRequest(bhttp::request<bhttp::string_body>& raw, std::string r
     request.headers.Add(std::string(field.name_string()), std::string(field.value()));
   }
   request.body = std::move(raw.body());
-  request.remote_address = std::move(remote);
+  request.remote_address = remote;
+}
+
+HttpRequest ToHttpRequest(bhttp::request<bhttp::string_body>& raw, std::string remote) {
+  HttpRequest request;
+  FillHttpRequest(raw, remote, request);
   return request;
 }
 
@@ -246,7 +254,8 @@ asio::awaitable<void> HttpServer::Impl::Serve(Stream& stream, const std::string&
     }
     auto& raw = parser.get();
     server->active_requests_.fetch_add(1);
-    HttpRequest request = ToHttpRequest(raw, remote);
+    HttpRequest request;
+    FillHttpRequest(raw, remote, request);
     request.secure = secure;
     request.peer = peer;
 

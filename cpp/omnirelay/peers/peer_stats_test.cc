@@ -132,8 +132,8 @@ TEST_P(ScrapeExactnessTest, SumsAreExactUnderConcurrentAcquireRelease) {
   // The Prometheus exposition carries the same exact figures.
   const std::string text = fixture.metrics->RenderPrometheus();
   std::uint64_t rendered_count = 0;
-  for (std::size_t at = 0; (at = text.find("omnirelay_peer_lease_duration_milliseconds_count{",
-                                           at)) != std::string::npos;) {
+  for (std::size_t at = 0;
+       (at = text.find("omnirelay_peer_lease_duration_seconds_count{", at)) != std::string::npos;) {
     const std::size_t value = text.find("} ", at) + 2;
     rendered_count += std::stoull(text.substr(value, text.find('\n', value) - value));
     at = value;

@@ -353,7 +353,7 @@ TEST_F(Fixture, MetricsCarryTheNamespace) {
   EXPECT_EQ(metrics->Total("omnirelay.resourcelease.leases", ns), 1);
   EXPECT_EQ(metrics->Total("omnirelay.resourcelease.backpressure.transitions", ns), 1);
   const std::string text = metrics->RenderPrometheus();
-  EXPECT_NE(text.find("omnirelay_resourcelease_queue_wait_milliseconds_bucket"), std::string::npos);
+  EXPECT_NE(text.find("omnirelay_resourcelease_queue_wait_seconds_bucket"), std::string::npos);
   EXPECT_NE(text.find("resourcelease_namespace=\"billing\""), std::string::npos);
 }
 
