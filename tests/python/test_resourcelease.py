@@ -42,6 +42,9 @@ def rl_config(tmp_path, name="rl", namespaces=None, **extra):
         "inbounds": {"grpc": {"address": "127.0.0.1:0"}, "http": {"address": "127.0.0.1:0"}},
         "admin": {"address": "127.0.0.1:0"},
         "echo": {"instance": name},
+        # The test clients name their principal in x-client-principal, as a
+        # trusted local proxy would (docs/security.md: trusted proxies only).
+        "principal": {"trustedProxies": ["127.0.0.1"]},
         "resourceLease": {
             "maxLeaseWait": "10s",
             "namespaces": namespaces or {

@@ -47,6 +47,8 @@ def two_nodes(tmp_path):
             "service": name,
             "inbounds": {"http": {"address": "127.0.0.1:0"}, "grpc": {"address": "127.0.0.1:0"}},
             "admin": {"address": "127.0.0.1:0"},
+            # The CLI's --principal travels in x-client-principal: trusted from loopback only.
+            "principal": {"trustedProxies": ["127.0.0.1"]},
             "resourceLease": {"namespaces": {"default": {}, "billing": {"maxAttempts": 1}}},
         }}))
         started.append(NodeProcess(["serve", "--config", str(config)], tmp_path, name))

@@ -503,6 +503,11 @@ class Cluster:
         token_file = self.artifacts_dir / "admin-token"
         token_file.write_text(self.admin_token + "\n")
         os.chmod(token_file, 0o600)
+        # Admin clients run while the cluster is up (`omnirelay mesh promote`,
+        # the leadership helpers, from this process or a child) find the
+        # token here; the previous value comes back on stop.
+        self._saved_token_env = os.environ.get("OMNIRELAY_ADMIN_TOKEN_FILE")
+        os.environ["OMNIRELAY_ADMIN_TOKEN_FILE"] = str(token_file)
         if self.tls == "mtls":
             from omnirelay.harness.pki import TestCa
 
@@ -761,6 +766,11 @@ class Cluster:
         if self._stopped:
             return
         self._stopped = True
+        if hasattr(self, "_saved_token_env"):
+            if self._saved_token_env is None:
+                os.environ.pop("OMNIRELAY_ADMIN_TOKEN_FILE", None)
+            else:
+                os.environ["OMNIRELAY_ADMIN_TOKEN_FILE"] = self._saved_token_env
         self._stop_event.set()
         if self._supervisor is not None:
             self._supervisor.join(timeout=10)

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import shutil
 import urllib.error
 import urllib.parse
@@ -119,12 +120,29 @@ def apply_leadership(topology: Topology, scopes: Dict[str, Sequence[Tuple[str, i
     return topology
 
 
+def admin_token(token: Optional[str] = None) -> Optional[str]:
+    """The admin bearer token for control POSTs (docs/security.md): ``token`` if
+    given, else the file named by ``$OMNIRELAY_ADMIN_TOKEN_FILE`` (the node's
+    ``omniRelay.admin.tokenFile``; a harness cluster writes ``admin-token`` in
+    its artifacts), else none."""
+    if token:
+        return token
+    path = os.environ.get("OMNIRELAY_ADMIN_TOKEN_FILE")
+    if path:
+        with open(path, encoding="utf-8") as f:
+            return f.read().strip()
+    return None
+
+
 def _admin_call(admin: str, method: str, path: str, params: Optional[Dict[str, str]] = None,
-                timeout: float = 5.0) -> Tuple[int, Dict[str, Any]]:
+                timeout: float = 5.0, token: Optional[str] = None) -> Tuple[int, Dict[str, Any]]:
     url = f"http://{admin}{path}"
     if params:
         url += "?" + urllib.parse.urlencode(params)
     request = urllib.request.Request(url, method=method, data=b"" if method == "POST" else None)
+    bearer = admin_token(token)
+    if bearer:
+        request.add_header("Authorization", f"Bearer {bearer}")
     try:
         with urllib.request.urlopen(request, timeout=timeout) as response:
             return response.status, json.loads(response.read() or b"{}")
@@ -151,18 +169,20 @@ def leader_of(admin: str, scope: str) -> Optional[str]:
     return None
 
 
-def promote(admin: str, scope: str, node: str) -> Dict[str, Any]:
-    status, body = _admin_call(admin, "POST", "/omnirelay/control/promote", {"scope": scope, "node": node})
+def promote(admin: str, scope: str, node: str, token: Optional[str] = None) -> Dict[str, Any]:
+    status, body = _admin_call(admin, "POST", "/omnirelay/control/promote", {"scope": scope, "node": node},
+                               token=token)
     if status != 200:
         raise RuntimeError(f"promote {scope} -> {node} via {admin}: {status} {body}")
     return body
 
 
-def fenced_write(admin: str, scope: str, key: str, value: str, timeout: float = 5.0) -> Tuple[int, Dict[str, Any]]:
+def fenced_write(admin: str, scope: str, key: str, value: str, timeout: float = 5.0,
+                 token: Optional[str] = None) -> Tuple[int, Dict[str, Any]]:
     """A control write as leader of ``scope``: (HTTP status, body). 200 carries
     ``revision`` and ``fencingToken``; 400/412 is a refusal (not leader / fenced)."""
     return _admin_call(admin, "POST", "/omnirelay/control/fenced-write",
-                       {"scope": scope, "key": key, "value": value}, timeout=timeout)
+                       {"scope": scope, "key": key, "value": value}, timeout=timeout, token=token)
 
 
 # -- CLI: omnirelay mesh leaders | promote ---------------------------------------------
@@ -198,9 +218,15 @@ def _promote_verb(argv: List[str]) -> int:
     parser.add_argument("--scope", required=True, help="global | region/<name> | shard/<namespace>/<id>")
     parser.add_argument("--node", required=True, help="node id that takes the scope over")
     parser.add_argument("--admin", required=True, help="admin host:port of any node")
+    parser.add_argument("--token-file", help="admin bearer token file (omniRelay.admin.tokenFile); "
+                                             "default $OMNIRELAY_ADMIN_TOKEN_FILE")
     args = parser.parse_args(argv)
     try:
-        promote(args.admin, args.scope, args.node)
+        token = None
+        if args.token_file:
+            with open(args.token_file, encoding="utf-8") as f:
+                token = f.read().strip()
+        promote(args.admin, args.scope, args.node, token=token)
     except (OSError, RuntimeError) as error:
         print(f"omnirelay mesh promote: {error}")
         return 1
