@@ -15,6 +15,9 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
   const auto newline = text.find('\n');
   (void)omnirelay::config::ApplySets(root, {text.substr(0, newline)});
   auto config = omnirelay::config::Parse(root);
-  if (config.ok()) (void)omnirelay::config::ToJson(*config).dump();
+  if (config.ok()) {
+    (void)omnirelay::config::ToJson(*config).dump(-1, ' ', false,
+                                                  nlohmann::json::error_handler_t::replace);
+  }
   return 0;
 }

@@ -11,6 +11,9 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
   auto root = omnirelay::config::YamlToJson(text);
   if (!root.ok()) return 0;
   auto config = omnirelay::config::Parse(*root);
-  if (config.ok()) (void)omnirelay::config::ToJson(*config).dump();
+  if (config.ok()) {
+    (void)omnirelay::config::ToJson(*config).dump(-1, ' ', false,
+                                                  nlohmann::json::error_handler_t::replace);
+  }
   return 0;
 }

@@ -24,6 +24,12 @@ std::string Lower(std::string_view s) {
   return out;
 }
 
+// A value as JSON text for error messages; invalid UTF-8 is replaced rather
+// than thrown about (fuzz target config_yaml).
+std::string Show(const nlohmann::json& value) {
+  return value.dump(-1, ' ', false, nlohmann::json::error_handler_t::replace);
+}
+
 // Collects every problem with its key path.
 class Errors {
  public:
@@ -73,7 +79,7 @@ class Obj {
       if (v->is_string()) {
         out = v->get<std::string>();
       } else if (v->is_number() || v->is_boolean()) {
-        out = v->dump();
+        out = Show(*v);
       } else {
         errors_.Add(Path(key), "must be a string");
       }
@@ -93,7 +99,7 @@ class Obj {
       }
       if (!n || *n < min || *n > 1'000'000'000) {
         errors_.Add(Path(key),
-                    "must be an integer >= " + std::to_string(min) + ", got " + v->dump());
+                    "must be an integer >= " + std::to_string(min) + ", got " + Show(*v));
       } else {
         out = static_cast<int>(*n);
       }
@@ -110,7 +116,7 @@ class Obj {
         if (!text.empty() && absl::SimpleAtod(text, &parsed)) n = parsed;
       }
       if (!n || !std::isfinite(*n) || *n < min) {
-        errors_.Add(Path(key), "must be a number >= " + std::to_string(min) + ", got " + v->dump());
+        errors_.Add(Path(key), "must be a number >= " + std::to_string(min) + ", got " + Show(*v));
       } else {
         out = *n;
       }
@@ -124,21 +130,23 @@ class Obj {
                                     Lower(v->get<std::string>()) == "false")) {
         out = Lower(v->get<std::string>()) == "true";
       } else {
-        errors_.Add(Path(key), "must be true or false, got " + v->dump());
+        errors_.Add(Path(key), "must be true or false, got " + Show(*v));
       }
     }
   }
   void Dur(std::string_view key, core::Duration& out) {
     if (const auto* v = Get(key)) {
       std::optional<core::Duration> d;
-      if (v->is_number() && v->get<double>() >= 0) {
+      // Numbers are milliseconds, at most ~100 years (beyond, nanosecond
+      // arithmetic overflows: fuzz target config_json, drain.timeout 1e308).
+      if (v->is_number() && v->get<double>() >= 0 && v->get<double>() <= 3.2e12) {
         d = std::chrono::duration_cast<core::Duration>(
             std::chrono::duration<double, std::milli>(v->get<double>()));
       } else if (v->is_string()) {
         d = core::ParseDuration(v->get<std::string>());
       }
       if (!d) {
-        errors_.Add(Path(key), "must be a duration like \"250ms\", \"1.5s\", got " + v->dump());
+        errors_.Add(Path(key), "must be a duration like \"250ms\", \"1.5s\", got " + Show(*v));
       } else {
         out = *d;
       }
