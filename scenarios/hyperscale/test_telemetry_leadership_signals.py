@@ -8,7 +8,7 @@ resets at restart are what Prometheus's ``increase`` handles), and the term
 (fencing token) series never go backwards, also across the restart.
 
 Shard signals come with the shards issue; this scenario covers leadership.
-Run: ``pytest scenarios/test_telemetry_leadership_signals.py`` or
+Run: ``pytest scenarios/hyperscale/test_telemetry_leadership_signals.py`` or
 ``omnirelay scenario run telemetry_leadership_signals``.
 """
 

@@ -8,7 +8,7 @@ role map matches the golden file, a leadership change is recorded in the
 metrics, and when the old leader resumes it steps down without a single
 accepted fenced write.
 
-Run: ``pytest scenarios/test_global_leader_failover_promote_region.py`` or
+Run: ``pytest scenarios/hyperscale/test_global_leader_failover_promote_region.py`` or
 ``omnirelay scenario run global_leader_failover_promote_region``.
 """
 
@@ -18,13 +18,16 @@ import subprocess
 import sys
 import threading
 import time
+from pathlib import Path
 
 import pytest
 
 from omnirelay.harness import http_get
 from omnirelay.harness.leadership import (ROLE_MAP, fenced_write, leader_of, leaders, leadership_topology,
                                           role_map)
-from omnirelay.scenario import Scenario
+from omnirelay.scenario import Scenario, assert_golden
+
+GOLDEN_DIR = Path(__file__).resolve().parent / "golden"
 
 pytestmark = [pytest.mark.hyperscale, pytest.mark.chaos]
 
@@ -89,7 +92,8 @@ def scenario(s: Scenario, store: str = "sqlite") -> None:
         with s.and_("the role map matches the golden file and a leadership change is recorded"):
             current = role_map(observer)
             s.save_json("leaders.json", leaders(observer))
-            s.golden(current, "global_leader_failover_role_map.json")
+            assert_golden(current, "global_leader_failover_role_map.json", golden_dir=GOLDEN_DIR,
+                          update=s.update_golden)
             after = http_get(cluster["east-leader"].admin_url + "/metrics")[1]
             assert 'omnirelay_leadership_changes_total{scope="global"}' in after
             assert _metric(after, 'omnirelay_leadership_changes_total{scope="global"}') > \
