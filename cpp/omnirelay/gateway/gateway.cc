@@ -628,8 +628,12 @@ void ProxyCall::AttemptDone(Attempt* a, const grpc::Status& status) {
   const bool is_current = a == current_;
   if (is_current) current_ = nullptr;
   Cluster* cluster = a->cluster;
+  // CANCELLED that the client did not ask for is a server shutting down
+  // (grpc::Server::Shutdown cancels the calls it still holds): the instance
+  // is going away, like UNAVAILABLE, not an application answer.
   const bool transport_failure =
-      a->timed_out || (status.error_code() == grpc::StatusCode::UNAVAILABLE && !cancelled_);
+      a->timed_out || (!cancelled_ && (status.error_code() == grpc::StatusCode::UNAVAILABLE ||
+                                       status.error_code() == grpc::StatusCode::CANCELLED));
   if (transport_failure) {
     (a->timed_out ? cluster->attempts_timeout : cluster->attempts_failed)->Add();
     // The instance is gone (or hung): its binding ends, whoever holds it.

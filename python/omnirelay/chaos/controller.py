@@ -60,8 +60,10 @@ class ChaosController:
 
     def _resume_if_paused(self, n: Any) -> None:
         if n.paused:
-            n.resume()
+            # Recorded before SIGCONT: whoever sees the node answer again
+            # already finds the resume in the history.
             self._record("resume", node=n.name, reason="window ended")
+            n.resume()
 
     def resume(self, node: Any) -> None:
         n = self._node(node)
