@@ -27,6 +27,9 @@ TEST(PeerTest, CapRejectsAsBusyAndReleaseFreesSlot) {
   peer->Release(core::StatusCode::kOk, 5ms);
   EXPECT_TRUE(peer->TryAcquire().ok());
   EXPECT_EQ(metrics->Total("omnirelay.peer.successes", {{"rpc.peer", "a"}}), 1);
+  // A peer lives until its last lease is released (peer.h): hand both back.
+  peer->Release(core::StatusCode::kOk, 5ms);
+  peer->Release(core::StatusCode::kOk, 5ms);
 }
 
 TEST(PeerTest, UnavailableAndUnhealthyRefuseAsUnhealthy) {
@@ -37,6 +40,7 @@ TEST(PeerTest, UnavailableAndUnhealthyRefuseAsUnhealthy) {
   EXPECT_FALSE(peer->IsEligible());
   peer->SetStatus(PeerStatus::kAvailable);
   EXPECT_TRUE(peer->TryAcquire().ok());
+  peer->Release(core::StatusCode::kOk, 1ms);  // the peer lives until its last lease ends
 }
 
 TEST(PeerTest, OutcomesLatencyEwmaAndPercentiles) {
