@@ -79,7 +79,7 @@ if [[ "${OMNIRELAY_SANITIZERS:-1}" == "1" ]]; then
       "build/fuzz/tests/fuzz/fuzz_$target" -max_total_time="${OMNIRELAY_FUZZ_SECONDS:-20}" \
       -rss_limit_mb=2048 -timeout=10 -artifact_prefix="$work/" -print_final_stats=1 "${dict[@]}" \
       "$work/corpus" 2>"$work/log" || { tail -60 "$work/log"; exit 1; }
-    grep -E "^stat::number_of_executed_runs" "$work/log" | sed "s/^/$target: /"
+    { grep -E "^stat::(number_of_executed_units|new_units_added)" "$work/log" || true; } | sed "s/^/$target: /"
   done
 fi
 
