@@ -27,7 +27,7 @@ struct Fixture {
 
   std::unique_ptr<PeerListCoordinator> Make(
       std::string chooser, int peers, int cap = 0, ChooserOptions chooser_options = {},
-      std::shared_ptr<PeerLeaseHealthTracker> tracker = nullptr) {
+      std::shared_ptr<PeerLeaseHealthTracker> tracker = nullptr, bool with_breaker = true) {
     PeerListCoordinatorOptions options;
     options.service = "svc";
     options.transport = "grpc";
@@ -35,7 +35,11 @@ struct Fixture {
     if (chooser_options.seed == 0) chooser_options.seed = 42;
     options.chooser_options = std::move(chooser_options);
     options.peer_defaults.max_inflight = cap;
-    options.peer_defaults.breaker = CircuitBreakerOptions::ForTests();
+    if (with_breaker) {
+      options.peer_defaults.breaker = CircuitBreakerOptions::ForTests();
+    } else {
+      options.peer_defaults.breaker = std::nullopt;
+    }
     auto coordinator = PeerListCoordinator::Create(options, clock, metrics, std::move(tracker));
     for (int i = 0; i < peers; ++i) {
       auto added = (*coordinator)->AddPeer(Desc("p" + std::to_string(i)));
