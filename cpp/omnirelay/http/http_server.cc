@@ -4,6 +4,7 @@
 #include <sys/time.h>
 
 #include <boost/asio/co_spawn.hpp>
+#include <boost/asio/strand.hpp>
 #include <boost/asio/detached.hpp>
 #include <boost/asio/io_context.hpp>
 #include <boost/asio/ip/tcp.hpp>
@@ -317,14 +318,18 @@ asio::awaitable<void> HttpServer::Impl::Serve(Stream& stream, const std::string&
 asio::awaitable<void> HttpServer::Impl::AcceptLoop() {
   for (;;) {
     beast::error_code accept_ec;
-    tcp::socket socket =
-        co_await acceptor.async_accept(asio::redirect_error(asio::use_awaitable, accept_ec));
+    // One strand per connection: with several io threads, a tcp_stream's
+    // timeout handler and the session coroutine must never run at once
+    // (Beast's rule; TSan caught the close racing the timer).
+    auto strand = asio::make_strand(io);
+    tcp::socket socket = co_await acceptor.async_accept(
+        strand, asio::redirect_error(asio::use_awaitable, accept_ec));
     if (accept_ec) {
       if (stopping.load() || accept_ec == asio::error::operation_aborted) co_return;
       continue;  // e.g. EMFILE: keep serving the connections we have
     }
     socket.set_option(tcp::no_delay(true));
-    asio::co_spawn(io, Session(std::move(socket)), asio::detached);
+    asio::co_spawn(strand, Session(std::move(socket)), asio::detached);
   }
 }
 
