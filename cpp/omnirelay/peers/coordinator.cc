@@ -214,8 +214,11 @@ absl::StatusOr<std::unique_ptr<PeerListCoordinator>> PeerListCoordinator::Create
     PeerListCoordinatorOptions options, std::shared_ptr<core::Clock> clock,
     std::shared_ptr<core::MetricsRegistry> metrics,
     std::shared_ptr<PeerLeaseHealthTracker> tracker) {
-  auto chooser = CreateChooser(options.chooser, options.chooser_options);
+  absl::StatusOr<std::unique_ptr<PeerChooser>> chooser =
+      options.chooser_factory ? options.chooser_factory()
+                              : CreateChooser(options.chooser, options.chooser_options);
   if (!chooser.ok()) return chooser.status();
+  if (*chooser == nullptr) return absl::InvalidArgumentError("chooser factory returned no chooser");
   if (!clock) clock = core::SystemClock::Shared();
   if (!metrics) metrics = core::MetricsRegistry::Default();
   auto shared = std::make_shared<CoordinatorShared>();
@@ -392,6 +395,8 @@ std::vector<PeerState> PeerListCoordinator::PeerStates() const {
 }
 
 int PeerListCoordinator::waiting() const { return shared_->waiters.load(); }
+
+void PeerListCoordinator::Wake() { shared_->Wake(); }
 
 PeerChooser& PeerListCoordinator::chooser() { return *shared_->chooser; }
 

@@ -41,6 +41,7 @@
 // peer is never picked again.
 #include <atomic>
 #include <condition_variable>
+#include <functional>
 #include <memory>
 #include <mutex>
 #include <optional>
@@ -65,6 +66,10 @@ struct PeerListCoordinatorOptions {
   std::string transport;
   std::string chooser = "fewest-pending";  // the seeds' default
   ChooserOptions chooser_options;
+  // When set, the chooser instance comes from here instead of `chooser`
+  // (choosers that need outside state: leadership's LeaderChooser, a
+  // shard-aware chooser). Called once by Create; a null result is refused.
+  std::function<std::unique_ptr<PeerChooser>()> chooser_factory;
   PeerOptions peer_defaults;  // for AddPeer without explicit options
 };
 
@@ -135,6 +140,9 @@ class PeerListCoordinator {
   std::shared_ptr<const PeerSnapshot> snapshot() const;
   std::vector<PeerState> PeerStates() const;
   int waiting() const;  // requests currently blocked in rule 5
+  // Wakes requests blocked in rule 5 to re-run the chooser: for choosers
+  // whose pick depends on state outside the snapshot (the current leader).
+  void Wake();
   PeerChooser& chooser();
   const PeerListCoordinatorOptions& options() const { return options_; }
 

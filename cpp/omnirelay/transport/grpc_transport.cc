@@ -585,19 +585,22 @@ GrpcOutbound::~GrpcOutbound() { Stop(); }
 
 absl::Status GrpcOutbound::Start() {
   if (started_) return absl::OkStatus();
-  for (const auto& address : pool_->addresses()) {
+  // One channel per peer, made by the pool when the peer is added (now for
+  // a static list, later for a dynamic one) and dropped with the peer's last
+  // lease. The factory copies what it needs: the pool may outlive us.
+  pool_->SetAttachmentFactory([tls = options_.tls](const std::string& address) {
     grpc::ChannelArguments args;
     args.SetMaxReceiveMessageSize(-1);
     // One connection per peer channel, not shared with other channels.
     args.SetInt("grpc.use_local_subchannel_pool", 1);
     // "https://" is TLS, never silently plaintext (docs/security.md).
-    channels_.push_back(grpc::CreateCustomChannel(
+    std::shared_ptr<grpc::Channel> channel = grpc::CreateCustomChannel(
         GrpcTarget(address),
-        IsTlsEndpoint(address)
-            ? tls::GrpcChannelCredentials(options_.tls.value_or(tls::TlsOptions{}))
-            : grpc::InsecureChannelCredentials(),
-        args));
-  }
+        IsTlsEndpoint(address) ? tls::GrpcChannelCredentials(tls.value_or(tls::TlsOptions{}))
+                               : grpc::InsecureChannelCredentials(),
+        args);
+    return std::shared_ptr<void>(std::move(channel));
+  });
   for (int i = 0; i < 8; ++i) acquire_workers_.emplace_back([this] { AcquireWorker(); });
   for (int i = 0; i < std::max(1, options_.threads); ++i) {
     cqs_.push_back(std::make_unique<grpc::CompletionQueue>());
@@ -635,6 +638,11 @@ void GrpcOutbound::Stop() {
   for (auto& cq : cqs_) cq->Shutdown();
   for (auto& t : threads_) t.join();
   threads_.clear();
+}
+
+std::shared_ptr<grpc::Channel> GrpcOutbound::LeasedChannel(const PeerLease& lease) {
+  if (lease.peer == nullptr) return nullptr;
+  return std::static_pointer_cast<grpc::Channel>(lease.peer->attachment);
 }
 
 grpc::CompletionQueue* GrpcOutbound::PickQueue() {
@@ -682,6 +690,12 @@ void GrpcOutbound::StartUnary(dispatcher::Request request, dispatcher::UnaryCall
     done(lease.status());
     return;
   }
+  auto channel = LeasedChannel(*lease);
+  if (channel == nullptr) {
+    pool_->Release(*lease, absl::StatusCode::kInternal);
+    done(absl::InternalError("outbound '" + options_.name + "' is not started"));
+    return;
+  }
   auto* call = new OutboundUnaryCall();
   call->pool = pool_;
   call->lease = *lease;
@@ -689,7 +703,7 @@ void GrpcOutbound::StartUnary(dispatcher::Request request, dispatcher::UnaryCall
   if (deadline) call->ctx.set_deadline(*deadline);
   AddOutgoingMetadata(call->ctx, request.meta);
   call->request = ToBuffer(request.body);
-  grpc::GenericStub stub(channels_[lease->index]);
+  grpc::GenericStub stub(std::move(channel));
   call->reader =
       stub.PrepareUnaryCall(&call->ctx, MethodPath(request.meta), call->request, PickQueue());
   call->reader->StartCall();
@@ -701,10 +715,15 @@ absl::StatusOr<std::unique_ptr<dispatcher::OutboundStream>> GrpcOutbound::OpenSt
   const auto deadline = meta.EffectiveDeadline(clock_->Now());
   auto lease = pool_->Acquire(meta, deadline);
   if (!lease.ok()) return lease.status();
+  auto channel = LeasedChannel(*lease);
+  if (channel == nullptr) {
+    pool_->Release(*lease, absl::StatusCode::kInternal);
+    return absl::InternalError("outbound '" + options_.name + "' is not started");
+  }
   auto stream = std::make_unique<GrpcOutboundStream>(pool_, *lease, MethodPath(meta));
   if (deadline) stream->ctx().set_deadline(*deadline);
   AddOutgoingMetadata(stream->ctx(), meta);
-  stream->Open(channels_[lease->index].get());
+  stream->Open(channel.get());
   return stream;
 }
 

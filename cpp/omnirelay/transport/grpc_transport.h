@@ -9,7 +9,8 @@
 // handler on a bounded pool (`max_streams` threads, started on demand, joined
 // by Shutdown) and wait for each queue operation there.
 //
-// Outbound: N peers from a PeerPool, one channel per peer. Unary calls use
+// Outbound: peers from a PeerPool (static or changing at runtime), one
+// channel per peer, made by the pool's attachment factory on add. Unary calls use
 // the async generic stub on the *calling thread's* completion queue when the
 // caller is an inbound queue thread (a relayed call then lives on one thread
 // from request to reply, no hand-off), else on the outbound's own queue.
@@ -127,6 +128,8 @@ class GrpcOutbound final : public dispatcher::Outbound {
  private:
   std::string MethodPath(const core::RequestMeta& meta) const;
   grpc::CompletionQueue* PickQueue();
+  // The leased peer's channel (the pool's attachment); null before Start.
+  static std::shared_ptr<grpc::Channel> LeasedChannel(const PeerLease& lease);
   void StartUnary(dispatcher::Request request, dispatcher::UnaryCallback done,
                   std::optional<core::TimePoint> deadline);
   void AcquireWorker();
@@ -134,7 +137,6 @@ class GrpcOutbound final : public dispatcher::Outbound {
   GrpcOutboundOptions options_;
   std::shared_ptr<PeerPool> pool_;
   std::shared_ptr<core::Clock> clock_;
-  std::vector<std::shared_ptr<grpc::Channel>> channels_;
   std::vector<std::unique_ptr<grpc::CompletionQueue>> cqs_;
   std::vector<std::thread> threads_;
   std::atomic<size_t> next_cq_{0};

@@ -204,6 +204,12 @@ absl::Status HttpOutbound::Start() {
       tls_ = *source;
     }
   }
+  if (!tls_ && options_.tls && pool_->addresses().empty()) {
+    // A dynamic list (peers from membership) may bring https:// peers later.
+    auto source = tls::ContextSource::Create(*options_.tls, tls::Role::kClient);
+    if (!source.ok()) return source.status();
+    tls_ = *source;
+  }
   for (int i = 0; i < std::max(1, options_.threads); ++i) workers_.emplace_back([this] { Work(); });
   return absl::OkStatus();
 }
@@ -255,7 +261,16 @@ void HttpOutbound::Run(dispatcher::Request request, dispatcher::UnaryCallback do
     done(lease.status());
     return;
   }
-  auto hp = ParseHostPort(pool_->addresses()[lease->index]);
+  // Peers may join at runtime (mesh-selected outbounds): the lease names
+  // the address, and a malformed or unverifiable one fails this call only.
+  auto hp = ParseHostPort(lease->peer->address);
+  if (!hp.ok() || (hp->scheme == "https" && !tls_)) {
+    pool_->Release(*lease, absl::StatusCode::kFailedPrecondition);
+    done(!hp.ok() ? hp.status()
+                  : absl::FailedPreconditionError("peer '" + lease->peer->address +
+                                                  "' is https but the outbound has no TLS"));
+    return;
+  }
   core::Headers headers;
   for (const auto& [k, v] : request.meta.headers.entries()) {
     if (!IsTransportHeader(k) && !IsRpcHeader(k)) headers.Add(k, v);

@@ -1,6 +1,8 @@
 #include "omnirelay/transport/peer_pool.h"
 
 #include <atomic>
+#include <mutex>
+#include <set>
 #include <unordered_map>
 
 #include "omnirelay/peers/circuit_breaker.h"
@@ -10,31 +12,72 @@
 namespace omnirelay::transport {
 namespace {
 
+// The pool's peers by id, as published: never mutated, swapped whole.
+struct PeerTable {
+  std::unordered_map<std::string, std::shared_ptr<const PoolPeer>> by_id;
+  std::vector<PeerEndpoint> order;  // Peers()
+};
+
+// A lease that found its peer gone from the table (it was picked from the
+// coordinator's snapshot a moment before a removal published) is handed back
+// and the pick retried this many times.
+constexpr int kRemovedPeerRetries = 3;
+
 class CoordinatorPeerPool final : public PeerPool {
  public:
   CoordinatorPeerPool(std::vector<std::string> addresses,
                       std::unique_ptr<peers::PeerListCoordinator> coordinator,
                       std::shared_ptr<peers::PeerLeaseHealthTracker> tracker,
-                      std::shared_ptr<core::Clock> clock)
+                      std::shared_ptr<core::Clock> clock, bool exhaustion_is_unavailable)
       : addresses_(std::move(addresses)),
         coordinator_(std::move(coordinator)),
         tracker_(std::move(tracker)),
-        clock_(std::move(clock)) {
-    for (size_t i = 0; i < addresses_.size(); ++i) index_[addresses_[i]] = i;
+        clock_(std::move(clock)),
+        exhaustion_is_unavailable_(exhaustion_is_unavailable) {
+    auto table = std::make_shared<PeerTable>();
+    for (size_t i = 0; i < addresses_.size(); ++i) {
+      auto peer = std::make_shared<PoolPeer>();
+      peer->id = addresses_[i];
+      peer->address = addresses_[i];
+      peer->index = i;
+      table->by_id[peer->id] = peer;
+      table->order.push_back({peer->id, peer->address});
+    }
+    table_ = std::move(table);
   }
 
   absl::StatusOr<PeerLease> Acquire(const core::RequestMeta& meta,
                                     std::optional<core::TimePoint> deadline) override {
     // The coordinator derives the deadline from meta itself; `deadline` is
     // the same value (EffectiveDeadline), so pass meta through.
-    auto lease = coordinator_->Acquire(meta);
-    if (!lease.ok()) return lease.status();
-    auto it = index_.find(lease->peer()->id());
-    if (it == index_.end()) return absl::InternalError("leased an unknown peer");
-    PeerLease out{
-        .index = it->second, .probe = lease->probe(), .acquired = clock_->Now(), .token = nullptr};
-    out.token = std::make_shared<peers::PeerLease>(std::move(*lease));
-    return out;
+    (void)deadline;
+    for (int attempt = 0;; ++attempt) {
+      auto lease = coordinator_->Acquire(meta);
+      if (!lease.ok()) {
+        if (exhaustion_is_unavailable_ &&
+            lease.status().code() == absl::StatusCode::kResourceExhausted) {
+          return core::MakeStatus(core::StatusCode::kUnavailable,
+                                  "no leader can be reached (none elected, not a member, or its "
+                                  "breaker is open)",
+                                  "no-leader");
+        }
+        return lease.status();
+      }
+      std::shared_ptr<const PoolPeer> peer = Find(lease->peer()->id());
+      if (peer == nullptr) {
+        // Removed between the coordinator's pick and our table read.
+        lease->Release(core::StatusCode::kCancelled, core::Duration::zero());
+        if (attempt < kRemovedPeerRetries) continue;
+        return core::MakeStatus(core::StatusCode::kUnavailable,
+                                "the peer list changed while leasing", "peer-list-changed");
+      }
+      PeerLease out{.index = peer->index,
+                    .probe = lease->probe(),
+                    .acquired = clock_->Now(),
+                    .token = std::make_shared<peers::PeerLease>(std::move(*lease)),
+                    .peer = std::move(peer)};
+      return out;
+    }
   }
 
   void Release(const PeerLease& lease, absl::StatusCode outcome) override {
@@ -44,6 +87,73 @@ class CoordinatorPeerPool final : public PeerPool {
   }
 
   const std::vector<std::string>& addresses() const override { return addresses_; }
+
+  absl::Status SetPeers(std::vector<PeerEndpoint> wanted) override {
+    std::lock_guard update(update_mu_);
+    std::set<std::string> ids;
+    for (auto& endpoint : wanted) {
+      if (endpoint.id.empty()) endpoint.id = endpoint.address;
+      if (endpoint.id.empty()) return absl::InvalidArgumentError("a peer needs an id or address");
+      if (!ids.insert(endpoint.id).second) {
+        return absl::InvalidArgumentError("duplicate peer '" + endpoint.id + "'");
+      }
+    }
+    const std::shared_ptr<const PeerTable> current = LoadTable();
+    auto next = std::make_shared<PeerTable>();
+    std::vector<peers::PeerDescriptor> descriptors;
+    for (const auto& endpoint : wanted) {
+      auto it = current->by_id.find(endpoint.id);
+      std::shared_ptr<const PoolPeer> peer;
+      if (it != current->by_id.end() && it->second->address == endpoint.address) {
+        peer = it->second;  // kept: same channel, same coordinator peer
+      } else {
+        if (it != current->by_id.end()) {
+          // Same id, new address: a new coordinator peer (fresh breaker and
+          // statistics) and a new attachment.
+          (void)coordinator_->RemovePeer(endpoint.id);
+        }
+        auto made = std::make_shared<PoolPeer>();
+        made->id = endpoint.id;
+        made->address = endpoint.address;
+        if (factory_) made->attachment = factory_(endpoint.address);
+        peer = std::move(made);
+      }
+      next->by_id[endpoint.id] = peer;
+      next->order.push_back(endpoint);
+      peers::PeerDescriptor descriptor;
+      descriptor.id = endpoint.id;
+      descriptor.endpoint = endpoint.address;
+      descriptor.status = peers::PeerStatus::kAvailable;
+      descriptors.push_back(std::move(descriptor));
+    }
+    // Publish the table before the coordinator can pick an added peer, and
+    // keep the removed ones in it until the coordinator stopped picking them
+    // (a pick racing the removal then still finds its peer).
+    auto both = std::make_shared<PeerTable>(*next);
+    for (const auto& [id, peer] : current->by_id) both->by_id.emplace(id, peer);
+    StoreTable(std::move(both));
+    auto replaced = coordinator_->ReplacePeers(std::move(descriptors));
+    StoreTable(std::move(next));
+    return replaced;
+  }
+
+  std::vector<PeerEndpoint> Peers() const override { return LoadTable()->order; }
+
+  void SetAttachmentFactory(AttachmentFactory factory) override {
+    std::lock_guard update(update_mu_);
+    factory_ = std::move(factory);
+    const std::shared_ptr<const PeerTable> current = LoadTable();
+    auto next = std::make_shared<PeerTable>(*current);
+    for (auto& [id, peer] : next->by_id) {
+      if (peer->attachment) continue;
+      auto made = std::make_shared<PoolPeer>(*peer);
+      made->attachment = factory_(made->address);
+      peer = std::move(made);
+    }
+    StoreTable(std::move(next));
+  }
+
+  void Wake() override { coordinator_->Wake(); }
 
   bool HasAvailablePeers() const override {
     for (const auto& state : coordinator_->PeerStates()) {
@@ -57,7 +167,8 @@ class CoordinatorPeerPool final : public PeerPool {
     nlohmann::json list = nlohmann::json::array();
     for (const auto& state : coordinator_->PeerStates()) {
       list.push_back(
-          {{"address", state.descriptor.endpoint},
+          {{"id", state.descriptor.id},
+           {"address", state.descriptor.endpoint},
            {"status", std::string(peers::PeerStatusName(state.status))},
            {"eligible", state.eligible},
            {"inFlight", state.inflight},
@@ -67,7 +178,7 @@ class CoordinatorPeerPool final : public PeerPool {
            {"breaker",
             state.breaker ? std::string(peers::BreakerStateName(state.breaker->state)) : "none"}});
     }
-    return {{"chooser", coordinator_->options().chooser},
+    return {{"chooser", std::string(coordinator_->chooser().name())},
             {"implementation", "peer-list-coordinator"},
             {"waiting", coordinator_->waiting()},
             {"peers", list}};
@@ -76,11 +187,35 @@ class CoordinatorPeerPool final : public PeerPool {
   nlohmann::json LeaseHealth() const override { return tracker_->Diagnostics().ToJson(); }
 
  private:
+  std::shared_ptr<const PoolPeer> Find(const std::string& id) const {
+    std::lock_guard lock(table_mu_);
+    auto it = table_->by_id.find(id);
+    return it == table_->by_id.end() ? nullptr : it->second;
+  }
+  std::shared_ptr<const PeerTable> LoadTable() const {
+    std::lock_guard lock(table_mu_);
+    return table_;
+  }
+  void StoreTable(std::shared_ptr<const PeerTable> next) {
+    {
+      std::lock_guard lock(table_mu_);
+      table_.swap(next);
+    }
+    // `next` (the old table, and with it the attachments no lease holds any
+    // more) is released here, outside the lock.
+  }
+
   const std::vector<std::string> addresses_;
-  std::unordered_map<std::string, size_t> index_;
   std::unique_ptr<peers::PeerListCoordinator> coordinator_;
   std::shared_ptr<peers::PeerLeaseHealthTracker> tracker_;
   std::shared_ptr<core::Clock> clock_;
+  const bool exhaustion_is_unavailable_;
+  // Readers (Acquire) hold table_mu_ only to look up one id or copy the
+  // pointer; writers serialise on update_mu_ and swap the table.
+  mutable std::mutex table_mu_;
+  std::shared_ptr<const PeerTable> table_;
+  std::mutex update_mu_;
+  AttachmentFactory factory_;  // guarded by update_mu_
 };
 
 }  // namespace
@@ -93,6 +228,7 @@ absl::StatusOr<std::shared_ptr<PeerPool>> MakeCoordinatorPeerPool(
   coordinator_options.service = options.service;
   coordinator_options.transport = options.transport;
   coordinator_options.chooser = options.chooser;
+  coordinator_options.chooser_factory = options.chooser_factory;
   coordinator_options.peer_defaults.max_inflight = options.max_in_flight_per_peer;
   if (options.breaker_consecutive_failures > 0) {
     peers::CircuitBreakerOptions breaker;
@@ -113,7 +249,8 @@ absl::StatusOr<std::shared_ptr<PeerPool>> MakeCoordinatorPeerPool(
     if (auto added = (*coordinator)->AddPeer(descriptor); !added.ok()) return added.status();
   }
   return std::shared_ptr<PeerPool>(std::make_shared<CoordinatorPeerPool>(
-      std::move(addresses), std::move(*coordinator), std::move(tracker), std::move(clock)));
+      std::move(addresses), std::move(*coordinator), std::move(tracker), std::move(clock),
+      options.exhaustion_is_unavailable));
 }
 
 }  // namespace omnirelay::transport
