@@ -577,6 +577,16 @@ void ParseMesh(const nlohmann::json& value, const NodeConfig& node, Errors& erro
   if (!id.advertise_address.empty() && !ValidAddress(id.advertise_address)) {
     errors.Add(path + ".advertiseAddress", "'" + id.advertise_address + "' is not host:port");
   }
+  m.StringMap("advertiseEndpoints", id.advertise_endpoints);
+  for (auto& [transport, address] : id.advertise_endpoints) {
+    if (transport != "grpc" && transport != "http") {
+      errors.Add(path + ".advertiseEndpoints." + transport, "unknown transport (grpc, http)");
+    }
+    address = StripScheme(address);
+    if (!ValidAddress(address)) {
+      errors.Add(path + ".advertiseEndpoints." + transport, "'" + address + "' is not host:port");
+    }
+  }
   m.Strings("seeds", mesh.seeds);
   for (size_t i = 0; i < mesh.seeds.size(); ++i) {
     mesh.seeds[i] = StripScheme(mesh.seeds[i]);
@@ -1005,6 +1015,16 @@ absl::StatusOr<NodeConfig> Parse(const nlohmann::json& root) {
           o.String("service", out.service);
           o.String("procedure", out.procedure);
           o.Strings("endpoints", out.endpoints);
+          if (const auto* leader = o.Get("leader"); leader != nullptr && !leader->is_null()) {
+            Obj l(*leader, path + ".leader", errors);
+            LeaderTargetConfig target;
+            l.String("scope", target.scope);
+            if (target.scope.empty()) errors.Add(path + ".leader.scope", "is required");
+            out.leader = target;
+            if (!out.endpoints.empty()) {
+              errors.Add(path, "'leader' takes its peers from membership: drop 'endpoints'");
+            }
+          }
           if (const auto* sel = o.Get("mesh"); sel != nullptr && !sel->is_null()) {
             MeshSelectorConfig selector;
             ParseMeshSelector(*sel, path + ".mesh", errors, selector);
@@ -1012,7 +1032,7 @@ absl::StatusOr<NodeConfig> Parse(const nlohmann::json& root) {
             if (!out.endpoints.empty()) {
               errors.Add(path, "needs exactly one of 'endpoints' or 'mesh'");
             }
-          } else if (out.endpoints.empty()) {
+          } else if (out.endpoints.empty() && !out.leader) {
             errors.Add(path + ".endpoints", "needs at least one endpoint (or a 'mesh' selector)");
           }
           for (size_t i = 0; i < out.endpoints.size(); ++i) {
@@ -1140,6 +1160,7 @@ absl::StatusOr<NodeConfig> Parse(const nlohmann::json& root) {
       e.Int("maxConcurrency", config.echo.max_concurrency);
       e.Dur("latency", config.echo.latency);
       e.Strings("procedures", config.echo.procedures);
+      e.String("journal", config.echo.journal);
       for (size_t i = 0; i < config.echo.procedures.size(); ++i) {
         const std::string& name = config.echo.procedures[i];
         const auto slash = name.find('/', name.starts_with("/") ? 1 : 0);
@@ -1156,6 +1177,13 @@ absl::StatusOr<NodeConfig> Parse(const nlohmann::json& root) {
         errors.Add("omniRelay.outbounds." + name + ".mesh",
                    "needs an omniRelay.mesh section (membership supplies the peers)");
       }
+    }
+  }
+  for (const auto& [name, o] : config.outbounds) {
+    if (o.leader && (!config.mesh || !config.leadership)) {
+      errors.Add("omniRelay.outbounds." + name + ".leader",
+                 "needs omniRelay.mesh (the leader's endpoint) and omniRelay.leadership (who "
+                 "leads)");
     }
   }
   // An https:// url is TLS or an error, never a plaintext listener.
@@ -1218,6 +1246,7 @@ nlohmann::json MeshToJson(const MeshConfig& m) {
           {"zone", id.zone},
           {"labels", id.labels},
           {"advertiseAddress", id.advertise_address},
+          {"advertiseEndpoints", id.advertise_endpoints},
           {"seeds", m.seeds},
           {"peerAddresses", m.peer_addresses},
           {"gossip", gossip}};
@@ -1355,6 +1384,7 @@ nlohmann::json ToJson(const NodeConfig& c) {
                                         {"zone", o.mesh->zone},
                                         {"labels", o.mesh->labels}};
     }
+    if (o.leader) out["outbounds"][name]["leader"] = {{"scope", o.leader->scope}};
   }
   if (c.mesh) {
     out["mesh"] = MeshToJson(*c.mesh);

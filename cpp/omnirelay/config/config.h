@@ -69,13 +69,22 @@ struct MeshSelectorConfig {
   std::map<std::string, std::string> labels;
 };
 
+// An outbound that targets "the current leader of scope X" (issue 11,
+// docs/leadership.md "Leader-aware routing"): its peers are the alive mesh
+// members (narrowed by `mesh` when given), its chooser picks the one the
+// leadership directory names. Needs omniRelay.mesh and omniRelay.leadership.
+struct LeaderTargetConfig {
+  std::string scope;  // global | region/<name> | shard/<namespace>/<id>
+};
+
 struct OutboundConfig {
   std::string name;
   std::string transport = "grpc";  // grpc | http
   std::string service;
   std::string procedure;
   std::vector<std::string> endpoints;
-  std::optional<MeshSelectorConfig> mesh;  // `mesh:` instead of `endpoints:`
+  std::optional<MeshSelectorConfig> mesh;    // `mesh:` instead of `endpoints:`
+  std::optional<LeaderTargetConfig> leader;  // `leader:` (optionally with `mesh:`)
   std::string peer_chooser = "fewest-pending";
   int max_in_flight_per_peer = 0;  // 0 = unlimited
   CircuitBreakerConfig circuit_breaker;
@@ -116,6 +125,8 @@ struct EchoConfig {
   // Further "service/Method" names the unary echo answers under, so an echo
   // node can stand in for a real backend (`trace.Analytics/Process`).
   std::vector<std::string> procedures;
+  // Execution journal file (dispatcher::EchoOptions::journal); "" = none.
+  std::string journal;
 };
 
 // Gateway mode (issue 6, docs/session-gateway.md "Gateway mode"): a gRPC
@@ -169,7 +180,7 @@ struct GatewayConfig {
 // NodeConfig::mesh->identity; the mesh library turns `gossip` into its
 // Options (profile defaults, then the overrides given here).
 struct MeshIdentity {
-  std::string node_id;  // unique in the cluster; defaults to omniRelay.service
+  std::string node_id;                     // unique in the cluster; defaults to omniRelay.service
   std::string cluster_name = "omnirelay";  // nodes of another cluster are refused
   std::vector<std::string> roles;
   std::string region;
@@ -178,6 +189,11 @@ struct MeshIdentity {
   // host:port other members dial for gossip (the gRPC listener); empty = the
   // gRPC inbound's bound address, known after Start().
   std::string advertise_address;
+  // Data-plane endpoints announced to members (`grpc`, `http` -> host:port),
+  // dialled by their mesh-selected and leader outbounds; unset keys default
+  // to this node's bound gRPC / HTTP inbound address (loopback for a
+  // wildcard bind).
+  std::map<std::string, std::string> advertise_endpoints;
 };
 
 // Overrides of the gossip profile; unset fields keep the profile's value.

@@ -1,5 +1,10 @@
 #include "omnirelay/dispatcher/echo.h"
 
+#include <fcntl.h>
+#include <unistd.h>
+
+#include <cerrno>
+#include <cstring>
 #include <thread>
 
 #include "omnirelay/echo/v1/echo.pb.h"
@@ -29,6 +34,21 @@ absl::Status Busy(const EchoOptions& options) {
                           "echo-busy");
 }
 
+// The journal's descriptor, closed with the last procedure holding it.
+struct Journal {
+  int fd = -1;
+  ~Journal() {
+    if (fd >= 0) ::close(fd);
+  }
+  void Append(const std::string& body) const {
+    std::string line = body + "\n";
+    // One write on O_APPEND: lines of concurrent calls never interleave.
+    // The journal is a test aid: a short or failed write is not the call's
+    // failure.
+    (void)!::write(fd, line.data(), line.size());
+  }
+};
+
 }  // namespace
 
 nlohmann::json EchoStats::ToJson() const {
@@ -43,17 +63,28 @@ absl::StatusOr<std::shared_ptr<EchoStats>> RegisterEchoProcedures(Dispatcher& di
                                                                   EchoOptions options) {
   auto stats = std::make_shared<EchoStats>();
   auto clock = core::SystemClock::Shared();
+  std::shared_ptr<const Journal> journal;
+  if (!options.journal.empty()) {
+    auto opened = std::make_shared<Journal>();
+    opened->fd = ::open(options.journal.c_str(), O_WRONLY | O_CREAT | O_APPEND | O_CLOEXEC, 0644);
+    if (opened->fd < 0) {
+      return absl::InvalidArgumentError("echo journal '" + options.journal +
+                                        "': " + std::strerror(errno));
+    }
+    journal = std::move(opened);
+  }
 
   Procedure unary;
   unary.service = kEchoService;
   unary.name = "Echo";
   unary.kind = ProcedureKind::kUnary;
   unary.encoding = "proto";
-  unary.unary = [stats, options, clock](Request request, UnaryCallback done) {
+  unary.unary = [stats, options, clock, journal](Request request, UnaryCallback done) {
     if (!Enter(*stats, options.max_concurrency)) {
       done(Busy(options));
       return;
     }
+    if (journal) journal->Append(request.body);
     Response response;
     response.headers.Set("x-omnirelay-instance", options.instance);
     // Who the principal middleware says the caller is (docs/security.md):

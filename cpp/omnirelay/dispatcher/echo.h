@@ -34,6 +34,11 @@ struct EchoOptions {
   int max_concurrency = 0;  // 0 = unlimited
   core::Duration latency{0};
   std::vector<std::string> procedures;  // extra "service/Method" names of the unary echo
+  // Execution journal (at-most-once drills, docs/leadership.md): when set,
+  // every executed unary echo appends its request body and a newline to
+  // this file with one write(2) on an O_APPEND descriptor, before it
+  // answers, so the record survives a kill -9 right after.
+  std::string journal;
 };
 
 struct EchoStats {
@@ -46,7 +51,7 @@ struct EchoStats {
 };
 
 // Registers the set on `dispatcher`; the returned stats live as long as any
-// procedure holds them.
+// procedure holds them. InvalidArgument when the journal cannot be opened.
 absl::StatusOr<std::shared_ptr<EchoStats>> RegisterEchoProcedures(Dispatcher& dispatcher,
                                                                   EchoOptions options);
 

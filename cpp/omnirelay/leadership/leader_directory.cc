@@ -3,13 +3,26 @@
 namespace omnirelay::leadership {
 
 void LeaderDirectory::Set(const std::string& scope, const std::optional<LeaderInfo>& leader) {
-  std::lock_guard lock(mu_);
-  if (leader) {
-    leaders_[scope] = *leader;
-  } else {
-    leaders_.erase(scope);
+  std::vector<Listener> listeners;
+  {
+    std::lock_guard lock(mu_);
+    auto it = leaders_.find(scope);
+    const bool changed =
+        leader ? (it == leaders_.end() || !(it->second == *leader)) : it != leaders_.end();
+    if (leader) {
+      leaders_[scope] = *leader;
+    } else {
+      leaders_.erase(scope);
+    }
+    generation_.fetch_add(1, std::memory_order_acq_rel);
+    if (changed) listeners = listeners_;
   }
-  generation_.fetch_add(1, std::memory_order_acq_rel);
+  for (const auto& listener : listeners) listener(scope, leader);
+}
+
+void LeaderDirectory::AddListener(Listener listener) {
+  std::lock_guard lock(mu_);
+  listeners_.push_back(std::move(listener));
 }
 
 std::optional<LeaderInfo> LeaderDirectory::Get(std::string_view scope) const {

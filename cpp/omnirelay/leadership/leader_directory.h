@@ -9,11 +9,13 @@
 // take the directory's mutex once to refresh.
 #include <atomic>
 #include <cstdint>
+#include <functional>
 #include <map>
 #include <memory>
 #include <mutex>
 #include <optional>
 #include <string>
+#include <vector>
 
 #include "omnirelay/peers/chooser.h"
 
@@ -22,12 +24,20 @@ namespace omnirelay::leadership {
 struct LeaderInfo {
   std::string node;  // the leader's proclaimed value (its node id)
   std::int64_t fencing_token = 0;
+  bool operator==(const LeaderInfo&) const = default;
 };
 
 class LeaderDirectory {
  public:
+  // Called after a scope's leader changed (another node, another token, or
+  // none), outside the directory's mutex, on the writer's thread. Leader
+  // outbounds use it to wake calls waiting for a leader.
+  using Listener = std::function<void(const std::string& scope, const std::optional<LeaderInfo>&)>;
+
   // Records the leader of `scope` (nullopt: leaderless). Thread-safe.
   void Set(const std::string& scope, const std::optional<LeaderInfo>& leader);
+  // Add listeners before the directory is written to.
+  void AddListener(Listener listener);
   std::optional<LeaderInfo> Get(std::string_view scope) const;
   std::map<std::string, LeaderInfo> All() const;
   // Bumped on every change; readers cache against it.
@@ -36,6 +46,7 @@ class LeaderDirectory {
  private:
   mutable std::mutex mu_;
   std::map<std::string, LeaderInfo, std::less<>> leaders_;
+  std::vector<Listener> listeners_;  // guarded by mu_
   std::atomic<std::uint64_t> generation_{1};
 };
 

@@ -71,6 +71,7 @@ LeadershipManager::LeadershipManager(LeadershipOptions options,
       store_(std::move(store)),
       clock_(clock ? std::move(clock) : core::SystemClock::Shared()),
       metrics_(metrics) {
+  if (options_.directory) directory_ = options_.directory;
   if (options_.renew_interval <= core::Duration::zero()) {
     options_.renew_interval = options_.lease_ttl / 3;
   }
@@ -341,6 +342,14 @@ void LeadershipManager::RecordLeader(Scope& scope, const std::optional<coord::Le
                                        {"scope", scope.name},
                                        {"leader", leader ? leader->value : ""},
                                        {"fencing_token", after}});
+  if (options_.on_change) {
+    options_.on_change(LeadershipChange{.scope = scope.name,
+                                        .previous = before_value,
+                                        .leader = leader ? leader->value : "",
+                                        .previous_fencing_token = before,
+                                        .fencing_token = after,
+                                        .at = clock_->Now()});
+  }
 }
 
 void LeadershipManager::OnPromoteMarker(const std::string& name, const std::string& value) {

@@ -51,6 +51,16 @@ struct Candidacy {
   int priority = 0;  // 0 = declared leader; larger waits longer
 };
 
+// One observed change of a scope's leader.
+struct LeadershipChange {
+  std::string scope;
+  std::string previous;  // the previous leader's node id ("" = none)
+  std::string leader;    // the new leader's node id ("" = leaderless)
+  std::int64_t previous_fencing_token = 0;
+  std::int64_t fencing_token = 0;  // 0 when leaderless
+  core::TimePoint at{};
+};
+
 struct LeadershipOptions {
   std::string node_id;
   coord::StoreOptions store;
@@ -65,6 +75,13 @@ struct LeadershipOptions {
   // region, so the directory and /omnirelay/control/leaders show them.
   std::vector<std::string> observed_scopes;
 
+  // Where observed leaders are recorded; shared with the data plane (leader
+  // outbounds made before the manager). Made by Create when null.
+  std::shared_ptr<LeaderDirectory> directory;
+  // Called once per observed leadership change (another leader, another
+  // fencing token, or none), on the manager's serial drain, after the log
+  // event: the node records it as a span (docs/leadership.md "Visibility").
+  std::function<void(const LeadershipChange&)> on_change;
   // The "fast" profile: 2 s lease (tests, scenarios).
   static LeadershipOptions Fast();
 };

@@ -189,3 +189,58 @@ TEST_F(ManagerTest, InvalidCandidacyIsRejectedAtStart) {
 
 }  // namespace
 }  // namespace omnirelay::leadership
+
+namespace omnirelay::leadership {
+namespace {
+
+// The hooks the node builds spans and leader-outbound wake-ups from: one
+// on_change per observed change (with the previous leader and both tokens),
+// the directory's listener only on a real change, and a shared directory.
+TEST(LeadershipHooksTest, OnChangeAndDirectoryListenerFireOncePerChange) {
+  auto clock = std::make_shared<core::ManualClock>();
+  auto backend = coord::MemoryBackend::Create(clock);
+  auto directory = std::make_shared<LeaderDirectory>();
+  std::vector<std::pair<std::string, std::string>> heard;  // (scope, leader) from the directory
+  directory->AddListener([&](const std::string& scope, const std::optional<LeaderInfo>& leader) {
+    heard.emplace_back(scope, leader ? leader->node : "-");
+  });
+  std::vector<LeadershipChange> changes;
+  auto make = [&](std::string id, int priority, bool observer) {
+    auto options = LeadershipOptions::Fast();
+    options.node_id = std::move(id);
+    options.candidacies = {{"global", priority}};
+    if (observer) {
+      options.directory = directory;
+      options.on_change = [&](const LeadershipChange& change) { changes.push_back(change); };
+    }
+    auto node = LeadershipManager::Create(
+        options, std::make_shared<coord::LeadershipStore>(backend, clock), clock, nullptr);
+    EXPECT_TRUE(node->Start().ok());
+    return node;
+  };
+  auto a = make("a", 0, false);
+  auto b = make("b", 1, true);  // observes through the shared directory
+  EXPECT_EQ(b->directory().get(), directory.get());
+  for (int i = 0; i < 100; ++i) clock->Advance(std::chrono::milliseconds(10));
+  ASSERT_EQ(changes.size(), 1u);
+  EXPECT_EQ(changes[0].scope, "global");
+  EXPECT_EQ(changes[0].previous, "");
+  EXPECT_EQ(changes[0].leader, "a");
+  EXPECT_GT(changes[0].fencing_token, 0);
+  EXPECT_EQ(heard, (std::vector<std::pair<std::string, std::string>>{{"global", "a"}}));
+  ASSERT_TRUE(b->Promote("global", "b").ok());
+  for (int i = 0; i < 200; ++i) clock->Advance(std::chrono::milliseconds(10));
+  ASSERT_TRUE(b->Held("global").has_value());
+  ASSERT_GE(changes.size(), 2u);
+  const auto& last = changes.back();
+  EXPECT_EQ(last.leader, "b");
+  EXPECT_GT(last.fencing_token, changes[0].fencing_token);
+  EXPECT_EQ(heard.back(), (std::pair<std::string, std::string>{"global", "b"}));
+  // Every change heard once: no repeated (scope, leader) pairs in a row.
+  for (size_t i = 1; i < heard.size(); ++i) EXPECT_NE(heard[i], heard[i - 1]) << i;
+  b->Stop();
+  a->Stop();
+}
+
+}  // namespace
+}  // namespace omnirelay::leadership

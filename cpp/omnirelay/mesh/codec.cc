@@ -14,6 +14,7 @@ void ToProto(const MemberRecord& r, pb::MemberRecord* out) {
   out->set_region(r.meta.region);
   out->set_zone(r.meta.zone);
   for (const auto& [k, v] : r.meta.labels) (*out->mutable_labels())[k] = v;
+  for (const auto& [k, v] : r.meta.endpoints) (*out->mutable_endpoints())[k] = v;
   out->set_state(static_cast<pb::MemberState>(r.state));
   out->set_incarnation(r.incarnation);
   out->set_from(r.from);
@@ -30,6 +31,8 @@ absl::Status FromProto(const pb::MemberRecord& in, MemberRecord& r) {
   r.meta.region = in.region();
   r.meta.zone = in.zone();
   r.meta.labels = std::map<std::string, std::string>(in.labels().begin(), in.labels().end());
+  r.meta.endpoints =
+      std::map<std::string, std::string>(in.endpoints().begin(), in.endpoints().end());
   r.state = static_cast<MemberState>(in.state());
   r.incarnation = in.incarnation();
   r.from = in.from();

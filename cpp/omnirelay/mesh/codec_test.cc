@@ -18,9 +18,10 @@ TEST(CodecTest, RoundTripsEveryField) {
   m.target_address = "127.0.0.1:2";
   m.join = true;
   m.reason = "why";
-  m.updates.push_back(MemberRecord{"x", "127.0.0.1:3",
-                                   MemberMeta{{"r1", "r2"}, "east", "east-a", {{"k", "v"}}},
-                                   MemberState::kSuspect, 7, "a"});
+  m.updates.push_back(MemberRecord{
+      "x", "127.0.0.1:3",
+      MemberMeta{{"r1", "r2"}, "east", "east-a", {{"k", "v"}}, {{"grpc", "127.0.0.1:9"}}},
+      MemberState::kSuspect, 7, "a"});
   m.state.push_back(MemberRecord{"y", "127.0.0.1:4", {}, MemberState::kLeft, 9, "y"});
   auto decoded = DecodeMessage(EncodeMessage(m));
   ASSERT_TRUE(decoded.ok()) << decoded.status();
@@ -31,6 +32,7 @@ TEST(CodecTest, RoundTripsEveryField) {
   ASSERT_EQ(decoded->updates.size(), 1u);
   EXPECT_EQ(decoded->updates[0].meta.roles, (std::vector<std::string>{"r1", "r2"}));
   EXPECT_EQ(decoded->updates[0].meta.labels.at("k"), "v");
+  EXPECT_EQ(decoded->updates[0].meta.endpoints.at("grpc"), "127.0.0.1:9");
   EXPECT_EQ(decoded->updates[0].state, MemberState::kSuspect);
   EXPECT_EQ(decoded->updates[0].incarnation, 7u);
   ASSERT_EQ(decoded->state.size(), 1u);

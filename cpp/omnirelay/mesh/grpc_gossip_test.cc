@@ -33,8 +33,9 @@ struct RealNode {
     options.cluster_name = "grpc-test";
     transport = std::make_shared<GrpcGossipTransport>(options.send_timeout,
                                                       std::map<std::string, std::string>{});
-    membership = Membership::Create(LocalIdentity{id, address, MemberMeta{{"r"}, "east", "a", {}}},
-                                    options, core::SystemClock::Shared(), transport);
+    membership =
+        Membership::Create(LocalIdentity{id, address, MemberMeta{{"r"}, "east", "a", {}, {}}},
+                           options, core::SystemClock::Shared(), transport);
     transport->SetStats(&membership->stats());
     service->Attach(membership);
     membership->Start(std::move(seeds));

@@ -7,6 +7,7 @@
 
 #include <map>
 
+#include "omnirelay/mesh/peer_feed.h"
 #include "omnirelay/mesh/sim_network.h"
 
 namespace omnirelay::mesh {
@@ -30,9 +31,10 @@ class TestCluster {
                                   std::string address = "") {
     if (address.empty()) address = id + ":7000";
     options.seed = seed_++;
-    auto node =
-        Membership::Create(LocalIdentity{id, address, MemberMeta{{"r-" + id}, "east", "", {}}},
-                           options, clock_, net_->Endpoint(address));
+    auto node = Membership::Create(
+        LocalIdentity{id, address,
+                      MemberMeta{{"r-" + id}, "east", "", {}, {{"grpc", "data-" + address}}}},
+        options, clock_, net_->Endpoint(address));
     net_->Attach(address, node);
     nodes_[id] = node;
     return node;
@@ -232,6 +234,74 @@ TEST(MembershipTest, GracefulLeaveIsSeenAsLeftNotDead) {
   c.RunFor(std::chrono::seconds(5));  // never turns into a suspicion or a death
   EXPECT_TRUE(c.AllSee("c", MemberState::kLeft));
   for (auto id : {"a", "b", "d"}) EXPECT_EQ(c[id].stats().suspicions_raised.load(), 0u) << id;
+}
+
+TEST(PeerFeedTest, SelectorMatchesRoleRegionZoneAndEveryLabel) {
+  MemberMeta meta{{"backend", "store"}, "east", "east-a", {{"tier", "gold"}, {"x", "1"}}, {}};
+  EXPECT_TRUE(MemberSelector{}.Matches(meta));
+  EXPECT_TRUE((MemberSelector{"store", "east", "east-a", {{"tier", "gold"}}}.Matches(meta)));
+  EXPECT_FALSE((MemberSelector{"gateway", "", "", {}}.Matches(meta)));
+  EXPECT_FALSE((MemberSelector{"", "west", "", {}}.Matches(meta)));
+  EXPECT_FALSE((MemberSelector{"", "", "east-b", {}}.Matches(meta)));
+  EXPECT_FALSE((MemberSelector{"", "", "", {{"tier", "silver"}}}.Matches(meta)));
+  EXPECT_FALSE((MemberSelector{"", "", "", {{"missing", "1"}}}.Matches(meta)));
+}
+
+TEST(PeerFeedTest, SelectsAliveMembersWithAnEndpointForTheTransport) {
+  auto member = [](std::string id, MemberState state, std::map<std::string, std::string> ep) {
+    Member m;
+    m.record.id = std::move(id);
+    m.record.state = state;
+    m.record.meta.roles = {"backend"};
+    m.record.meta.endpoints = std::move(ep);
+    return m;
+  };
+  std::vector<Member> members = {member("c", MemberState::kAlive, {{"grpc", "c:1"}}),
+                                 member("a", MemberState::kAlive, {{"grpc", "a:1"}}),
+                                 member("s", MemberState::kSuspect, {{"grpc", "s:1"}}),
+                                 member("d", MemberState::kDead, {{"grpc", "d:1"}}),
+                                 member("l", MemberState::kLeft, {{"grpc", "l:1"}}),
+                                 member("h", MemberState::kAlive, {{"http", "h:1"}})};
+  EXPECT_EQ(SelectDataPeers(members, {"backend", "", "", {}}, "grpc"),
+            (std::vector<DataPeer>{{"a", "a:1"}, {"c", "c:1"}}));
+  EXPECT_EQ(SelectDataPeers(members, {}, "http"), (std::vector<DataPeer>{{"h", "h:1"}}));
+  EXPECT_TRUE(SelectDataPeers(members, {"gateway", "", "", {}}, "grpc").empty());
+}
+
+// The feed follows a join, a crash and a graceful leave, and never hands
+// out an unchanged list twice.
+TEST(PeerFeedTest, FeedFollowsJoinCrashAndLeave) {
+  TestCluster c;
+  for (auto id : {"a", "b", "c", "d"}) c.Add(id);
+  std::vector<std::vector<DataPeer>> lists;
+  FeedPeerList(c["a"], {}, "grpc",
+               [&](const std::vector<DataPeer>& peers) { lists.push_back(peers); });
+  ASSERT_EQ(lists.size(), 1u);  // self, at once
+  EXPECT_EQ(lists[0], (std::vector<DataPeer>{{"a", "data-a:7000"}}));
+  auto ids = [&] {
+    std::vector<std::string> out;
+    for (const auto& p : lists.back()) out.push_back(p.id);
+    return out;
+  };
+  using Ids = std::vector<std::string>;
+  c["b"].Seed({c["c"].SelfRecord()});
+  c["c"].Seed({c["b"].SelfRecord()});
+  c["b"].Start();
+  c["c"].Start();
+  c["a"].Start({"b:7000"});
+  ASSERT_TRUE(c.RunUntil([&] { return ids() == Ids{"a", "b", "c"}; }, std::chrono::seconds(5)));
+  c["d"].Start({"b:7000"});  // a join
+  ASSERT_TRUE(c.RunUntil(
+      [&] {
+        return ids() == Ids{"a", "b", "c", "d"};
+      },
+      std::chrono::seconds(5)));
+  c.net().SetDown("c:7000", true);  // kill -9
+  ASSERT_TRUE(c.RunUntil([&] { return ids() == Ids{"a", "b", "d"}; }, std::chrono::seconds(5)));
+  c["d"].Leave();  // graceful
+  c.net().SetDown("d:7000", true);
+  ASSERT_TRUE(c.RunUntil([&] { return ids() == Ids{"a", "b"}; }, std::chrono::seconds(2)));
+  for (size_t i = 1; i < lists.size(); ++i) EXPECT_NE(lists[i], lists[i - 1]) << i;
 }
 
 TEST(MembershipTest, JoinThroughASeedMergesBothTablesByPushPull) {

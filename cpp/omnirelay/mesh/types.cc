@@ -49,6 +49,7 @@ std::size_t Message::EstimateSize(const MemberRecord& r) {
                      r.meta.zone.size();
   for (const auto& role : r.meta.roles) size += role.size() + 2;
   for (const auto& [k, v] : r.meta.labels) size += k.size() + v.size() + 4;
+  for (const auto& [k, v] : r.meta.endpoints) size += k.size() + v.size() + 4;
   return size;
 }
 

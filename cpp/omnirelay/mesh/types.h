@@ -28,6 +28,10 @@ struct MemberMeta {
   std::string region;
   std::string zone;
   std::map<std::string, std::string> labels;
+  // Data-plane endpoints by transport ("grpc" -> host:port, "http" ->
+  // host:port): where outbounds that take their peers from membership dial
+  // this member (the gossip `address` may be an internal listener).
+  std::map<std::string, std::string> endpoints;
   bool operator==(const MemberMeta&) const = default;
 };
 

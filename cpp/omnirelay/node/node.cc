@@ -121,6 +121,10 @@ std::string FramePathBlocker(const config::NodeConfig& c, const config::RouteCon
   auto o = c.outbounds.find(r.outbound);
   if (o == c.outbounds.end()) return "unknown outbound";
   if (o->second.transport != "grpc") return "outbound transport is " + o->second.transport;
+  // The relay indexes its upstream connections by a static peer list.
+  if (o->second.mesh || o->second.leader) {
+    return "peers from membership (mesh/leader outbounds) take the grpc++ path";
+  }
   // The relay speaks cleartext HTTP/2 on both sides: a TLS node or a TLS
   // upstream keeps the grpc++ path (never a silent downgrade, docs/security.md).
   if (c.tls) return "the frame relay does not terminate TLS (omniRelay.tls is set)";
@@ -188,12 +192,6 @@ absl::Status Node::Build() {
   dispatcher_->UseOutboundMiddleware(*outbound_chain);
 
   for (const auto& [name, o] : config_.outbounds) {
-    if (o.mesh) {
-      // docs/mesh.md "Not built yet": the peer pool's list is fixed at start.
-      return absl::UnimplementedError("omniRelay.outbounds." + name +
-                                      ".mesh: peers from membership are not supported yet; "
-                                      "list the endpoints");
-    }
     transport::PeerPoolOptions peers{
         .chooser = o.peer_chooser,
         .max_in_flight_per_peer = o.max_in_flight_per_peer,
@@ -202,13 +200,41 @@ absl::Status Node::Build() {
         .breaker_open_delay = o.circuit_breaker.open_delay,
         .service = o.service,
         .transport = o.transport};
-    auto coordinated = transport::MakeCoordinatorPeerPool(o.endpoints, peers, clock_, metrics_);
+    if (o.leader) {
+      // "The current leader of scope X": every member is a peer, the chooser
+      // picks the one the directory names, and "no leader reachable" is
+      // UNAVAILABLE (retryable) rather than pool exhaustion.
+      auto directory = leader_directory_;
+      const std::string scope = o.leader->scope;
+      peers.chooser_factory = [directory, scope]() -> std::unique_ptr<peers::PeerChooser> {
+        return std::make_unique<leadership::LeaderChooser>(directory, scope);
+      };
+      peers.exhaustion_is_unavailable = true;
+      leader_scopes_.push_back(scope);
+    }
+    // Mesh and leader outbounds start empty; StartMesh feeds them.
+    auto coordinated = transport::MakeCoordinatorPeerPool(
+        o.mesh || o.leader ? std::vector<std::string>{} : o.endpoints, peers, clock_, metrics_);
     if (!coordinated.ok()) {
       return absl::InvalidArgumentError("omniRelay.outbounds." + name + ": " +
                                         std::string(coordinated.status().message()));
     }
     std::shared_ptr<transport::PeerPool> pool = *coordinated;
     pools_[name] = pool;
+    if (o.mesh || o.leader) {
+      mesh::MemberSelector selector;
+      if (o.mesh) selector = {o.mesh->role, o.mesh->region, o.mesh->zone, o.mesh->labels};
+      membership_outbounds_.push_back({name, o.transport, std::move(selector), pool});
+    }
+    if (o.leader) {
+      std::weak_ptr<transport::PeerPool> weak = pool;
+      leader_directory_->AddListener(
+          [weak, scope = o.leader->scope](const std::string& changed,
+                                          const std::optional<leadership::LeaderInfo>&) {
+            if (changed != scope) return;
+            if (auto strong = weak.lock()) strong->Wake();  // waiting calls re-pick
+          });
+    }
     std::shared_ptr<dispatcher::Outbound> outbound;
     if (o.transport == "grpc") {
       outbound = std::make_shared<transport::GrpcOutbound>(
@@ -266,7 +292,8 @@ absl::Status Node::Build() {
         *dispatcher_, {.instance = config_.echo.instance,
                        .max_concurrency = config_.echo.max_concurrency,
                        .latency = config_.echo.latency,
-                       .procedures = config_.echo.procedures});
+                       .procedures = config_.echo.procedures,
+                       .journal = config_.echo.journal});
     if (!stats.ok()) return stats.status();
     echo_stats_ = *stats;
   }
@@ -437,6 +464,13 @@ absl::Status Node::Start() {
         .tls = tls_,
         .max_streams = config_.grpc->max_streams};
     if (gossip_service_) grpc_options.services.push_back(gossip_service_->service());
+    if (config_.leadership) {
+      // Promote over gRPC, with the admin endpoint's authorization.
+      control_service_ = std::make_unique<ControlService>(
+          ControlAuth{.token = admin_token_,
+                      .mtls_clients = tls_ && tls_->client_auth != tls::ClientAuth::kNone});
+      grpc_options.services.push_back(control_service_->service());
+    }
     grpc_ = std::make_unique<transport::GrpcInbound>(grpc_options, dispatcher_);
     if (auto s = grpc_->Start(); !s.ok()) return s;
     if (!frame_routes_.empty()) {
@@ -478,6 +512,7 @@ absl::Status Node::Start() {
     if (auto s = gateway_->Start(); !s.ok()) return s;
   }
   if (auto s = StartLeadership(); !s.ok()) return s;
+  if (control_service_ && leadership_) control_service_->Attach(leadership_);
   auto hp = transport::ParseHostPort(config_.admin_address);
   if (!hp.ok()) return hp.status();
   // Backpressure SSE streams hold an admin worker each: give ResourceLease
@@ -536,14 +571,28 @@ absl::Status Node::StartMesh() {
       }
     }
   }
+  // Where members' outbounds reach our data plane: the public gRPC
+  // listener (the frame relay's when it fronts grpc_) and the HTTP inbound.
+  auto dialable = [](std::string address) {
+    for (const char* wildcard : {"0.0.0.0:", "[::]:"}) {
+      if (address.rfind(wildcard, 0) == 0) {
+        address = "127.0.0.1:" + address.substr(std::string_view(wildcard).size());
+      }
+    }
+    return address;
+  };
+  std::map<std::string, std::string> endpoints = c.identity.advertise_endpoints;
+  if (!endpoints.count("grpc"))
+    endpoints["grpc"] = dialable(relay_ ? relay_->address() : grpc_->address());
+  if (!endpoints.count("http") && http_) endpoints["http"] = dialable(http_->address());
   auto options = MeshOptions(c);
   // Gossip dials with the node's own TLS identity: under mTLS the members'
   // listeners require it, and a plaintext fallback would be a downgrade.
   gossip_transport_ = std::make_shared<mesh::GrpcGossipTransport>(
       options.send_timeout, c.peer_addresses, tls_ ? tls::GrpcChannelCredentials(*tls_) : nullptr);
-  mesh::LocalIdentity self{
-      c.identity.node_id, advertise,
-      mesh::MemberMeta{c.identity.roles, c.identity.region, c.identity.zone, c.identity.labels}};
+  mesh::LocalIdentity self{c.identity.node_id, advertise,
+                           mesh::MemberMeta{c.identity.roles, c.identity.region, c.identity.zone,
+                                            c.identity.labels, endpoints}};
   membership_ = mesh::Membership::Create(std::move(self), options, clock_, gossip_transport_);
   gossip_transport_->SetStats(&membership_->stats());
   // Heartbeat grace: a member is probed by this node about once per
@@ -558,6 +607,27 @@ absl::Status Node::StartMesh() {
                                   {"id", e.member.id},
                                   {"incarnation", e.member.incarnation}});
   });
+  for (const auto& outbound : membership_outbounds_) {
+    std::weak_ptr<transport::PeerPool> weak = outbound.pool;
+    mesh::FeedPeerList(*membership_, outbound.selector, outbound.transport,
+                       [weak, name = outbound.name, http = outbound.transport == "http"](
+                           const std::vector<mesh::DataPeer>& members) {
+                         auto pool = weak.lock();
+                         if (!pool) return;
+                         std::vector<transport::PeerEndpoint> peers;
+                         std::vector<std::string> ids;
+                         for (const auto& m : members) {
+                           peers.push_back({m.id, http ? "http://" + m.address + "/" : m.address});
+                           ids.push_back(m.id);
+                         }
+                         if (auto s = pool->SetPeers(std::move(peers)); !s.ok()) {
+                           core::LogWarn("mesh.outbound.peers_refused",
+                                         {{"outbound", name}, {"error", std::string(s.message())}});
+                           return;
+                         }
+                         core::LogInfo("mesh.outbound.peers", {{"outbound", name}, {"peers", ids}});
+                       });
+  }
   mesh_metrics_ = mesh::RegisterMeshMetrics(*metrics_, membership_);
   gossip_service_->Attach(membership_);
   membership_->Start(c.seeds);
@@ -686,11 +756,38 @@ absl::Status Node::StartLeadership() {
   options.failover_step = l.failover_step;
   for (const auto& scope : l.scopes) options.candidacies.push_back({scope.scope, scope.priority});
   options.observed_scopes = l.observe;
+  for (const auto& scope : leader_scopes_) options.observed_scopes.push_back(scope);
+  options.directory = leader_directory_;
+  options.on_change = [this](const leadership::LeadershipChange& change) {
+    RecordLeadershipSpan(change);
+  };
   options.promote_regional_to_global = l.promote_regional_to_global;
   options.promotion_priority = l.promotion_priority;
   leadership_ =
       leadership::LeadershipManager::Create(options, coord_store_, clock_, metrics_.get());
   return leadership_->Start();
+}
+
+void Node::RecordLeadershipSpan(const leadership::LeadershipChange& change) {
+  // One span per change, in the tracing middleware's recorder and export
+  // (/omnirelay/traces), beside the `leadership.changed` log event. A change
+  // is an instant: start == end; it opens its own trace.
+  middleware::Span span;
+  span.trace_id = middleware::RandomHex(16);
+  span.span_id = middleware::RandomHex(8);
+  span.name = "leadership.change";
+  span.kind = "internal";
+  span.status = "OK";
+  span.start = change.at;
+  span.end = change.at;
+  span.attributes = {
+      {"leadership.scope", change.scope},
+      {"leadership.leader", change.leader},
+      {"leadership.previous", change.previous},
+      {"leadership.fencing_token", std::to_string(change.fencing_token)},
+      {"leadership.previous_fencing_token", std::to_string(change.previous_fencing_token)},
+      {"leadership.observer", leadership_ ? leadership_->node_id() : ""}};
+  spans_->Record(std::move(span));
 }
 
 nlohmann::json Node::LeadersJson() const {

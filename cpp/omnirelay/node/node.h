@@ -52,9 +52,11 @@
 #include "omnirelay/http/http_server.h"
 #include "omnirelay/mesh/grpc_gossip.h"
 #include "omnirelay/mesh/membership.h"
+#include "omnirelay/mesh/peer_feed.h"
 #include "omnirelay/peers/health_tracker.h"
 #include "omnirelay/leadership/manager.h"
 #include "omnirelay/middleware/middleware.h"
+#include "omnirelay/node/control_service.h"
 #include "omnirelay/resourcelease/diagnostics.h"
 #include "omnirelay/resourcelease/queue.h"
 #include "omnirelay/tls/tls.h"
@@ -135,6 +137,7 @@ class Node {
   std::map<std::string, std::shared_ptr<transport::PeerPool>> pools_;
   // Declared before grpc_ so the gRPC server that serves it goes first.
   std::unique_ptr<mesh::GossipService> gossip_service_;
+  std::unique_ptr<ControlService> control_service_;  // omnirelay.mesh.v1.Control
   std::unique_ptr<transport::GrpcInbound> grpc_;
   std::unique_ptr<transport::HttpInbound> http_;
   std::unique_ptr<http::HttpServer> admin_;
@@ -161,6 +164,20 @@ class Node {
   core::TimePoint started_at_{};
   bool started_ = false;
   bool stopped_ = false;
+  // Outbounds whose peers come from membership (`mesh:` and `leader:`;
+  // docs/mesh.md "Outbounds from membership"): fed by StartMesh.
+  struct MembershipOutbound {
+    std::string name;
+    std::string transport;  // which advertised endpoint to dial
+    mesh::MemberSelector selector;
+    std::shared_ptr<transport::PeerPool> pool;
+  };
+  std::vector<MembershipOutbound> membership_outbounds_;
+  // Leader outbounds' chooser reads it; the LeadershipManager writes it.
+  std::shared_ptr<leadership::LeaderDirectory> leader_directory_ =
+      std::make_shared<leadership::LeaderDirectory>();
+  std::vector<std::string> leader_scopes_;  // scopes leader outbounds target
+  void RecordLeadershipSpan(const leadership::LeadershipChange& change);
 };
 
 }  // namespace omnirelay::node

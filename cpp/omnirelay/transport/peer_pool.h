@@ -47,7 +47,7 @@ struct PoolPeer {
   std::string id;                    // unique in the pool (a mesh member id, or the address)
   std::string address;               // what the outbound dials ("host:port", "http://...")
   size_t index = kNoIndex;           // position in addresses() for a static pool's peers
-  std::shared_ptr<void> attachment;  // from the AttachmentFactory; null without one
+  std::shared_ptr<void> attachment = nullptr;  // from the AttachmentFactory; null without one
 };
 
 // What SetPeers takes: a peer's identity and the address to dial.
@@ -68,7 +68,7 @@ struct PeerLease {
   std::shared_ptr<void> token;  // the implementation's own lease object
   // The leased peer (address, attachment); holding the lease keeps it alive
   // even after the peer was removed from the pool.
-  std::shared_ptr<const PoolPeer> peer;
+  std::shared_ptr<const PoolPeer> peer = nullptr;
 };
 
 class PeerPool {
@@ -113,7 +113,7 @@ struct PeerPoolOptions {
   std::string transport;
   // Overrides `chooser` with an instance made here (e.g. leadership's
   // LeaderChooser, a shard-aware chooser). Called once, at pool creation.
-  std::function<std::unique_ptr<peers::PeerChooser>()> chooser_factory;
+  std::function<std::unique_ptr<peers::PeerChooser>()> chooser_factory = nullptr;
   // Leader routing: "no peer could be leased" (no leader, the leader not
   // among the peers, or its breaker open) fails UNAVAILABLE ("no-leader")
   // rather than RESOURCE_EXHAUSTED, so callers retry it as a hand-over.

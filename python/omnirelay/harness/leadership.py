@@ -177,6 +177,88 @@ def promote(admin: str, scope: str, node: str, token: Optional[str] = None) -> D
     return body
 
 
+# -- Promote over gRPC: omnirelay.mesh.v1.Control/Promote --------------------------------
+# proto/omnirelay/mesh/v1/control.proto. The two messages are tiny (strings
+# and one int64), so they are encoded here by hand rather than shipping
+# generated Python code with the package.
+
+CONTROL_PROMOTE = "/omnirelay.mesh.v1.Control/Promote"
+
+
+def _varint(n: int) -> bytes:
+    out = bytearray()
+    n &= (1 << 64) - 1
+    while True:
+        byte = n & 0x7F
+        n >>= 7
+        if n:
+            out.append(byte | 0x80)
+        else:
+            out.append(byte)
+            return bytes(out)
+
+
+def encode_promote_request(scope: str, node: str) -> bytes:
+    out = b""
+    for field, text in ((1, scope), (2, node)):
+        data = text.encode()
+        if data:
+            out += bytes([field << 3 | 2]) + _varint(len(data)) + data
+    return out
+
+
+def decode_promote_response(data: bytes) -> Dict[str, Any]:
+    names = {1: "scope", 2: "node", 3: "currentLeader", 4: "currentFencingToken"}
+    out: Dict[str, Any] = {"scope": "", "node": "", "currentLeader": "", "currentFencingToken": 0}
+    i = 0
+
+    def varint() -> int:
+        nonlocal i
+        shift = value = 0
+        while True:
+            byte = data[i]
+            i += 1
+            value |= (byte & 0x7F) << shift
+            shift += 7
+            if not byte & 0x80:
+                return value
+
+    while i < len(data):
+        key = varint()
+        field, wire = key >> 3, key & 7
+        if wire == 0:
+            value = varint()
+            if field in names:
+                out[names[field]] = value - (1 << 64) if value >= 1 << 63 else value
+        elif wire == 2:
+            length = varint()
+            if field in names:
+                out[names[field]] = data[i:i + length].decode()
+            i += length
+        else:
+            raise ValueError(f"unexpected wire type {wire} in PromoteResponse")
+    return out
+
+
+def promote_grpc(address: str, scope: str, node: str, token: Optional[str] = None,
+                 timeout: float = 5.0, credentials: Any = None) -> Dict[str, Any]:
+    """``omnirelay.mesh.v1.Control/Promote`` on a node's gRPC listener
+    (``host:port``), with the admin bearer token (``token``, else
+    ``$OMNIRELAY_ADMIN_TOKEN_FILE``) in ``authorization`` metadata; ``credentials``
+    (grpc.ssl_channel_credentials) for a TLS/mTLS listener. Raises
+    ``grpc.RpcError`` with the node's status on refusal."""
+    import grpc
+
+    bearer = admin_token(token)
+    metadata = [("authorization", f"Bearer {bearer}")] if bearer else []
+    channel = grpc.secure_channel(address, credentials) if credentials else grpc.insecure_channel(address)
+    with channel:
+        call = channel.unary_unary(CONTROL_PROMOTE, request_serializer=lambda b: b,
+                                   response_deserializer=lambda b: b)
+        return decode_promote_response(call(encode_promote_request(scope, node), timeout=timeout,
+                                            metadata=metadata))
+
+
 def fenced_write(admin: str, scope: str, key: str, value: str, timeout: float = 5.0,
                  token: Optional[str] = None) -> Tuple[int, Dict[str, Any]]:
     """A control write as leader of ``scope``: (HTTP status, body). 200 carries
@@ -217,15 +299,39 @@ def _promote_verb(argv: List[str]) -> int:
                                      description="Hand a scope over to a node (the old leader resigns and is fenced).")
     parser.add_argument("--scope", required=True, help="global | region/<name> | shard/<namespace>/<id>")
     parser.add_argument("--node", required=True, help="node id that takes the scope over")
-    parser.add_argument("--admin", required=True, help="admin host:port of any node")
+    target = parser.add_mutually_exclusive_group(required=True)
+    target.add_argument("--admin", help="admin host:port of any node (POST /omnirelay/control/promote)")
+    target.add_argument("--grpc", help="gRPC host:port of any node (omnirelay.mesh.v1.Control/Promote)")
     parser.add_argument("--token-file", help="admin bearer token file (omniRelay.admin.tokenFile); "
                                              "default $OMNIRELAY_ADMIN_TOKEN_FILE")
+    parser.add_argument("--ca-file", help="--grpc over TLS: the CA that signed the node's certificate")
+    parser.add_argument("--cert-file", help="--grpc over mTLS: this client's certificate")
+    parser.add_argument("--key-file", help="--grpc over mTLS: this client's key")
     args = parser.parse_args(argv)
     try:
         token = None
         if args.token_file:
             with open(args.token_file, encoding="utf-8") as f:
                 token = f.read().strip()
+        if args.grpc:
+            import grpc
+
+            credentials = None
+            if args.ca_file:
+                def read(path):
+                    with open(path, "rb") as f:
+                        return f.read()
+                credentials = grpc.ssl_channel_credentials(
+                    read(args.ca_file), read(args.key_file) if args.key_file else None,
+                    read(args.cert_file) if args.cert_file else None)
+            try:
+                answer = promote_grpc(args.grpc, args.scope, args.node, token=token, credentials=credentials)
+            except grpc.RpcError as error:
+                print(f"omnirelay mesh promote: {error.code().name}: {error.details()}")
+                return 1
+            print(f"promotion of {args.scope} to {args.node} requested "
+                  f"(leader was {answer['currentLeader'] or '-'}, token {answer['currentFencingToken']})")
+            return 0
         promote(args.admin, args.scope, args.node, token=token)
     except (OSError, RuntimeError) as error:
         print(f"omnirelay mesh promote: {error}")
