@@ -210,3 +210,49 @@ def test_calls_follow_the_leader_across_promote_and_kill_and_never_run_twice(tmp
                     and s["attributes"]["leadership.scope"] == "global")
         assert int(west["attributes"]["leadership.fencing_token"]) > 0
         assert west["kind"] == "internal" and len(west["traceId"]) == 32
+
+
+def global_leader(node):
+    """The global leader as `node` sees it, through the harness's TLS admin client."""
+    return next(s["leader"] for s in node.get_json("/omnirelay/control/leaders")["scopes"]
+                if s["scope"] == "global")
+
+
+def test_promote_rpc_and_leader_routing_over_mtls(tmp_path):
+    """Under `tls: mtls` a verified client certificate is the credential
+    (no bearer token sent), and the leader outbound dials members over TLS
+    with the node's own certificate."""
+    import os
+
+    t = topology()
+    t.tls = "mtls"
+    with Cluster(t, tmp_path / "promote-mtls", seed=19) as cluster:
+        gw = cluster["gw"]
+        assert wait_until(lambda: global_leader(gw) == "global-leader", 30)
+        credentials = cluster.pki.grpc_credentials("operator")
+        with grpc.secure_channel(gw.address("grpc"), credentials) as channel:
+            call = channel.unary_unary(f"{ECHO}/Echo", request_serializer=lambda b: b,
+                                       response_deserializer=lambda b: b)
+
+            def served_by_leader():
+                _, c = call.with_call(b"over-mtls", timeout=10)
+                return dict(c.initial_metadata())["x-omnirelay-instance"] == global_leader(gw)
+
+            assert wait_until(served_by_leader, 20)
+        cert, key = cluster.pki.issue("operator")
+        env = {k: v for k, v in os.environ.items() if k != "OMNIRELAY_ADMIN_TOKEN_FILE"}  # no token
+        promoted = subprocess.run(
+            [sys.executable, "-m", "omnirelay", "mesh", "promote", "--scope", "global", "--node", "east-leader",
+             "--grpc", gw.address("grpc"), "--ca-file", str(cluster.pki.ca_cert), "--cert-file", str(cert),
+             "--key-file", str(key)], capture_output=True, text=True, timeout=30, env=env)
+        assert promoted.returncode == 0, promoted.stdout + promoted.stderr
+        assert wait_until(lambda: global_leader(gw) == "east-leader", 20)
+        # Without a client certificate the TLS listener refuses the connection outright.
+        no_cert = grpc.ssl_channel_credentials(root_certificates=cluster.pki.ca_cert.read_bytes())
+        with grpc.secure_channel(gw.address("grpc"), no_cert) as channel:
+            call = channel.unary_unary(CONTROL_PROMOTE, request_serializer=lambda b: b,
+                                       response_deserializer=lambda b: b)
+            with pytest.raises(grpc.RpcError) as refused:
+                call(encode_promote_request("global", "west-leader"), timeout=5)
+            assert refused.value.code() == grpc.StatusCode.UNAVAILABLE
+        assert global_leader(gw) == "east-leader"

@@ -95,6 +95,12 @@ def test_mesh_outbound_follows_leave_kill_and_join_without_restart(tmp_path):
             assert wait_until(lambda: peer_ids(gw) == BACKENDS, 30), peer_ids(gw)
             # Peers from membership are served by the grpc++ path, never the frame relay.
             assert gw.get_json("/omnirelay/introspect")["frameRoutes"] == []
+            # Each member gossips its data endpoint; that is what the gateway dials.
+            members = {m["id"]: m for m in gw.get_json("/omnirelay/control/peers")["members"]}
+            assert members["b1"]["endpoints"]["grpc"] == cluster["b1"].address("grpc")
+            dialled = {p["id"]: p["address"] for p in
+                       gw.get_json("/omnirelay/introspect")["outbounds"]["backends"]["peers"]}
+            assert dialled == {name: cluster[name].address("grpc") for name in BACKENDS}
             assert set(caller.burst(40)) == set(BACKENDS)
             gw_pid = gw.pid
 

@@ -847,6 +847,7 @@ nlohmann::json Membership::MemberToJson(const Member& m) {
           {"region", r.meta.region},
           {"zone", r.meta.zone},
           {"labels", r.meta.labels},
+          {"endpoints", r.meta.endpoints},
           {"state", std::string(MemberStateName(r.state))},
           {"incarnation", r.incarnation},
           {"lastSeen", core::FormatTimestamp(m.last_seen)},

@@ -610,14 +610,20 @@ absl::Status Node::StartMesh() {
   for (const auto& outbound : membership_outbounds_) {
     std::weak_ptr<transport::PeerPool> weak = outbound.pool;
     mesh::FeedPeerList(*membership_, outbound.selector, outbound.transport,
-                       [weak, name = outbound.name, http = outbound.transport == "http"](
+                       [weak, name = outbound.name, http = outbound.transport == "http",
+                        scheme = tls_ ? std::string("https://") : std::string()](
                            const std::vector<mesh::DataPeer>& members) {
                          auto pool = weak.lock();
                          if (!pool) return;
                          std::vector<transport::PeerEndpoint> peers;
                          std::vector<std::string> ids;
                          for (const auto& m : members) {
-                           peers.push_back({m.id, http ? "http://" + m.address + "/" : m.address});
+                           // Under omniRelay.tls members are dialled over TLS
+                           // with this node's identity, never plaintext.
+                           std::string address =
+                               http ? (scheme.empty() ? "http://" : scheme) + m.address + "/"
+                                    : scheme + m.address;
+                           peers.push_back({m.id, std::move(address)});
                            ids.push_back(m.id);
                          }
                          if (auto s = pool->SetPeers(std::move(peers)); !s.ok()) {
