@@ -42,8 +42,9 @@ def wait_until(predicate, within_s, interval_s=0.1):
 def topology():
     b = TopologyBuilder("mesh-routing", "a gateway whose outbound takes its peers from membership")
     for name in BACKENDS:
-        b.node(name, role="backend", region="east").with_config(
-            {"omniRelay": {"echo": {"instance": name}}})
+        b.node(name, role="backend", region="east").with_port("http").with_config({"omniRelay": {
+            "inbounds": {"http": {"address": "${self.http}"}},
+            "echo": {"instance": name, "procedures": ["httpecho.Svc/Echo"]}}})
     b.node("gw", role="gateway", region="east").with_config({"omniRelay": {
         "outbounds": {"backends": {
             "transport": "grpc",
@@ -53,8 +54,12 @@ def topology():
             # member is retried on another one.
             "retry": {"maxAttempts": 3, "initialBackoff": "20ms", "maxBackoff": "100ms",
                       "idempotentProcedures": ["*"]},
+        }, "backends-http": {
+            # The same members through their advertised HTTP endpoints.
+            "transport": "http", "mesh": {"role": "backend"}, "peerChooser": "round-robin",
         }},
-        "routes": [{"prefix": f"{ECHO}/", "outbound": "backends"}],
+        "routes": [{"prefix": f"{ECHO}/", "outbound": "backends"},
+                   {"prefix": "/httpecho.Svc/", "outbound": "backends-http"}],
     }})
     return b.with_mesh_identity(profile="test").build()
 
@@ -62,9 +67,9 @@ def topology():
 class Caller:
     """Calls Echo through the gateway; remembers who served and what failed."""
 
-    def __init__(self, address):
+    def __init__(self, address, method=f"{ECHO}/Echo"):
         self.channel = grpc.insecure_channel(address)
-        self.call = self.channel.unary_unary(f"{ECHO}/Echo", request_serializer=identity,
+        self.call = self.channel.unary_unary(method, request_serializer=identity,
                                              response_deserializer=identity)
         self.failures = []
 
@@ -82,8 +87,8 @@ class Caller:
         self.channel.close()
 
 
-def peer_ids(gw):
-    outbound = gw.get_json("/omnirelay/introspect")["outbounds"]["backends"]
+def peer_ids(gw, outbound_name="backends"):
+    outbound = gw.get_json("/omnirelay/introspect")["outbounds"][outbound_name]
     return sorted(p["id"] for p in outbound["peers"])
 
 
@@ -101,6 +106,17 @@ def test_mesh_outbound_follows_leave_kill_and_join_without_restart(tmp_path):
             dialled = {p["id"]: p["address"] for p in
                        gw.get_json("/omnirelay/introspect")["outbounds"]["backends"]["peers"]}
             assert dialled == {name: cluster[name].address("grpc") for name in BACKENDS}
+            # An HTTP outbound dials the members' advertised HTTP inbounds.
+            assert wait_until(lambda: peer_ids(gw, "backends-http") == BACKENDS, 10)
+            dialled = {p["id"]: p["address"] for p in
+                       gw.get_json("/omnirelay/introspect")["outbounds"]["backends-http"]["peers"]}
+            assert dialled == {name: f"http://{cluster[name].address('http')}/" for name in BACKENDS}
+            over_http = Caller(gw.address("grpc"), "/httpecho.Svc/Echo")
+            try:
+                assert set(over_http.burst(16)) == set(BACKENDS)
+                assert over_http.failures == [], over_http.failures
+            finally:
+                over_http.close()
             assert set(caller.burst(40)) == set(BACKENDS)
             gw_pid = gw.pid
 
@@ -121,6 +137,7 @@ def test_mesh_outbound_follows_leave_kill_and_join_without_restart(tmp_path):
             cluster["b4"].start(wait=True)
             assert wait_until(lambda: peer_ids(gw) == ["b1", "b2", "b4"], 20), peer_ids(gw)
             assert set(caller.burst(30)) == {"b1", "b2", "b4"}
+            assert wait_until(lambda: peer_ids(gw, "backends-http") == ["b1", "b2", "b4"], 10)
 
             assert caller.failures == [], caller.failures
             assert gw.pid == gw_pid, "the gateway was never restarted"
