@@ -210,6 +210,8 @@ def test_calls_follow_the_leader_across_promote_and_kill_and_never_run_twice(tmp
                     and s["attributes"]["leadership.scope"] == "global")
         assert int(west["attributes"]["leadership.fencing_token"]) > 0
         assert west["kind"] == "internal" and len(west["traceId"]) == 32
+        assert west["attributes"]["leadership.observer"] == "gw"
+        assert west["attributes"]["leadership.previous"] in ("", "global-leader")
 
 
 def global_leader(node):

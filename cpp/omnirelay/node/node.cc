@@ -611,8 +611,8 @@ absl::Status Node::StartMesh() {
     std::weak_ptr<transport::PeerPool> weak = outbound.pool;
     mesh::FeedPeerList(*membership_, outbound.selector, outbound.transport,
                        [weak, name = outbound.name, http = outbound.transport == "http",
-                        scheme = tls_ ? std::string("https://") : std::string()](
-                           const std::vector<mesh::DataPeer>& members) {
+                        scheme = tls_ ? std::string("https://")
+                                      : std::string()](const std::vector<mesh::DataPeer>& members) {
                          auto pool = weak.lock();
                          if (!pool) return;
                          std::vector<transport::PeerEndpoint> peers;
@@ -792,7 +792,7 @@ void Node::RecordLeadershipSpan(const leadership::LeadershipChange& change) {
       {"leadership.previous", change.previous},
       {"leadership.fencing_token", std::to_string(change.fencing_token)},
       {"leadership.previous_fencing_token", std::to_string(change.previous_fencing_token)},
-      {"leadership.observer", leadership_ ? leadership_->node_id() : ""}};
+      {"leadership.observer", config_.mesh ? config_.mesh->identity.node_id : config_.service}};
   spans_->Record(std::move(span));
 }
 
