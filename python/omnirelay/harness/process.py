@@ -2,8 +2,11 @@
 
 Three layers, because each covers a case the others miss:
 
-1. ``PR_SET_PDEATHSIG(SIGKILL)`` set in the child before ``exec``: the kernel
-   kills the node when the harness dies for any reason, ``kill -9`` included.
+1. ``PR_SET_PDEATHSIG(SIGKILL)`` set in the child before ``exec`` (by
+   ``setpriv --pdeathsig``, so the child is started with vfork and no fork
+   handler of a library such as gRPC runs; by a ``preexec_fn`` where setpriv
+   is missing): the kernel kills the node when the harness dies for any
+   reason, ``kill -9`` included.
    The signal fires when the *thread* that forked exits, not the process, so
    every spawn goes through one long-lived daemon thread (:func:`spawn`),
    never through a short-lived worker thread (a restart from a chaos timer).
@@ -24,6 +27,7 @@ import atexit
 import ctypes
 import os
 import queue
+import shutil
 import signal
 import subprocess
 import threading
@@ -33,6 +37,8 @@ from typing import Any, Callable, Dict, List, Optional
 
 PR_SET_PDEATHSIG = 1
 _libc = None
+# util-linux's setpriv (Essential in Debian): sets PR_SET_PDEATHSIG and execs.
+_SETPRIV = shutil.which("setpriv")
 
 
 def _prctl_pdeathsig(parent_pid: int) -> Callable[[], None]:
@@ -90,6 +96,19 @@ def spawn(argv: List[str], *, env: Optional[Dict[str, str]] = None, cwd: Optiona
     parent = os.getpid()
 
     def start() -> subprocess.Popen:
+        if _SETPRIV:
+            # No preexec_fn, so CPython starts the child with vfork(), which
+            # runs no pthread_atfork handlers: gRPC Python 1.51's fork
+            # handlers wait for its thread pool to go idle while this thread
+            # holds the GIL, and a pool thread waiting for the GIL then hangs
+            # the spawn for good (grpc/grpc#31885; seen as a test stuck
+            # starting a node after other tests used gRPC channels). setpriv
+            # sets the death signal and execs the node in place (same pid).
+            return subprocess.Popen(
+                [_SETPRIV, "--pdeathsig", "KILL", "--", *argv], env=env, cwd=cwd,
+                stdin=subprocess.DEVNULL, stdout=stdout, stderr=stderr, process_group=0,
+                close_fds=True,
+            )
         return subprocess.Popen(
             argv, env=env, cwd=cwd, stdin=subprocess.DEVNULL, stdout=stdout, stderr=stderr,
             preexec_fn=_prctl_pdeathsig(parent), close_fds=True,
