@@ -12,6 +12,8 @@
 #include "omnirelay/mesh/mesh_metrics.h"
 #include "omnirelay/mesh/peer_feed.h"
 #include "omnirelay/resourcelease/service.h"
+#include "omnirelay/shards/shard_outbound.h"
+#include "omnirelay/shards/strategy.h"
 #include "omnirelay/tls/grpc_credentials.h"
 
 namespace omnirelay::node {
@@ -271,6 +273,7 @@ absl::Status Node::Build() {
     echo_stats_ = *stats;
   }
   if (auto s = BuildResourceLease(); !s.ok()) return s;
+  if (auto s = BuildShards(); !s.ok()) return s;
   return absl::OkStatus();
 }
 
@@ -487,8 +490,13 @@ absl::Status Node::Start() {
                               .port = hp->port,
                               .threads = config_.resource_lease ? 6 : 1,
                               .tls = config_.admin.tls ? server_tls : nullptr});
+  if (auto s = StartShards(); !s.ok()) return s;
   if (config_.mesh) {
     if (auto s = StartMesh(); !s.ok()) return s;
+  }
+  if (shard_manager_) {
+    shard_membership_.store(membership_.get(), std::memory_order_release);
+    shard_manager_->Start();
   }
   AddAdminRoutes(*admin_);
   if (auto s = admin_->Start(); !s.ok()) return s;
@@ -552,6 +560,13 @@ absl::Status Node::StartMesh() {
       peers::PeerLeaseHealthOptions{.heartbeat_grace = 50 * options.probe_interval}, clock_,
       metrics_);
   mesh::FeedHealthTracker(*membership_, mesh_health_);
+  if (shard_manager_) {
+    // A membership change may change the shard maps this node leads.
+    membership_->AddListener([weak = std::weak_ptr(shard_manager_)](const mesh::MemberEvent& e) {
+      if (e.kind == mesh::MemberEvent::Kind::kHeartbeat) return;
+      if (auto manager = weak.lock()) manager->Poke();
+    });
+  }
   membership_->AddListener([](const mesh::MemberEvent& e) {
     if (e.kind == mesh::MemberEvent::Kind::kHeartbeat) return;
     core::LogInfo("mesh.member", {{"event", std::string(mesh::MemberEventKindName(e.kind))},
@@ -604,6 +619,7 @@ void Node::Stop() {
   if (stopped_ || !started_) return;
   stopped_ = true;
   dispatcher_->Drain();
+  if (shard_manager_) shard_manager_->Stop();
   if (membership_) membership_->Stop();
   if (gossip_transport_) gossip_transport_->Shutdown(std::chrono::milliseconds(500));
   if (relay_) relay_->Shutdown(std::chrono::milliseconds(500));
@@ -614,6 +630,7 @@ void Node::Stop() {
   if (http_) http_->Stop();
   if (gateway_) gateway_->Stop();
   if (leadership_) leadership_->Stop();  // resigns: successors take over at once
+  shard_watcher_.reset();
   dispatcher_->Stop();
   if (backpressure_diag_) backpressure_diag_->Close();  // ends SSE streams
   if (admin_) admin_->Stop();
@@ -862,6 +879,127 @@ void Node::AddAdminRoutes(http::HttpServer& server) {
         rate_limiter_->SetBackpressure(mode == "backpressure");
         return http::HttpResponse::Json(200, rate_limiter_->Snapshot().dump());
       });
+  AdminRoute(server, "GET", "/omnirelay/control/shards", [this](const http::HttpRequest& request) {
+    if (!shard_router_) {
+      return http::HttpResponse::Json(404, R"({"error":"shards are not configured"})");
+    }
+    const std::string only = request.QueryParam("namespace").value_or("");
+    if (!only.empty() && shard_router_->Find(only) == nullptr) {
+      return http::HttpResponse::Json(
+          404, nlohmann::json{{"error", "unknown shard namespace '" + only + "'"}}.dump());
+    }
+    return http::HttpResponse::Json(200, shard_router_->ToJson(only).dump());
+  });
+  AdminRoute(server, "GET", "/omnirelay/control/shards/resolve",
+             [this, status_json](const http::HttpRequest& request) {
+               if (!shard_router_) {
+                 return http::HttpResponse::Json(404, R"({"error":"shards are not configured"})");
+               }
+               const std::string ns = request.QueryParam("namespace").value_or("");
+               const std::string key = request.QueryParam("key").value_or("");
+               auto route = shard_router_->Route(ns, key);
+               if (!route.ok()) return status_json(route.status());
+               nlohmann::json replicas = nlohmann::json::array();
+               auto placement = route->map->Placement(route->shard);
+               for (std::size_t r = 1; r < placement.size(); ++r) {
+                 replicas.push_back(route->map->nodes[placement[r]].id);
+               }
+               nlohmann::json body = {{"namespace", ns},
+                                      {"key", key},
+                                      {"shard", route->shard},
+                                      {"owner", route->owner->id},
+                                      {"address", route->owner->address},
+                                      {"replicas", replicas},
+                                      {"version", route->map->version},
+                                      {"node", shard_router_->self_id()}};
+               return http::HttpResponse::Json(200, body.dump());
+             });
+}
+
+absl::Status Node::BuildShards() {
+  if (!config_.shards) return absl::OkStatus();
+  const std::string self = config_.mesh ? config_.mesh->identity.node_id : config_.service;
+  std::vector<shards::NamespaceOptions> namespaces;
+  for (const auto& [name, n] : config_.shards->namespaces) {
+    shards::NamespaceOptions ns;
+    ns.spec.ns = name;
+    ns.spec.shard_count = static_cast<std::uint32_t>(n.shards);
+    ns.spec.replicas = static_cast<std::uint32_t>(n.replicas);
+    ns.spec.strategy = shards::ParseStrategy(n.strategy).value_or(shards::Strategy::kRendezvous);
+    ns.spec.virtual_nodes = static_cast<std::uint32_t>(n.virtual_nodes);
+    ns.spec.region = n.region;
+    ns.spec.zone = n.zone;
+    if (auto s = ns.spec.Validate(); !s.ok()) {
+      return WithKeyPath("omniRelay.shards.namespaces." + name, s);
+    }
+    ns.leader_scope = n.leader_scope;
+    ns.owner_role = n.owner_role;
+    ns.budget_qps = n.budget;
+    ns.service = n.service;
+    ns.local_service = n.local_service;
+    namespaces.push_back(std::move(ns));
+  }
+  shard_holder_ = std::make_shared<shards::ShardMapHolder>(metrics_.get());
+  // Routable = alive or suspect in this node's membership view (a member
+  // being refuted is still serving). Self is always routable.
+  auto routable = [this, self](std::string_view id) {
+    if (id == self) return true;
+    mesh::Membership* membership = shard_membership_.load(std::memory_order_acquire);
+    if (membership == nullptr) return false;
+    auto member = membership->Find(std::string(id));
+    return member && (member->record.state == mesh::MemberState::kAlive ||
+                      member->record.state == mesh::MemberState::kSuspect);
+  };
+  shard_router_ =
+      std::make_shared<shards::ShardRouter>(self, namespaces, shard_holder_, routable, clock_);
+  for (const auto& ns : namespaces) {
+    if (ns.service.empty()) continue;
+    const std::string outbound_name = "shards." + ns.spec.ns;
+    auto outbound = std::make_shared<shards::ShardOutbound>(
+        shards::ShardOutboundOptions{.ns = ns.spec.ns,
+                                     .local_service = ns.local_service,
+                                     .peer_addresses = config_.mesh
+                                                           ? config_.mesh->peer_addresses
+                                                           : std::map<std::string, std::string>{},
+                                     .tls = tls_},
+        shard_router_, dispatcher_, clock_, metrics_);
+    if (auto s = dispatcher_->AddOutbound(outbound_name, outbound); !s.ok()) return s;
+    if (auto s = dispatcher_->AddRoute(
+            {ns.service + "/", outbound_name, dispatcher::ProcedureKind::kUnary});
+        !s.ok()) {
+      return WithKeyPath("omniRelay.shards.namespaces." + ns.spec.ns + ".service", s);
+    }
+  }
+  return absl::OkStatus();
+}
+
+std::vector<shards::ShardMember> Node::ShardMembers() const {
+  std::vector<shards::ShardMember> out;
+  if (!membership_) return out;
+  for (const auto& m : membership_->Members()) {
+    const auto& r = m.record;
+    if (r.state != mesh::MemberState::kAlive && r.state != mesh::MemberState::kSuspect) continue;
+    out.push_back({{r.id, r.address, r.meta.region, r.meta.zone}, r.meta.roles});
+  }
+  return out;
+}
+
+absl::Status Node::StartShards() {
+  if (!config_.shards) return absl::OkStatus();
+  if (!coord_store_ || !leadership_) {
+    return absl::FailedPreconditionError("omniRelay.shards needs omniRelay.leadership");
+  }
+  auto watcher = shards::ShardMapWatcher::Start(coord_store_, shard_holder_);
+  if (!watcher.ok()) return WithKeyPath("omniRelay.shards", watcher.status());
+  shard_watcher_ = std::move(*watcher);
+  shards::ShardManagerOptions options{.node_id = shard_router_->self_id(),
+                                      .namespaces = shard_router_->namespaces(),
+                                      .reconcile_interval = config_.shards->reconcile_interval};
+  // Started by Start() once the membership runs (the member source reads it).
+  shard_manager_ = std::make_shared<shards::ShardManager>(
+      options, coord_store_, leadership_, [this] { return ShardMembers(); }, shard_holder_, clock_,
+      metrics_.get());
+  return absl::OkStatus();
 }
 
 }  // namespace omnirelay::node

@@ -24,6 +24,9 @@
 //   POST /omnirelay/control/promote?scope=S&node=N   hand scope S over to node N
 //   POST /omnirelay/control/fenced-write?scope=S&key=K&value=V  a control write as
 //                                         leader of S (412 when not leader / fenced)
+//   GET  /omnirelay/control/shards[?namespace=N]  shard maps: version, owners,
+//                                         replicas, per-shard QPS served here, budget
+//   GET  /omnirelay/control/shards/resolve?namespace=N&key=K  key -> shard -> owner
 //
 // Control plane (docs/security.md): POST /omnirelay/control/* needs
 // `Authorization: Bearer <omniRelay.admin.tokenFile>` or a verified client
@@ -50,13 +53,15 @@
 #include "omnirelay/gateway/gateway.h"
 #include "omnirelay/h2relay/frame_relay.h"
 #include "omnirelay/http/http_server.h"
+#include "omnirelay/leadership/manager.h"
 #include "omnirelay/mesh/grpc_gossip.h"
 #include "omnirelay/mesh/membership.h"
-#include "omnirelay/peers/health_tracker.h"
-#include "omnirelay/leadership/manager.h"
 #include "omnirelay/middleware/middleware.h"
+#include "omnirelay/peers/health_tracker.h"
 #include "omnirelay/resourcelease/diagnostics.h"
 #include "omnirelay/resourcelease/queue.h"
+#include "omnirelay/shards/map_store.h"
+#include "omnirelay/shards/router.h"
 #include "omnirelay/tls/tls.h"
 #include "omnirelay/transport/grpc_transport.h"
 #include "omnirelay/transport/http_transport.h"
@@ -106,6 +111,8 @@ class Node {
   // Leadership (config `leadership`), null without it.
   std::shared_ptr<leadership::LeadershipManager> leadership() const { return leadership_; }
   nlohmann::json LeadersJson() const;
+  // Shard routing (config `shards`), null without it.
+  std::shared_ptr<const shards::ShardRouter> shard_router() const { return shard_router_; }
 
  private:
   explicit Node(config::NodeConfig config);
@@ -152,6 +159,19 @@ class Node {
   absl::Status StartLeadership();
   std::shared_ptr<coord::LeadershipStore> coord_store_;
   std::shared_ptr<leadership::LeadershipManager> leadership_;
+  // Shards (config `shards`, docs/shards.md): the held maps, the router and
+  // the shard routes' outbounds (Build), the store watcher and the leader's
+  // reconcile loop (Start, after leadership; fed by the membership).
+  absl::Status BuildShards();
+  absl::Status StartShards();
+  std::vector<shards::ShardMember> ShardMembers() const;
+  std::shared_ptr<shards::ShardMapHolder> shard_holder_;
+  std::shared_ptr<shards::ShardRouter> shard_router_;
+  std::unique_ptr<shards::ShardMapWatcher> shard_watcher_;
+  std::shared_ptr<shards::ShardManager> shard_manager_;
+  // The membership as the shard router's data path reads it: set once the
+  // mesh runs (calls may arrive on the gRPC inbound before that).
+  std::atomic<mesh::Membership*> shard_membership_{nullptr};
   std::optional<tls::TlsOptions> tls_;         // from omniRelay.tls
   std::string admin_token_;                    // from omniRelay.admin.tokenFile
   // The HTTP/2 frame relay: when any route takes the fast path it owns the
