@@ -6,7 +6,11 @@ endpoints, and a topology builder for a sharded mesh.
   prints the maps a node holds (``GET /omnirelay/control/shards``): version,
   writer, nodes with the shards they own, and per shard the owner, replicas,
   QPS served on that node and the budget; ``--key`` resolves one key instead.
-* :func:`shards` / :func:`resolve` fetch the same documents for tests and
+* ``omnirelay mesh rebalance --admin HOST:PORT --namespace NS --shard S [--to NODE]``
+  moves a shard's ownership to one of its replicas (the coolest one without
+  ``--to``) through the namespace's leader and waits for the new map version
+  (``POST /omnirelay/control/shards/rebalance``; needs the admin token).
+* :func:`shards` / :func:`resolve` / :func:`rebalance` fetch the same documents for tests and
   scenarios; :func:`sharded_topology` builds N mesh nodes that share a
   coordination store, elect a global leader and route a sharded service.
 """
@@ -19,7 +23,7 @@ import sys
 import urllib.error
 import urllib.parse
 import urllib.request
-from typing import Any, Dict, List, Optional
+from typing import Any, Dict, List, Optional, Tuple
 
 from omnirelay.mesh import MESH_SUBVERBS
 
@@ -45,6 +49,33 @@ def resolve(admin: str, namespace: str, key: str, timeout: float = 3.0) -> Dict[
     """``GET /omnirelay/control/shards/resolve``: key -> shard, owner, replicas, version.
     Raises ``urllib.error.HTTPError`` with the status body for a refusal."""
     return _get(admin, "/omnirelay/control/shards/resolve", {"namespace": namespace, "key": key}, timeout)
+
+
+def rebalance(admin: str, namespace: str, shard: int, to: Optional[str] = None, timeout: str = "10s",
+              token: Optional[str] = None) -> Tuple[int, Dict[str, Any]]:
+    """``POST /omnirelay/control/shards/rebalance``: (HTTP status, body). 200 carries
+    ``from``, ``to``, ``version``, ``previousVersion`` and ``elapsedMs`` (request to
+    the new version installed on the node asked); refusals carry ``status``/``code``."""
+    from omnirelay.harness.leadership import admin_token
+
+    params = {"namespace": namespace, "shard": str(shard), "timeout": timeout}
+    if to:
+        params["to"] = to
+    url = (admin if admin.startswith("http") else f"http://{admin}").rstrip("/")
+    request = urllib.request.Request(url + "/omnirelay/control/shards/rebalance?" + urllib.parse.urlencode(params),
+                                     method="POST", data=b"")
+    bearer = admin_token(token)
+    if bearer:
+        request.add_header("Authorization", f"Bearer {bearer}")
+    try:
+        with urllib.request.urlopen(request, timeout=60) as response:
+            return response.status, json.loads(response.read() or b"{}")
+    except urllib.error.HTTPError as error:
+        body = error.read()
+        try:
+            return error.code, json.loads(body or b"{}")
+        except ValueError:
+            return error.code, {"error": body.decode(errors="replace")}
 
 
 def versions(admin: str) -> Dict[str, int]:
@@ -127,6 +158,38 @@ def _shards_verb(argv: List[str]) -> int:
     return 0
 
 
+def _rebalance_verb(argv: List[str]) -> int:
+    parser = argparse.ArgumentParser(prog="omnirelay mesh rebalance",
+                                     description="Move a shard's ownership to one of its replicas (through the "
+                                                 "namespace's leader) and wait for the new map version.")
+    parser.add_argument("--admin", required=True, help="admin endpoint HOST:PORT of any node of the mesh")
+    parser.add_argument("--namespace", required=True)
+    parser.add_argument("--shard", required=True, type=int, help="shard id")
+    parser.add_argument("--to", help="the replica to move it to (default: the replica owning the fewest shards)")
+    parser.add_argument("--timeout", default="10s", help="how long to wait for the new map version")
+    parser.add_argument("--token", help="admin bearer token (default: $OMNIRELAY_ADMIN_TOKEN_FILE)")
+    parser.add_argument("--json", action="store_true")
+    args = parser.parse_args(argv)
+    try:
+        status, body = rebalance(args.admin, args.namespace, args.shard, args.to, args.timeout, args.token)
+    except (urllib.error.URLError, OSError, ValueError) as error:
+        print(f"omnirelay mesh rebalance: {args.admin}: {error}", file=sys.stderr)
+        return 1
+    if status != 200:
+        print(f"omnirelay mesh rebalance: HTTP {status}: {body.get('status', '')} {body.get('error', body)}",
+              file=sys.stderr)
+        return 1
+    if args.json:
+        print(json.dumps(body, indent=2))
+    else:
+        print(f"shard {body['shard']} of {body['namespace']}: {body['from']} -> {body['to']} "
+              f"(map version {body['previousVersion']} -> {body['version']}, {body['elapsedMs']} ms to reach "
+              f"{body['node']})")
+    return 0
+
+
+MESH_SUBVERBS["rebalance"] = ("move a shard to a replica: omnirelay mesh rebalance --admin HOST:PORT "
+                              "--namespace NS --shard S [--to NODE]", _rebalance_verb)
 MESH_SUBVERBS["shards"] = ("shard maps a node holds: omnirelay mesh shards --admin HOST:PORT "
                            "[--namespace NS] [--key K] [--json]", _shards_verb)
 
@@ -160,5 +223,6 @@ def sharded_topology(nodes: int = 3, shard_count: int = 64, strategy: str = "ren
     return t
 
 
-__all__ = ["ECHO_SERVICE", "SHARDED_SERVICE", "format_table", "owners", "resolve", "sharded_topology", "shards",
+__all__ = ["ECHO_SERVICE", "SHARDED_SERVICE", "format_table", "owners", "rebalance", "resolve", "sharded_topology",
+           "shards",
            "versions"]

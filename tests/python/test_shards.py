@@ -17,6 +17,7 @@ import json
 import os
 import subprocess
 import sys
+import threading
 import time
 
 import grpc
@@ -24,7 +25,7 @@ import pytest
 
 from omnirelay._native import NativeBinaryNotFound, find_native_binary
 from omnirelay.harness import Cluster
-from omnirelay.shards import SHARDED_SERVICE, owners, resolve, sharded_topology, shards, versions
+from omnirelay.shards import SHARDED_SERVICE, owners, rebalance, resolve, sharded_topology, shards, versions
 
 try:
     find_native_binary()
@@ -159,6 +160,57 @@ def test_cli_prints_the_map(cluster):
     bad = subprocess.run([sys.executable, "-m", "omnirelay", "mesh", "shards", "--admin", admin,
                           "--namespace", "nope"], capture_output=True, text=True, timeout=30)
     assert bad.returncode == 1 and "HTTP 404" in bad.stderr
+
+
+def test_rebalance_moves_a_shard_to_its_replica_without_failing_calls_in_flight(cluster):
+    target = resolve(cluster["node-1"].admin, "users", "hot-tenant")
+    shard, owner, replica = target["shard"], target["owner"], target["replicas"][0]
+    keys = [k for k in (f"k{i}" for i in range(4000))
+            if resolve(cluster["node-1"].admin, "users", k)["shard"] == shard][:5] + ["hot-tenant"]
+    # Calls on that shard through every node while the shard moves.
+    stop = threading.Event()
+    outcomes = []
+
+    def load(entry):
+        with cluster[entry].grpc_channel() as channel:
+            i = 0
+            while not stop.is_set():
+                key = keys[i % len(keys)]
+                try:
+                    _, headers = call(channel, key)
+                    outcomes.append(("ok", headers["rpc-shard-owner"]))
+                except grpc.RpcError as error:
+                    outcomes.append(("fail", f"{error.code()}: {error.details()}"))
+                i += 1
+
+    threads = [threading.Thread(target=load, args=(n,)) for n in NAMES]
+    for t in threads:
+        t.start()
+    try:
+        time.sleep(0.3)
+        moved = subprocess.run([sys.executable, "-m", "omnirelay", "mesh", "rebalance", "--admin",
+                                cluster["node-2"].admin, "--namespace", "users", "--shard", str(shard),
+                                "--to", replica], capture_output=True, text=True, timeout=60)
+        assert moved.returncode == 0, moved.stdout + moved.stderr
+        assert f"{owner} -> {replica}" in moved.stdout
+        assert wait_until(lambda: same_map(cluster, NAMES, NAMES) and
+                          all(resolve(cluster[n].admin, "users", "hot-tenant")["owner"] == replica for n in NAMES), 20)
+        time.sleep(0.3)
+    finally:
+        stop.set()
+        for t in threads:
+            t.join(30)
+    failures = [o for o in outcomes if o[0] == "fail"]
+    assert not failures, failures[:5]
+    served_by = [o[1] for o in outcomes]
+    assert owner in served_by and replica in served_by, "served by the old owner, then the new one"
+    assert served_by[-1] == replica
+    doc = shards(cluster["node-3"].admin)["namespaces"][0]
+    assert doc["shards"][shard]["owner"] == replica and owner in doc["shards"][shard]["replicas"]
+    # A target that is not a replica is refused up front, with the reason.
+    stranger = next(n for n in NAMES if n not in (owner, replica) and n not in doc["shards"][shard]["replicas"])
+    status, body = rebalance(cluster["node-1"].admin, "users", shard, to=stranger)
+    assert status == 412 and body["code"] == "not-a-replica", body
 
 
 def test_a_dead_owner_leaves_the_map_and_survivors_route_by_the_new_version(cluster):

@@ -729,6 +729,7 @@ void ParseShards(const nlohmann::json& value, const NodeConfig& node, Errors& er
   if (out.reconcile_interval < std::chrono::milliseconds(10)) {
     errors.Add(path + ".reconcileInterval", "must be at least 10ms");
   }
+  s.Dur("rebalanceCooldown", out.rebalance_cooldown);
   const auto* namespaces = s.Get("namespaces");
   if (namespaces == nullptr || !namespaces->is_object() || namespaces->empty()) {
     errors.Add(path + ".namespaces", "needs at least one namespace");
@@ -804,6 +805,8 @@ nlohmann::json ShardsToJson(const ShardsConfig& c) {
   }
   return {{"reconcileIntervalMs",
            std::chrono::duration_cast<std::chrono::milliseconds>(c.reconcile_interval).count()},
+          {"rebalanceCooldownMs",
+           std::chrono::duration_cast<std::chrono::milliseconds>(c.rebalance_cooldown).count()},
           {"namespaces", namespaces}};
 }
 

@@ -272,6 +272,8 @@ struct ShardNamespaceConfig {
 
 struct ShardsConfig {
   core::Duration reconcile_interval = std::chrono::seconds(1);
+  // An over-budget shard is not moved again automatically within this time.
+  core::Duration rebalance_cooldown = std::chrono::seconds(30);
   std::map<std::string, ShardNamespaceConfig> namespaces;  // never empty once parsed
 };
 

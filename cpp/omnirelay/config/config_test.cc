@@ -367,7 +367,7 @@ TEST(ShardsConfigTest, ParsesNamespaces) {
   root["omniRelay"]["mesh"] = nlohmann::json::parse(R"({"nodeId": "n1"})");
   root["omniRelay"]["leadership"] = nlohmann::json::parse(R"({"store": "memory"})");
   root["omniRelay"]["shards"] = nlohmann::json::parse(R"({
-    "reconcileInterval": "250ms",
+    "reconcileInterval": "250ms", "rebalanceCooldown": "5s",
     "namespaces": {
       "users": {"shards": 4096, "strategy": "hrw", "replicas": 2, "budget": 500,
                 "service": "users.v1.Users", "localService": "omnirelay.echo.v1.Echo"},
@@ -389,6 +389,7 @@ TEST(ShardsConfigTest, ParsesNamespaces) {
   EXPECT_EQ(geo.region, "east");
   EXPECT_EQ(geo.owner_role, "owner");
   EXPECT_EQ(config->shards->reconcile_interval, std::chrono::milliseconds(250));
+  EXPECT_EQ(config->shards->rebalance_cooldown, std::chrono::seconds(5));
   EXPECT_EQ(ToJson(*config)["omniRelay"]["shards"]["namespaces"]["users"]["shards"], 4096);
 }
 

@@ -6,7 +6,9 @@
 #include <cctype>
 #include <fstream>
 #include <sstream>
+#include <thread>
 
+#include "absl/strings/numbers.h"
 #include "omnirelay/core/address.h"
 #include "omnirelay/core/logging.h"
 #include "omnirelay/mesh/mesh_metrics.h"
@@ -488,7 +490,7 @@ absl::Status Node::Start() {
   admin_ = std::make_unique<http::HttpServer>(
       http::HttpServerOptions{.host = hp->host,
                               .port = hp->port,
-                              .threads = config_.resource_lease ? 6 : 1,
+                              .threads = config_.resource_lease || config_.shards ? 6 : 1,
                               .tls = config_.admin.tls ? server_tls : nullptr});
   if (auto s = StartShards(); !s.ok()) return s;
   if (config_.mesh) {
@@ -914,6 +916,75 @@ void Node::AddAdminRoutes(http::HttpServer& server) {
                                       {"node", shard_router_->self_id()}};
                return http::HttpResponse::Json(200, body.dump());
              });
+  // The Rebalance call: any node takes it, writes the request for the
+  // namespace's leader and waits (bounded) for the map version that applies it.
+  AdminRoute(
+      server, "POST", "/omnirelay/control/shards/rebalance",
+      [this, status_json](const http::HttpRequest& request) {
+        if (!shard_router_) {
+          return http::HttpResponse::Json(404, R"({"error":"shards are not configured"})");
+        }
+        const std::string ns = request.QueryParam("namespace").value_or("");
+        const std::string to = request.QueryParam("to").value_or("");
+        const std::string shard_text = request.QueryParam("shard").value_or("");
+        std::uint32_t shard = 0;
+        if (!absl::SimpleAtoi(core::ToAbsl(shard_text), &shard)) {
+          return status_json(
+              absl::InvalidArgumentError("shard must be a shard id, got '" + shard_text + "'"));
+        }
+        if (shard_router_->Find(ns) == nullptr) {
+          return status_json(shard_router_->Route(ns, "k").status());
+        }
+        auto map = shard_holder_->Get(ns);
+        if (!map) return status_json(shard_router_->Route(ns, "k").status());
+        // Validate against the held map first, so a typo fails here and now.
+        if (shard >= map->shard_count()) {
+          return status_json(
+              absl::InvalidArgumentError("shard " + shard_text + " is out of range (0.." +
+                                         std::to_string(map->shard_count() - 1) + ")"));
+        }
+        if (map->width < 2) {
+          return status_json(core::MakeStatus(core::StatusCode::kFailedPrecondition,
+                                              "namespace '" + ns + "' has no replicas to move to",
+                                              "not-a-replica"));
+        }
+        if (!to.empty()) {
+          shards::ShardMap check = *map;
+          if (auto s = check.Move(shard, to, "check", ""); !s.ok()) return status_json(s);
+        }
+        const std::string from = map->Owner(shard).id;
+        const auto started = clock_->Now();
+        if (auto s = shards::RequestRebalance(*coord_store_, ns, shard, to, "manual",
+                                              shard_router_->self_id());
+            !s.ok()) {
+          return status_json(s);
+        }
+        const auto timeout = core::ParseDuration(request.QueryParam("timeout").value_or("10s"))
+                                 .value_or(std::chrono::seconds(10));
+        while (clock_->Now() - started < timeout) {
+          auto now_map = shard_holder_->Get(ns);
+          if (now_map && now_map->version > map->version && now_map->Owner(shard).id != from) {
+            const auto elapsed =
+                std::chrono::duration_cast<std::chrono::milliseconds>(clock_->Now() - started);
+            nlohmann::json body = {{"namespace", ns},
+                                   {"shard", shard},
+                                   {"from", from},
+                                   {"to", now_map->Owner(shard).id},
+                                   {"version", now_map->version},
+                                   {"previousVersion", map->version},
+                                   {"elapsedMs", elapsed.count()},
+                                   {"node", shard_router_->self_id()}};
+            return http::HttpResponse::Json(200, body.dump());
+          }
+          std::this_thread::sleep_for(std::chrono::milliseconds(20));
+        }
+        return status_json(core::MakeStatus(
+            core::StatusCode::kDeadlineExceeded,
+            "the rebalance of shard " + shard_text + " of '" + ns +
+                "' was requested but no map version applying it reached node " +
+                shard_router_->self_id() + " in time (is a leader of the namespace's scope up?)",
+            "rebalance-timeout"));
+      });
 }
 
 absl::Status Node::BuildShards() {
@@ -994,11 +1065,13 @@ absl::Status Node::StartShards() {
   shard_watcher_ = std::move(*watcher);
   shards::ShardManagerOptions options{.node_id = shard_router_->self_id(),
                                       .namespaces = shard_router_->namespaces(),
-                                      .reconcile_interval = config_.shards->reconcile_interval};
+                                      .reconcile_interval = config_.shards->reconcile_interval,
+                                      .rebalance_cooldown = config_.shards->rebalance_cooldown};
   // Started by Start() once the membership runs (the member source reads it).
   shard_manager_ = std::make_shared<shards::ShardManager>(
       options, coord_store_, leadership_, [this] { return ShardMembers(); }, shard_holder_, clock_,
       metrics_.get());
+  shard_manager_->SetRouter(shard_router_);  // owners request moves of over-budget shards
   return absl::OkStatus();
 }
 

@@ -4,6 +4,7 @@
 
 #include "omnirelay/core/logging.h"
 #include "omnirelay/core/request_meta.h"
+#include "omnirelay/shards/router.h"
 #include "omnirelay/shards/strategy.h"
 
 namespace omnirelay::shards {
@@ -21,7 +22,59 @@ const core::MetricDescriptor kMapWritesRejectedMetric{
     "omnirelay.shards.map_writes_rejected", core::MetricKind::kCounter, "1",
     "Shard map writes the store refused (reason: stale-fencing-token, revision-mismatch, ...)"};
 
+const core::MetricDescriptor kRebalancesMetric{
+    "omnirelay.shards.rebalances", core::MetricKind::kCounter, "1",
+    "Shard ownership moves applied by the namespace's leader (reason: manual, over-budget)"};
+
 std::string MapKey(std::string_view ns) { return "shards/" + std::string(ns) + "/map"; }
+
+std::string RebalanceKey(std::string_view ns, std::uint32_t shard) {
+  return "shards/" + std::string(ns) + "/rebalance/" + std::to_string(shard);
+}
+
+core::Status RequestRebalance(coord::LeadershipStore& store, std::string_view ns,
+                              std::uint32_t shard, std::string_view to, std::string_view reason,
+                              std::string_view requested_by, double qps) {
+  const std::string key = RebalanceKey(ns, shard);
+  auto current = store.Get(key);
+  if (!current.ok()) return current.status();
+  coord::Revision expected = 0;
+  if (current->has_value()) {
+    auto json = nlohmann::json::parse((*current)->value, nullptr, false);
+    if (!json.is_object() || !json.value("done", false)) {
+      return core::MakeStatus(core::StatusCode::kAborted,
+                              "a rebalance of shard " + std::to_string(shard) + " of '" +
+                                  std::string(ns) + "' is already pending",
+                              "rebalance-pending");
+    }
+    expected = (*current)->mod_revision;
+  }
+  const nlohmann::json request = {{"namespace", ns},
+                                  {"shard", shard},
+                                  {"to", to},
+                                  {"reason", reason},
+                                  {"qps", qps},
+                                  {"requestedBy", requested_by},
+                                  {"requestedAt", core::FormatTimestamp(store.clock()->Now())},
+                                  {"done", false}};
+  auto written = store.CompareAndSwap(key, request.dump(), expected);
+  if (!written.ok()) {
+    if (written.status().code() == core::StatusCode::kFailedPrecondition) {
+      return core::MakeStatus(core::StatusCode::kAborted,
+                              "a rebalance of shard " + std::to_string(shard) + " of '" +
+                                  std::string(ns) + "' is already pending",
+                              "rebalance-pending");
+    }
+    return written.status();
+  }
+  core::LogInfo("shards.rebalance.requested", {{"namespace", ns},
+                                               {"shard", shard},
+                                               {"to", to},
+                                               {"reason", reason},
+                                               {"qps", qps},
+                                               {"requestedBy", requested_by}});
+  return absl::OkStatus();
+}
 
 // --- ShardMapHolder ---
 
@@ -188,6 +241,17 @@ const NamespaceOptions* ShardManager::Find(std::string_view ns) const {
 }
 
 void ShardManager::Start() {
+  // A rebalance request wakes the loop at once (the leader applies it).
+  auto watch = store_->Watch("shards/", [this](const std::vector<coord::WatchEvent>& events) {
+    for (const auto& event : events) {
+      if (event.type == coord::WatchEvent::Type::kPut &&
+          event.kv.key.find("/rebalance/") != std::string::npos) {
+        Poke();
+        return;
+      }
+    }
+  });
+  if (watch.ok()) requests_watch_ = std::move(*watch);
   std::lock_guard lock(loop_mu_);
   if (loop_.joinable()) return;
   stopping_ = false;
@@ -213,6 +277,7 @@ void ShardManager::Stop() {
   }
   loop_cv_.notify_all();
   if (loop_.joinable()) loop_.join();
+  requests_watch_.Reset();
 }
 
 void ShardManager::Poke() {
@@ -227,6 +292,7 @@ std::vector<std::string> ShardManager::ReconcileNow() {
   std::lock_guard lock(reconcile_mu_);
   std::vector<std::string> written;
   for (const auto& ns : options_.namespaces) {
+    CheckBudgets(ns);
     if (auto name = ReconcileNamespace(ns)) written.push_back(*name);
   }
   return written;
@@ -250,22 +316,143 @@ std::optional<std::string> ShardManager::ReconcileNamespace(const NamespaceOptio
                   {{"namespace", ns.spec.ns}, {"error", std::string(stored.status().message())}});
     return std::nullopt;
   }
-  if (*stored && (*stored)->map.SameInputs(ns.spec, nodes)) {
+  std::optional<ShardMap> next;
+  if (!*stored || !(*stored)->map.SameInputs(ns.spec, nodes)) {
+    auto computed = ComputeShardMap(ns.spec, std::move(nodes));
+    if (!computed.ok()) {
+      core::LogWarn(
+          "shards.map.compute_failed",
+          {{"namespace", ns.spec.ns}, {"error", std::string(computed.status().message())}});
+      return std::nullopt;
+    }
+    // Earlier rebalances survive a membership change while their target is
+    // still a replica of the shard (and not its natural owner already).
+    if (*stored) {
+      for (const auto& move : (*stored)->map.moves) {
+        if (move.shard < computed->shard_count() && computed->Owner(move.shard).id != move.to) {
+          (void)computed->Move(move.shard, move.to, move.reason, move.at);
+        }
+      }
+    }
+    next = std::move(*computed);
+  }
+  if (!next && !*stored) return std::nullopt;
+  ShardMap candidate = next ? std::move(*next) : (*stored)->map;
+  auto applied = ApplyRebalances(ns, candidate);
+  const bool moved = std::any_of(applied.begin(), applied.end(),
+                                 [](const auto& a) { return a.second.rfind("moved", 0) == 0; });
+  // Marks the requests handled (fenced too: a deposed leader cannot mark a
+  // request it did not apply).
+  auto mark_done = [&](std::int64_t version) {
+    for (const auto& [kv, outcome] : applied) {
+      auto request = nlohmann::json::parse(kv.value, nullptr, false);
+      if (!request.is_object()) request = nlohmann::json::object();
+      request["done"] = true;
+      request["outcome"] = outcome;
+      request["version"] = version;
+      (void)store_->FencedPut(*held, kv.key, request.dump(), kv.mod_revision);
+    }
+  };
+  if (!next && !moved) {
+    mark_done((*stored)->map.version);
     holder_->Offer(std::make_shared<const ShardMap>((*stored)->map));
     return std::nullopt;
   }
-  auto computed = ComputeShardMap(ns.spec, std::move(nodes));
-  if (!computed.ok()) {
-    core::LogWarn("shards.map.compute_failed",
-                  {{"namespace", ns.spec.ns}, {"error", std::string(computed.status().message())}});
-    return std::nullopt;
-  }
-  auto published = PublishShardMap(*store_, *held, std::move(*computed), *stored, metrics_);
+  auto published = PublishShardMap(*store_, *held, std::move(candidate), *stored, metrics_);
   if (!published.ok()) return std::nullopt;
+  mark_done(published->version);
   // The leader routes by its own map at once; the watch delivers it again
   // (ignored: same version).
   holder_->Offer(std::make_shared<const ShardMap>(std::move(*published)));
   return ns.spec.ns;
+}
+
+std::vector<std::pair<coord::KeyValue, std::string>> ShardManager::ApplyRebalances(
+    const NamespaceOptions& ns, ShardMap& map) {
+  std::vector<std::pair<coord::KeyValue, std::string>> handled;
+  auto listed = store_->List("shards/" + ns.spec.ns + "/rebalance/");
+  if (!listed.ok()) return handled;
+  const auto now = clock_->Now();
+  std::vector<int> owned(map.nodes.size(), 0);
+  for (std::uint32_t s = 0; s < map.shard_count(); ++s) ++owned[map.OwnerIndex(s)];
+  for (const auto& kv : *listed) {
+    auto request = nlohmann::json::parse(kv.value, nullptr, false);
+    if (!request.is_object() || request.value("done", false)) continue;
+    const std::int64_t shard = request.value("shard", std::int64_t{-1});
+    std::string to = request.value("to", "");
+    const std::string reason = request.value("reason", "manual");
+    std::string outcome;
+    if (shard < 0 || shard >= map.shard_count()) {
+      outcome = "refused: shard out of range";
+    } else if (map.width < 2) {
+      outcome = "refused: the namespace has no replicas to move to";
+    } else if (const ShardMove* last = map.MoveOf(static_cast<std::uint32_t>(shard));
+               reason == "over-budget" && last != nullptr &&
+               core::ParseTimestamp(last->at).value_or(core::TimePoint{}) +
+                       options_.rebalance_cooldown >
+                   now) {
+      outcome = "skipped: moved less than the cooldown ago";
+    } else {
+      const auto s = static_cast<std::uint32_t>(shard);
+      auto placement = map.Placement(s);
+      if (to.empty()) {
+        // The coolest replica: fewest shards owned (ties: earlier replica).
+        std::uint32_t best = placement[1];
+        for (std::size_t r = 2; r < placement.size(); ++r) {
+          if (owned[placement[r]] < owned[best]) best = placement[r];
+        }
+        to = map.nodes[best].id;
+      }
+      const std::uint32_t from_index = placement[0];
+      auto moved = map.Move(s, to, reason, core::FormatTimestamp(now));
+      if (moved.ok()) {
+        --owned[from_index];
+        ++owned[*map.IndexOf(to)];
+        outcome = "moved to " + to;
+        if (metrics_ != nullptr) {
+          metrics_->GetCounter(kRebalancesMetric, {{"namespace", ns.spec.ns}, {"reason", reason}})
+              .Add();
+        }
+        core::LogInfo("shards.rebalance.applied", {{"namespace", ns.spec.ns},
+                                                   {"shard", s},
+                                                   {"from", map.nodes[from_index].id},
+                                                   {"to", to},
+                                                   {"reason", reason},
+                                                   {"qps", request.value("qps", 0.0)}});
+      } else {
+        outcome = "refused: " + std::string(moved.message());
+      }
+    }
+    if (outcome.rfind("moved", 0) != 0) {
+      core::LogWarn("shards.rebalance.not_applied",
+                    {{"namespace", ns.spec.ns}, {"shard", shard}, {"outcome", outcome}});
+    }
+    handled.emplace_back(kv, outcome);
+  }
+  return handled;
+}
+
+void ShardManager::CheckBudgets(const NamespaceOptions& ns) {
+  if (!router_ || ns.budget_qps <= 0) return;
+  const auto map = holder_->Get(ns.spec.ns);
+  const ShardMeter* meter = router_->meter(ns.spec.ns);
+  if (!map || map->width < 2 || meter == nullptr) return;
+  const auto self = map->IndexOf(options_.node_id);
+  if (!self) return;
+  const auto now = clock_->Now();
+  for (std::uint32_t s = 0; s < map->shard_count(); ++s) {
+    if (map->OwnerIndex(s) != *self) continue;
+    const double qps = meter->Qps(s, now);
+    if (qps <= ns.budget_qps) continue;
+    if (const ShardMove* last = map->MoveOf(s);
+        last != nullptr &&
+        core::ParseTimestamp(last->at).value_or(core::TimePoint{}) + options_.rebalance_cooldown >
+            now) {
+      continue;
+    }
+    // ABORTED while one is pending: the leader has not applied it yet.
+    (void)RequestRebalance(*store_, ns.spec.ns, s, "", "over-budget", options_.node_id, qps);
+  }
 }
 
 }  // namespace omnirelay::shards

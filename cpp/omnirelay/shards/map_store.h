@@ -19,7 +19,9 @@
 //   * ShardManager: the control loop of one node. For each namespace whose
 //     scope this node leads, it computes the map from the live members and
 //     writes a new version when the members (or the spec) differ from the
-//     stored map's.
+//     stored map's, keeping earlier rebalance moves; it applies pending
+//     rebalance requests (`shards/<ns>/rebalance/<shard>`, written by any
+//     node: on demand, or by an owner whose shard is over its QPS budget).
 //
 // Threading: ShardMapHolder is read on the data path (a mutex held for one
 // shared_ptr copy; see peers' SnapshotCell for why not atomic<shared_ptr>);
@@ -46,6 +48,9 @@ extern const core::MetricDescriptor kMapVersionMetric;         // gauge {namespa
 extern const core::MetricDescriptor kMapChangesMetric;         // counter {namespace}
 extern const core::MetricDescriptor kMapWritesMetric;          // counter {namespace}
 extern const core::MetricDescriptor kMapWritesRejectedMetric;  // counter {namespace, reason}
+extern const core::MetricDescriptor kRebalancesMetric;         // counter {namespace, reason}
+
+class ShardRouter;
 
 // `shards/<ns>/map`
 std::string MapKey(std::string_view ns);
@@ -87,6 +92,19 @@ core::StatusOr<ShardMap> PublishShardMap(coord::LeadershipStore& store,
                                          const std::optional<StoredMap>& previous,
                                          core::MetricsRegistry* metrics = nullptr);
 
+// `shards/<ns>/rebalance/<shard>`
+std::string RebalanceKey(std::string_view ns, std::uint32_t shard);
+
+// Asks the namespace's leader to move `shard`'s ownership to `to` (one of
+// its replicas) or, with `to` empty, to its coolest replica (the one owning
+// the fewest shards; ties: the earlier replica). Any node may ask; the
+// leader applies it on its next reconcile (the request key's watch wakes
+// it). ABORTED ("rebalance-pending") while an earlier request of the same
+// shard is not applied yet.
+core::Status RequestRebalance(coord::LeadershipStore& store, std::string_view ns,
+                              std::uint32_t shard, std::string_view to, std::string_view reason,
+                              std::string_view requested_by, double qps = 0);
+
 // Watches `shards/` and feeds a holder (initial read included).
 class ShardMapWatcher {
  public:
@@ -127,6 +145,9 @@ struct ShardManagerOptions {
   std::string node_id;
   std::vector<NamespaceOptions> namespaces;
   core::Duration reconcile_interval = std::chrono::seconds(1);
+  // An over-budget shard is not moved again automatically within this time
+  // of its last move (no flapping between two hot replicas).
+  core::Duration rebalance_cooldown = std::chrono::seconds(30);
 };
 
 class ShardManager {
@@ -148,11 +169,21 @@ class ShardManager {
   // namespaces written.
   std::vector<std::string> ReconcileNow();
 
+  // The meters an owner checks against the budgets (optional; without it
+  // no automatic rebalance is requested by this node).
+  void SetRouter(std::shared_ptr<const ShardRouter> router) { router_ = std::move(router); }
+
   const ShardManagerOptions& options() const { return options_; }
   const NamespaceOptions* Find(std::string_view ns) const;
 
  private:
   std::optional<std::string> ReconcileNamespace(const NamespaceOptions& ns);
+  // Leader: applies pending rebalance requests to `map`; returns the request
+  // keys (with their revisions) it applied or dropped.
+  std::vector<std::pair<coord::KeyValue, std::string>> ApplyRebalances(const NamespaceOptions& ns,
+                                                                       ShardMap& map);
+  // Owner: requests a move of each shard it serves above the budget.
+  void CheckBudgets(const NamespaceOptions& ns);
 
   const ShardManagerOptions options_;
   std::shared_ptr<coord::LeadershipStore> store_;
@@ -161,6 +192,8 @@ class ShardManager {
   std::shared_ptr<ShardMapHolder> holder_;
   std::shared_ptr<core::Clock> clock_;
   core::MetricsRegistry* metrics_;
+  std::shared_ptr<const ShardRouter> router_;
+  coord::WatchHandle requests_watch_;
 
   std::mutex reconcile_mu_;  // one pass at a time
   std::mutex loop_mu_;

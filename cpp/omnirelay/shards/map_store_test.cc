@@ -13,6 +13,7 @@
 #include <thread>
 
 #include "omnirelay/coord/memory_backend.h"
+#include "omnirelay/shards/router.h"
 #include "omnirelay/shards/strategy.h"
 
 namespace omnirelay::shards {
@@ -175,6 +176,119 @@ TEST_F(MapStoreTest, DeposedLeadersWriteIsRejectedAndCounted) {
   EXPECT_EQ(lost.status().code(), absl::StatusCode::kFailedPrecondition);
   EXPECT_EQ(core::ErrorCode(lost.status()).value_or(""), "revision-mismatch");
   EXPECT_EQ(b->holder->Get("users")->version, 2);
+}
+
+TEST_F(MapStoreTest, RebalanceMovesAShardToItsCoolestReplicaAndTheMoveSurvivesMembershipChanges) {
+  namespace_.spec.replicas = 2;
+  auto a = Start("node-0", 0);
+  auto b = Start("node-1", 1);
+  ASSERT_EQ(a->manager->ReconcileNow().size(), 1u);
+  const auto v1 = a->holder->Get("users");
+  const auto before = v1->Placement(42);
+  const std::string old_owner = v1->nodes[before[0]].id;
+  std::vector<int> owned(v1->nodes.size(), 0);
+  for (std::uint32_t s = 0; s < v1->shard_count(); ++s) ++owned[v1->OwnerIndex(s)];
+  const std::uint32_t coolest = owned[before[2]] < owned[before[1]] ? before[2] : before[1];
+
+  // Any node may ask; a second request while one is pending is refused.
+  ASSERT_TRUE(RequestRebalance(*b->store, "users", 42, "", "manual", "node-1").ok());
+  auto twice = RequestRebalance(*b->store, "users", 42, "", "manual", "node-1");
+  EXPECT_EQ(twice.code(), absl::StatusCode::kAborted);
+  EXPECT_EQ(core::ErrorCode(twice).value_or(""), "rebalance-pending");
+  EXPECT_TRUE(b->manager->ReconcileNow().empty()) << "only the leader applies it";
+
+  ASSERT_EQ(a->manager->ReconcileNow().size(), 1u);
+  const auto v2 = b->holder->Get("users");
+  ASSERT_EQ(v2->version, 2);
+  EXPECT_EQ(v2->Owner(42).id, v1->nodes[coolest].id) << "the replica owning the fewest shards";
+  const auto after = v2->Placement(42);
+  EXPECT_NE(std::find(after.begin() + 1, after.end(), before[0]), after.end())
+      << "the old owner stays a replica";
+  ASSERT_NE(v2->MoveOf(42), nullptr);
+  EXPECT_EQ(v2->MoveOf(42)->from, old_owner);
+  for (std::uint32_t s = 0; s < v2->shard_count(); ++s) {
+    if (s != 42) {
+      EXPECT_EQ(v2->Owner(s).id, v1->Owner(s).id) << "shard " << s;
+    }
+  }
+  auto request = nlohmann::json::parse((*a->store->Get(RebalanceKey("users", 42)))->value);
+  EXPECT_EQ(request["done"], true);
+  EXPECT_EQ(request["outcome"], "moved to " + v1->nodes[coolest].id);
+  EXPECT_EQ(metrics_.Total("omnirelay.shards.rebalances", {{"reason", "manual"}}), 1);
+
+  // A target that is not a replica is refused; nothing is written.
+  std::string stranger;
+  for (const auto& n : v2->nodes) {
+    auto p = v2->Placement(42);
+    if (std::none_of(p.begin(), p.end(),
+                     [&](std::uint32_t i) { return v2->nodes[i].id == n.id; })) {
+      stranger = n.id;
+    }
+  }
+  ASSERT_FALSE(stranger.empty());
+  ASSERT_TRUE(RequestRebalance(*b->store, "users", 42, stranger, "manual", "node-1").ok());
+  EXPECT_TRUE(a->manager->ReconcileNow().empty());
+  EXPECT_EQ(b->holder->Get("users")->version, 2);
+  request = nlohmann::json::parse((*a->store->Get(RebalanceKey("users", 42)))->value);
+  EXPECT_EQ(request["done"], true);
+  EXPECT_NE(request["outcome"].get<std::string>().find("is not a replica"), std::string::npos);
+
+  // A member unrelated to shard 42 leaves: the map is recomputed and the
+  // move is kept.
+  members_.erase(std::find_if(members_.begin(), members_.end(),
+                              [&](const ShardMember& m) { return m.node.id == stranger; }));
+  ASSERT_EQ(a->manager->ReconcileNow().size(), 1u);
+  const auto v3 = b->holder->Get("users");
+  EXPECT_EQ(v3->version, 3);
+  EXPECT_EQ(v3->nodes.size(), 4u);
+  EXPECT_EQ(v3->Owner(42).id, v1->nodes[coolest].id);
+
+  // Moving it back by name.
+  ASSERT_TRUE(RequestRebalance(*b->store, "users", 42, old_owner, "manual", "node-1").ok());
+  ASSERT_EQ(a->manager->ReconcileNow().size(), 1u);
+  EXPECT_EQ(b->holder->Get("users")->Owner(42).id, old_owner);
+}
+
+TEST_F(MapStoreTest, AnOwnerOverItsBudgetGetsTheShardMovedOnceUntilTheCooldownPasses) {
+  namespace_.spec.replicas = 1;
+  namespace_.budget_qps = 5;
+  auto a = Start("node-0", 0);
+  auto b = Start("node-1", 1);
+  ASSERT_EQ(a->manager->ReconcileNow().size(), 1u);
+  auto router = std::make_shared<ShardRouter>(
+      "node-0", std::vector<NamespaceOptions>{namespace_}, a->holder,
+      [](std::string_view) { return true; }, clock_);
+  a->manager->SetRouter(router);
+  const auto v1 = a->holder->Get("users");
+  std::uint32_t hot = 0;
+  while (v1->Owner(hot).id != "node-0") ++hot;
+  EXPECT_TRUE(a->manager->ReconcileNow().empty()) << "no load, no move";
+  for (int second = 0; second < 4; ++second) {
+    for (int i = 0; i < 20; ++i) router->RecordServed("users", hot);
+    clock_->Advance(1s);
+  }
+  // One pass: the owner requests the move, the leader (the same node here)
+  // applies it.
+  ASSERT_EQ(a->manager->ReconcileNow().size(), 1u);
+  const auto v2 = b->holder->Get("users");
+  EXPECT_EQ(v2->version, 2);
+  EXPECT_NE(v2->Owner(hot).id, "node-0");
+  EXPECT_EQ(v2->MoveOf(hot)->reason, "over-budget");
+  EXPECT_EQ(metrics_.Total("omnirelay.shards.rebalances", {{"reason", "over-budget"}}), 1);
+  auto request = nlohmann::json::parse((*a->store->Get(RebalanceKey("users", hot)))->value);
+  EXPECT_EQ(request["requestedBy"], "node-0");
+  EXPECT_GT(request["qps"].get<double>(), 5);
+
+  // The new owner is hot too: within the cooldown the shard is not moved back.
+  ASSERT_TRUE(RequestRebalance(*b->store, "users", hot, "", "over-budget", "node-x", 50).ok());
+  EXPECT_TRUE(a->manager->ReconcileNow().empty());
+  EXPECT_EQ(b->holder->Get("users")->version, 2);
+  request = nlohmann::json::parse((*a->store->Get(RebalanceKey("users", hot)))->value);
+  EXPECT_NE(request["outcome"].get<std::string>().find("cooldown"), std::string::npos);
+  Step(31s);
+  ASSERT_TRUE(RequestRebalance(*b->store, "users", hot, "", "over-budget", "node-x", 50).ok());
+  ASSERT_EQ(a->manager->ReconcileNow().size(), 1u);
+  EXPECT_EQ(b->holder->Get("users")->Owner(hot).id, "node-0");
 }
 
 TEST(SqliteMapStoreTest, TwoStoreInstancesOnOneFileSeeTheSameVersions) {

@@ -67,6 +67,43 @@ bool ShardMap::SameInputs(const ShardSpec& other_spec,
   return sorted == nodes;
 }
 
+core::Status ShardMap::Move(std::uint32_t shard, std::string_view to, std::string reason,
+                            std::string at) {
+  if (shard >= spec.shard_count) {
+    return absl::InvalidArgumentError("shard " + std::to_string(shard) + " is out of range (0.." +
+                                      std::to_string(spec.shard_count - 1) + ")");
+  }
+  auto index = IndexOf(to);
+  const std::size_t row = static_cast<std::size_t>(shard) * width;
+  std::size_t k = 1;
+  while (index && k < width && placement[row + k] != *index) ++k;
+  if (!index || k >= width) {
+    std::string replicas;
+    for (std::size_t r = 1; r < width; ++r) {
+      replicas += (replicas.empty() ? "" : ", ") + nodes[placement[row + r]].id;
+    }
+    return core::MakeStatus(core::StatusCode::kFailedPrecondition,
+                            std::string(to) + " is not a replica of shard " +
+                                std::to_string(shard) +
+                                " (replicas: " + (replicas.empty() ? "none" : replicas) + ")",
+                            "not-a-replica");
+  }
+  const std::string from = nodes[placement[row]].id;
+  std::swap(placement[row], placement[row + k]);
+  moves.erase(std::remove_if(moves.begin(), moves.end(),
+                             [&](const ShardMove& m) { return m.shard == shard; }),
+              moves.end());
+  moves.push_back({shard, from, std::string(to), std::move(reason), std::move(at)});
+  return absl::OkStatus();
+}
+
+const ShardMove* ShardMap::MoveOf(std::uint32_t shard) const {
+  for (const auto& m : moves) {
+    if (m.shard == shard) return &m;
+  }
+  return nullptr;
+}
+
 nlohmann::json ShardMap::ToJson() const {
   nlohmann::json nodes_json = nlohmann::json::array();
   for (const auto& n : nodes) {
@@ -78,8 +115,14 @@ nlohmann::json ShardMap::ToJson() const {
     auto p = Placement(s);
     shards_json.push_back(std::vector<std::uint32_t>(p.begin(), p.end()));
   }
+  nlohmann::json moves_json = nlohmann::json::array();
+  for (const auto& m : moves) {
+    moves_json.push_back(
+        {{"shard", m.shard}, {"from", m.from}, {"to", m.to}, {"reason", m.reason}, {"at", m.at}});
+  }
   return {{"namespace", spec.ns},
           {"version", version},
+          {"moves", std::move(moves_json)},
           {"strategy", StrategyName(spec.strategy)},
           {"shardCount", spec.shard_count},
           {"replicas", spec.replicas},
@@ -135,6 +178,16 @@ core::StatusOr<ShardMap> ShardMap::FromJson(const nlohmann::json& json) {
           return absl::InvalidArgumentError("shard map: node index out of range");
         }
         map.placement.push_back(i);
+      }
+    }
+    if (json.contains("moves")) {
+      for (const auto& m : json["moves"]) {
+        ShardMove move{m.at("shard").get<std::uint32_t>(), m.value("from", ""),
+                       m.at("to").get<std::string>(), m.value("reason", ""), m.value("at", "")};
+        if (move.shard >= map.spec.shard_count) {
+          return absl::InvalidArgumentError("shard map: move of a shard out of range");
+        }
+        map.moves.push_back(std::move(move));
       }
     }
   } catch (const nlohmann::json::exception& e) {

@@ -58,6 +58,18 @@ struct ShardSpec {
 inline constexpr std::uint32_t kMaxShardCount = 1u << 20;
 inline constexpr std::uint32_t kMaxVirtualNodes = 4096;
 
+// An owner moved off the strategy's choice by a rebalance: the shard's owner
+// is `to` (one of its replicas) instead of `from`. Kept in the map and
+// re-applied when the map is recomputed, as long as `to` is still a replica.
+struct ShardMove {
+  std::uint32_t shard = 0;
+  std::string from;
+  std::string to;
+  std::string reason;  // "manual", "over-budget"
+  std::string at;      // RFC 3339, when the leader decided it
+  bool operator==(const ShardMove&) const = default;
+};
+
 struct ShardMap {
   ShardSpec spec;
   std::int64_t version = 0;              // 1 for the first map of a namespace, +1 per write
@@ -67,6 +79,7 @@ struct ShardMap {
   std::vector<ShardNode> nodes;          // sorted by id
   std::uint32_t width = 1;               // 1 + effective replicas (min(replicas, nodes - 1))
   std::vector<std::uint32_t> placement;  // shard_count * width node indices
+  std::vector<ShardMove> moves;          // rebalances applied on top of the strategy
 
   std::uint32_t shard_count() const { return spec.shard_count; }
   std::uint32_t ShardOf(std::string_view key) const { return ShardOfKey(key, spec.shard_count); }
@@ -78,6 +91,13 @@ struct ShardMap {
   }
   // The node index of `id`, if it is in the map.
   std::optional<std::uint32_t> IndexOf(std::string_view id) const;
+  // Makes `to` the owner of `shard` by swapping it with the current owner in
+  // the shard's placement (so the old owner becomes a replica) and records
+  // the move (replacing an earlier move of the shard). FAILED_PRECONDITION if
+  // `to` is not a replica of the shard.
+  core::Status Move(std::uint32_t shard, std::string_view to, std::string reason, std::string at);
+  // The recorded move of `shard`, if any.
+  const ShardMove* MoveOf(std::uint32_t shard) const;
   // Same strategy inputs: the members and the spec (not version/stamps).
   bool SameInputs(const ShardSpec& other_spec, const std::vector<ShardNode>& other_nodes) const;
 

@@ -1,5 +1,6 @@
 #include "omnirelay/shards/shard_outbound.h"
 
+#include "absl/strings/numbers.h"
 #include "omnirelay/transport/grpc_transport.h"
 #include "omnirelay/transport/peer_pool.h"
 
@@ -43,6 +44,10 @@ void ShardOutbound::Count(std::string_view outcome) {
 }
 
 void ShardOutbound::CallUnary(dispatcher::Request request, dispatcher::UnaryCallback done) {
+  Route(std::move(request), std::move(done), 0);
+}
+
+void ShardOutbound::Route(dispatcher::Request request, dispatcher::UnaryCallback done, int waits) {
   std::string ns = options_.ns;
   if (auto named = request.meta.headers.Get(kShardNamespaceHeader)) ns = std::string(*named);
   auto route = router_->Route(ns, request.meta.shard_key);
@@ -57,8 +62,40 @@ void ShardOutbound::CallUnary(dispatcher::Request request, dispatcher::UnaryCall
     return;
   }
   if (auto from = request.meta.headers.Get(kShardForwardedByHeader)) {
-    // Forwarded to us by a node whose map named us; ours does not (the map
-    // moved on, or theirs did): refuse rather than bounce it further.
+    // Forwarded to us by a node whose map named us; ours does not. If ours
+    // is newer (the shard moved, e.g. a rebalance, and the sender has not
+    // seen it yet) pass it on to the owner under our version: every hop
+    // strictly raises the version, so this cannot loop. If theirs is as new
+    // or newer, we are the stale one: refuse rather than guess.
+    std::int64_t sender_version = 0;
+    const std::string sent(request.meta.headers.Get(kShardVersionHeader).value_or(""));
+    if (!absl::SimpleAtoi(core::ToAbsl(sent), &sender_version)) sender_version = 0;
+    if (sender_version > 0 && sender_version < route->map->version) {
+      auto outbound = OwnerOutbound(*route->owner);
+      if (outbound.ok()) {
+        Count("forwarded");
+        request.meta.headers.Set(kShardForwardedByHeader, router_->self_id());
+        request.meta.headers.Set(kShardVersionHeader, version);
+        (*outbound)->CallUnary(std::move(request), std::move(done));
+        return;
+      }
+    }
+    // The sender's map is newer and names us: ours will, once the watch
+    // delivers that version (milliseconds). Re-route then, without holding
+    // a thread (a clock timer), within the call's deadline and a cap.
+    const auto deadline = request.meta.EffectiveDeadline(clock_->Now());
+    if (sender_version > route->map->version && waits < kMaxVersionWaits &&
+        (!deadline || clock_->Now() + kVersionWait < *deadline)) {
+      clock_->ScheduleAfter(kVersionWait, [weak = weak_from_this(), request = std::move(request),
+                                           done = std::move(done), waits]() mutable {
+        if (auto self = weak.lock()) {
+          self->Route(std::move(request), std::move(done), waits + 1);
+        } else {
+          done(absl::UnavailableError("shard outbound stopped"));
+        }
+      });
+      return;
+    }
     Count("rejected");
     done(core::MakeStatus(
         core::StatusCode::kUnavailable,

@@ -9,9 +9,12 @@
 //   * owner is another node -> forwarded over gRPC to the owner's address
 //     with `rpc-shard-forwarded-by` and `rpc-shard-version`; the owner serves
 //     it only if its own map names it (a node serves a shard only under a map
-//     version that names it) and never forwards a forwarded call again, so
-//     two nodes with different versions cannot bounce a call:
-//     UNAVAILABLE "not-shard-owner" instead.
+//     version that names it); a forwarded call for a shard it no longer owns
+//     is passed on only if its own version is newer than the sender's (the
+//     version rises with every hop, so there is no loop); if the sender's is
+//     newer, it waits (timer, bounded: 2 s and the deadline) until its own
+//     map catches up and routes again; otherwise it is refused:
+//     UNAVAILABLE "not-shard-owner".
 //
 // Responses carry `rpc-shard-id`, `rpc-shard-owner`, `rpc-shard-version`.
 // Errors of ShardRouter::Route pass through unchanged (router.h). The
@@ -54,7 +57,8 @@ struct ShardOutboundOptions {
   std::optional<tls::TlsOptions> tls;
 };
 
-class ShardOutbound final : public dispatcher::Outbound {
+class ShardOutbound final : public dispatcher::Outbound,
+                            public std::enable_shared_from_this<ShardOutbound> {
  public:
   ShardOutbound(ShardOutboundOptions options, std::shared_ptr<const ShardRouter> router,
                 std::weak_ptr<dispatcher::Dispatcher> dispatcher,
@@ -67,6 +71,11 @@ class ShardOutbound final : public dispatcher::Outbound {
   nlohmann::json Snapshot() const override;
 
  private:
+  // A forwarded call whose sender holds a newer map version than this node
+  // waits for it in steps of kVersionWait, at most kMaxVersionWaits times.
+  static constexpr core::Duration kVersionWait = std::chrono::milliseconds(20);
+  static constexpr int kMaxVersionWaits = 100;
+  void Route(dispatcher::Request request, dispatcher::UnaryCallback done, int waits);
   void ServeLocally(dispatcher::Request request, const ShardRoute& route,
                     dispatcher::UnaryCallback done);
   core::StatusOr<std::shared_ptr<dispatcher::Outbound>> OwnerOutbound(const ShardNode& owner);
