@@ -27,6 +27,8 @@
 //   GET  /omnirelay/control/shards[?namespace=N]  shard maps: version, owners,
 //                                         replicas, per-shard QPS served here, budget
 //   GET  /omnirelay/control/shards/resolve?namespace=N&key=K  key -> shard -> owner
+//   POST /omnirelay/control/shards/rebalance?namespace=N&shard=S[&to=NODE]  move a shard
+//                                         to a replica through the leader; waits for the version
 //
 // Control plane (docs/security.md): POST /omnirelay/control/* needs
 // `Authorization: Bearer <omniRelay.admin.tokenFile>` or a verified client
