@@ -497,7 +497,7 @@ absl::Status Node::Start() {
     if (auto s = StartMesh(); !s.ok()) return s;
   }
   if (shard_manager_) {
-    shard_membership_.store(membership_.get(), std::memory_order_release);
+    RefreshRoutable();
     shard_manager_->Start();
   }
   AddAdminRoutes(*admin_);
@@ -564,10 +564,12 @@ absl::Status Node::StartMesh() {
   mesh::FeedHealthTracker(*membership_, mesh_health_);
   if (shard_manager_) {
     // A membership change may change the shard maps this node leads.
-    membership_->AddListener([weak = std::weak_ptr(shard_manager_)](const mesh::MemberEvent& e) {
-      if (e.kind == mesh::MemberEvent::Kind::kHeartbeat) return;
-      if (auto manager = weak.lock()) manager->Poke();
-    });
+    membership_->AddListener(
+        [this, weak = std::weak_ptr(shard_manager_)](const mesh::MemberEvent& e) {
+          if (e.kind == mesh::MemberEvent::Kind::kHeartbeat) return;
+          RefreshRoutable();
+          if (auto manager = weak.lock()) manager->Poke();
+        });
   }
   membership_->AddListener([](const mesh::MemberEvent& e) {
     if (e.kind == mesh::MemberEvent::Kind::kHeartbeat) return;
@@ -1015,11 +1017,12 @@ absl::Status Node::BuildShards() {
   // being refuted is still serving). Self is always routable.
   auto routable = [this, self](std::string_view id) {
     if (id == self) return true;
-    mesh::Membership* membership = shard_membership_.load(std::memory_order_acquire);
-    if (membership == nullptr) return false;
-    auto member = membership->Find(std::string(id));
-    return member && (member->record.state == mesh::MemberState::kAlive ||
-                      member->record.state == mesh::MemberState::kSuspect);
+    std::shared_ptr<const std::set<std::string, std::less<>>> ids;
+    {
+      std::lock_guard lock(routable_mu_);
+      ids = routable_ids_;
+    }
+    return ids != nullptr && ids->find(id) != ids->end();
   };
   shard_router_ =
       std::make_shared<shards::ShardRouter>(self, namespaces, shard_holder_, routable, clock_);
@@ -1042,6 +1045,20 @@ absl::Status Node::BuildShards() {
     }
   }
   return absl::OkStatus();
+}
+
+void Node::RefreshRoutable() {
+  if (!membership_) return;
+  auto ids = std::make_shared<std::set<std::string, std::less<>>>();
+  for (const auto& m : membership_->Members()) {
+    if (m.record.state == mesh::MemberState::kAlive ||
+        m.record.state == mesh::MemberState::kSuspect) {
+      ids->insert(m.record.id);
+    }
+  }
+  std::shared_ptr<const std::set<std::string, std::less<>>> next = std::move(ids);
+  std::lock_guard lock(routable_mu_);
+  routable_ids_.swap(next);
 }
 
 std::vector<shards::ShardMember> Node::ShardMembers() const {
@@ -1069,8 +1086,14 @@ absl::Status Node::StartShards() {
                                       .rebalance_cooldown = config_.shards->rebalance_cooldown};
   // Started by Start() once the membership runs (the member source reads it).
   shard_manager_ = std::make_shared<shards::ShardManager>(
-      options, coord_store_, leadership_, [this] { return ShardMembers(); }, shard_holder_, clock_,
-      metrics_.get());
+      options, coord_store_, leadership_,
+      [this] {
+        // Also refreshes the routable set every reconcile, which bounds how
+        // long two racing membership events can leave it stale.
+        RefreshRoutable();
+        return ShardMembers();
+      },
+      shard_holder_, clock_, metrics_.get());
   shard_manager_->SetRouter(shard_router_);  // owners request moves of over-budget shards
   return absl::OkStatus();
 }
