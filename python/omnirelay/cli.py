@@ -41,6 +41,7 @@ def main(argv: Optional[List[str]] = None) -> int:
     import omnirelay.resourcelease_verbs  # noqa: F401  (registers `resourcelease`)
     import omnirelay.mesh  # noqa: F401  (registers `mesh`)
     import omnirelay.harness.leadership  # noqa: F401  (registers `mesh leaders|promote`)
+    import omnirelay.shards  # noqa: F401  (registers `mesh shards`)
 
     argv = list(sys.argv[1:] if argv is None else argv)
     if argv and argv[0] in PYTHON_VERBS:

@@ -731,7 +731,94 @@ void ParseLeadership(const nlohmann::json& value, Errors& errors, LeadershipConf
   l.Int("promotionPriority", out.promotion_priority, 0);
 }
 
+void ParseShards(const nlohmann::json& value, const NodeConfig& node, Errors& errors,
+                 ShardsConfig& out) {
+  const std::string path = "omniRelay.shards";
+  Obj s(value, path, errors);
+  s.Dur("reconcileInterval", out.reconcile_interval);
+  if (out.reconcile_interval < std::chrono::milliseconds(10)) {
+    errors.Add(path + ".reconcileInterval", "must be at least 10ms");
+  }
+  s.Dur("rebalanceCooldown", out.rebalance_cooldown);
+  const auto* namespaces = s.Get("namespaces");
+  if (namespaces == nullptr || !namespaces->is_object() || namespaces->empty()) {
+    errors.Add(path + ".namespaces", "needs at least one namespace");
+  } else {
+    for (const auto& [name, body] : namespaces->items()) {
+      const std::string npath = path + ".namespaces." + name;
+      if (!ValidName(name)) {
+        errors.Add(npath, "'" + name + "' is not a valid namespace name ([A-Za-z0-9._-])");
+      }
+      ShardNamespaceConfig ns;
+      Obj n(body, npath, errors);
+      n.Int("shards", ns.shards, 1);
+      if (ns.shards > (1 << 20)) errors.Add(npath + ".shards", "must be at most 1048576");
+      n.String("strategy", ns.strategy);
+      ns.strategy = Lower(ns.strategy);
+      if (ns.strategy == "consistent-hash") ns.strategy = "ring";
+      if (ns.strategy == "hrw") ns.strategy = "rendezvous";
+      if (ns.strategy == "locality-aware") ns.strategy = "locality";
+      if (ns.strategy != "ring" && ns.strategy != "rendezvous" && ns.strategy != "locality") {
+        errors.Add(npath + ".strategy",
+                   "unknown strategy '" + ns.strategy + "' (ring, rendezvous, locality)");
+      }
+      n.Int("replicas", ns.replicas, 0);
+      if (ns.replicas > 16) errors.Add(npath + ".replicas", "must be at most 16");
+      n.Int("virtualNodes", ns.virtual_nodes, 1);
+      if (ns.virtual_nodes > 4096) errors.Add(npath + ".virtualNodes", "must be at most 4096");
+      n.Double("budget", ns.budget, 0);
+      n.String("leaderScope", ns.leader_scope);
+      if (!ValidLeadershipScope(ns.leader_scope)) {
+        errors.Add(npath + ".leaderScope",
+                   "'" + ns.leader_scope +
+                       "' is not a scope (global, region/<name>, shard/<namespace>/<id>)");
+      }
+      n.String("ownerRole", ns.owner_role);
+      if (const auto* locality = n.Get("locality")) {
+        Obj l(*locality, npath + ".locality", errors);
+        l.String("region", ns.region);
+        l.String("zone", ns.zone);
+      }
+      if (ns.strategy != "locality" && (!ns.region.empty() || !ns.zone.empty())) {
+        errors.Add(npath + ".locality", "only the locality strategy uses a preferred region/zone");
+      }
+      n.String("service", ns.service);
+      n.String("localService", ns.local_service);
+      if (!ns.service.empty() && ns.local_service.empty()) {
+        errors.Add(npath + ".localService",
+                   "needed with service: the owner serves the calls with this service's "
+                   "procedures");
+      }
+      if (!ns.service.empty() && ns.service == ns.local_service) {
+        errors.Add(npath + ".localService", "must differ from service (it would route to itself)");
+      }
+      out.namespaces[name] = std::move(ns);
+    }
+  }
+  if (!node.mesh) errors.Add(path, "needs omniRelay.mesh: members own the shards");
+  if (!node.leadership) {
+    errors.Add(path, "needs omniRelay.leadership: the scope's leader writes each map");
+  }
+}
+
 }  // namespace
+
+nlohmann::json ShardsToJson(const ShardsConfig& c) {
+  nlohmann::json namespaces = nlohmann::json::object();
+  for (const auto& [name, n] : c.namespaces) {
+    namespaces[name] = {
+        {"shards", n.shards},        {"strategy", n.strategy},
+        {"replicas", n.replicas},    {"virtualNodes", n.virtual_nodes},
+        {"budget", n.budget},        {"leaderScope", n.leader_scope},
+        {"ownerRole", n.owner_role}, {"locality", {{"region", n.region}, {"zone", n.zone}}},
+        {"service", n.service},      {"localService", n.local_service}};
+  }
+  return {{"reconcileIntervalMs",
+           std::chrono::duration_cast<std::chrono::milliseconds>(c.reconcile_interval).count()},
+          {"rebalanceCooldownMs",
+           std::chrono::duration_cast<std::chrono::milliseconds>(c.rebalance_cooldown).count()},
+          {"namespaces", namespaces}};
+}
 
 nlohmann::json LeadershipToJson(const LeadershipConfig& l) {
   auto ms = [](core::Duration d) {
@@ -1152,6 +1239,11 @@ absl::StatusOr<NodeConfig> Parse(const nlohmann::json& root) {
       ParseLeadership(*leadership, errors, parsed);
       config.leadership = std::move(parsed);
     }
+    if (const auto* shards = top.Get("shards"); shards != nullptr && !shards->is_null()) {
+      ShardsConfig parsed;
+      ParseShards(*shards, config, errors, parsed);
+      config.shards = std::move(parsed);
+    }
     if (const auto* echo = top.Get("echo")) {
       Obj e(*echo, "omniRelay.echo", errors);
       config.echo.enabled = true;
@@ -1391,6 +1483,9 @@ nlohmann::json ToJson(const NodeConfig& c) {
   }
   if (c.leadership) {
     out["leadership"] = LeadershipToJson(*c.leadership);
+  }
+  if (c.shards) {
+    out["shards"] = ShardsToJson(*c.shards);
   }
   if (c.middleware.rate_limit) {
     out["middleware"]["rateLimit"] = {

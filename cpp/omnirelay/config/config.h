@@ -269,6 +269,30 @@ struct LeadershipConfig {
   int promotion_priority = 1;
 };
 
+// Shard maps (issue 12, docs/shards.md): `omniRelay.shards`. Needs
+// omniRelay.mesh (members own shards) and omniRelay.leadership (the scope's
+// leader writes each namespace's map).
+struct ShardNamespaceConfig {
+  int shards = 64;                      // shard count, 1..1048576
+  std::string strategy = "rendezvous";  // ring | rendezvous | locality
+  int replicas = 1;                     // besides the owner, 0..16
+  int virtual_nodes = 128;              // ring only, 1..4096
+  double budget = 0;                    // per-shard QPS budget (0 = none)
+  std::string leader_scope = "global";  // whose leader writes the map
+  std::string owner_role;               // only members with this role own shards
+  std::string region;                   // locality: preferred region
+  std::string zone;                     // locality: preferred zone
+  std::string service;                  // calls to this service are routed by shard key
+  std::string local_service;            // ... and served on the owner by this service
+};
+
+struct ShardsConfig {
+  core::Duration reconcile_interval = std::chrono::seconds(1);
+  // An over-budget shard is not moved again automatically within this time.
+  core::Duration rebalance_cooldown = std::chrono::seconds(30);
+  std::map<std::string, ShardNamespaceConfig> namespaces;  // never empty once parsed
+};
+
 // TLS for every listener and for https:// outbounds (docs/security.md).
 struct TlsConfig {
   std::string cert_file;
@@ -318,6 +342,7 @@ struct NodeConfig {
   std::optional<MeshConfig> mesh;  // `omniRelay.mesh`: membership on (needs a gRPC inbound)
   std::optional<ResourceLeaseConfig> resource_lease;
   std::optional<LeadershipConfig> leadership;  // `omniRelay.leadership`
+  std::optional<ShardsConfig> shards;          // `omniRelay.shards`
   core::Duration drain_timeout = std::chrono::seconds(10);
 };
 
@@ -346,6 +371,8 @@ absl::StatusOr<NodeConfig> Load(const std::string& path, const std::vector<std::
 nlohmann::json ToJson(const NodeConfig& config);
 // The `leadership` block of ToJson.
 nlohmann::json LeadershipToJson(const LeadershipConfig& leadership);
+// The `shards` block of ToJson.
+nlohmann::json ShardsToJson(const ShardsConfig& shards);
 // The `mesh` block of ToJson (durations as "...Ms" numbers).
 nlohmann::json MeshToJson(const MeshConfig& mesh);
 

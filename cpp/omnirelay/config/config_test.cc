@@ -362,5 +362,68 @@ TEST(LeadershipConfigTest, ErrorsNameTheKeyPath) {
             std::string::npos);
 }
 
+TEST(ShardsConfigTest, ParsesNamespaces) {
+  auto root = Base();
+  root["omniRelay"]["mesh"] = nlohmann::json::parse(R"({"nodeId": "n1"})");
+  root["omniRelay"]["leadership"] = nlohmann::json::parse(R"({"store": "memory"})");
+  root["omniRelay"]["shards"] = nlohmann::json::parse(R"({
+    "reconcileInterval": "250ms", "rebalanceCooldown": "5s",
+    "namespaces": {
+      "users": {"shards": 4096, "strategy": "hrw", "replicas": 2, "budget": 500,
+                "service": "users.v1.Users", "localService": "omnirelay.echo.v1.Echo"},
+      "geo": {"strategy": "locality", "locality": {"region": "east", "zone": "a"},
+              "leaderScope": "region/east", "ownerRole": "owner"}
+    }
+  })");
+  auto config = Parse(root);
+  ASSERT_TRUE(config.ok()) << config.status();
+  ASSERT_TRUE(config->shards.has_value());
+  const auto& users = config->shards->namespaces.at("users");
+  EXPECT_EQ(users.shards, 4096);
+  EXPECT_EQ(users.strategy, "rendezvous");
+  EXPECT_EQ(users.replicas, 2);
+  EXPECT_EQ(users.budget, 500);
+  EXPECT_EQ(users.leader_scope, "global");
+  const auto& geo = config->shards->namespaces.at("geo");
+  EXPECT_EQ(geo.shards, 64);
+  EXPECT_EQ(geo.region, "east");
+  EXPECT_EQ(geo.owner_role, "owner");
+  EXPECT_EQ(config->shards->reconcile_interval, std::chrono::milliseconds(250));
+  EXPECT_EQ(config->shards->rebalance_cooldown, std::chrono::seconds(5));
+  EXPECT_EQ(ToJson(*config)["omniRelay"]["shards"]["namespaces"]["users"]["shards"], 4096);
+}
+
+TEST(ShardsConfigTest, ErrorsNameTheKeyPath) {
+  auto root = Base();
+  root["omniRelay"]["shards"] = nlohmann::json::parse(R"({
+    "namespaces": {
+      "users": {"shards": 0, "strategy": "random", "replicas": 17, "budget": -1,
+                "leaderScope": "everyone", "service": "users.v1.Users", "shardz": 3},
+      "geo": {"strategy": "ring", "locality": {"region": "east"}}
+    }
+  })");
+  auto config = Parse(root);
+  ASSERT_FALSE(config.ok());
+  const std::string message(config.status().message());
+  for (const char* expected :
+       {"omniRelay.shards.namespaces.users.shards: must be an integer >= 1",
+        "omniRelay.shards.namespaces.users.strategy: unknown strategy 'random'",
+        "omniRelay.shards.namespaces.users.replicas: must be at most 16",
+        "omniRelay.shards.namespaces.users.budget: must be a number >= 0",
+        "omniRelay.shards.namespaces.users.leaderScope: 'everyone' is not a scope",
+        "omniRelay.shards.namespaces.users.localService: needed with service",
+        "omniRelay.shards.namespaces.users.shardz: unknown key",
+        "omniRelay.shards.namespaces.geo.locality: only the locality strategy",
+        "omniRelay.shards: needs omniRelay.mesh", "omniRelay.shards: needs omniRelay.leadership"}) {
+    EXPECT_NE(message.find(expected), std::string::npos) << expected << "\nin:\n" << message;
+  }
+  root["omniRelay"]["shards"] = nlohmann::json::parse(R"({"namespaces": {}})");
+  config = Parse(root);
+  ASSERT_FALSE(config.ok());
+  EXPECT_NE(std::string(config.status().message())
+                .find("omniRelay.shards.namespaces: needs at least one namespace"),
+            std::string::npos);
+}
+
 }  // namespace
 }  // namespace omnirelay::config

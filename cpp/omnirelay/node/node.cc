@@ -6,12 +6,16 @@
 #include <cctype>
 #include <fstream>
 #include <sstream>
+#include <thread>
 
+#include "absl/strings/numbers.h"
 #include "omnirelay/core/address.h"
 #include "omnirelay/core/logging.h"
 #include "omnirelay/mesh/mesh_metrics.h"
 #include "omnirelay/mesh/peer_feed.h"
 #include "omnirelay/resourcelease/service.h"
+#include "omnirelay/shards/shard_outbound.h"
+#include "omnirelay/shards/strategy.h"
 #include "omnirelay/tls/grpc_credentials.h"
 
 namespace omnirelay::node {
@@ -298,6 +302,7 @@ absl::Status Node::Build() {
     echo_stats_ = *stats;
   }
   if (auto s = BuildResourceLease(); !s.ok()) return s;
+  if (auto s = BuildShards(); !s.ok()) return s;
   return absl::OkStatus();
 }
 
@@ -520,10 +525,15 @@ absl::Status Node::Start() {
   admin_ = std::make_unique<http::HttpServer>(
       http::HttpServerOptions{.host = hp->host,
                               .port = hp->port,
-                              .threads = config_.resource_lease ? 6 : 1,
+                              .threads = config_.resource_lease || config_.shards ? 6 : 1,
                               .tls = config_.admin.tls ? server_tls : nullptr});
+  if (auto s = StartShards(); !s.ok()) return s;
   if (config_.mesh) {
     if (auto s = StartMesh(); !s.ok()) return s;
+  }
+  if (shard_manager_) {
+    RefreshRoutable();
+    shard_manager_->Start();
   }
   AddAdminRoutes(*admin_);
   if (auto s = admin_->Start(); !s.ok()) return s;
@@ -601,6 +611,15 @@ absl::Status Node::StartMesh() {
       peers::PeerLeaseHealthOptions{.heartbeat_grace = 50 * options.probe_interval}, clock_,
       metrics_);
   mesh::FeedHealthTracker(*membership_, mesh_health_);
+  if (shard_manager_) {
+    // A membership change may change the shard maps this node leads.
+    membership_->AddListener(
+        [this, weak = std::weak_ptr(shard_manager_)](const mesh::MemberEvent& e) {
+          if (e.kind == mesh::MemberEvent::Kind::kHeartbeat) return;
+          RefreshRoutable();
+          if (auto manager = weak.lock()) manager->Poke();
+        });
+  }
   membership_->AddListener([](const mesh::MemberEvent& e) {
     if (e.kind == mesh::MemberEvent::Kind::kHeartbeat) return;
     core::LogInfo("mesh.member", {{"event", std::string(mesh::MemberEventKindName(e.kind))},
@@ -680,6 +699,7 @@ void Node::Stop() {
   if (stopped_ || !started_) return;
   stopped_ = true;
   dispatcher_->Drain();
+  if (shard_manager_) shard_manager_->Stop();
   if (membership_) membership_->Stop();
   if (gossip_transport_) gossip_transport_->Shutdown(std::chrono::milliseconds(500));
   if (relay_) relay_->Shutdown(std::chrono::milliseconds(500));
@@ -690,6 +710,7 @@ void Node::Stop() {
   if (http_) http_->Stop();
   if (gateway_) gateway_->Stop();
   if (leadership_) leadership_->Stop();  // resigns: successors take over at once
+  shard_watcher_.reset();
   dispatcher_->Stop();
   if (backpressure_diag_) backpressure_diag_->Close();  // ends SSE streams
   if (admin_) admin_->Stop();
@@ -965,6 +986,219 @@ void Node::AddAdminRoutes(http::HttpServer& server) {
         rate_limiter_->SetBackpressure(mode == "backpressure");
         return http::HttpResponse::Json(200, rate_limiter_->Snapshot().dump());
       });
+  AdminRoute(server, "GET", "/omnirelay/control/shards", [this](const http::HttpRequest& request) {
+    if (!shard_router_) {
+      return http::HttpResponse::Json(404, R"({"error":"shards are not configured"})");
+    }
+    const std::string only = request.QueryParam("namespace").value_or("");
+    if (!only.empty() && shard_router_->Find(only) == nullptr) {
+      return http::HttpResponse::Json(
+          404, nlohmann::json{{"error", "unknown shard namespace '" + only + "'"}}.dump());
+    }
+    return http::HttpResponse::Json(200, shard_router_->ToJson(only).dump());
+  });
+  AdminRoute(server, "GET", "/omnirelay/control/shards/resolve",
+             [this, status_json](const http::HttpRequest& request) {
+               if (!shard_router_) {
+                 return http::HttpResponse::Json(404, R"({"error":"shards are not configured"})");
+               }
+               const std::string ns = request.QueryParam("namespace").value_or("");
+               const std::string key = request.QueryParam("key").value_or("");
+               auto route = shard_router_->Route(ns, key);
+               if (!route.ok()) return status_json(route.status());
+               nlohmann::json replicas = nlohmann::json::array();
+               auto placement = route->map->Placement(route->shard);
+               for (std::size_t r = 1; r < placement.size(); ++r) {
+                 replicas.push_back(route->map->nodes[placement[r]].id);
+               }
+               nlohmann::json body = {{"namespace", ns},
+                                      {"key", key},
+                                      {"shard", route->shard},
+                                      {"owner", route->owner->id},
+                                      {"address", route->owner->address},
+                                      {"replicas", replicas},
+                                      {"version", route->map->version},
+                                      {"node", shard_router_->self_id()}};
+               return http::HttpResponse::Json(200, body.dump());
+             });
+  // The Rebalance call: any node takes it, writes the request for the
+  // namespace's leader and waits (bounded) for the map version that applies it.
+  AdminRoute(
+      server, "POST", "/omnirelay/control/shards/rebalance",
+      [this, status_json](const http::HttpRequest& request) {
+        if (!shard_router_) {
+          return http::HttpResponse::Json(404, R"({"error":"shards are not configured"})");
+        }
+        const std::string ns = request.QueryParam("namespace").value_or("");
+        const std::string to = request.QueryParam("to").value_or("");
+        const std::string shard_text = request.QueryParam("shard").value_or("");
+        std::uint32_t shard = 0;
+        if (!absl::SimpleAtoi(core::ToAbsl(shard_text), &shard)) {
+          return status_json(
+              absl::InvalidArgumentError("shard must be a shard id, got '" + shard_text + "'"));
+        }
+        if (shard_router_->Find(ns) == nullptr) {
+          return status_json(shard_router_->Route(ns, "k").status());
+        }
+        auto map = shard_holder_->Get(ns);
+        if (!map) return status_json(shard_router_->Route(ns, "k").status());
+        // Validate against the held map first, so a typo fails here and now.
+        if (shard >= map->shard_count()) {
+          return status_json(
+              absl::InvalidArgumentError("shard " + shard_text + " is out of range (0.." +
+                                         std::to_string(map->shard_count() - 1) + ")"));
+        }
+        if (map->width < 2) {
+          return status_json(core::MakeStatus(core::StatusCode::kFailedPrecondition,
+                                              "namespace '" + ns + "' has no replicas to move to",
+                                              "not-a-replica"));
+        }
+        if (!to.empty()) {
+          shards::ShardMap check = *map;
+          if (auto s = check.Move(shard, to, "check", ""); !s.ok()) return status_json(s);
+        }
+        const std::string from = map->Owner(shard).id;
+        const auto started = clock_->Now();
+        if (auto s = shards::RequestRebalance(*coord_store_, ns, shard, to, "manual",
+                                              shard_router_->self_id());
+            !s.ok()) {
+          return status_json(s);
+        }
+        const auto timeout = core::ParseDuration(request.QueryParam("timeout").value_or("10s"))
+                                 .value_or(std::chrono::seconds(10));
+        while (clock_->Now() - started < timeout) {
+          auto now_map = shard_holder_->Get(ns);
+          if (now_map && now_map->version > map->version && now_map->Owner(shard).id != from) {
+            const auto elapsed =
+                std::chrono::duration_cast<std::chrono::milliseconds>(clock_->Now() - started);
+            nlohmann::json body = {{"namespace", ns},
+                                   {"shard", shard},
+                                   {"from", from},
+                                   {"to", now_map->Owner(shard).id},
+                                   {"version", now_map->version},
+                                   {"previousVersion", map->version},
+                                   {"elapsedMs", elapsed.count()},
+                                   {"node", shard_router_->self_id()}};
+            return http::HttpResponse::Json(200, body.dump());
+          }
+          std::this_thread::sleep_for(std::chrono::milliseconds(20));
+        }
+        return status_json(core::MakeStatus(
+            core::StatusCode::kDeadlineExceeded,
+            "the rebalance of shard " + shard_text + " of '" + ns +
+                "' was requested but no map version applying it reached node " +
+                shard_router_->self_id() + " in time (is a leader of the namespace's scope up?)",
+            "rebalance-timeout"));
+      });
+}
+
+absl::Status Node::BuildShards() {
+  if (!config_.shards) return absl::OkStatus();
+  const std::string self = config_.mesh ? config_.mesh->identity.node_id : config_.service;
+  std::vector<shards::NamespaceOptions> namespaces;
+  for (const auto& [name, n] : config_.shards->namespaces) {
+    shards::NamespaceOptions ns;
+    ns.spec.ns = name;
+    ns.spec.shard_count = static_cast<std::uint32_t>(n.shards);
+    ns.spec.replicas = static_cast<std::uint32_t>(n.replicas);
+    ns.spec.strategy = shards::ParseStrategy(n.strategy).value_or(shards::Strategy::kRendezvous);
+    ns.spec.virtual_nodes = static_cast<std::uint32_t>(n.virtual_nodes);
+    ns.spec.region = n.region;
+    ns.spec.zone = n.zone;
+    if (auto s = ns.spec.Validate(); !s.ok()) {
+      return WithKeyPath("omniRelay.shards.namespaces." + name, s);
+    }
+    ns.leader_scope = n.leader_scope;
+    ns.owner_role = n.owner_role;
+    ns.budget_qps = n.budget;
+    ns.service = n.service;
+    ns.local_service = n.local_service;
+    namespaces.push_back(std::move(ns));
+  }
+  shard_holder_ = std::make_shared<shards::ShardMapHolder>(metrics_.get());
+  // Routable = alive or suspect in this node's membership view (a member
+  // being refuted is still serving). Self is always routable.
+  auto routable = [this, self](std::string_view id) {
+    if (id == self) return true;
+    std::shared_ptr<const std::set<std::string, std::less<>>> ids;
+    {
+      std::lock_guard lock(routable_mu_);
+      ids = routable_ids_;
+    }
+    return ids != nullptr && ids->find(id) != ids->end();
+  };
+  shard_router_ =
+      std::make_shared<shards::ShardRouter>(self, namespaces, shard_holder_, routable, clock_);
+  for (const auto& ns : namespaces) {
+    if (ns.service.empty()) continue;
+    const std::string outbound_name = "shards." + ns.spec.ns;
+    auto outbound = std::make_shared<shards::ShardOutbound>(
+        shards::ShardOutboundOptions{.ns = ns.spec.ns,
+                                     .local_service = ns.local_service,
+                                     .peer_addresses = config_.mesh
+                                                           ? config_.mesh->peer_addresses
+                                                           : std::map<std::string, std::string>{},
+                                     .tls = tls_},
+        shard_router_, dispatcher_, clock_, metrics_);
+    if (auto s = dispatcher_->AddOutbound(outbound_name, outbound); !s.ok()) return s;
+    if (auto s = dispatcher_->AddRoute(
+            {ns.service + "/", outbound_name, dispatcher::ProcedureKind::kUnary});
+        !s.ok()) {
+      return WithKeyPath("omniRelay.shards.namespaces." + ns.spec.ns + ".service", s);
+    }
+  }
+  return absl::OkStatus();
+}
+
+void Node::RefreshRoutable() {
+  if (!membership_) return;
+  auto ids = std::make_shared<std::set<std::string, std::less<>>>();
+  for (const auto& m : membership_->Members()) {
+    if (m.record.state == mesh::MemberState::kAlive ||
+        m.record.state == mesh::MemberState::kSuspect) {
+      ids->insert(m.record.id);
+    }
+  }
+  std::shared_ptr<const std::set<std::string, std::less<>>> next = std::move(ids);
+  std::lock_guard lock(routable_mu_);
+  routable_ids_.swap(next);
+}
+
+std::vector<shards::ShardMember> Node::ShardMembers() const {
+  std::vector<shards::ShardMember> out;
+  if (!membership_) return out;
+  for (const auto& m : membership_->Members()) {
+    const auto& r = m.record;
+    if (r.state != mesh::MemberState::kAlive && r.state != mesh::MemberState::kSuspect) continue;
+    out.push_back({{r.id, r.address, r.meta.region, r.meta.zone}, r.meta.roles});
+  }
+  return out;
+}
+
+absl::Status Node::StartShards() {
+  if (!config_.shards) return absl::OkStatus();
+  if (!coord_store_ || !leadership_) {
+    return absl::FailedPreconditionError("omniRelay.shards needs omniRelay.leadership");
+  }
+  auto watcher = shards::ShardMapWatcher::Start(coord_store_, shard_holder_);
+  if (!watcher.ok()) return WithKeyPath("omniRelay.shards", watcher.status());
+  shard_watcher_ = std::move(*watcher);
+  shards::ShardManagerOptions options{.node_id = shard_router_->self_id(),
+                                      .namespaces = shard_router_->namespaces(),
+                                      .reconcile_interval = config_.shards->reconcile_interval,
+                                      .rebalance_cooldown = config_.shards->rebalance_cooldown};
+  // Started by Start() once the membership runs (the member source reads it).
+  shard_manager_ = std::make_shared<shards::ShardManager>(
+      options, coord_store_, leadership_,
+      [this] {
+        // Also refreshes the routable set every reconcile, which bounds how
+        // long two racing membership events can leave it stale.
+        RefreshRoutable();
+        return ShardMembers();
+      },
+      shard_holder_, clock_, metrics_.get());
+  shard_manager_->SetRouter(shard_router_);  // owners request moves of over-budget shards
+  return absl::OkStatus();
 }
 
 }  // namespace omnirelay::node

@@ -24,6 +24,11 @@
 //   POST /omnirelay/control/promote?scope=S&node=N   hand scope S over to node N
 //   POST /omnirelay/control/fenced-write?scope=S&key=K&value=V  a control write as
 //                                         leader of S (412 when not leader / fenced)
+//   GET  /omnirelay/control/shards[?namespace=N]  shard maps: version, owners,
+//                                         replicas, per-shard QPS served here, budget
+//   GET  /omnirelay/control/shards/resolve?namespace=N&key=K  key -> shard -> owner
+//   POST /omnirelay/control/shards/rebalance?namespace=N&shard=S[&to=NODE]  move a shard
+//                                         to a replica through the leader; waits for the version
 //
 // Control plane (docs/security.md): POST /omnirelay/control/* needs
 // `Authorization: Bearer <omniRelay.admin.tokenFile>` or a verified client
@@ -39,6 +44,7 @@
 // from one controlling thread; the accessors are thread-safe.
 #include <memory>
 #include <nlohmann/json.hpp>
+#include <set>
 #include <string>
 #include <vector>
 
@@ -50,15 +56,17 @@
 #include "omnirelay/gateway/gateway.h"
 #include "omnirelay/h2relay/frame_relay.h"
 #include "omnirelay/http/http_server.h"
+#include "omnirelay/leadership/manager.h"
 #include "omnirelay/mesh/grpc_gossip.h"
 #include "omnirelay/mesh/membership.h"
 #include "omnirelay/mesh/peer_feed.h"
-#include "omnirelay/peers/health_tracker.h"
-#include "omnirelay/leadership/manager.h"
 #include "omnirelay/middleware/middleware.h"
 #include "omnirelay/node/control_service.h"
+#include "omnirelay/peers/health_tracker.h"
 #include "omnirelay/resourcelease/diagnostics.h"
 #include "omnirelay/resourcelease/queue.h"
+#include "omnirelay/shards/map_store.h"
+#include "omnirelay/shards/router.h"
 #include "omnirelay/tls/tls.h"
 #include "omnirelay/transport/grpc_transport.h"
 #include "omnirelay/transport/http_transport.h"
@@ -108,6 +116,8 @@ class Node {
   // Leadership (config `leadership`), null without it.
   std::shared_ptr<leadership::LeadershipManager> leadership() const { return leadership_; }
   nlohmann::json LeadersJson() const;
+  // Shard routing (config `shards`), null without it.
+  std::shared_ptr<const shards::ShardRouter> shard_router() const { return shard_router_; }
 
  private:
   explicit Node(config::NodeConfig config);
@@ -155,6 +165,22 @@ class Node {
   absl::Status StartLeadership();
   std::shared_ptr<coord::LeadershipStore> coord_store_;
   std::shared_ptr<leadership::LeadershipManager> leadership_;
+  // Shards (config `shards`, docs/shards.md): the held maps, the router and
+  // the shard routes' outbounds (Build), the store watcher and the leader's
+  // reconcile loop (Start, after leadership; fed by the membership).
+  absl::Status BuildShards();
+  absl::Status StartShards();
+  std::vector<shards::ShardMember> ShardMembers() const;
+  std::shared_ptr<shards::ShardMapHolder> shard_holder_;
+  std::shared_ptr<shards::ShardRouter> shard_router_;
+  std::unique_ptr<shards::ShardMapWatcher> shard_watcher_;
+  std::shared_ptr<shards::ShardManager> shard_manager_;
+  // The members the shard router may route to (alive or suspect), as an
+  // immutable set rebuilt on every membership event: the data path copies
+  // one shared_ptr under the mutex and looks up without allocating.
+  void RefreshRoutable();
+  mutable std::mutex routable_mu_;
+  std::shared_ptr<const std::set<std::string, std::less<>>> routable_ids_;
   std::optional<tls::TlsOptions> tls_;         // from omniRelay.tls
   std::string admin_token_;                    // from omniRelay.admin.tokenFile
   // The HTTP/2 frame relay: when any route takes the fast path it owns the
