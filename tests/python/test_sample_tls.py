@@ -219,3 +219,55 @@ def test_https_registry_needs_tls_on_the_worker_side(tmp_path):
             worker.stop()
     finally:
         registry.stop()
+
+
+ECHO_NODE = """
+name: tls-benchmark-target
+description: one echo node; the harness runs it under mTLS
+tls: mtls
+defaults:
+  ready: {readyFile: true, http: /readyz, timeout: 30}
+nodes:
+  - name: backend
+    role: echo
+    ports: [grpc]
+    args: [echo, --instance, backend, --grpc-address, "${self.grpc}",
+           --admin-address, "${self.admin}", --ready-file, "${self.ready_file}"]
+"""
+
+
+def test_benchmark_runs_against_an_mtls_node_and_fails_without_the_ca(tmp_path):
+    from dataplane_support import echo_request
+    from omnirelay.harness import Cluster
+    from omnirelay.topology import Topology
+
+    body = tmp_path / "echo.bin"
+    body.write_bytes(echo_request(b"load"))
+    with Cluster(Topology.from_yaml(ECHO_NODE), tmp_path / "cluster", seed=5) as cluster:
+        target = cluster["backend"].address("grpc")
+        cert, key = cluster.pki.issue("benchmark")
+
+        def bench(*extra):
+            result = subprocess.run(
+                [str(native_binary()), "benchmark", "--procedure", "omnirelay.echo.v1.Echo/Echo",
+                 "--body-file", str(body), "--requests", "40", "--concurrency", "2", "--json",
+                 "--quiet", *extra], capture_output=True, text=True, timeout=120)
+            assert result.returncode == 0, result.stderr[-2000:]
+            return json.loads(result.stdout)
+
+        ok = bench("--address", f"https://{target}", "--tls-ca-file", str(cluster.pki.ca_cert),
+                   "--tls-cert-file", str(cert), "--tls-key-file", str(key))
+        assert ok["successes"] == 40 and ok["failures"] == 0, ok
+        # Without the CA (https:// = TLS against the system store): refused.
+        no_ca = bench("--address", f"https://{target}")
+        assert no_ca["successes"] == 0 and no_ca["status_counts"] == {"UNAVAILABLE": 40}, no_ca
+        assert "certificate" in no_ca["sample_errors"]["UNAVAILABLE"]
+        # The CA but no client certificate: the mTLS node refuses.
+        no_cert = bench("--address", target, "--tls-ca-file", str(cluster.pki.ca_cert))
+        assert no_cert["successes"] == 0, no_cert
+        # A plaintext scheme together with TLS flags is a usage error.
+        mixed = subprocess.run(
+            [str(native_binary()), "benchmark", "--procedure", "omnirelay.echo.v1.Echo/Echo",
+             "--requests", "1", "--address", f"http://{target}", "--tls-ca-file", str(cluster.pki.ca_cert)],
+            capture_output=True, text=True, timeout=60)
+        assert mixed.returncode != 0 and "--tls-*" in mixed.stderr
