@@ -111,28 +111,6 @@ absl::StatusOr<Target> ParseTarget(std::string address, bool tls_options) {
   return target;
 }
 
-// gRPC's mapping of HTTP statuses without a grpc-status (the gRPC spec's
-// "HTTP to gRPC Status Code Mapping").
-absl::StatusCode FromHttpStatus(int status) {
-  switch (status) {
-    case 400:
-      return absl::StatusCode::kInternal;
-    case 401:
-      return absl::StatusCode::kUnauthenticated;
-    case 403:
-      return absl::StatusCode::kPermissionDenied;
-    case 404:
-      return absl::StatusCode::kUnimplemented;
-    case 429:
-    case 502:
-    case 503:
-    case 504:
-      return absl::StatusCode::kUnavailable;
-    default:
-      return absl::StatusCode::kUnknown;
-  }
-}
-
 // RST_STREAM codes as gRPC clients report them.
 absl::StatusCode FromH2Error(uint32_t error) {
   switch (error) {
@@ -602,6 +580,17 @@ class Worker {
     }
   }
 
+  // Feeds received bytes to nghttp2; false after closing the connection on
+  // an HTTP/2 protocol error.
+  bool Receive(Connection& connection, const uint8_t* data, size_t length) {
+    const ssize_t used = nghttp2_session_mem_recv(connection.session, data, length);
+    if (used >= 0) return true;
+    connection.last_error =
+        std::string("HTTP/2 error: ") + nghttp2_strerror(static_cast<int>(used));
+    Close(connection);
+    return false;
+  }
+
   void Read(Connection& connection) {
     uint8_t buffer[65536];
     for (;;) {
@@ -611,26 +600,12 @@ class Worker {
         const int n = SslIo(connection, /*write=*/false, buffer, sizeof(buffer));
         if (n < 0) return;  // closed
         if (n == 0) break;  // wants more
-        const ssize_t used =
-            nghttp2_session_mem_recv(connection.session, buffer, static_cast<size_t>(n));
-        if (used < 0) {
-          connection.last_error =
-              std::string("HTTP/2 error: ") + nghttp2_strerror(static_cast<int>(used));
-          Close(connection);
-          return;
-        }
+        if (!Receive(connection, buffer, static_cast<size_t>(n))) return;
         continue;
       }
       const ssize_t n = ::read(connection.fd, buffer, sizeof(buffer));
       if (n > 0) {
-        const ssize_t used =
-            nghttp2_session_mem_recv(connection.session, buffer, static_cast<size_t>(n));
-        if (used < 0) {
-          connection.last_error =
-              std::string("HTTP/2 error: ") + nghttp2_strerror(static_cast<int>(used));
-          Close(connection);
-          return;
-        }
+        if (!Receive(connection, buffer, static_cast<size_t>(n))) return;
         if (static_cast<size_t>(n) < sizeof(buffer)) break;
         continue;
       }
@@ -751,7 +726,7 @@ class Worker {
       code = FromH2Error(error_code);
       message = std::string("stream reset: ") + nghttp2_http2_strerror(error_code);
     } else if (slot->http_status != 200) {
-      code = FromHttpStatus(slot->http_status);
+      code = core::GrpcStatusFromHttp(slot->http_status);
       message = "HTTP status " + std::to_string(slot->http_status);
     } else {
       code = absl::StatusCode::kUnknown;
