@@ -26,12 +26,12 @@ absl::StatusOr<std::optional<tls::TlsOptions>> TlsOptionsFromFlags(const TlsFlag
     return absl::InvalidArgumentError("--tls-client-cert: '" + flags.client_cert +
                                       "' is not none, request or require");
   }
-  if (!flags.any()) {
+  if (!flags.any() || (!listener && flags.cert_file.empty())) {
     if (*client_auth != tls::ClientAuth::kNone) {
       return absl::InvalidArgumentError(
           "--tls-client-cert needs --tls-cert-file and --tls-key-file");
     }
-    return std::optional<tls::TlsOptions>();
+    if (!flags.any()) return std::optional<tls::TlsOptions>();
   }
   if (flags.cert_file.empty() != flags.key_file.empty()) {
     return absl::InvalidArgumentError("--tls-cert-file and --tls-key-file go together");
