@@ -131,6 +131,13 @@ HOSTILE_ARGV = [
     (["up", "no-such-topology"], None),
     (["scenario", "run", "no-such-scenario"], None),
     (["stack", "ps", "--control", "/nonexistent/control.json"], None),
+    (["registry", "--listen", "127.0.0.1:0"], 2),  # registrations would be unauthenticated
+    (["registry", "--tls-cert-file", "/nonexistent.crt", "--tls-key-file", "/nonexistent.key",
+      "--tls-ca-file", "/nonexistent-ca.crt", "--tls-client-cert", "require"], 2),
+    (["worker", "--instance", "w", "--tls-client-cert", "require", "--tls-ca-file", "/x"], 2),
+    (["auth", "--tls-client-cert", "sometimes"], 2),
+    (["benchmark", "--procedure", "a/b", "--requests", "1", "--address", "127.0.0.1:1",
+      "--tls-ca-file", "/nonexistent-ca.crt"], 2),
 ]
 
 

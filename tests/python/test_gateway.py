@@ -102,8 +102,10 @@ class Stack:
         self.worker_args = list(worker_args or [])
         self.processes: List[Process] = []
         self.workers: Dict[str, Process] = {}
+        self.registry_token = tmp_path / "registry-token"
         self.registry = self.spawn("registry", "registry", "--listen", "127.0.0.1:0",
-                                   "--ttl", "5s")
+                                   "--ttl", "5s", "--token-file", str(self.registry_token),
+                                   "--create-token")
         secret = tmp_path / "state" / "jwt-secret"
         self.auth = self.spawn("auth", "auth", "--listen", "127.0.0.1:0",
                                "--db", str(tmp_path / "state" / "users.db"),
@@ -146,7 +148,8 @@ class Stack:
 
     def start_worker(self, name: str) -> Process:
         worker = self.spawn(name, "worker", "--listen", "127.0.0.1:0", "--instance", name,
-                            "--registry", self.registry.address, "--stream-interval", "20ms",
+                            "--registry", self.registry.address,
+                            "--registry-token-file", str(self.registry_token), "--stream-interval", "20ms",
                             "--heartbeat-interval", "200ms", *self.worker_args)
         self.workers[name] = worker
         return worker

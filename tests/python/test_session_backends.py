@@ -106,9 +106,12 @@ def spawn(native, tmp_path):
 
 
 @pytest.fixture
-def registry(spawn) -> Process:
+def registry(spawn, tmp_path) -> Process:
     # A short TTL lets the "killed worker leaves" check finish quickly.
-    return spawn("registry", "registry", "--listen", "127.0.0.1:0", "--ttl", "1s")
+    # Registrations are authenticated: the registry creates the token file the
+    # workers read (start_worker).
+    return spawn("registry", "registry", "--listen", "127.0.0.1:0", "--ttl", "1s",
+                 "--token-file", str(tmp_path / "registry-token"), "--create-token")
 
 
 @pytest.fixture
@@ -122,7 +125,8 @@ def start_worker(spawn, name: str, registry: Optional[Process] = None, *extra: s
     args = ["worker", "--listen", "127.0.0.1:0", "--instance", name,
             "--stream-interval", "20ms", "--heartbeat-interval", "200ms"]
     if registry is not None:
-        args += ["--registry", registry.address]
+        args += ["--registry", registry.address,
+                 "--registry-token-file", str(registry.ready_file.parent / "registry-token")]
     return spawn(name, *args, *extra)
 
 

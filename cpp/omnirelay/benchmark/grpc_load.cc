@@ -1,4 +1,5 @@
-// gRPC load loop on nghttp2 (HTTP/2 with prior knowledge, plaintext), the
+// gRPC load loop on nghttp2 (HTTP/2 with prior knowledge, or over TLS with
+// ALPN "h2" when the target asks for it, see LoadOptions::tls), the
 // same engine h2load uses, so the generator is not the bottleneck of what it
 // measures. grpc++'s client costs several times more CPU per call (a
 // ClientContext, a call arena, filter stacks and a completion-queue hand-off
@@ -16,6 +17,13 @@
 // stream is reset and the call counts DEADLINE_EXCEEDED), and a deadline
 // already past fails the call without sending it, as a gRPC client does.
 //
+// TLS: OpenSSL on the same non-blocking socket. The handshake runs when a
+// connection is opened (bounded, like the TCP connect) and verifies the
+// server's chain and name; afterwards SSL_read/SSL_write replace
+// read/send in the loop. A failed handshake fails the calls UNAVAILABLE with
+// the reason ("certificate verify failed: ..."), never falling back to
+// plaintext.
+//
 // Nothing is allocated per call by this file except nghttp2's own stream
 // state; output is written once per loop turn per connection (frames of many
 // calls coalesce into one write).
@@ -25,7 +33,12 @@
 #include <netinet/in.h>
 #include <netinet/tcp.h>
 #include <nghttp2/nghttp2.h>
+#include <openssl/err.h>
+#include <openssl/ssl.h>
+#include <openssl/x509v3.h>
 #include <poll.h>
+#include <pthread.h>
+#include <signal.h>
 #include <sys/epoll.h>
 #include <sys/socket.h>
 #include <unistd.h>
@@ -48,18 +61,37 @@ namespace {
 constexpr auto kDrainGrace = std::chrono::seconds(5);
 constexpr auto kReconnectDelay = std::chrono::milliseconds(100);
 
+constexpr auto kHandshakeTimeout = std::chrono::seconds(5);
+
 struct Target {
   std::string host;  // as given (for :authority)
   std::string port;
   std::string authority;
+  bool tls = false;
 };
 
-absl::StatusOr<Target> ParseTarget(std::string address) {
-  for (const char* scheme : {"http://", "https://", "grpc://", "dns:///", "ipv4:"}) {
-    if (address.rfind(scheme, 0) == 0) address = address.substr(std::string_view(scheme).size());
+// `tls_options`: TLS options were given, so an address without a scheme is
+// dialled with TLS.
+absl::StatusOr<Target> ParseTarget(std::string address, bool tls_options) {
+  const std::string given = address;
+  Target target;
+  target.tls = tls_options;
+  for (const char* scheme : {"http://", "https://", "grpc://", "grpcs://", "dns:///", "ipv4:"}) {
+    if (address.rfind(scheme, 0) != 0) continue;
+    const std::string_view name(scheme);
+    if (name == "https://" || name == "grpcs://") {
+      target.tls = true;
+    } else if (name == "http://" || name == "grpc://") {
+      if (tls_options) {
+        return absl::InvalidArgumentError("--address '" + given +
+                                          "' asks for plaintext but --tls-* flags were given; "
+                                          "use https:// or no scheme");
+      }
+      target.tls = false;
+    }
+    address = address.substr(name.size());
   }
   while (!address.empty() && address.back() == '/') address.pop_back();
-  Target target;
   target.authority = address;
   if (!address.empty() && address.front() == '[') {
     const auto close = address.find(']');
@@ -77,28 +109,6 @@ absl::StatusOr<Target> ParseTarget(std::string address) {
     target.port = address.substr(colon + 1);
   }
   return target;
-}
-
-// gRPC's mapping of HTTP statuses without a grpc-status (the gRPC spec's
-// "HTTP to gRPC Status Code Mapping").
-absl::StatusCode FromHttpStatus(int status) {
-  switch (status) {
-    case 400:
-      return absl::StatusCode::kInternal;
-    case 401:
-      return absl::StatusCode::kUnauthenticated;
-    case 403:
-      return absl::StatusCode::kPermissionDenied;
-    case 404:
-      return absl::StatusCode::kUnimplemented;
-    case 429:
-    case 502:
-    case 503:
-    case 504:
-      return absl::StatusCode::kUnavailable;
-    default:
-      return absl::StatusCode::kUnknown;
-  }
 }
 
 // RST_STREAM codes as gRPC clients report them.
@@ -164,6 +174,7 @@ struct Connection {
   Worker* worker = nullptr;
   const Target* target = nullptr;
   int fd = -1;
+  SSL* ssl = nullptr;  // set for TLS targets once the handshake succeeded
   nghttp2_session* session = nullptr;
   std::string output;     // encoded frames not yet written
   bool want_out = false;  // EPOLLOUT armed
@@ -174,9 +185,10 @@ struct Connection {
 class Worker {
  public:
   Worker(const LoadOptions& options, LoadState& state, std::vector<const Target*> targets,
-         int slots, const std::string& framed_body)
+         int slots, const std::string& framed_body, SSL_CTX* tls_context)
       : options_(options),
         state_(state),
+        tls_context_(tls_context),
         body_(framed_body),
         method_(options.MethodPath()),
         uses_deadlines_(options.ttl || options.deadline || options.timeout.count() > 0) {
@@ -193,6 +205,7 @@ class Worker {
     }
     // Constant headers, built once (nghttp2 copies them into its encoder).
     AddHeader(":method", "POST");
+    scheme_index_ = headers_.size();
     AddHeader(":scheme", "http");
     AddHeader(":path", method_);
     authority_index_ = headers_.size();
@@ -214,6 +227,16 @@ class Worker {
   }
 
   void Run() {
+    if (tls_context_ != nullptr) {
+      // OpenSSL writes with write(2), not send(MSG_NOSIGNAL): a peer that
+      // closed (e.g. an mTLS server refusing us) would SIGPIPE the process.
+      // Blocked on this thread (ours, ending with the run), the write fails
+      // EPIPE instead and the connection closes like any other error.
+      sigset_t pipe;
+      sigemptyset(&pipe);
+      sigaddset(&pipe, SIGPIPE);
+      pthread_sigmask(SIG_BLOCK, &pipe, nullptr);
+    }
     epoll_fd_ = ::epoll_create1(EPOLL_CLOEXEC);
     for (auto& slot : slots_) ready_.push_back(slot.get());
     int active = static_cast<int>(slots_.size());
@@ -350,6 +373,10 @@ class Worker {
     headers_[authority_index_].value =
         reinterpret_cast<uint8_t*>(const_cast<char*>(connection.target->authority.data()));
     headers_[authority_index_].valuelen = connection.target->authority.size();
+    static constexpr std::string_view kHttp = "http", kHttps = "https";
+    const std::string_view scheme = connection.ssl != nullptr ? kHttps : kHttp;
+    headers_[scheme_index_].value = reinterpret_cast<uint8_t*>(const_cast<char*>(scheme.data()));
+    headers_[scheme_index_].valuelen = scheme.size();
     nghttp2_nv* nva = headers_.data();
     size_t nvlen = headers_.size();
     std::vector<nghttp2_nv>* with_timeout = nullptr;
@@ -432,6 +459,15 @@ class Worker {
     }
     int one = 1;
     ::setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof(one));
+    if (connection.target->tls) {
+      std::string why;
+      connection.ssl = Handshake(fd, *connection.target, &why);
+      if (connection.ssl == nullptr) {
+        ::close(fd);
+        return Failed(connection,
+                      "TLS handshake with " + connection.target->authority + " failed: " + why);
+      }
+    }
     connection.fd = fd;
 
     nghttp2_session_callbacks* callbacks = nullptr;
@@ -456,6 +492,63 @@ class Worker {
     return true;
   }
 
+  // Runs the client handshake on the connected non-blocking socket (bounded
+  // by kHandshakeTimeout): the server's chain must verify against the
+  // context's CA and its certificate must match the host (IP SAN for an
+  // address), and ALPN must select h2. Returns the SSL or null with `why`.
+  SSL* Handshake(int fd, const Target& target, std::string* why) {
+    ERR_clear_error();
+    SSL* ssl = SSL_new(tls_context_);
+    if (ssl == nullptr) {
+      *why = "cannot create a TLS session";
+      return nullptr;
+    }
+    SSL_set_fd(ssl, fd);
+    // The output buffer is appended to between retries of a partial write.
+    SSL_set_mode(ssl, SSL_MODE_ENABLE_PARTIAL_WRITE | SSL_MODE_ACCEPT_MOVING_WRITE_BUFFER);
+    X509_VERIFY_PARAM* param = SSL_get0_param(ssl);
+    if (X509_VERIFY_PARAM_set1_ip_asc(param, target.host.c_str()) != 1) {
+      SSL_set_tlsext_host_name(ssl, target.host.c_str());  // SNI for names only
+      SSL_set1_host(ssl, target.host.c_str());
+    }
+    SSL_set_connect_state(ssl);
+    const auto deadline = SteadyClock::now() + kHandshakeTimeout;
+    for (;;) {
+      const int rc = SSL_do_handshake(ssl);
+      if (rc == 1) break;
+      const int error = SSL_get_error(ssl, rc);
+      const auto left =
+          std::chrono::duration_cast<std::chrono::milliseconds>(deadline - SteadyClock::now())
+              .count();
+      if ((error == SSL_ERROR_WANT_READ || error == SSL_ERROR_WANT_WRITE) && left > 0) {
+        pollfd p{fd, static_cast<short>(error == SSL_ERROR_WANT_READ ? POLLIN : POLLOUT), 0};
+        ::poll(&p, 1, static_cast<int>(left));
+        continue;
+      }
+      char text[256] = "handshake timed out";
+      if (left > 0) {
+        if (const unsigned long code = ERR_peek_last_error(); code != 0) {
+          ERR_error_string_n(code, text, sizeof(text));
+        } else {
+          std::snprintf(text, sizeof(text), "connection closed during handshake");
+        }
+      }
+      // The verification result in words when that is what failed.
+      *why = tls::HandshakeFailure(ssl, text);
+      SSL_free(ssl);
+      return nullptr;
+    }
+    const unsigned char* alpn = nullptr;
+    unsigned int alpn_length = 0;
+    SSL_get0_alpn_selected(ssl, &alpn, &alpn_length);
+    if (alpn_length != 2 || std::memcmp(alpn, "h2", 2) != 0) {
+      *why = "the server did not select HTTP/2 (ALPN h2)";
+      SSL_free(ssl);
+      return nullptr;
+    }
+    return ssl;
+  }
+
   bool Failed(Connection& connection, std::string error) {
     connection.last_error = std::move(error);
     connection.retry_at = SteadyClock::now() + kReconnectDelay;
@@ -467,6 +560,10 @@ class Worker {
     if (connection.session != nullptr) {
       nghttp2_session_del(connection.session);  // no callbacks from here
       connection.session = nullptr;
+    }
+    if (connection.ssl != nullptr) {
+      SSL_free(connection.ssl);  // no close_notify: the socket closes next
+      connection.ssl = nullptr;
     }
     if (connection.fd >= 0) {
       ::epoll_ctl(epoll_fd_, EPOLL_CTL_DEL, connection.fd, nullptr);
@@ -483,19 +580,32 @@ class Worker {
     }
   }
 
+  // Feeds received bytes to nghttp2; false after closing the connection on
+  // an HTTP/2 protocol error.
+  bool Receive(Connection& connection, const uint8_t* data, size_t length) {
+    const ssize_t used = nghttp2_session_mem_recv(connection.session, data, length);
+    if (used >= 0) return true;
+    connection.last_error =
+        std::string("HTTP/2 error: ") + nghttp2_strerror(static_cast<int>(used));
+    Close(connection);
+    return false;
+  }
+
   void Read(Connection& connection) {
     uint8_t buffer[65536];
     for (;;) {
+      if (connection.ssl != nullptr) {
+        // Until OpenSSL wants more bytes: it may hold decrypted data the
+        // socket no longer signals.
+        const int n = SslIo(connection, /*write=*/false, buffer, sizeof(buffer));
+        if (n < 0) return;  // closed
+        if (n == 0) break;  // wants more
+        if (!Receive(connection, buffer, static_cast<size_t>(n))) return;
+        continue;
+      }
       const ssize_t n = ::read(connection.fd, buffer, sizeof(buffer));
       if (n > 0) {
-        const ssize_t used =
-            nghttp2_session_mem_recv(connection.session, buffer, static_cast<size_t>(n));
-        if (used < 0) {
-          connection.last_error =
-              std::string("HTTP/2 error: ") + nghttp2_strerror(static_cast<int>(used));
-          Close(connection);
-          return;
-        }
+        if (!Receive(connection, buffer, static_cast<size_t>(n))) return;
         if (static_cast<size_t>(n) < sizeof(buffer)) break;
         continue;
       }
@@ -521,7 +631,15 @@ class Worker {
       if (n == 0) break;
       connection.output.append(reinterpret_cast<const char*>(data), static_cast<size_t>(n));
     }
-    while (!connection.output.empty()) {
+    while (!connection.output.empty() && connection.ssl != nullptr) {
+      const int n =
+          SslIo(connection, /*write=*/true, reinterpret_cast<uint8_t*>(connection.output.data()),
+                std::min<size_t>(connection.output.size(), 1 << 20));
+      if (n < 0) return;  // closed
+      if (n == 0) break;  // wait for EPOLLOUT
+      connection.output.erase(0, static_cast<size_t>(n));
+    }
+    while (!connection.output.empty() && connection.ssl == nullptr) {
       const ssize_t n =
           ::send(connection.fd, connection.output.data(), connection.output.size(), MSG_NOSIGNAL);
       if (n > 0) {
@@ -548,6 +666,31 @@ class Worker {
       connection.last_error = "connection closed (GOAWAY)";
       Close(connection);
     }
+  }
+
+  // One SSL_read/SSL_write: bytes moved (> 0), 0 when OpenSSL must wait for
+  // the socket, -1 after closing the connection on an error or a close.
+  int SslIo(Connection& connection, bool write, uint8_t* data, size_t length) {
+    ERR_clear_error();
+    const int n = write ? SSL_write(connection.ssl, data, static_cast<int>(length))
+                        : SSL_read(connection.ssl, data, static_cast<int>(length));
+    if (n > 0) return n;
+    const int error = SSL_get_error(connection.ssl, n);
+    if (error == SSL_ERROR_WANT_READ || error == SSL_ERROR_WANT_WRITE) return 0;
+    if (error == SSL_ERROR_ZERO_RETURN) {
+      connection.last_error = "connection closed by peer";
+    } else {
+      char text[256] = "TLS connection failed";
+      if (const unsigned long code = ERR_peek_last_error(); code != 0) {
+        ERR_error_string_n(code, text, sizeof(text));
+      } else if (error == SSL_ERROR_SYSCALL) {
+        std::snprintf(text, sizeof(text), "%s",
+                      errno != 0 ? std::strerror(errno) : "connection closed by peer");
+      }
+      connection.last_error = text;
+    }
+    Close(connection);
+    return -1;
   }
 
   static int OnHeader(nghttp2_session* session, const nghttp2_frame* frame, const uint8_t* name,
@@ -583,7 +726,7 @@ class Worker {
       code = FromH2Error(error_code);
       message = std::string("stream reset: ") + nghttp2_http2_strerror(error_code);
     } else if (slot->http_status != 200) {
-      code = FromHttpStatus(slot->http_status);
+      code = core::GrpcStatusFromHttp(slot->http_status);
       message = "HTTP status " + std::to_string(slot->http_status);
     } else {
       code = absl::StatusCode::kUnknown;
@@ -595,6 +738,7 @@ class Worker {
 
   const LoadOptions& options_;
   LoadState& state_;
+  SSL_CTX* tls_context_;  // shared by the workers, owned by RunGrpcLoad; null without TLS
   const std::string& body_;
   const std::string method_;
   const bool uses_deadlines_;
@@ -606,16 +750,33 @@ class Worker {
   std::vector<nghttp2_nv> headers_;
   std::vector<nghttp2_nv> timeout_headers_;
   size_t authority_index_ = 0;
+  size_t scheme_index_ = 0;
 };
 
 }  // namespace
 
 absl::StatusOr<LoadReport> RunGrpcLoad(const LoadOptions& options, LoadState& state) {
   std::vector<Target> targets;
+  bool any_tls = false;
   for (const std::string& address : options.addresses) {
-    auto target = ParseTarget(address);
+    auto target = ParseTarget(address, options.tls.has_value());
     if (!target.ok()) return target.status();
+    any_tls = any_tls || target->tls;
     targets.push_back(*std::move(target));
+  }
+  // One client context for every connection (SSL_CTX is safe to share
+  // across threads for creating sessions); no reload during a run.
+  std::shared_ptr<boost::asio::ssl::context> tls_context;
+  if (any_tls) {
+    const tls::TlsOptions tls_options = options.tls.value_or(tls::TlsOptions{});
+    if (auto status = tls::Validate(tls_options, /*need_identity=*/false); !status.ok()) {
+      return absl::InvalidArgumentError("--tls-*: " + std::string(status.message()));
+    }
+    auto context = tls::MakeContext(tls_options, tls::Role::kClient);
+    if (!context.ok()) return context.status();
+    tls_context = *std::move(context);
+    static constexpr unsigned char kAlpnH2[] = {2, 'h', '2'};
+    SSL_CTX_set_alpn_protos(tls_context->native_handle(), kAlpnH2, sizeof(kAlpnH2));
   }
   // The gRPC message: flag 0 (uncompressed), 4-byte big-endian length, body.
   std::string framed(5, '\0');
@@ -642,7 +803,8 @@ absl::StatusOr<LoadReport> RunGrpcLoad(const LoadOptions& options, LoadState& st
       int count = options.connections / threads + (t < options.connections % threads ? 1 : 0);
       for (int c = 0; c < std::max(count, 1); ++c) mine.push_back(&target);
     }
-    workers.push_back(std::make_unique<Worker>(options, state, mine, slots, framed));
+    workers.push_back(std::make_unique<Worker>(
+        options, state, mine, slots, framed, tls_context ? tls_context->native_handle() : nullptr));
   }
   state.StartClock();
   std::atomic<bool> done{false};

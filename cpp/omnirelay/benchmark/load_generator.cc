@@ -33,6 +33,9 @@ absl::Status LoadOptions::Validate() const {
   if (transport == "http" && url.empty() && addresses.empty()) {
     return absl::InvalidArgumentError("--url (or --address) is required for --transport http");
   }
+  if (transport == "http" && tls) {
+    return absl::InvalidArgumentError("--tls-* flags apply to --transport grpc only");
+  }
   if (concurrency < 1) return absl::InvalidArgumentError("--concurrency must be at least 1");
   if (rps < 0) return absl::InvalidArgumentError("--rps must not be negative");
   if (connections < 1) return absl::InvalidArgumentError("--connections must be at least 1");

@@ -25,6 +25,7 @@
 #include "omnirelay/core/clock.h"
 #include "omnirelay/core/latency_histogram.h"
 #include "omnirelay/core/status.h"
+#include "omnirelay/tls/tls.h"
 
 namespace omnirelay::benchmark {
 
@@ -50,6 +51,13 @@ struct LoadOptions {
   std::string shard_key;
   std::string routing_key;
   std::string caller = "omnirelay-benchmark";
+  // gRPC over TLS (docs/security.md): the server must chain to `tls->ca_file`
+  // (the system store when empty) and match the address's host; cert/key are
+  // presented for mTLS. With `tls` set every address without a scheme uses
+  // TLS; an https:// or grpcs:// address always does (system store without
+  // `tls`), and an explicit http:// address with `tls` set is an error, so a
+  // target is never silently dialled in plaintext.
+  std::optional<tls::TlsOptions> tls;
   int connections = 1;  // gRPC TCP connections per address
   int threads = 0;      // event-loop threads; 0 = min(2, hardware)
   // Called about once per second with a one-line progress summary.

@@ -4,10 +4,13 @@
 #include <grpcpp/grpcpp.h>
 #include <gtest/gtest.h>
 
+#include <filesystem>
 #include <mutex>
 #include <thread>
 
 #include "omnirelay/http/http_server.h"
+#include "omnirelay/tls/grpc_credentials.h"
+#include "omnirelay/tls/test_certs.h"
 
 namespace omnirelay::benchmark {
 namespace {
@@ -194,6 +197,87 @@ TEST_F(LoadGeneratorTest, MetadataAndHeadersAreSent) {
   ASSERT_TRUE(report.ok());
   EXPECT_EQ(report->successes, 1u);
   EXPECT_EQ(service_.last_metadata, "rpc-caller=bench-test;x-extra=42;");
+}
+
+// The load generator against a real gRPC server under mTLS, with real
+// certificates made at test time.
+class TlsLoadGeneratorTest : public ::testing::Test {
+ protected:
+  void SetUp() override {
+    dir_ = tls::testing::MakeTempDir("omnirelay-benchmark-tls");
+    pki_ = tls::testing::TestPki::Create(dir_, "bench");
+    auto [server_cert, server_key] = pki_.Leaf("node", "server");
+    std::tie(client_cert_, client_key_) = pki_.Leaf("benchmark", "client");
+    grpc::ServerBuilder builder;
+    builder.AddListeningPort("127.0.0.1:0",
+                             tls::GrpcServerCredentials({.cert_file = server_cert,
+                                                         .key_file = server_key,
+                                                         .ca_file = pki_.ca_file,
+                                                         .client_auth = tls::ClientAuth::kRequire}),
+                             &port_);
+    builder.RegisterCallbackGenericService(&service_);
+    server_ = builder.BuildAndStart();
+    ASSERT_TRUE(server_);
+    ASSERT_GT(port_, 0);
+  }
+  void TearDown() override {
+    server_->Shutdown(std::chrono::system_clock::now());
+    std::filesystem::remove_all(dir_);
+  }
+  LoadOptions Options(const std::string& address, std::optional<tls::TlsOptions> tls) {
+    LoadOptions options;
+    options.procedure = "test.Echo/Ok";
+    options.addresses = {address};
+    options.concurrency = 2;
+    options.requests = 50;
+    options.body = "tls";
+    options.tls = std::move(tls);
+    return options;
+  }
+  std::string Address() const { return "127.0.0.1:" + std::to_string(port_); }
+
+  std::string dir_;
+  tls::testing::TestPki pki_;
+  std::string client_cert_, client_key_;
+  TestService service_;
+  std::unique_ptr<grpc::Server> server_;
+  int port_ = 0;
+};
+
+TEST_F(TlsLoadGeneratorTest, RunSucceedsOverMtlsWithTheCa) {
+  const tls::TlsOptions client{
+      .cert_file = client_cert_, .key_file = client_key_, .ca_file = pki_.ca_file};
+  for (const std::string& address : {Address(), "https://" + Address()}) {
+    auto report = RunLoad(Options(address, client));
+    ASSERT_TRUE(report.ok()) << report.status();
+    EXPECT_EQ(report->successes, 50u) << address << " " << report->ToText();
+    EXPECT_EQ(report->failures, 0u) << address;
+  }
+  EXPECT_EQ(service_.calls, 100);
+}
+
+TEST_F(TlsLoadGeneratorTest, RunFailsWithoutTheCaOrClientCertificate) {
+  // https:// without TLS options: the system store does not know the test CA.
+  auto no_ca = RunLoad(Options("https://" + Address(), std::nullopt));
+  ASSERT_TRUE(no_ca.ok()) << no_ca.status();
+  EXPECT_EQ(no_ca->successes, 0u);
+  EXPECT_EQ(no_ca->status_counts.at("UNAVAILABLE"), 50u);
+  EXPECT_NE(no_ca->sample_errors.at("UNAVAILABLE").find("certificate"), std::string::npos)
+      << no_ca->sample_errors.at("UNAVAILABLE");
+  // The CA but no client certificate: the mTLS server refuses.
+  auto no_cert = RunLoad(Options(Address(), tls::TlsOptions{.ca_file = pki_.ca_file}));
+  ASSERT_TRUE(no_cert.ok()) << no_cert.status();
+  EXPECT_EQ(no_cert->successes, 0u);
+  EXPECT_EQ(no_cert->failures, 50u);
+  // Plaintext HTTP/2 to the TLS port gets nowhere.
+  auto plaintext = RunLoad(Options(Address(), std::nullopt));
+  ASSERT_TRUE(plaintext.ok()) << plaintext.status();
+  EXPECT_EQ(plaintext->successes, 0u);
+  EXPECT_EQ(service_.calls, 0);
+  // An explicit plaintext scheme with TLS flags is a usage error, not plaintext.
+  auto mixed = RunLoad(Options("http://" + Address(), tls::TlsOptions{.ca_file = pki_.ca_file}));
+  EXPECT_EQ(mixed.status().code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_NE(mixed.status().message().find("--tls-*"), std::string_view::npos) << mixed.status();
 }
 
 TEST(LoadOptionsTest, ValidationNamesTheFlag) {

@@ -7,6 +7,8 @@
 // the user store (seeded with testuser/testpass, role "user") and the JWT
 // secret (32 random bytes, hex, mode 0600); later starts reuse both. The
 // gateway reads the same secret file. SIGTERM/SIGINT: graceful exit 0.
+// TLS: --tls-cert-file/--tls-key-file serve gRPC over TLS (--tls-client-cert
+// require + --tls-ca-file = mTLS).
 #include <unistd.h>
 
 #include <iostream>
@@ -16,6 +18,7 @@
 #include "omnirelay/auth/user_store.h"
 #include "omnirelay/cli/commands.h"
 #include "omnirelay/cli/process_flags.h"
+#include "omnirelay/cli/tls_flags.h"
 #include "omnirelay/core/logging.h"
 #include "omnirelay/core/process.h"
 #include "omnirelay/core/request_meta.h"
@@ -36,6 +39,7 @@ struct AuthOptions : ProcessFlags {
   std::string seed_password = "testpass";
   std::string seed_role = "user";
   bool create_secret = false;
+  TlsFlags tls;
 };
 
 int Fail(const std::string& message, int code = 1) {
@@ -49,6 +53,8 @@ int RunAuth(const AuthOptions& options) {
   if (!ttl || *ttl <= core::Duration::zero()) {
     return Fail("--token-ttl: '" + options.token_ttl + "' is not a positive duration", 2);
   }
+  auto tls_options = TlsOptionsFromFlags(options.tls, /*listener=*/true);
+  if (!tls_options.ok()) return Fail(std::string(tls_options.status().message()), 2);
   core::TerminationWaiter waiter;  // before any thread starts
 
   // Created only when asked: a mistyped path must fail, not mint a new key.
@@ -68,7 +74,7 @@ int RunAuth(const AuthOptions& options) {
   samples::AuthService service(
       std::move(*users), std::make_shared<auth::JwtCodec>(std::move(*secret)), {.token_ttl = *ttl});
   std::string address;
-  auto server = samples::StartGrpcServer(options.listen, {&service}, &address);
+  auto server = samples::StartGrpcServer(options.listen, {&service}, &address, *tls_options);
   if (!server.ok()) return Fail(std::string(server.status().message()));
 
   const nlohmann::json ready = {{"role", "auth"},     {"pid", static_cast<int>(::getpid())},
@@ -110,6 +116,7 @@ void AddAuthCommand(CLI::App& app, int* exit_code) {
       ->envname("OMNIRELAY_SEED_PASSWORD");
   command->add_option("--seed-role", options->seed_role, "Role of the seeded user")
       ->capture_default_str();
+  AddTlsFlags(command, &options->tls, /*listener=*/true);
   AddProcessFlags(command, options.get());
   command->callback([options, exit_code] { *exit_code = RunAuth(*options); });
 }

@@ -3,6 +3,9 @@
 // Flags follow the seed's CLI (`--transport grpc --service trace.Analytics
 // --procedure trace.Analytics/Process --address ... --concurrency 400 --rps 200
 // --duration 10m --warmup 30s --encoding application/json --body '{...}'`).
+// TLS: an https:// address, or --tls-ca-file (and --tls-cert-file /
+// --tls-key-file for mTLS) with host:port addresses; never plaintext to an
+// https:// address.
 #include <unistd.h>
 
 #include <fstream>
@@ -12,6 +15,7 @@
 #include "absl/strings/str_cat.h"
 #include "omnirelay/benchmark/load_generator.h"
 #include "omnirelay/cli/commands.h"
+#include "omnirelay/cli/tls_flags.h"
 #include "omnirelay/core/request_meta.h"
 
 namespace omnirelay::cli {
@@ -24,6 +28,7 @@ struct BenchmarkFlags {
   uint64_t requests = 0;
   bool json = false;
   bool quiet = false;
+  TlsFlags tls;
 };
 
 // Returns an error message naming the flag, or empty.
@@ -55,6 +60,9 @@ std::string Resolve(BenchmarkFlags& flags) {
     flags.load.deadline = *parsed;
   }
   if (flags.requests > 0) flags.load.requests = flags.requests;
+  auto tls = TlsOptionsFromFlags(flags.tls, /*listener=*/false);
+  if (!tls.ok()) return std::string(tls.status().message());
+  flags.load.tls = *tls;
   for (const std::string& header : flags.headers) {
     const auto eq = header.find('=');
     if (eq == std::string::npos || eq == 0) return "--header: '" + header + "' is not k=v";
@@ -118,7 +126,9 @@ void AddBenchmarkCommand(CLI::App& app, int* exit_code) {
                       "Procedure: 'service/Method' (gRPC path) or a name within --service");
   // expected(1): one value per occurrence, so `--address a --address b` repeats
   // and a value can never swallow the next flag.
-  command->add_option("--address", load.addresses, "host:port of a node (repeatable)")
+  command
+      ->add_option("--address", load.addresses,
+                   "[https://]host:port of a node (repeatable); https:// = TLS")
       ->expected(1)
       ->multi_option_policy(CLI::MultiOptionPolicy::TakeAll);
   command->add_option("--url", load.url, "URL for --transport http (http://host:port/path)");
@@ -145,6 +155,7 @@ void AddBenchmarkCommand(CLI::App& app, int* exit_code) {
   command->add_option("--connections", load.connections, "gRPC connections per address")
       ->capture_default_str();
   command->add_option("--threads", load.threads, "Client threads (0 = min(2, cores))");
+  AddTlsFlags(command, &flags->tls, /*listener=*/false);
   command->add_flag("--json", flags->json, "Print the report as JSON");
   command->add_flag("--quiet", flags->quiet, "No live progress line");
   command->callback([flags, exit_code] { *exit_code = RunBenchmark(*flags); });

@@ -1,6 +1,13 @@
 // `omnirelay registry`: the instance registry of the session-affinity gateway.
 //
 //   omnirelay registry --listen 127.0.0.1:0 --ttl 5s --ready-file registry.json
+//       --token-file state/registry-token --create-token
+//       [--tls-cert-file c --tls-key-file k --tls-ca-file ca --tls-client-cert require]
+//
+// Registrations are authenticated: by the bearer token of --token-file, or by
+// a client certificate from --tls-ca-file (mTLS). With neither the registry
+// refuses to start, unless --insecure-allow-unauthenticated says so (local
+// demos only). With --tls-* it serves HTTPS (clients use https:// URLs).
 //
 // HTTP: POST /register, POST /unregister, GET /instances?role=worker
 // (samples/registry.h). State is in memory: after a restart the workers'
@@ -12,6 +19,7 @@
 #include "omnirelay/auth/secrets.h"
 #include "omnirelay/cli/commands.h"
 #include "omnirelay/cli/process_flags.h"
+#include "omnirelay/cli/tls_flags.h"
 #include "omnirelay/core/logging.h"
 #include "omnirelay/core/process.h"
 #include "omnirelay/core/request_meta.h"
@@ -27,6 +35,8 @@ struct RegistryCommandOptions : ProcessFlags {
   std::string ttl = "5s";
   std::string token_file;
   bool create_token = false;
+  bool allow_unauthenticated = false;
+  TlsFlags tls;
 };
 
 int Fail(const std::string& message, int code = 1) {
@@ -48,19 +58,32 @@ int RunRegistry(const RegistryCommandOptions& options) {
                                        : auth::LoadSecret(options.token_file);
     if (!loaded.ok()) return Fail("--token-file: " + std::string(loaded.status().message()), 2);
     token = std::move(*loaded);
-  } else {
-    core::LogWarn("registry.unauthenticated",
-                  {{"hint", "anyone who reaches the port can register; pass --token-file"}});
+  }
+  auto tls_options = TlsOptionsFromFlags(options.tls, /*listener=*/true);
+  if (!tls_options.ok()) return Fail(std::string(tls_options.status().message()), 2);
+  std::shared_ptr<tls::ContextSource> tls_source;
+  if (*tls_options) {
+    auto source = tls::ContextSource::Create(**tls_options, tls::Role::kServer);
+    if (!source.ok()) return Fail(std::string(source.status().message()), 2);
+    tls_source = std::move(*source);
   }
   core::TerminationWaiter waiter;  // before any thread starts
 
-  samples::RegistryServer server({.host = listen->first, .port = listen->second, .threads = 2},
-                                 {.ttl = *ttl, .token = std::move(token)});
-  if (auto status = server.Start(); !status.ok()) return Fail(std::string(status.message()));
+  samples::RegistryServer server(
+      {.host = listen->first, .port = listen->second, .threads = 2, .tls = tls_source},
+      {.ttl = *ttl,
+       .token = std::move(token),
+       .allow_unauthenticated = options.allow_unauthenticated});
+  if (auto status = server.Start(); !status.ok()) {
+    // No authentication configured is a usage error (exit 2), like a bad flag.
+    return Fail(std::string(status.message()),
+                status.code() == absl::StatusCode::kFailedPrecondition ? 2 : 1);
+  }
   const nlohmann::json ready = {{"role", "registry"},
                                 {"pid", static_cast<int>(::getpid())},
                                 {"address", server.address()},
-                                {"http", server.address()}};
+                                {"http", server.address()},
+                                {"url", (tls_source ? "https://" : "http://") + server.address()}};
   if (!options.ready_file.empty() && !core::WriteReadyFile(options.ready_file, ready)) {
     server.Stop();
     return Fail("cannot write ready file " + options.ready_file);
@@ -86,6 +109,9 @@ void AddRegistryCommand(CLI::App& app, int* exit_code) {
                       "Registrations need this bearer token (file of at least 32 characters)");
   command->add_flag("--create-token", options->create_token,
                     "Create --token-file (32 random bytes, hex, mode 0600) when it is missing");
+  command->add_flag("--insecure-allow-unauthenticated", options->allow_unauthenticated,
+                    "Let anyone who reaches the port register instances (local demos only)");
+  AddTlsFlags(command, &options->tls, /*listener=*/true);
   AddProcessFlags(command, options.get());
   command->callback([options, exit_code] { *exit_code = RunRegistry(*options); });
 }

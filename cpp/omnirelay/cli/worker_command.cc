@@ -9,6 +9,11 @@
 // exit. After answering a successful MyServiceShutdown it exits with code 0,
 // like a container whose restart policy brings up a fresh instance.
 // SIGTERM/SIGINT: graceful exit 0 (streams end with UNAVAILABLE).
+//
+// TLS: --tls-cert-file/--tls-key-file serve gRPC over TLS (--tls-client-cert
+// require + --tls-ca-file = mTLS). An https:// --registry is dialled with TLS,
+// verified against --tls-ca-file and presenting the same certificate (so a
+// registry requiring client certificates accepts the worker without a token).
 #include <unistd.h>
 
 #include <iostream>
@@ -18,6 +23,7 @@
 #include "omnirelay/auth/secrets.h"
 #include "omnirelay/cli/commands.h"
 #include "omnirelay/cli/process_flags.h"
+#include "omnirelay/cli/tls_flags.h"
 #include "omnirelay/core/logging.h"
 #include "omnirelay/core/process.h"
 #include "omnirelay/core/request_meta.h"
@@ -40,6 +46,7 @@ struct WorkerCommandOptions : ProcessFlags {
   std::string jwt_secret_file;
   std::string registry_token_file;
   std::string shutdown_grace = "2s";
+  TlsFlags tls;
 };
 
 int Fail(const std::string& message, int code = 1) {
@@ -61,9 +68,19 @@ int RunWorker(const WorkerCommandOptions& options) {
   if (!heartbeat) return Fail("--heartbeat-interval: not a positive duration", 2);
   if (!interval) return Fail("--stream-interval: not a positive duration", 2);
   if (!grace) return Fail("--shutdown-grace: not a positive duration", 2);
+  // Only --tls-ca-file (no certificate): a plaintext listener, and an
+  // https:// registry verified against that CA.
+  const bool tls_listener = !options.tls.cert_file.empty();
+  auto tls_options = TlsOptionsFromFlags(options.tls, tls_listener);
+  if (!tls_options.ok()) return Fail(std::string(tls_options.status().message()), 2);
+  const std::optional<tls::TlsOptions> listener_tls =
+      tls_listener ? *tls_options : std::optional<tls::TlsOptions>();
   std::optional<samples::RegistryClient> registry;
   if (!options.registry.empty()) {
-    auto client = samples::RegistryClient::Create(options.registry);
+    std::optional<tls::TlsOptions> registry_tls = *tls_options;
+    if (registry_tls) registry_tls->client_auth = tls::ClientAuth::kNone;  // listener-only
+    auto client =
+        samples::RegistryClient::Create(options.registry, std::chrono::seconds(2), registry_tls);
     if (!client.ok()) return Fail("--registry: " + std::string(client.status().message()), 2);
     registry = std::move(*client);
     if (!options.registry_token_file.empty()) {
@@ -90,7 +107,7 @@ int RunWorker(const WorkerCommandOptions& options) {
   }
   samples::WorkerService service(std::move(worker));
   std::string address;
-  auto server = samples::StartGrpcServer(options.listen, {&service}, &address);
+  auto server = samples::StartGrpcServer(options.listen, {&service}, &address, listener_tls);
   if (!server.ok()) return Fail(std::string(server.status().message()));
 
   std::unique_ptr<samples::RegistrationLoop> registration;
@@ -137,7 +154,7 @@ void AddWorkerCommand(CLI::App& app, int* exit_code) {
   command->add_option("--instance", options->instance, "Instance id, returned as pod_name")
       ->required();
   command->add_option("--registry", options->registry,
-                      "Instance registry host:port to register with (optional)");
+                      "Instance registry [http://|https://]host:port to register with (optional)");
   command->add_option("--role", options->role, "Role announced to the registry")
       ->capture_default_str();
   command->add_option("--advertise-address", options->advertise_address,
@@ -161,6 +178,7 @@ void AddWorkerCommand(CLI::App& app, int* exit_code) {
       ->add_option("--shutdown-grace", options->shutdown_grace,
                    "How long in-flight calls may finish on exit")
       ->capture_default_str();
+  AddTlsFlags(command, &options->tls, /*listener=*/true);
   AddProcessFlags(command, options.get());
   command->callback([options, exit_code] { *exit_code = RunWorker(*options); });
 }

@@ -412,13 +412,9 @@ void ParseGateway(const nlohmann::json& value, Errors& errors, GatewayConfig& gw
           errors.Add(cpath + ".endpoints",
                      "mixes https:// and plaintext endpoints; use one scheme per cluster");
         }
-        if (cluster.registry_tls) {
-          // Never plaintext for an https:// URL, and the registry has no TLS
-          // listener yet: refuse instead of downgrading.
-          errors.Add(cpath + ".registry",
-                     "https:// registries are not supported (the registry serves plain HTTP on "
-                     "loopback); give host:port");
-        }
+        // An https:// registry is polled over TLS (the gateway verifies it
+        // against omniRelay.tls.caFile, else the system store, and presents
+        // the node's certificate for mTLS), never in plaintext.
         cluster.tls = https != 0;
         c.Bool("tls", cluster.tls);
         if (https != 0 && !cluster.tls) {
@@ -1432,7 +1428,7 @@ nlohmann::json ToJson(const NodeConfig& c) {
       if (!cl.endpoints.empty()) j["endpoints"] = cl.endpoints;
       j["tls"] = cl.tls;
       if (!cl.registry.empty()) {
-        j["registry"] = cl.registry;
+        j["registry"] = (cl.registry_tls ? "https://" : "") + cl.registry;
         j["role"] = cl.role;
         j["refreshIntervalMs"] = ms(cl.refresh_interval);
       }

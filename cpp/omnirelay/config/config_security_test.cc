@@ -59,9 +59,8 @@ TEST(ConfigSecurityTest, HttpsIsTlsOrAnError) {
   EXPECT_NE(errors.find("omniRelay.gateway.clusters.mixed.endpoints: mixes https://"),
             std::string::npos)
       << errors;
-  EXPECT_NE(errors.find("omniRelay.gateway.clusters.reg.registry: https:// registries"),
-            std::string::npos)
-      << errors;
+  // An https:// registry is polled over TLS (never plaintext), so it is valid.
+  EXPECT_EQ(errors.find("omniRelay.gateway.clusters.reg.registry"), std::string::npos) << errors;
 
   auto secure = Parse({{"omniRelay",
                         {{"gateway",
@@ -70,6 +69,14 @@ TEST(ConfigSecurityTest, HttpsIsTlsOrAnError) {
                            {"routes", {{{"prefix", "/x/"}, {"cluster", "c"}}}}}}}}});
   ASSERT_TRUE(secure.ok()) << secure.status();
   EXPECT_TRUE(secure->gateway->clusters.at("c").tls);
+  auto registry = Parse({{"omniRelay",
+                          {{"gateway",
+                            {{"address", "127.0.0.1:0"},
+                             {"clusters", {{"c", {{"registry", "https://127.0.0.1:7000"}}}}},
+                             {"routes", {{{"prefix", "/x/"}, {"cluster", "c"}}}}}}}}});
+  ASSERT_TRUE(registry.ok()) << registry.status();
+  EXPECT_TRUE(registry->gateway->clusters.at("c").registry_tls);
+  EXPECT_EQ(registry->gateway->clusters.at("c").registry, "127.0.0.1:7000");
   EXPECT_EQ(secure->gateway->clusters.at("c").endpoints.at(0), "10.0.0.1:443");
 }
 

@@ -156,6 +156,26 @@ StatusCode FromHttpStatus(int http_status) {
   }
 }
 
+StatusCode GrpcStatusFromHttp(int http_status) {
+  switch (http_status) {
+    case 400:
+      return StatusCode::kInternal;
+    case 401:
+      return StatusCode::kUnauthenticated;
+    case 403:
+      return StatusCode::kPermissionDenied;
+    case 404:
+      return StatusCode::kUnimplemented;
+    case 429:
+    case 502:
+    case 503:
+    case 504:
+      return StatusCode::kUnavailable;
+    default:
+      return StatusCode::kUnknown;
+  }
+}
+
 bool IsServerFailure(StatusCode code) {
   switch (code) {
     case StatusCode::kUnavailable:

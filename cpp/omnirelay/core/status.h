@@ -55,6 +55,14 @@ int ToHttpStatus(StatusCode code);
 // `Rpc-Status` header) back to the closest status code.
 StatusCode FromHttpStatus(int http_status);
 
+// The gRPC specification's "HTTP to gRPC Status Code Mapping": the status a
+// gRPC client reports for a response whose HTTP status is not 200 and that
+// carries no grpc-status (a proxy's error page, a load balancer's 503). Not
+// the inverse of ToHttpStatus: 400 is INTERNAL here, 404 UNIMPLEMENTED, 429
+// UNAVAILABLE, anything else UNKNOWN. Used by the gRPC load generator and the
+// HTTP/2 frame relay.
+StatusCode GrpcStatusFromHttp(int http_status);
+
 // Whether a failure with this code is the server's fault. Circuit breakers
 // and health feedback count only these; client errors never trip a breaker.
 bool IsServerFailure(StatusCode code);

@@ -1,10 +1,10 @@
 #include "omnirelay/core/status.h"
 
+#include <gtest/gtest.h>
+
 #include <fstream>
 #include <regex>
 #include <sstream>
-
-#include <gtest/gtest.h>
 
 namespace omnirelay::core {
 namespace {
@@ -92,8 +92,24 @@ TEST(StatusTest, FromHttpStatusInvertsTheTableWhereUnambiguous) {
   EXPECT_EQ(FromHttpStatus(418), StatusCode::kInvalidArgument);
 }
 
+TEST(StatusTest, GrpcStatusFromHttpFollowsTheGrpcSpecTable) {
+  EXPECT_EQ(GrpcStatusFromHttp(400), StatusCode::kInternal);
+  EXPECT_EQ(GrpcStatusFromHttp(401), StatusCode::kUnauthenticated);
+  EXPECT_EQ(GrpcStatusFromHttp(403), StatusCode::kPermissionDenied);
+  EXPECT_EQ(GrpcStatusFromHttp(404), StatusCode::kUnimplemented);
+  for (int status : {429, 502, 503, 504}) {
+    EXPECT_EQ(GrpcStatusFromHttp(status), StatusCode::kUnavailable) << status;
+  }
+  for (int status : {200, 204, 302, 405, 408, 500, 501, 599}) {
+    EXPECT_EQ(GrpcStatusFromHttp(status), StatusCode::kUnknown) << status;
+  }
+  // Not the inverse of the OmniRelay HTTP table.
+  EXPECT_NE(GrpcStatusFromHttp(400), FromHttpStatus(400));
+}
+
 TEST(StatusTest, ErrorCodeTravelsWithTheStatus) {
-  Status status = MakeStatus(StatusCode::kResourceExhausted, "all peers busy", "peer-pool-exhausted");
+  Status status =
+      MakeStatus(StatusCode::kResourceExhausted, "all peers busy", "peer-pool-exhausted");
   EXPECT_EQ(status.code(), StatusCode::kResourceExhausted);
   EXPECT_EQ(status.message(), "all peers busy");
   EXPECT_EQ(ErrorCode(status), "peer-pool-exhausted");

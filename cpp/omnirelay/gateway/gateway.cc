@@ -734,13 +734,21 @@ absl::Status Gateway::Impl::Build() {
     if (cc.tls)
       cluster->credentials = tls::GrpcChannelCredentials(tls_.value_or(tls::TlsOptions{}));
     if (!cc.registry.empty()) {
+      // https:// = TLS with the node's options (CA to verify the registry,
+      // certificate for mTLS); the scheme was stripped by the config loader.
+      std::optional<tls::TlsOptions> registry_tls;
+      if (cc.registry_tls) {
+        registry_tls = tls_.value_or(tls::TlsOptions{});
+        registry_tls->client_auth = tls::ClientAuth::kNone;
+      }
       auto client = samples::RegistryClient::Create(
-          cc.registry,
+          (cc.registry_tls ? "https://" : "") + cc.registry,
           std::min<std::chrono::milliseconds>(
               std::chrono::seconds(1),
               std::max<std::chrono::milliseconds>(
                   std::chrono::milliseconds(200),
-                  std::chrono::duration_cast<std::chrono::milliseconds>(cc.refresh_interval))));
+                  std::chrono::duration_cast<std::chrono::milliseconds>(cc.refresh_interval))),
+          registry_tls);
       if (!client.ok()) {
         return absl::InvalidArgumentError("omniRelay.gateway.clusters." + name +
                                           ".registry: " + std::string(client.status().message()));

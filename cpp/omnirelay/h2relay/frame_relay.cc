@@ -104,27 +104,6 @@ std::string PercentEncode(std::string_view s) {
   return out;
 }
 
-// gRPC's mapping of an HTTP status without grpc-status.
-absl::StatusCode FromHttpStatus(int status) {
-  switch (status) {
-    case 400:
-      return absl::StatusCode::kInternal;
-    case 401:
-      return absl::StatusCode::kUnauthenticated;
-    case 403:
-      return absl::StatusCode::kPermissionDenied;
-    case 404:
-      return absl::StatusCode::kUnimplemented;
-    case 429:
-    case 502:
-    case 503:
-    case 504:
-      return absl::StatusCode::kUnavailable;
-    default:
-      return absl::StatusCode::kUnknown;
-  }
-}
-
 absl::StatusCode FromResetCode(uint32_t code) {
   switch (code) {
     case NGHTTP2_REFUSED_STREAM:
@@ -1177,7 +1156,8 @@ int UpHeader(nghttp2_session* session, const nghttp2_frame* frame, const uint8_t
 
 absl::StatusCode UpstreamOutcome(const Call* call) {
   if (call->upstream_status) return *call->upstream_status;
-  if (call->http_status != 0 && call->http_status != 200) return FromHttpStatus(call->http_status);
+  if (call->http_status != 0 && call->http_status != 200)
+    return core::GrpcStatusFromHttp(call->http_status);
   return absl::StatusCode::kUnknown;
 }
 
@@ -1198,7 +1178,7 @@ int UpFrameRecv(nghttp2_session* session, const nghttp2_frame* frame, void* user
       if (call->response_final) return 0;  // we already answered (deadline)
       if (end && !call->upstream_status && call->http_status != 200) {
         // A non-gRPC error reply: give the client a gRPC status.
-        auto code = FromHttpStatus(call->http_status);
+        auto code = core::GrpcStatusFromHttp(call->http_status);
         call->upstream_status = code;
         call->http_status = 200;
         call->response_headers.Add("content-type", "application/grpc");

@@ -6,25 +6,9 @@
 // other test.
 #include <gtest/gtest.h>
 
-#include <cstdlib>
-#include <new>
-
 #include "omnirelay/peers/test_util.h"
 
-namespace {
-thread_local std::uint64_t tls_allocations = 0;
-}  // namespace
-
-void* operator new(std::size_t size) {
-  ++tls_allocations;
-  if (void* p = std::malloc(size == 0 ? 1 : size)) return p;
-  throw std::bad_alloc();
-}
-void* operator new[](std::size_t size) { return operator new(size); }
-void operator delete(void* p) noexcept { std::free(p); }
-void operator delete[](void* p) noexcept { std::free(p); }
-void operator delete(void* p, std::size_t) noexcept { std::free(p); }
-void operator delete[](void* p, std::size_t) noexcept { std::free(p); }
+OMNIRELAY_PEERS_COUNT_ALLOCATIONS();
 
 namespace omnirelay::peers {
 namespace {
@@ -59,15 +43,15 @@ TEST_P(HotPathAllocationTest, AcquireReleaseAllocatesNothing) {
     }
   };
   cycle(20000);  // warm-up: cells, histogram rows, snapshot cache
-  const std::uint64_t before = tls_allocations;
+  const std::uint64_t before = testing::thread_allocations;
   cycle(20000);
-  EXPECT_EQ(tls_allocations - before, 0u) << "allocations on the acquire+release path";
+  EXPECT_EQ(testing::thread_allocations - before, 0u) << "allocations on the acquire+release path";
   // The counter works (a check that could not fail would prove nothing).
-  const std::uint64_t probe = tls_allocations;
+  const std::uint64_t probe = testing::thread_allocations;
   // (An explicit call: a new-expression paired with delete may be elided.)
   void* p = ::operator new(sizeof(int));
   ::operator delete(p);
-  EXPECT_EQ(tls_allocations - probe, 1u);
+  EXPECT_EQ(testing::thread_allocations - probe, 1u);
 }
 
 INSTANTIATE_TEST_SUITE_P(Choosers, HotPathAllocationTest,

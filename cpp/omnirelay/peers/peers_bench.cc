@@ -19,30 +19,16 @@
 // statistics cells and histogram rows are amortised to ~0).
 #include <benchmark/benchmark.h>
 
-#include <cstdlib>
 #include <map>
 #include <memory>
 #include <mutex>
-#include <new>
 #include <string>
 #include <vector>
 
 #include "omnirelay/peers/coordinator.h"
+#include "omnirelay/peers/test_util.h"
 
-namespace {
-thread_local std::uint64_t tls_allocations = 0;
-}  // namespace
-
-void* operator new(std::size_t size) {
-  ++tls_allocations;
-  if (void* p = std::malloc(size == 0 ? 1 : size)) return p;
-  throw std::bad_alloc();
-}
-void* operator new[](std::size_t size) { return operator new(size); }
-void operator delete(void* p) noexcept { std::free(p); }
-void operator delete[](void* p) noexcept { std::free(p); }
-void operator delete(void* p, std::size_t) noexcept { std::free(p); }
-void operator delete[](void* p, std::size_t) noexcept { std::free(p); }
+OMNIRELAY_PEERS_COUNT_ALLOCATIONS();
 
 namespace omnirelay::peers {
 namespace {
@@ -52,11 +38,13 @@ using namespace std::chrono_literals;
 // Allocations made by this thread during the timed loop, per iteration.
 class AllocationCounter {
  public:
-  explicit AllocationCounter(benchmark::State& state) : state_(state), start_(tls_allocations) {}
+  explicit AllocationCounter(benchmark::State& state)
+      : state_(state), start_(testing::thread_allocations) {}
   ~AllocationCounter() {
-    state_.counters["allocs/op"] = benchmark::Counter(
-        static_cast<double>(tls_allocations - start_) / static_cast<double>(state_.iterations()),
-        benchmark::Counter::kAvgThreads);
+    state_.counters["allocs/op"] =
+        benchmark::Counter(static_cast<double>(testing::thread_allocations - start_) /
+                               static_cast<double>(state_.iterations()),
+                           benchmark::Counter::kAvgThreads);
   }
 
  private:

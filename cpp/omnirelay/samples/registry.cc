@@ -5,6 +5,7 @@
 #include <nlohmann/json.hpp>
 
 #include "omnirelay/core/logging.h"
+#include "omnirelay/tls/tls.h"
 
 namespace omnirelay::samples {
 namespace {
@@ -78,7 +79,11 @@ std::string InstancesToJson(const std::vector<Instance>& instances) {
 
 RegistryServer::RegistryServer(http::HttpServerOptions http_options, RegistryOptions options,
                                std::shared_ptr<core::Clock> clock)
-    : registry_(options, std::move(clock)), server_(std::move(http_options)) {
+    : registry_(options, std::move(clock)),
+      verifies_client_certificates_(http_options.tls != nullptr &&
+                                    http_options.tls->options().client_auth !=
+                                        tls::ClientAuth::kNone),
+      server_(std::move(http_options)) {
   server_.Route("POST", "/register", [this](const http::HttpRequest& request) {
     if (auto denied = Unauthorized(request)) return std::move(*denied);
     const json body = json::parse(request.body, nullptr, /*allow_exceptions=*/false);
@@ -117,20 +122,37 @@ RegistryServer::RegistryServer(http::HttpServerOptions http_options, RegistryOpt
 
 std::optional<http::HttpResponse> RegistryServer::Unauthorized(
     const http::HttpRequest& request) const {
+  if (registry_.options().allow_unauthenticated) return std::nullopt;
+  // Only a certificate that verified against the listener's CA gets here
+  // non-empty (tls::PeerOf), so its presence is the authentication.
+  if (!request.peer.empty()) return std::nullopt;
   const std::string& token = registry_.options().token;
-  if (token.empty()) return std::nullopt;
   const std::string_view auth = request.headers.Get("authorization").value_or("");
-  if (auth.size() == token.size() + 7 && auth.starts_with("Bearer ") &&
+  if (!token.empty() && auth.size() == token.size() + 7 && auth.starts_with("Bearer ") &&
       CRYPTO_memcmp(auth.data() + 7, token.data(), token.size()) == 0) {
     return std::nullopt;
   }
   core::LogWarn("registry.unauthorized", {{"remote", request.remote_address}});
-  auto response = JsonError(401, "registrations need Authorization: Bearer <registry token>");
+  auto response = JsonError(
+      401, "registrations need Authorization: Bearer <registry token> or a client certificate");
   response.headers.Set("www-authenticate", "Bearer realm=\"omnirelay-registry\"");
   return response;
 }
 
-absl::Status RegistryServer::Start() { return server_.Start(); }
+absl::Status RegistryServer::Start() {
+  if (registry_.options().token.empty() && !verifies_client_certificates_ &&
+      !registry_.options().allow_unauthenticated) {
+    return absl::FailedPreconditionError(
+        "registrations would be unauthenticated: give a registry token (--token-file) or "
+        "require client certificates (--tls-client-cert require), or pass "
+        "--insecure-allow-unauthenticated for a local demo");
+  }
+  if (registry_.options().allow_unauthenticated) {
+    core::LogWarn("registry.unauthenticated",
+                  {{"hint", "anyone who reaches the port can register instances"}});
+  }
+  return server_.Start();
+}
 
 void RegistryServer::Stop() { server_.Stop(); }
 

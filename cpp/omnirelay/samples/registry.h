@@ -41,10 +41,17 @@ struct RegistryOptions {
   // How long an entry lives without a heartbeat. Workers heartbeat every
   // second by default, so 5 s tolerates four lost heartbeats.
   core::Duration ttl = std::chrono::seconds(5);
-  // When set, POST /register and /unregister need `Authorization: Bearer
-  // <token>` (401 otherwise), so only holders of the token file can put an
-  // instance into the gateway's rotation. GET /instances stays open.
+  // POST /register and /unregister are authenticated (401 otherwise), so only
+  // holders of the token file or of a certificate from the registry's CA can
+  // put an instance into the gateway's rotation. GET /instances stays open.
+  // A request is authenticated by `Authorization: Bearer <token>` when a
+  // token is set, or by a client certificate the TLS listener verified
+  // against its CA (mTLS).
   std::string token{};
+  // Lets anyone who reaches the port register (local demos only). Without it
+  // RegistryServer::Start refuses to run with neither a token nor a TLS
+  // listener that requires client certificates.
+  bool allow_unauthenticated = false;
 };
 
 class InstanceRegistry {
@@ -74,8 +81,11 @@ class InstanceRegistry {
 // Serves an InstanceRegistry over HTTP (see the top of this file).
 class RegistryServer {
  public:
+  // TLS when `http_options.tls` is set (see RegistryOptions for mTLS).
   RegistryServer(http::HttpServerOptions http_options, RegistryOptions options = {},
                  std::shared_ptr<core::Clock> clock = nullptr);
+  // FAILED_PRECONDITION when registrations would be unauthenticated (no
+  // token, no verified client certificates, no allow_unauthenticated).
   absl::Status Start();
   void Stop();
   std::string address() const { return server_.address(); }
@@ -85,6 +95,7 @@ class RegistryServer {
  private:
   std::optional<http::HttpResponse> Unauthorized(const http::HttpRequest& request) const;
   InstanceRegistry registry_;
+  bool verifies_client_certificates_ = false;
   http::HttpServer server_;
 };
 

@@ -35,11 +35,40 @@ absl::StatusOr<std::pair<std::string, uint16_t>> SplitHostPort(std::string_view 
 }
 
 absl::StatusOr<RegistryClient> RegistryClient::Create(std::string_view address,
-                                                      std::chrono::milliseconds timeout) {
-  auto split = SplitHostPort(address);
-  if (!split.ok()) return split.status();
-  if (split->second == 0) return absl::InvalidArgumentError("registry port must not be 0");
-  return RegistryClient(split->first, split->second, timeout);
+                                                      std::chrono::milliseconds timeout,
+                                                      const std::optional<tls::TlsOptions>& tls) {
+  auto parsed = core::ParseHostPort(address);
+  if (!parsed.ok()) return parsed.status();
+  if (parsed->port == 0) return absl::InvalidArgumentError("registry port must not be 0");
+  if (!parsed->scheme.empty() && parsed->scheme != "http" && parsed->scheme != "https") {
+    return absl::InvalidArgumentError("registry '" + std::string(address) +
+                                      "': scheme must be http:// or https://");
+  }
+  std::shared_ptr<tls::ContextSource> source;
+  if (parsed->tls()) {
+    // https:// is TLS or an error, never plaintext. Without options the
+    // server is verified against the system store.
+    auto created = tls::ContextSource::Create(tls.value_or(tls::TlsOptions{}), tls::Role::kClient);
+    if (!created.ok()) {
+      return absl::InvalidArgumentError("registry '" + std::string(address) +
+                                        "': " + std::string(created.status().message()));
+    }
+    source = std::move(*created);
+  }
+  return RegistryClient(parsed->host, parsed->port, timeout, std::move(source));
+}
+
+absl::StatusOr<http::HttpClientResult> RegistryClient::Call(const std::string& method,
+                                                            const std::string& target,
+                                                            const std::string& body,
+                                                            const core::Headers& headers) const {
+  auto result = http::HttpCall(host_, port_, method, target, body, headers, timeout_, tls_.get());
+  if (!result.ok()) {
+    return absl::UnavailableError(std::string(tls_ ? "registry https://" : "registry ") + host_ +
+                                  ":" + std::to_string(port_) + ": " +
+                                  std::string(result.status().message()));
+  }
+  return result;
 }
 
 absl::StatusOr<std::string> RegistryClient::Post(const std::string& path,
@@ -47,11 +76,8 @@ absl::StatusOr<std::string> RegistryClient::Post(const std::string& path,
   core::Headers headers;
   headers.Set("Content-Type", "application/json");
   if (!token_.empty()) headers.Set("Authorization", "Bearer " + token_);
-  auto result = http::HttpCall(host_, port_, "POST", path, body, headers, timeout_);
-  if (!result.ok()) {
-    return absl::UnavailableError("registry " + host_ + ":" + std::to_string(port_) + ": " +
-                                  std::string(result.status().message()));
-  }
+  auto result = Call("POST", path, body, headers);
+  if (!result.ok()) return result.status();
   if (result->status != 200) {
     return absl::InternalError("registry " + path + " answered " + std::to_string(result->status) +
                                ": " + result->body);
@@ -72,11 +98,8 @@ absl::Status RegistryClient::Unregister(std::string_view id) const {
 absl::StatusOr<std::vector<Instance>> RegistryClient::List(std::string_view role) const {
   std::string target = "/instances";
   if (!role.empty()) target += "?role=" + UrlEncode(role);
-  auto result = http::HttpCall(host_, port_, "GET", target, {}, {}, timeout_);
-  if (!result.ok()) {
-    return absl::UnavailableError("registry " + host_ + ":" + std::to_string(port_) + ": " +
-                                  std::string(result.status().message()));
-  }
+  auto result = Call("GET", target, {}, {});
+  if (!result.ok()) return result.status();
   if (result->status != 200) {
     return absl::InternalError("registry /instances answered " + std::to_string(result->status));
   }

@@ -2,7 +2,16 @@
 // Client of the instance registry (registry.h), used by workers to announce
 // themselves and by the gateway to refresh its cluster.
 //
-// Every call is one blocking HTTP/1.1 request bounded by `timeout`. Errors:
+// Every call is one blocking HTTP/1.1 request bounded by `timeout`.
+//
+// The address's scheme decides the transport (core/address.h): `https://`
+// is always TLS: the registry's certificate must chain to the CA of `tls`
+// (the system store when no `tls` is given) and match the host, and the
+// client presents tls's certificate when it has one (mTLS); a failed
+// handshake is UNAVAILABLE naming why, never a plaintext retry. `http://` or
+// no scheme is plaintext. Any other scheme is INVALID_ARGUMENT.
+//
+// Errors:
 // UNAVAILABLE when the registry cannot be reached, INTERNAL for an
 // unexpected reply (non-200 or malformed JSON).
 // Thread-safety: RegistryClient is immutable; calls are thread-safe.
@@ -13,22 +22,28 @@
 // poll fails, so a registry restart does not empty the cluster.
 #include <chrono>
 #include <condition_variable>
+#include <memory>
 #include <mutex>
+#include <optional>
 #include <string>
 #include <string_view>
 #include <thread>
 #include <vector>
 
 #include "omnirelay/core/status.h"
+#include "omnirelay/http/http_server.h"
 #include "omnirelay/samples/registry.h"
+#include "omnirelay/tls/tls.h"
 
 namespace omnirelay::samples {
 
 class RegistryClient {
  public:
-  // `address` is "host:port". INVALID_ARGUMENT if it does not parse.
+  // `address` is "[http://|https://]host:port". INVALID_ARGUMENT if it does
+  // not parse or `tls` does not load.
   static absl::StatusOr<RegistryClient> Create(
-      std::string_view address, std::chrono::milliseconds timeout = std::chrono::seconds(2));
+      std::string_view address, std::chrono::milliseconds timeout = std::chrono::seconds(2),
+      const std::optional<tls::TlsOptions>& tls = std::nullopt);
 
   absl::Status Register(const Instance& instance) const;
   // Refreshes the TTL; identical to Register (an upsert) by design.
@@ -43,16 +58,23 @@ class RegistryClient {
 
   const std::string& host() const { return host_; }
   uint16_t port() const { return port_; }
+  // Whether calls use TLS (an https:// address).
+  bool secure() const { return tls_ != nullptr; }
 
  private:
-  RegistryClient(std::string host, uint16_t port, std::chrono::milliseconds timeout)
-      : host_(std::move(host)), port_(port), timeout_(timeout) {}
+  RegistryClient(std::string host, uint16_t port, std::chrono::milliseconds timeout,
+                 std::shared_ptr<tls::ContextSource> tls)
+      : host_(std::move(host)), port_(port), timeout_(timeout), tls_(std::move(tls)) {}
+  absl::StatusOr<http::HttpClientResult> Call(const std::string& method, const std::string& target,
+                                              const std::string& body,
+                                              const core::Headers& headers) const;
   absl::StatusOr<std::string> Post(const std::string& path, const std::string& body) const;
 
   std::string host_;
   uint16_t port_;
   std::chrono::milliseconds timeout_;
   std::string token_;
+  std::shared_ptr<tls::ContextSource> tls_;  // set = https; shared by copies (reloads files)
 };
 
 // Keeps one instance registered: registers on Start(), heartbeats every

@@ -13,6 +13,17 @@ namespace {
 using std::chrono::milliseconds;
 using std::chrono::seconds;
 
+// Registrations are always authenticated (RegistryServer::Start refuses
+// otherwise); these tests use a bearer token.
+constexpr char kToken[] = "registry-test-token-0123456789abcdef";
+
+absl::StatusOr<RegistryClient> TokenClient(const std::string& address,
+                                           std::chrono::milliseconds timeout = seconds(2)) {
+  auto client = RegistryClient::Create(address, timeout);
+  if (client.ok()) client->set_token(kToken);
+  return client;
+}
+
 TEST(InstanceRegistryTest, RegisterListUnregister) {
   auto clock = std::make_shared<core::ManualClock>();
   InstanceRegistry registry({.ttl = seconds(5)}, clock);
@@ -51,9 +62,10 @@ TEST(InstanceRegistryTest, EntriesExpireUnlessRefreshed) {
 
 TEST(RegistryServerTest, ClientTalksToServerOverHttp) {
   auto clock = std::make_shared<core::ManualClock>();
-  RegistryServer server({.host = "127.0.0.1", .port = 0, .threads = 1}, {.ttl = seconds(5)}, clock);
+  RegistryServer server({.host = "127.0.0.1", .port = 0, .threads = 1},
+                        {.ttl = seconds(5), .token = kToken}, clock);
   ASSERT_TRUE(server.Start().ok());
-  auto client = RegistryClient::Create(server.address());
+  auto client = TokenClient(server.address());
   ASSERT_TRUE(client.ok()) << client.status();
 
   ASSERT_TRUE(client->Register({"w1", "127.0.0.1:5001", "worker"}).ok());
@@ -73,15 +85,17 @@ TEST(RegistryServerTest, ClientTalksToServerOverHttp) {
   EXPECT_TRUE(client->List("worker")->empty());
 
   // Malformed requests are refused with 400 and leave the table unchanged.
-  auto bad = http::HttpCall("127.0.0.1", server.port(), "POST", "/register", "{not json");
+  core::Headers auth;
+  auth.Set("Authorization", std::string("Bearer ") + kToken);
+  auto bad = http::HttpCall("127.0.0.1", server.port(), "POST", "/register", "{not json", auth);
   ASSERT_TRUE(bad.ok());
   EXPECT_EQ(bad->status, 400);
   auto missing = http::HttpCall("127.0.0.1", server.port(), "POST", "/register",
-                                R"({"id":"x","address":"","role":"worker"})");
+                                R"({"id":"x","address":"","role":"worker"})", auth);
   ASSERT_TRUE(missing.ok());
   EXPECT_EQ(missing->status, 400);
   auto wrong_type = http::HttpCall("127.0.0.1", server.port(), "POST", "/register",
-                                   R"({"id":1,"address":"a:1","role":"worker"})");
+                                   R"({"id":1,"address":"a:1","role":"worker"})", auth);
   ASSERT_TRUE(wrong_type.ok());
   EXPECT_EQ(wrong_type->status, 400);
   EXPECT_TRUE(client->List()->empty());
@@ -92,9 +106,10 @@ TEST(RegistryServerTest, ClientTalksToServerOverHttp) {
 }
 
 TEST(RegistrationLoopTest, RegistersHeartbeatsAndUnregisters) {
-  RegistryServer server({.host = "127.0.0.1", .port = 0, .threads = 1}, {.ttl = milliseconds(300)});
+  RegistryServer server({.host = "127.0.0.1", .port = 0, .threads = 1},
+                        {.ttl = milliseconds(300), .token = kToken});
   ASSERT_TRUE(server.Start().ok());
-  auto client = RegistryClient::Create(server.address());
+  auto client = TokenClient(server.address());
   ASSERT_TRUE(client.ok());
   {
     RegistrationLoop loop(*client, {"w1", "127.0.0.1:7000", "worker"}, milliseconds(50));
@@ -113,17 +128,17 @@ TEST(RegistrationLoopTest, JoinsWhenRegistryComesUpLater) {
   // Reserve a port, then release it for the registry started later.
   uint16_t port = 0;
   {
-    RegistryServer probe({.host = "127.0.0.1", .port = 0});
+    RegistryServer probe({.host = "127.0.0.1", .port = 0}, {.token = kToken});
     ASSERT_TRUE(probe.Start().ok());
     port = probe.port();
     probe.Stop();
   }
   const std::string address = "127.0.0.1:" + std::to_string(port);
-  auto client = RegistryClient::Create(address, milliseconds(500));
+  auto client = TokenClient(address, milliseconds(500));
   ASSERT_TRUE(client.ok());
   RegistrationLoop loop(*client, {"w1", "127.0.0.1:7000", "worker"}, milliseconds(50));
   EXPECT_FALSE(loop.Start().ok());
-  RegistryServer server({.host = "127.0.0.1", .port = port});
+  RegistryServer server({.host = "127.0.0.1", .port = port}, {.token = kToken});
   ASSERT_TRUE(server.Start().ok());
   bool joined = false;
   for (int i = 0; i < 100 && !joined; ++i) {

@@ -395,9 +395,22 @@ void AddOutgoingMetadata(grpc::ClientContext& ctx, const core::RequestMeta& meta
     ctx.AddMetadata("rpc-routing-delegate", meta.routing_delegate);
 }
 
-absl::Status FromGrpc(const grpc::Status& status, const grpc::ClientContext& ctx) {
+}  // namespace
+
+absl::Status UnrequestedCancelIsUnavailable(absl::Status status, bool cancelled_by_caller) {
+  if (cancelled_by_caller || status.code() != absl::StatusCode::kCancelled) return status;
+  return absl::UnavailableError("backend cancelled the call (shutting down): " +
+                                std::string(status.message()));
+}
+
+namespace {
+
+// `cancelled_by_caller`: this side called TryCancel on the call.
+absl::Status FromGrpc(const grpc::Status& status, const grpc::ClientContext& ctx,
+                      bool cancelled_by_caller) {
   absl::Status out(static_cast<absl::StatusCode>(status.error_code()),
                    core::ToAbsl(status.error_message()));
+  out = UnrequestedCancelIsUnavailable(std::move(out), cancelled_by_caller);
   const auto& trailers = ctx.GetServerTrailingMetadata();
   if (auto it = trailers.find("rpc-error-code"); it != trailers.end()) {
     out = core::WithErrorCode(std::move(out), View(it->second));
@@ -415,7 +428,11 @@ absl::Status FromGrpc(const grpc::Status& status, const grpc::ClientContext& ctx
 class OutboundUnaryCall final : public Tag {
  public:
   void Proceed(bool ok) override {
-    pool->Release(lease, static_cast<absl::StatusCode>(status.error_code()));
+    // The peer's outcome as the caller sees it: a backend cancelling calls
+    // while it shuts down counts as a failing peer (UNAVAILABLE).
+    pool->Release(lease, status.error_code() == grpc::StatusCode::CANCELLED
+                             ? absl::StatusCode::kUnavailable
+                             : static_cast<absl::StatusCode>(status.error_code()));
     if (status.ok()) {
       dispatcher::Response result;
       for (const auto& [k, v] : ctx.GetServerInitialMetadata()) {
@@ -424,7 +441,9 @@ class OutboundUnaryCall final : public Tag {
       result.body = ToString(response);
       done(std::move(result));
     } else {
-      done(FromGrpc(status, ctx));
+      // A unary outbound call is never cancelled from this side (deadlines
+      // end as DEADLINE_EXCEEDED), so any CANCELLED came from the backend.
+      done(FromGrpc(status, ctx, /*cancelled_by_caller=*/false));
     }
     delete this;
   }
@@ -445,7 +464,7 @@ class GrpcOutboundStream final : public dispatcher::OutboundStream {
       : pool_(std::move(pool)), lease_(lease), path_(std::move(path)) {}
   ~GrpcOutboundStream() override {
     if (!finished_) {
-      ctx_.TryCancel();
+      Cancel();
       Finish().IgnoreError();
     }
   }
@@ -467,17 +486,21 @@ class GrpcOutboundStream final : public dispatcher::OutboundStream {
     if (finished_) return final_;
     finished_ = true;
     grpc::Status status = stream_->Finish();
-    final_ = FromGrpc(status, ctx_);
+    final_ = FromGrpc(status, ctx_, cancelled_.load(std::memory_order_acquire));
     pool_->Release(lease_, final_.code());
     return final_;
   }
-  void Cancel() override { ctx_.TryCancel(); }
+  void Cancel() override {
+    cancelled_.store(true, std::memory_order_release);
+    ctx_.TryCancel();
+  }
   grpc::ClientContext& ctx() { return ctx_; }
 
  private:
   std::shared_ptr<PeerPool> pool_;
   PeerLease lease_;
   std::string path_;
+  std::atomic<bool> cancelled_{false};  // Cancel() ran (may be another thread than Finish)
   grpc::ClientContext ctx_;
   std::unique_ptr<grpc::ClientReaderWriter<grpc::ByteBuffer, grpc::ByteBuffer>> stream_;
   bool finished_ = false;

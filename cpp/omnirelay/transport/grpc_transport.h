@@ -158,4 +158,12 @@ std::string GrpcTarget(const std::string& endpoint);
 // True for "https://..." endpoints (TLS); everything else is plaintext.
 bool IsTlsEndpoint(const std::string& endpoint);
 
+// The status a forwarded call reports when the backend ended it with
+// CANCELLED although the caller (this side) did not cancel it: that is
+// grpc::Server::Shutdown cancelling the calls a draining backend still held,
+// i.e. the backend going away, so UNAVAILABLE (retryable, a peer failure)
+// with the message kept, as the gateway treats it. A CANCELLED the caller
+// asked for, and every other status, pass through unchanged.
+absl::Status UnrequestedCancelIsUnavailable(absl::Status status, bool cancelled_by_caller);
+
 }  // namespace omnirelay::transport

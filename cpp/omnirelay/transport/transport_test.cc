@@ -1,11 +1,13 @@
 // The transports end to end, in process: a real gRPC server (GrpcInbound) and
 // HTTP server (HttpInbound) in front of a dispatcher, called through the real
 // GrpcOutbound / HttpOutbound and raw clients. Built into the sanitizer stages.
+#include <grpcpp/generic/async_generic_service.h>
 #include <grpcpp/generic/generic_stub.h>
 #include <grpcpp/grpcpp.h>
 #include <gtest/gtest.h>
 
 #include <future>
+#include <mutex>
 #include <thread>
 
 #include "omnirelay/core/metrics.h"
@@ -281,6 +283,132 @@ TEST_F(HttpTransportTest, MalformedRpcHeadersAre400NamingTheHeader) {
     EXPECT_NE(reply.body.find(expected), std::string::npos) << reply.body;
     EXPECT_EQ(reply.headers.Get("rpc-status"), "INVALID_ARGUMENT");
   }
+}
+
+// A backend that holds every call until it is cancelled on the server side,
+// as a draining node's grpc::Server does to the calls it still holds when its
+// grace period ends (the client then sees CANCELLED it never asked for).
+class HoldingService final : public grpc::CallbackGenericService {
+ public:
+  grpc::ServerGenericBidiReactor* CreateReactor(
+      grpc::GenericCallbackServerContext* context) override {
+    class Reactor final : public grpc::ServerGenericBidiReactor {
+     public:
+      Reactor(HoldingService* service, grpc::GenericCallbackServerContext* context)
+          : service_(service), context_(context) {
+        StartRead(&request_);
+      }
+      void OnReadDone(bool) override {
+        std::lock_guard<std::mutex> lock(service_->mu);
+        service_->held.push_back(context_);
+      }
+      void OnCancel() override { Finish(grpc::Status(grpc::StatusCode::CANCELLED, "held")); }
+      void OnDone() override {
+        std::lock_guard<std::mutex> lock(service_->mu);
+        std::erase(service_->held, context_);
+        delete this;
+      }
+
+     private:
+      HoldingService* service_;
+      grpc::GenericCallbackServerContext* context_;
+      grpc::ByteBuffer request_;
+    };
+    return new Reactor(this, context);
+  }
+  // Server-side cancel of every held call; returns how many there were.
+  size_t CancelHeld() {
+    std::lock_guard<std::mutex> lock(mu);
+    for (auto* context : held) context->TryCancel();
+    return held.size();
+  }
+  std::mutex mu;
+  std::vector<grpc::GenericCallbackServerContext*> held;
+};
+
+class GrpcOutboundCancelTest : public ::testing::Test {
+ protected:
+  void SetUp() override {
+    grpc::ServerBuilder builder;
+    builder.AddListeningPort("127.0.0.1:0", grpc::InsecureServerCredentials(), &port_);
+    builder.RegisterCallbackGenericService(&service_);
+    server_ = builder.BuildAndStart();
+    ASSERT_TRUE(server_ && port_ > 0);
+    GrpcOutboundOptions options;
+    options.name = "held";
+    options.service = "test.Svc";
+    outbound_ = std::make_unique<GrpcOutbound>(
+        options, PoolFor("127.0.0.1:" + std::to_string(port_)), core::SystemClock::Shared());
+    ASSERT_TRUE(outbound_->Start().ok());
+  }
+  void TearDown() override {
+    outbound_->Stop();
+    server_->Shutdown(std::chrono::system_clock::now());
+  }
+  // Starts one call and waits (bounded) until the backend holds it.
+  std::future<absl::StatusOr<dispatcher::Response>> StartHeldCall() {
+    dispatcher::Request request;
+    request.meta.service = "test.Svc";
+    request.meta.procedure = "Echo";
+    request.meta.time_to_live = std::chrono::seconds(30);
+    auto promise = std::make_shared<std::promise<absl::StatusOr<dispatcher::Response>>>();
+    auto future = promise->get_future();
+    outbound_->CallUnary(std::move(request), [promise](absl::StatusOr<dispatcher::Response> r) {
+      promise->set_value(std::move(r));
+    });
+    for (int i = 0; i < 500; ++i) {  // up to 10 s on a loaded machine
+      {
+        std::lock_guard<std::mutex> lock(service_.mu);
+        if (!service_.held.empty()) break;
+      }
+      std::this_thread::sleep_for(std::chrono::milliseconds(20));
+    }
+    return future;
+  }
+
+  HoldingService service_;
+  int port_ = 0;
+  std::unique_ptr<grpc::Server> server_;
+  std::unique_ptr<GrpcOutbound> outbound_;
+};
+
+TEST_F(GrpcOutboundCancelTest, BackendCancellingACallIsUnavailableToTheCaller) {
+  auto future = StartHeldCall();
+  ASSERT_EQ(service_.CancelHeld(), 1u);
+  ASSERT_EQ(future.wait_for(std::chrono::seconds(20)), std::future_status::ready);
+  const auto result = future.get();
+  EXPECT_EQ(result.status().code(), absl::StatusCode::kUnavailable) << result.status();
+  EXPECT_NE(result.status().message().find("backend cancelled the call"), std::string_view::npos)
+      << result.status();
+}
+
+TEST_F(GrpcOutboundCancelTest, BackendShutdownCancellingACallIsUnavailable) {
+  auto future = StartHeldCall();
+  server_->Shutdown(std::chrono::system_clock::now());  // cancels the held call
+  ASSERT_EQ(future.wait_for(std::chrono::seconds(20)), std::future_status::ready);
+  EXPECT_EQ(future.get().status().code(), absl::StatusCode::kUnavailable);
+}
+
+TEST(UnrequestedCancelTest, OnlyAnUnrequestedCancelBecomesUnavailable) {
+  const absl::Status cancelled = absl::CancelledError("Cancelled");
+  EXPECT_EQ(UnrequestedCancelIsUnavailable(cancelled, false).code(),
+            absl::StatusCode::kUnavailable);
+  EXPECT_EQ(UnrequestedCancelIsUnavailable(cancelled, true).code(), absl::StatusCode::kCancelled);
+  for (const absl::Status& other :
+       {absl::OkStatus(), absl::DeadlineExceededError("late"), absl::ResourceExhaustedError("busy"),
+        absl::UnavailableError("down")}) {
+    EXPECT_EQ(UnrequestedCancelIsUnavailable(other, false), other);
+  }
+}
+
+TEST_F(GrpcTransportTest, StreamTheCallerCancelledStaysCancelled) {
+  core::RequestMeta meta;
+  meta.service = "test.Svc";
+  meta.procedure = "Chat";
+  auto stream = outbound_->OpenStream(meta);
+  ASSERT_TRUE(stream.ok()) << stream.status();
+  (*stream)->Cancel();
+  EXPECT_EQ((*stream)->Finish().code(), absl::StatusCode::kCancelled);
 }
 
 TEST(TransportUtilTest, ApplyRpcHeadersIsStrict) {
