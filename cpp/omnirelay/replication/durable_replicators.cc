@@ -78,7 +78,7 @@ absl::Status BatchingReplicator::Flush() {
   auto done = [&] {
     if (!status_.write_error.ok()) return true;
     for (const auto& [q, pos] : target) {
-      if (status_.queues[q].durable < pos.published) return false;
+      if (status_.queues[q].delivered < pos.published) return false;
     }
     return true;
   };

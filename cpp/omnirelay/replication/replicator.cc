@@ -38,6 +38,7 @@ void ReplicatorBase::SeedLocked(const std::string& queue, std::uint64_t last) {
   auto& pos = status_.queues[queue];
   pos.published = std::max(pos.published, last);
   pos.durable = std::max(pos.durable, last);
+  pos.delivered = std::max(pos.delivered, last);
 }
 
 void ReplicatorBase::WhenDurable(std::string_view queue, std::uint64_t sequence,
@@ -93,6 +94,14 @@ void ReplicatorBase::CommitDone(std::span<const ReplicationEvent> batch) {
       status_.last_sink_error = sink->name() + ": " + std::string(s.message());
     }
   }
+  {
+    std::lock_guard lock(mu_);
+    for (const auto& e : batch) {
+      auto& pos = status_.queues[e.queue];
+      pos.delivered = std::max(pos.delivered, e.sequence);
+    }
+  }
+  cv_.notify_all();
 }
 
 void ReplicatorBase::WriteFailed(absl::Status error) {
@@ -275,6 +284,7 @@ ReplicatorStatus CompositeReplicator::Status() const {
       if (!inserted) {
         it->second.published = std::min(it->second.published, pos.published);
         it->second.durable = std::min(it->second.durable, pos.durable);
+        it->second.delivered = std::min(it->second.delivered, pos.delivered);
       }
     }
   }

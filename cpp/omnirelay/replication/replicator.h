@@ -72,6 +72,7 @@ using EventVisitor = std::function<absl::Status(const ReplicationEvent&)>;
 struct QueuePosition {
   std::uint64_t published = 0;  // highest sequence accepted by Publish
   std::uint64_t durable = 0;    // highest sequence durable in the log
+  std::uint64_t delivered = 0;  // highest sequence handed to every sink
 };
 
 struct ReplicatorStatus {
@@ -92,7 +93,8 @@ class Replicator {
   virtual absl::Status Publish(ReplicationEvent event) = 0;
   virtual void WhenDurable(std::string_view queue, std::uint64_t sequence,
                            DurableCallback done) = 0;
-  // Blocks until everything published so far is durable (OK) or failed.
+  // Blocks until everything published so far is durable and delivered to
+  // the sinks (OK), or the log failed (its error).
   virtual absl::Status Flush() = 0;
   // Highest durable sequence of `queue` (0: none).
   virtual absl::StatusOr<std::uint64_t> LastSequence(std::string_view queue) = 0;
