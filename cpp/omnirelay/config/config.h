@@ -221,12 +221,34 @@ struct ResourceLeaseQueueConfig {
   int completed_retention = 100000;
 };
 
+// Replication of every queue mutation (docs/replication.md):
+// `omniRelay.resourceLease.replication`.
+struct ResourceLeaseDeterministicConfig {
+  std::string kind;  // sqlite | file | memory | none; "" = matches the log's kind
+  std::string path;  // "" = next to the log: <path>-effects.db | <path>-effects/
+  std::string change_id = "resourcelease.{queue}";
+  std::string effect_id_format = "{changeId}/seq/{n}";
+};
+
+struct ResourceLeaseReplicationConfig {
+  std::string kind = "sqlite";  // sqlite | file | memory
+  std::string path;             // sqlite: database file; file: segment directory
+  // Mutating procedures answer only after their events are durable (and the
+  // SQLite log fsyncs each commit).
+  bool durable_ack = true;
+  std::string shard;  // tags events shard.id
+  std::string table = "lease_events";
+  int max_batch = 8192;
+  ResourceLeaseDeterministicConfig deterministic;
+};
+
 struct ResourceLeaseConfig {
   core::Duration max_lease_wait = std::chrono::seconds(30);  // cap of a lease long poll
   // Flip the node's rate limiter (middleware.rateLimit / .backpressure) while
   // any queue is under backpressure.
   bool throttle_node = true;
   std::map<std::string, ResourceLeaseQueueConfig> namespaces;  // never empty once parsed
+  std::optional<ResourceLeaseReplicationConfig> replication;
 };
 
 // Leadership (issue 11, docs/leadership.md): the coordination store this

@@ -11,6 +11,7 @@
 #include "omnirelay/core/logging.h"
 #include "omnirelay/mesh/mesh_metrics.h"
 #include "omnirelay/mesh/peer_feed.h"
+#include "omnirelay/node/replication_wiring.h"
 #include "omnirelay/resourcelease/service.h"
 #include "omnirelay/tls/grpc_credentials.h"
 
@@ -278,6 +279,11 @@ absl::Status Node::BuildResourceLease() {
   if (!config_.resource_lease) return absl::OkStatus();
   const auto& rl = *config_.resource_lease;
   backpressure_diag_ = std::make_shared<resourcelease::BackpressureDiagnostics>();
+  if (rl.replication) {
+    auto replication = ResourceLeaseReplication::Create(*rl.replication, clock_, metrics_);
+    if (!replication.ok()) return replication.status();
+    replication_ = std::move(*replication);
+  }
   for (const auto& [name, q] : rl.namespaces) {
     resourcelease::QueueOptions options{
         .name = name,
@@ -312,8 +318,15 @@ absl::Status Node::BuildResourceLease() {
                    {"node.rateLimit", any ? "backpressure" : "normal"}});
       });
     }
-    if (auto s = resourcelease::RegisterProcedures(*dispatcher_, *queue,
-                                                   {.max_lease_wait = rl.max_lease_wait}, clock_);
+    // Replays the log into the fresh queue before it serves (docs/replication.md).
+    if (replication_) {
+      if (auto s = replication_->Attach(**queue); !s.ok()) return s;
+    }
+    if (auto s = resourcelease::RegisterProcedures(
+            *dispatcher_, *queue,
+            {.max_lease_wait = rl.max_lease_wait,
+             .await_durable = replication_ ? replication_->AwaitDurable(name) : nullptr},
+            clock_);
         !s.ok()) {
       return s;
     }
@@ -391,6 +404,14 @@ void Node::AddResourceLeaseRoutes(http::HttpServer& server) {
                  }
                };
                return response;
+             });
+  AdminRoute(server, "GET", "/omnirelay/control/replication/checkpoint",
+             [this](const http::HttpRequest&) {
+               if (!replication_) {
+                 return http::HttpResponse::Json(
+                     404, R"({"error":"resourceLease.replication is not configured"})");
+               }
+               return http::HttpResponse::Json(200, replication_->Checkpoints().dump());
              });
   AdminRoute(server, "GET", "/omnirelay/control/resourcelease", [this](const http::HttpRequest&) {
     return http::HttpResponse::Json(200,
@@ -615,6 +636,7 @@ void Node::Stop() {
   if (gateway_) gateway_->Stop();
   if (leadership_) leadership_->Stop();  // resigns: successors take over at once
   dispatcher_->Stop();
+  if (replication_) replication_->Close();              // writes what is buffered
   if (backpressure_diag_) backpressure_diag_->Close();  // ends SSE streams
   if (admin_) admin_->Stop();
 }

@@ -19,6 +19,7 @@
 //   GET  /omnirelay/control/backpressure/stream   transitions as Server-Sent Events
 //   GET  /omnirelay/control/resourcelease         queue stats per namespace
 //   GET  /omnirelay/control/resourcelease/health  queue health probe (503 when drained)
+//   GET  /omnirelay/control/replication/checkpoint replication positions per sink/shard
 //   GET  /omnirelay/control/leaders       every observed scope: leader, fencing token,
 //                                         lease expiry, this node's candidacy (leadership on)
 //   POST /omnirelay/control/promote?scope=S&node=N   hand scope S over to node N
@@ -141,6 +142,8 @@ class Node {
   std::unique_ptr<gateway::Gateway> gateway_;  // gateway mode (config `gateway`)
   std::map<std::string, std::shared_ptr<resourcelease::Queue>> queues_;
   std::shared_ptr<resourcelease::BackpressureDiagnostics> backpressure_diag_;
+  // ResourceLease replication (config resourceLease.replication), null without it.
+  std::unique_ptr<class ResourceLeaseReplication> replication_;
   std::mutex throttle_mu_;                  // orders rate-limiter flips from several queues
   std::map<std::string, bool> throttling_;  // namespace -> under backpressure
   // Mesh (config `mesh`): the Gossip service's transport, the membership
