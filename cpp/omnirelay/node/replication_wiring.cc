@@ -170,7 +170,8 @@ nlohmann::json ResourceLeaseReplication::Checkpoints() const {
         {"sinkFailures", status.sink_failures},
         {"lastSinkError", status.last_sink_error},
         {"batches", status.batches},
-        {"eventsWritten", status.events_written}}},
+        {"eventsWritten", status.events_written},
+        {"writerCpuUs", status.writer_cpu_us}}},
       {"sinks", sinks},
       {"replay", replays}};
   if (coordinator_) {

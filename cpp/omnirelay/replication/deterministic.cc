@@ -441,11 +441,9 @@ DeterministicRecord DeterministicCoordinator::RecordOf(const ReplicationEvent& e
   r.effect_id = EffectId(event);
   r.kind = event.op;
   r.version = options_.version;
-  // The replay flag is about delivery, not the effect: records of a live
-  // event and of its replay are identical.
-  ReplicationEvent clean = event;
-  clean.metadata.erase(kReplayTag);
-  r.payload = EncodeJson(clean);
+  // EncodeJson leaves out the replay flag (delivery, not effect): records of
+  // a live event and of its replay are identical.
+  r.payload = EncodeJson(event);
   r.recorded_at_us = ToUnixMicros(clock_->Now());
   return r;
 }

@@ -2,6 +2,7 @@
 
 #include <zlib.h>
 
+#include <charconv>
 #include <cstdio>
 #include <tuple>
 
@@ -13,10 +14,6 @@ namespace omnirelay::replication {
 namespace {
 
 using nlohmann::json;
-
-// Dumps without throwing: invalid UTF-8 in a string (possible only through
-// the C++ API; the RPC surface validates UTF-8) is replaced, not an abort.
-std::string Dump(const json& j) { return j.dump(-1, ' ', false, json::error_handler_t::replace); }
 
 absl::Status Malformed(std::string_view what) {
   return absl::DataLossError("malformed replication event: " + std::string(what));
@@ -139,35 +136,172 @@ ReplicationEvent FromMutation(std::string_view queue, const resourcelease::Mutat
   return e;
 }
 
+namespace {
+
+// Length of the valid UTF-8 sequence at s[i] (lead byte >= 0x80), 0 if invalid.
+size_t Utf8Length(std::string_view s, size_t i) {
+  const auto at = [&](size_t k) { return static_cast<unsigned char>(s[k]); };
+  const unsigned char c = at(i);
+  size_t len;
+  unsigned char lo = 0x80, hi = 0xBF;  // range of the second byte
+  if (c >= 0xC2 && c <= 0xDF) {
+    len = 2;
+  } else if (c >= 0xE0 && c <= 0xEF) {
+    len = 3;
+    if (c == 0xE0) lo = 0xA0;
+    if (c == 0xED) hi = 0x9F;
+  } else if (c >= 0xF0 && c <= 0xF4) {
+    len = 4;
+    if (c == 0xF0) lo = 0x90;
+    if (c == 0xF4) hi = 0x8F;
+  } else {
+    return 0;
+  }
+  if (i + len > s.size()) return 0;
+  if (at(i + 1) < lo || at(i + 1) > hi) return 0;
+  for (size_t k = 2; k < len; ++k) {
+    if (at(i + k) < 0x80 || at(i + k) > 0xBF) return 0;
+  }
+  return len;
+}
+
+// A JSON string exactly as nlohmann's dump(-1, ' ', false, replace) writes it:
+// UTF-8 kept, `"` `\` and control characters escaped (\u00xx lower-case),
+// each invalid byte replaced by U+FFFD (the log must always parse back).
+void AppendString(std::string& out, std::string_view s) {
+  out += '"';
+  for (size_t i = 0; i < s.size();) {
+    const auto c = static_cast<unsigned char>(s[i]);
+    if (c >= 0x80) {
+      const size_t len = Utf8Length(s, i);
+      if (len == 0) {
+        out += "\xEF\xBF\xBD";
+        ++i;
+      } else {
+        out.append(s.data() + i, len);
+        i += len;
+      }
+      continue;
+    }
+    switch (c) {
+      case '"':
+        out += "\\\"";
+        break;
+      case '\\':
+        out += "\\\\";
+        break;
+      case '\b':
+        out += "\\b";
+        break;
+      case '\f':
+        out += "\\f";
+        break;
+      case '\n':
+        out += "\\n";
+        break;
+      case '\r':
+        out += "\\r";
+        break;
+      case '\t':
+        out += "\\t";
+        break;
+      default:
+        if (c < 0x20) {
+          char buf[8];
+          std::snprintf(buf, sizeof buf, "\\u%04x", c);
+          out += buf;
+        } else {
+          out += static_cast<char>(c);
+        }
+    }
+    ++i;
+  }
+  out += '"';
+}
+
+template <typename Int>
+void AppendInt(std::string& out, Int v) {
+  char buf[24];
+  auto [end, ec] = std::to_chars(buf, buf + sizeof buf, v);
+  out.append(buf, end);
+}
+
+// Writes `"key":` with a leading comma after the first member.
+void Key(std::string& out, bool& first, std::string_view key) {
+  if (!first) out += ',';
+  first = false;
+  out += '"';
+  out += key;
+  out += "\":";
+}
+
+// Metadata as stored: lease.replay is about one delivery, not the event, and
+// is never encoded (a replayed event encodes exactly like the live one).
+bool HasStoredMetadata(const std::map<std::string, std::string>& m) {
+  return !m.empty() && !(m.size() == 1 && m.begin()->first == kReplayTag);
+}
+
+void AppendMap(std::string& out, const std::map<std::string, std::string>& m,
+               bool skip_replay = false) {
+  out += '{';
+  bool first = true;
+  for (const auto& [k, v] : m) {
+    if (skip_replay && k == kReplayTag) continue;
+    if (!first) out += ',';
+    first = false;
+    AppendString(out, k);
+    out += ':';
+    AppendString(out, v);
+  }
+  out += '}';
+}
+
+}  // namespace
+
 std::string EncodeJson(const ReplicationEvent& e) {
-  // nlohmann's object is a std::map: keys come out sorted, so the same event
-  // always encodes to the same bytes (the checksum depends on it).
-  json j = {{"queue", e.queue},
-            {"sequence", e.sequence},
-            {"op", e.op},
-            {"itemId", e.item_id},
-            {"occurredAtUs", e.occurred_at_us}};
-  if (!e.shard_id.empty()) j["shardId"] = e.shard_id;
-  if (e.fencing_token != 0) j["fencingToken"] = e.fencing_token;
-  if (!e.owner.empty()) j["owner"] = e.owner;
-  if (!e.principal.empty()) j["principal"] = e.principal;
-  if (!e.request_id.empty()) j["requestId"] = e.request_id;
-  if (e.attempt != 0) j["attempt"] = e.attempt;
-  if (e.expires_at_us != 0) j["expiresAtUs"] = e.expires_at_us;
-  if (!e.reason.empty()) j["reason"] = e.reason;
-  if (!e.metadata.empty()) j["metadata"] = e.metadata;
+  // Canonical form, written by hand on the log's hot path (the tree-building
+  // JSON library cost several times more): keys in sorted order, compact,
+  // optional fields only when set. The same event always gives the same bytes
+  // (the checksum covers them); the result is what nlohmann's compact dump of
+  // the same object gives (tested), so any JSON tool reads it.
+  std::string out;
+  out.reserve(256 + (e.payload ? e.payload->body.size() * 4 / 3 : 0));
+  bool first = true;
+  out += '{';
+  if (e.attempt != 0) Key(out, first, "attempt"), AppendInt(out, e.attempt);
+  if (e.expires_at_us != 0) Key(out, first, "expiresAtUs"), AppendInt(out, e.expires_at_us);
+  if (e.fencing_token != 0) Key(out, first, "fencingToken"), AppendInt(out, e.fencing_token);
+  Key(out, first, "itemId"), AppendInt(out, e.item_id);
+  if (HasStoredMetadata(e.metadata)) {
+    Key(out, first, "metadata"), AppendMap(out, e.metadata, /*skip_replay=*/true);
+  }
+  Key(out, first, "occurredAtUs"), AppendInt(out, e.occurred_at_us);
+  Key(out, first, "op"), AppendString(out, e.op);
+  if (!e.owner.empty()) Key(out, first, "owner"), AppendString(out, e.owner);
   if (e.payload) {
     const auto& p = *e.payload;
-    json pj = {{"resourceType", p.resource_type},
-               {"resourceId", p.resource_id},
-               {"requestId", p.request_id},
-               {"priority", p.priority}};
-    if (!p.partition_key.empty()) pj["partitionKey"] = p.partition_key;
-    if (!p.attributes.empty()) pj["attributes"] = p.attributes;
-    if (!p.body.empty()) pj["body"] = absl::Base64Escape(p.body);
-    j["payload"] = std::move(pj);
+    Key(out, first, "payload");
+    out += '{';
+    bool pfirst = true;
+    if (!p.attributes.empty()) Key(out, pfirst, "attributes"), AppendMap(out, p.attributes);
+    if (!p.body.empty()) Key(out, pfirst, "body"), AppendString(out, absl::Base64Escape(p.body));
+    if (!p.partition_key.empty()) {
+      Key(out, pfirst, "partitionKey"), AppendString(out, p.partition_key);
+    }
+    Key(out, pfirst, "priority"), AppendInt(out, p.priority);
+    Key(out, pfirst, "requestId"), AppendString(out, p.request_id);
+    Key(out, pfirst, "resourceId"), AppendString(out, p.resource_id);
+    Key(out, pfirst, "resourceType"), AppendString(out, p.resource_type);
+    out += '}';
   }
-  return Dump(j);
+  if (!e.principal.empty()) Key(out, first, "principal"), AppendString(out, e.principal);
+  Key(out, first, "queue"), AppendString(out, e.queue);
+  if (!e.reason.empty()) Key(out, first, "reason"), AppendString(out, e.reason);
+  if (!e.request_id.empty()) Key(out, first, "requestId"), AppendString(out, e.request_id);
+  Key(out, first, "sequence"), AppendInt(out, e.sequence);
+  if (!e.shard_id.empty()) Key(out, first, "shardId"), AppendString(out, e.shard_id);
+  out += '}';
+  return out;
 }
 
 absl::StatusOr<ReplicationEvent> DecodeJson(std::string_view text) {

@@ -55,6 +55,8 @@ struct ReplicationEvent {
 // Builds the event of one queue mutation (copies what the event keeps).
 ReplicationEvent FromMutation(std::string_view queue, const resourcelease::MutationEvent& m);
 
+// Canonical JSON; metadata lease.replay is never encoded (it describes one
+// delivery, not the event).
 std::string EncodeJson(const ReplicationEvent& event);
 // DataLoss on malformed JSON or a missing/mistyped field.
 absl::StatusOr<ReplicationEvent> DecodeJson(std::string_view json);

@@ -2,6 +2,8 @@
 
 #include <gtest/gtest.h>
 
+#include "absl/strings/escaping.h"
+#include "nlohmann/json.hpp"
 #include "omnirelay/replication/test_util.h"
 
 namespace omnirelay::replication {
@@ -23,6 +25,81 @@ TEST(ReplicationEvent, JsonRoundTripKeepsEveryField) {
   ASSERT_TRUE(back.ok()) << back.status();
   EXPECT_EQ(*back, e);
   EXPECT_EQ(back->payload->body, std::string("\x00\x01 body \xff", 10));
+}
+
+// The same object through nlohmann (sorted keys, compact): the hand-written
+// encoder must produce exactly these bytes.
+std::string ReferenceJson(const ReplicationEvent& e) {
+  nlohmann::json j = {{"queue", e.queue},
+                      {"sequence", e.sequence},
+                      {"op", e.op},
+                      {"itemId", e.item_id},
+                      {"occurredAtUs", e.occurred_at_us}};
+  if (!e.shard_id.empty()) j["shardId"] = e.shard_id;
+  if (e.fencing_token != 0) j["fencingToken"] = e.fencing_token;
+  if (!e.owner.empty()) j["owner"] = e.owner;
+  if (!e.principal.empty()) j["principal"] = e.principal;
+  if (!e.request_id.empty()) j["requestId"] = e.request_id;
+  if (e.attempt != 0) j["attempt"] = e.attempt;
+  if (e.expires_at_us != 0) j["expiresAtUs"] = e.expires_at_us;
+  if (!e.reason.empty()) j["reason"] = e.reason;
+  if (!e.metadata.empty()) j["metadata"] = e.metadata;
+  if (e.payload) {
+    const auto& p = *e.payload;
+    nlohmann::json pj = {{"resourceType", p.resource_type},
+                         {"resourceId", p.resource_id},
+                         {"requestId", p.request_id},
+                         {"priority", p.priority}};
+    if (!p.partition_key.empty()) pj["partitionKey"] = p.partition_key;
+    if (!p.attributes.empty()) pj["attributes"] = p.attributes;
+    if (!p.body.empty()) pj["body"] = absl::Base64Escape(p.body);
+    j["payload"] = std::move(pj);
+  }
+  return j.dump(-1, ' ', false, nlohmann::json::error_handler_t::replace);
+}
+
+TEST(ReplicationEvent, EncoderMatchesTheReferenceJson) {
+  ReplicationEvent plain = MakeEvent("q", 1);
+  ReplicationEvent full = MakeEvent("billing", 99);
+  full.shard_id = "users";
+  full.metadata = {{kShardTag, "users"}, {"x", "quote\" and \\ backslash"}};
+  full.fencing_token = 18446744073709551615ull;
+  full.owner = "w\n\t\x01\x1f";
+  full.principal = "caf\xc3\xa9 \xe2\x82\xac \xf0\x9f\x98\x80";  // é € 😀
+  full.attempt = -3;
+  full.expires_at_us = -5;
+  full.reason = "\b\f\r";
+  full.payload->partition_key = "p";
+  ReplicationEvent lease = MakeEvent("q", 2, "lease");
+  lease.owner = "w";
+  for (const auto* e : {&plain, &full, &lease}) {
+    EXPECT_EQ(EncodeJson(*e), ReferenceJson(*e));
+    auto back = DecodeJson(EncodeJson(*e));
+    ASSERT_TRUE(back.ok()) << back.status();
+    EXPECT_EQ(*back, *e);
+  }
+}
+
+TEST(ReplicationEvent, InvalidUtf8IsReplacedSoTheLogAlwaysParses) {
+  ReplicationEvent e = MakeEvent("q", 3);
+  e.reason = std::string("bad \xff\xc3 end \xed\xa0\x80");  // stray, truncated, surrogate
+  const std::string json = EncodeJson(e);
+  auto back = DecodeJson(json);
+  ASSERT_TRUE(back.ok()) << back.status();
+  EXPECT_EQ(back->reason.substr(0, 4), "bad ");
+  EXPECT_NE(back->reason.find("\xEF\xBF\xBD"), std::string::npos);
+  EXPECT_EQ(json, ReferenceJson(e));
+}
+
+TEST(ReplicationEvent, TheReplayFlagIsNotPartOfTheEncoding) {
+  ReplicationEvent live = MakeEvent("q", 4);
+  ReplicationEvent replayed = live;
+  replayed.metadata[kReplayTag] = "true";
+  EXPECT_TRUE(replayed.replay());
+  EXPECT_EQ(EncodeJson(replayed), EncodeJson(live));
+  replayed.metadata[kShardTag] = "s";
+  live.metadata[kShardTag] = "s";
+  EXPECT_EQ(EncodeJson(replayed), EncodeJson(live));
 }
 
 TEST(ReplicationEvent, EncodingIsCanonical) {
