@@ -199,3 +199,69 @@ def test_a_corrupted_log_stops_the_node_with_the_position(tmp_path):
         start(tmp_path, cfg, name="repl-corrupt")
     message = str(failed.value)
     assert "sequence 4" in message and "checksum" in message, message
+
+
+def hub_config(tmp_path, port, name="hub"):
+    section = {
+        "service": name,
+        "inbounds": {"grpc": {"address": f"127.0.0.1:{port}"}},
+        "admin": {"address": "127.0.0.1:0"},
+        "replicationHub": {"path": str(tmp_path / "hub.db")},
+    }
+    path = tmp_path / f"{name}.json"
+    path.write_text(json.dumps({"omniRelay": section}))
+    return path
+
+
+def test_hub_partition_stops_acks_and_the_node_catches_up_and_recovers_from_the_hub(tmp_path):
+    from omnirelay.harness.ports import PortAllocator
+
+    port = PortAllocator().allocate()
+    hub = start(tmp_path, hub_config(tmp_path, port), name="hub")
+    cfg = config(tmp_path, {"kind": "grpc", "hub": f"127.0.0.1:{port}", "durableAck": True},
+                 name="node")
+    node = start(tmp_path, cfg, name="node")
+    try:
+        client = ResourceLeaseClient(node.http, transport="http", principal="w", timeout=3)
+        for i in range(30):
+            client.enqueue("table", f"t{i}", b"x", request_id=f"h-{i}")
+        durable = node.get_json("/omnirelay/control/replication/checkpoint")
+        assert durable["replicator"]["kind"] == "grpc"
+        assert durable["replicator"]["queues"]["default"]["durable"] == 30
+
+        # Partition: the hub dies. Enqueues are applied but not acknowledged.
+        hub.stop(signal.SIGKILL)
+        with pytest.raises(errors.OmniRelayError) as refused:
+            client.enqueue("table", "t-p", b"x", request_id="h-partition")
+        assert refused.value.error_code == "replication-write-failed", refused.value
+
+        # Heal: the hub restarts on the same address with its log; the node's
+        # buffered event is sent and acknowledgements resume.
+        hub = start(tmp_path, hub_config(tmp_path, port), name="hub2")
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline:
+            cp = node.get_json("/omnirelay/control/replication/checkpoint")
+            if cp["replicator"]["queues"]["default"]["durable"] == 31:
+                break
+            time.sleep(0.05)
+        assert cp["replicator"]["queues"]["default"]["durable"] == 31, cp
+        assert cp["replicator"]["writeError"] is None
+        client.enqueue("table", "t-after", b"x", request_id="h-after")
+    finally:
+        node.stop(signal.SIGKILL)
+
+    # The node's own state is gone; it recovers from the hub's log.
+    node = start(tmp_path, cfg, name="node2")
+    try:
+        client = ResourceLeaseClient(node.http, transport="http", principal="w")
+        cp = node.get_json("/omnirelay/control/replication/checkpoint")
+        assert cp["replay"]["default"]["events"] == 32
+        leased = []
+        while (lease := client.lease(wait=0)) is not None:
+            leased.append(request_id_of(lease))
+            client.complete(lease)
+        expected = {f"h-{i}" for i in range(30)} | {"h-partition", "h-after"}
+        assert sorted(leased) == sorted(expected)
+    finally:
+        node.stop()
+        hub.stop()

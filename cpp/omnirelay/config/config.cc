@@ -918,15 +918,19 @@ void ParseResourceLease(const nlohmann::json& value, Errors& errors, NodeConfig&
     ro.Bool("enabled", rep_enabled);
     ro.String("kind", rc.kind);
     ro.String("path", rc.path);
+    ro.String("hub", rc.hub);
     ro.Bool("durableAck", rc.durable_ack);
     ro.String("shard", rc.shard);
     ro.String("table", rc.table);
     ro.Int("maxBatch", rc.max_batch, 1);
-    if (rc.kind != "sqlite" && rc.kind != "file" && rc.kind != "memory") {
-      errors.Add(path + ".kind", "must be sqlite, file or memory, got '" + rc.kind + "'");
+    if (rc.kind != "sqlite" && rc.kind != "file" && rc.kind != "memory" && rc.kind != "grpc") {
+      errors.Add(path + ".kind", "must be sqlite, file, memory or grpc, got '" + rc.kind + "'");
     }
-    if (rc.kind != "memory" && rc.path.empty()) {
+    if ((rc.kind == "sqlite" || rc.kind == "file") && rc.path.empty()) {
       errors.Add(path + ".path", "is required for kind " + rc.kind);
+    }
+    if (rc.kind == "grpc" && rc.hub.empty()) {
+      errors.Add(path + ".hub", "is required for kind grpc (host:port of the hub)");
     }
     if (const auto* det = ro.Get("deterministic"); det != nullptr && !det->is_null()) {
       Obj dobj(*det, path + ".deterministic", errors);
@@ -1158,6 +1162,13 @@ absl::StatusOr<NodeConfig> Parse(const nlohmann::json& root) {
     if (const auto* rl = top.Get("resourceLease"); rl != nullptr && !rl->is_null()) {
       ParseResourceLease(*rl, errors, config);
     }
+    if (const auto* hub = top.Get("replicationHub"); hub != nullptr && !hub->is_null()) {
+      NodeConfig::ReplicationHub h;
+      Obj ho(*hub, "omniRelay.replicationHub", errors);
+      ho.String("path", h.path);
+      if (h.path.empty()) errors.Add("omniRelay.replicationHub.path", "is required");
+      config.replication_hub = std::move(h);
+    }
     if (const auto* leadership = top.Get("leadership");
         leadership != nullptr && !leadership->is_null()) {
       LeadershipConfig parsed;
@@ -1338,6 +1349,7 @@ nlohmann::json ToJson(const NodeConfig& c) {
       out["resourceLease"]["replication"] = {
           {"kind", r->kind},
           {"path", r->path},
+          {"hub", r->hub},
           {"durableAck", r->durable_ack},
           {"shard", r->shard},
           {"table", r->table},

@@ -231,8 +231,9 @@ struct ResourceLeaseDeterministicConfig {
 };
 
 struct ResourceLeaseReplicationConfig {
-  std::string kind = "sqlite";  // sqlite | file | memory
+  std::string kind = "sqlite";  // sqlite | file | memory | grpc
   std::string path;             // sqlite: database file; file: segment directory
+  std::string hub;              // grpc: host:port of the replication hub
   // Mutating procedures answer only after their events are durable (and the
   // SQLite log fsyncs each commit).
   bool durable_ack = true;
@@ -323,6 +324,12 @@ struct NodeConfig {
   std::optional<GatewayConfig> gateway;
   std::optional<MeshConfig> mesh;  // `omniRelay.mesh`: membership on (needs a gRPC inbound)
   std::optional<ResourceLeaseConfig> resource_lease;
+  // The node serves the replication hub (omnirelay.replication.v1.Hub) on its
+  // gRPC inbound, persisting to its own SQLite log: `omniRelay.replicationHub`.
+  struct ReplicationHub {
+    std::string path;  // the hub's SQLite log
+  };
+  std::optional<ReplicationHub> replication_hub;
   std::optional<LeadershipConfig> leadership;  // `omniRelay.leadership`
   core::Duration drain_timeout = std::chrono::seconds(10);
 };

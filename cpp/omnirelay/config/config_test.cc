@@ -342,7 +342,7 @@ TEST(ConfigTest, ResourceLeaseReplicationBlockAndErrorsByKeyPath) {
   config = Parse(root);
   ASSERT_FALSE(config.ok());
   const std::string message(config.status().message());
-  EXPECT_NE(message.find("omniRelay.resourceLease.replication.kind: must be sqlite, file or memory"),
+  EXPECT_NE(message.find("omniRelay.resourceLease.replication.kind: must be sqlite, file, memory or grpc"),
             std::string::npos)
       << message;
   EXPECT_NE(message.find("omniRelay.resourceLease.replication.durableAck: must be true or false"),

@@ -12,6 +12,7 @@
 #include "omnirelay/mesh/mesh_metrics.h"
 #include "omnirelay/mesh/peer_feed.h"
 #include "omnirelay/node/replication_wiring.h"
+#include "omnirelay/replication/hub.h"
 #include "omnirelay/resourcelease/service.h"
 #include "omnirelay/tls/grpc_credentials.h"
 
@@ -458,6 +459,18 @@ absl::Status Node::Start() {
         .tls = tls_,
         .max_streams = config_.grpc->max_streams};
     if (gossip_service_) grpc_options.services.push_back(gossip_service_->service());
+    if (config_.replication_hub) {
+      // The replication hub (docs/replication.md) on the same gRPC listener.
+      auto log = replication::SqliteReplicator::Open({.path = config_.replication_hub->path},
+                                                     "hub");
+      if (!log.ok()) {
+        return absl::Status(log.status().code(), "omniRelay.replicationHub.path: " +
+                                                     std::string(log.status().message()));
+      }
+      hub_log_ = *log;
+      hub_service_ = std::make_unique<replication::HubService>(hub_log_);
+      grpc_options.services.push_back(hub_service_.get());
+    }
     grpc_ = std::make_unique<transport::GrpcInbound>(grpc_options, dispatcher_);
     if (auto s = grpc_->Start(); !s.ok()) return s;
     if (!frame_routes_.empty()) {
@@ -637,6 +650,7 @@ void Node::Stop() {
   if (leadership_) leadership_->Stop();  // resigns: successors take over at once
   dispatcher_->Stop();
   if (replication_) replication_->Close();              // writes what is buffered
+  if (hub_log_) hub_log_->Close();
   if (backpressure_diag_) backpressure_diag_->Close();  // ends SSE streams
   if (admin_) admin_->Stop();
 }

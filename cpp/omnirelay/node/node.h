@@ -62,6 +62,11 @@
 #include "omnirelay/transport/grpc_transport.h"
 #include "omnirelay/transport/http_transport.h"
 
+namespace omnirelay::replication {
+class SqliteReplicator;
+class HubService;
+}  // namespace omnirelay::replication
+
 namespace omnirelay::node {
 
 class Node {
@@ -136,6 +141,10 @@ class Node {
   std::map<std::string, std::shared_ptr<transport::PeerPool>> pools_;
   // Declared before grpc_ so the gRPC server that serves it goes first.
   std::unique_ptr<mesh::GossipService> gossip_service_;
+  // The replication hub this node serves (config replicationHub) and its log;
+  // before grpc_ for the same reason.
+  std::shared_ptr<replication::SqliteReplicator> hub_log_;
+  std::unique_ptr<replication::HubService> hub_service_;
   std::unique_ptr<transport::GrpcInbound> grpc_;
   std::unique_ptr<transport::HttpInbound> http_;
   std::unique_ptr<http::HttpServer> admin_;

@@ -2,6 +2,7 @@
 
 #include "omnirelay/core/logging.h"
 #include "omnirelay/replication/durable_replicators.h"
+#include "omnirelay/replication/hub.h"
 
 namespace omnirelay::node {
 
@@ -40,6 +41,10 @@ absl::StatusOr<std::unique_ptr<ResourceLeaseReplication>> ResourceLeaseReplicati
         {.root = config.path, .full_sync = config.durable_ack, .batch = batch});
     if (!log.ok()) return At("path", log.status());
     base = *log;
+  } else if (config.kind == "grpc") {
+    auto log = replication::GrpcHubReplicator::Open({.address = config.hub, .batch = batch});
+    if (!log.ok()) return At("hub", log.status());
+    base = *log;
   } else {
     base = std::make_shared<replication::MemoryReplicator>();
   }
@@ -48,7 +53,10 @@ absl::StatusOr<std::unique_ptr<ResourceLeaseReplication>> ResourceLeaseReplicati
                        : std::make_shared<replication::ShardedReplicator>(base, config.shard);
 
   const auto& det = config.deterministic;
-  const std::string kind = det.kind.empty() ? config.kind : det.kind;
+  // A hub client keeps no local files unless told where: memory by default.
+  const std::string kind = !det.kind.empty()       ? det.kind
+                           : config.kind == "grpc" ? "memory"
+                                                   : config.kind;
   std::shared_ptr<replication::DeterministicStateStore> store;
   if (kind == "sqlite") {
     const std::string path = det.path.empty() ? config.path + "-effects.db" : det.path;

@@ -42,9 +42,8 @@ grpc::Status HubService::Append(grpc::ServerContext*, const v1::AppendRequest* r
     for (int i = 0; i < request->lines_size(); ++i) {
       auto event = DecodeLine(request->lines(i));
       if (!event.ok()) {
-        return grpc::Status(grpc::StatusCode::DATA_LOSS,
-                            "line " + std::to_string(i) + ": " +
-                                std::string(event.status().message()));
+        return grpc::Status(grpc::StatusCode::DATA_LOSS, "line " + std::to_string(i) + ": " +
+                                                             std::string(event.status().message()));
       }
       auto& pos = status.queues[event->queue];
       if (event->sequence <= pos.published) {
@@ -76,7 +75,8 @@ grpc::Status HubService::Append(grpc::ServerContext*, const v1::AppendRequest* r
     }
     if (auto s = fut.get(); !s.ok()) return ToGrpc(s);
   }
-  for (const auto& [queue, pos] : log_->Status().queues) (*response->mutable_durable())[queue] = pos.durable;
+  for (const auto& [queue, pos] : log_->Status().queues)
+    (*response->mutable_durable())[queue] = pos.durable;
   response->set_appended(appended);
   response->set_duplicates(duplicates);
   return grpc::Status::OK;
@@ -135,8 +135,8 @@ absl::StatusOr<std::shared_ptr<GrpcHubReplicator>> GrpcHubReplicator::Open(
   // Reconnect quickly after a partition heals (the default backoff grows to 2 min).
   args.SetInt(GRPC_ARG_MAX_RECONNECT_BACKOFF_MS, 1000);
   args.SetInt(GRPC_ARG_INITIAL_RECONNECT_BACKOFF_MS, 100);
-  r->channel_ = grpc::CreateCustomChannel(r->options_.address, grpc::InsecureChannelCredentials(),
-                                          args);
+  r->channel_ =
+      grpc::CreateCustomChannel(r->options_.address, grpc::InsecureChannelCredentials(), args);
   r->stub_ = v1::Hub::NewStub(r->channel_);
   r->StartWriter();
   return r;
@@ -179,7 +179,11 @@ absl::Status GrpcHubReplicator::Read(std::string_view queue, std::uint64_t after
   request.set_queue(std::string(queue));
   request.set_after(after);
   grpc::ClientContext context;
+  // Waits for a hub that is still starting, but not forever: a node replaying
+  // at start fails with DEADLINE_EXCEEDED instead of hanging.
   context.set_wait_for_ready(true);
+  context.set_deadline(
+      Deadline(std::max<core::Duration>(options_.call_timeout * 12, std::chrono::minutes(10))));
   auto reader = stub_->Subscribe(&context, request);
   v1::EventLine line;
   std::uint64_t expect = after + 1;

@@ -22,8 +22,8 @@ struct Hub {
     log = *SqliteReplicator::Open({.path = db, .full_sync = false});
     service = std::make_unique<HubService>(log);
     grpc::ServerBuilder builder;
-    builder.AddListeningPort("127.0.0.1:" + std::to_string(port),
-                             grpc::InsecureServerCredentials(), &this->port);
+    builder.AddListeningPort("127.0.0.1:" + std::to_string(port), grpc::InsecureServerCredentials(),
+                             &this->port);
     builder.RegisterService(service.get());
     server = builder.BuildAndStart();
   }
@@ -118,8 +118,8 @@ TEST(ReplicationHub, CatchesUpInOrderAfterTheHubWasUnreachable) {
 TEST(ReplicationHub, ResentEventsAreSkippedAndGapsRefused) {
   TempDir dir;
   Hub hub(dir / "hub.db");
-  auto stub = v1::Hub::NewStub(
-      grpc::CreateChannel(hub.address(), grpc::InsecureChannelCredentials()));
+  auto stub =
+      v1::Hub::NewStub(grpc::CreateChannel(hub.address(), grpc::InsecureChannelCredentials()));
   auto append = [&](std::vector<std::uint64_t> seqs, v1::AppendResponse* out) {
     v1::AppendRequest req;
     for (auto s : seqs) req.add_lines(EncodeLine(MakeEvent("q", s)));
