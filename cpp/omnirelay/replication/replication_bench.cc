@@ -6,10 +6,17 @@
 //     acknowledgement latency p50/p99;
 //   * recovery: replay of a 1,000,000-event log through the checkpointing sink
 //     and the SQLite deterministic store, half of whose effects were recorded
-//     before the "crash" (time, effects skipped/recorded).
+//     before the "crash" (time, effects skipped/recorded);
+//   * hub catch-up: a node buffers REPLICATION_BENCH_CATCHUP events (default
+//     1000000) while its hub is down; time from the hub's return until all
+//     of them are durable in the hub's SQLite log.
 // Sizes: REPLICATION_BENCH_EVENTS (default 200000) for the throughput runs,
 // REPLICATION_BENCH_REPLAY (default 1000000) for the replay.
+#include <arpa/inet.h>
 #include <benchmark/benchmark.h>
+#include <netinet/in.h>
+#include <sys/socket.h>
+#include <unistd.h>
 
 #include <algorithm>
 #include <condition_variable>
@@ -20,6 +27,7 @@
 
 #include "omnirelay/replication/deterministic.h"
 #include "omnirelay/replication/durable_replicators.h"
+#include "omnirelay/replication/hub.h"
 #include "omnirelay/replication/recovery.h"
 #include "omnirelay/replication/test_util.h"
 
@@ -188,6 +196,56 @@ BENCHMARK(BM_ReplayThroughDeterministicStore)
     ->Iterations(1)
     ->Unit(benchmark::kMillisecond)
     ->UseRealTime();
+
+void BM_HubCatchUpAfterPartition(benchmark::State& state) {
+  const std::uint64_t n = EnvSize("REPLICATION_BENCH_CATCHUP", 1000000);
+  for (auto _ : state) {
+    state.PauseTiming();
+    testing::TempDir dir;
+    // A port for the hub: bind once to learn a free one, then give it back.
+    int port = 0;
+    {
+      const int fd = ::socket(AF_INET, SOCK_STREAM, 0);
+      sockaddr_in addr{};
+      addr.sin_family = AF_INET;
+      addr.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+      socklen_t len = sizeof addr;
+      if (::bind(fd, reinterpret_cast<sockaddr*>(&addr), sizeof addr) == 0 &&
+          ::getsockname(fd, reinterpret_cast<sockaddr*>(&addr), &len) == 0) {
+        port = ntohs(addr.sin_port);
+      }
+      ::close(fd);
+    }
+    if (port == 0) return state.SkipWithError("no free port");
+    auto client = GrpcHubReplicator::Open(
+        {.address = "127.0.0.1:" + std::to_string(port),
+         .call_timeout = std::chrono::seconds(30),
+         .batch = {.max_batch = 4096, .retry_interval = std::chrono::milliseconds(50)}});
+    if (!client.ok()) return state.SkipWithError("client");
+    for (std::uint64_t s = 1; s <= n; ++s) (void)(*client)->Publish(BenchEvent(s));
+    auto log = SqliteReplicator::Open({.path = dir / "hub.db", .full_sync = false});
+    auto service = std::make_unique<HubService>(*log);
+    state.ResumeTiming();
+    grpc::ServerBuilder builder;
+    builder.AddListeningPort("127.0.0.1:" + std::to_string(port),
+                             grpc::InsecureServerCredentials());
+    builder.SetMaxReceiveMessageSize(64 << 20);
+    builder.RegisterService(service.get());
+    auto server = builder.BuildAndStart();
+    while ((*client)->Status().queues["default"].durable < n) {
+      std::this_thread::sleep_for(std::chrono::milliseconds(5));
+    }
+    state.PauseTiming();
+    state.counters["hub_log_events"] = static_cast<double>(*(*log)->LastSequence("default"));
+    server->Shutdown();
+    (*client)->Close();
+    state.ResumeTiming();
+  }
+  state.counters["events/s"] =
+      benchmark::Counter(static_cast<double>(n) * static_cast<double>(state.iterations()),
+                         benchmark::Counter::kIsRate);
+}
+BENCHMARK(BM_HubCatchUpAfterPartition)->Iterations(1)->Unit(benchmark::kMillisecond)->UseRealTime();
 
 }  // namespace
 }  // namespace omnirelay::replication
