@@ -17,6 +17,8 @@ PACKAGES=(
   prometheus-cpp-dev nlohmann-json3-dev libyaml-cpp-dev libcli11-dev
   libspdlog-dev libfmt-dev libjwt-dev libsqlite3-dev
   libgtest-dev libgmock-dev libbenchmark-dev
+  # replication log checksums (CRC-32)
+  zlib1g-dev
   # Python: Debian's 3.11 with the packages the venv sees via --system-site-packages
   python3 python3-dev python3-venv python3-pip pybind11-dev
   python3-pytest python3-grpcio python3-protobuf python3-yaml python3-psutil

@@ -1003,6 +1003,42 @@ void ParseResourceLease(const nlohmann::json& value, Errors& errors, NodeConfig&
       }
     }
   }
+  if (const auto* rep = o.Get("replication"); rep != nullptr && !rep->is_null()) {
+    const std::string path = base + ".replication";
+    ResourceLeaseReplicationConfig rc;
+    Obj ro(*rep, path, errors);
+    bool rep_enabled = true;
+    ro.Bool("enabled", rep_enabled);
+    ro.String("kind", rc.kind);
+    ro.String("path", rc.path);
+    ro.String("hub", rc.hub);
+    ro.Bool("durableAck", rc.durable_ack);
+    ro.String("shard", rc.shard);
+    ro.String("table", rc.table);
+    ro.Int("maxBatch", rc.max_batch, 1);
+    if (rc.kind != "sqlite" && rc.kind != "file" && rc.kind != "memory" && rc.kind != "grpc") {
+      errors.Add(path + ".kind", "must be sqlite, file, memory or grpc, got '" + rc.kind + "'");
+    }
+    if ((rc.kind == "sqlite" || rc.kind == "file") && rc.path.empty()) {
+      errors.Add(path + ".path", "is required for kind " + rc.kind);
+    }
+    if (rc.kind == "grpc" && rc.hub.empty()) {
+      errors.Add(path + ".hub", "is required for kind grpc (host:port of the hub)");
+    }
+    if (const auto* det = ro.Get("deterministic"); det != nullptr && !det->is_null()) {
+      Obj dobj(*det, path + ".deterministic", errors);
+      dobj.String("kind", rc.deterministic.kind);
+      dobj.String("path", rc.deterministic.path);
+      dobj.String("changeId", rc.deterministic.change_id);
+      dobj.String("effectIdFormat", rc.deterministic.effect_id_format);
+      const std::string& k = rc.deterministic.kind;
+      if (!k.empty() && k != "sqlite" && k != "file" && k != "memory" && k != "none") {
+        errors.Add(path + ".deterministic.kind",
+                   "must be sqlite, file, memory or none, got '" + k + "'");
+      }
+    }
+    if (rep_enabled) rl.replication = std::move(rc);
+  }
   if (!enabled) return;
   if (rl.namespaces.empty()) rl.namespaces["default"] = ResourceLeaseQueueConfig{};
   config.resource_lease = std::move(rl);
@@ -1229,6 +1265,13 @@ absl::StatusOr<NodeConfig> Parse(const nlohmann::json& root) {
     if (const auto* rl = top.Get("resourceLease"); rl != nullptr && !rl->is_null()) {
       ParseResourceLease(*rl, errors, config);
     }
+    if (const auto* hub = top.Get("replicationHub"); hub != nullptr && !hub->is_null()) {
+      NodeConfig::ReplicationHub h;
+      Obj ho(*hub, "omniRelay.replicationHub", errors);
+      ho.String("path", h.path);
+      if (h.path.empty()) errors.Add("omniRelay.replicationHub.path", "is required");
+      config.replication_hub = std::move(h);
+    }
     if (const auto* leadership = top.Get("leadership");
         leadership != nullptr && !leadership->is_null()) {
       LeadershipConfig parsed;
@@ -1419,6 +1462,21 @@ nlohmann::json ToJson(const NodeConfig& c) {
     out["resourceLease"] = {{"maxLeaseWaitMs", ms(c.resource_lease->max_lease_wait)},
                             {"throttleNode", c.resource_lease->throttle_node},
                             {"namespaces", namespaces}};
+    if (const auto& r = c.resource_lease->replication) {
+      out["resourceLease"]["replication"] = {
+          {"kind", r->kind},
+          {"path", r->path},
+          {"hub", r->hub},
+          {"durableAck", r->durable_ack},
+          {"shard", r->shard},
+          {"table", r->table},
+          {"maxBatch", r->max_batch},
+          {"deterministic",
+           {{"kind", r->deterministic.kind},
+            {"path", r->deterministic.path},
+            {"changeId", r->deterministic.change_id},
+            {"effectIdFormat", r->deterministic.effect_id_format}}}};
+    }
   }
   if (c.gateway) {
     const auto& g = *c.gateway;

@@ -237,12 +237,35 @@ struct ResourceLeaseQueueConfig {
   int completed_retention = 100000;
 };
 
+// Replication of every queue mutation (docs/replication.md):
+// `omniRelay.resourceLease.replication`.
+struct ResourceLeaseDeterministicConfig {
+  std::string kind;  // sqlite | file | memory | none; "" = matches the log's kind
+  std::string path;  // "" = next to the log: <path>-effects.db | <path>-effects/
+  std::string change_id = "resourcelease.{queue}";
+  std::string effect_id_format = "{changeId}/seq/{n}";
+};
+
+struct ResourceLeaseReplicationConfig {
+  std::string kind = "sqlite";  // sqlite | file | memory | grpc
+  std::string path;             // sqlite: database file; file: segment directory
+  std::string hub;              // grpc: host:port of the replication hub
+  // Mutating procedures answer only after their events are durable (and the
+  // SQLite log fsyncs each commit).
+  bool durable_ack = true;
+  std::string shard;  // tags events shard.id
+  std::string table = "lease_events";
+  int max_batch = 8192;
+  ResourceLeaseDeterministicConfig deterministic;
+};
+
 struct ResourceLeaseConfig {
   core::Duration max_lease_wait = std::chrono::seconds(30);  // cap of a lease long poll
   // Flip the node's rate limiter (middleware.rateLimit / .backpressure) while
   // any queue is under backpressure.
   bool throttle_node = true;
   std::map<std::string, ResourceLeaseQueueConfig> namespaces;  // never empty once parsed
+  std::optional<ResourceLeaseReplicationConfig> replication;
 };
 
 // Leadership (issue 11, docs/leadership.md): the coordination store this
@@ -341,6 +364,12 @@ struct NodeConfig {
   std::optional<GatewayConfig> gateway;
   std::optional<MeshConfig> mesh;  // `omniRelay.mesh`: membership on (needs a gRPC inbound)
   std::optional<ResourceLeaseConfig> resource_lease;
+  // The node serves the replication hub (omnirelay.replication.v1.Hub) on its
+  // gRPC inbound, persisting to its own SQLite log: `omniRelay.replicationHub`.
+  struct ReplicationHub {
+    std::string path;  // the hub's SQLite log
+  };
+  std::optional<ReplicationHub> replication_hub;
   std::optional<LeadershipConfig> leadership;  // `omniRelay.leadership`
   std::optional<ShardsConfig> shards;          // `omniRelay.shards`
   core::Duration drain_timeout = std::chrono::seconds(10);

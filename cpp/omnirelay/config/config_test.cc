@@ -317,6 +317,49 @@ TEST(ConfigTest, ResourceLeaseNamespacesAndErrorsByKeyPath) {
   EXPECT_EQ(config->resource_lease->namespaces.count("default"), 1u) << "one default queue";
 }
 
+TEST(ConfigTest, ResourceLeaseReplicationBlockAndErrorsByKeyPath) {
+  auto root = Base();
+  root["omniRelay"]["resourceLease"] = nlohmann::json::parse(R"({
+    "replication": {"kind": "file", "path": "/tmp/segs", "durableAck": false, "shard": "users",
+                    "deterministic": {"kind": "sqlite", "changeId": "mesh.us-east"}}
+  })");
+  auto config = Parse(root);
+  ASSERT_TRUE(config.ok()) << config.status();
+  const auto& r = config->resource_lease->replication;
+  ASSERT_TRUE(r.has_value());
+  EXPECT_EQ(r->kind, "file");
+  EXPECT_EQ(r->path, "/tmp/segs");
+  EXPECT_FALSE(r->durable_ack);
+  EXPECT_EQ(r->shard, "users");
+  EXPECT_EQ(r->deterministic.kind, "sqlite");
+  EXPECT_EQ(r->deterministic.change_id, "mesh.us-east");
+  EXPECT_EQ(r->deterministic.effect_id_format, "{changeId}/seq/{n}");
+  EXPECT_EQ(ToJson(*config)["omniRelay"]["resourceLease"]["replication"]["shard"], "users");
+
+  root["omniRelay"]["resourceLease"] = nlohmann::json::parse(R"({
+    "replication": {"kind": "tape", "durableack": "maybe", "deterministic": {"kind": "redis"}}
+  })");
+  config = Parse(root);
+  ASSERT_FALSE(config.ok());
+  const std::string message(config.status().message());
+  EXPECT_NE(message.find("omniRelay.resourceLease.replication.kind: must be sqlite, file, memory or grpc"),
+            std::string::npos)
+      << message;
+  EXPECT_NE(message.find("omniRelay.resourceLease.replication.durableAck: must be true or false"),
+            std::string::npos)
+      << message;
+  EXPECT_NE(message.find("omniRelay.resourceLease.replication.deterministic.kind: must be"),
+            std::string::npos)
+      << message;
+
+  root["omniRelay"]["resourceLease"] = nlohmann::json::parse(R"({"replication": {}})");
+  config = Parse(root);
+  ASSERT_FALSE(config.ok());
+  EXPECT_NE(std::string(config.status().message())
+                .find("omniRelay.resourceLease.replication.path: is required for kind sqlite"),
+            std::string::npos);
+}
+
 TEST(LeadershipConfigTest, ParsesStoreScopesAndFastProfile) {
   auto root = Base();
   root["omniRelay"]["leadership"] = nlohmann::json::parse(R"({

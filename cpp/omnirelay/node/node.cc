@@ -13,6 +13,8 @@
 #include "omnirelay/core/logging.h"
 #include "omnirelay/mesh/mesh_metrics.h"
 #include "omnirelay/mesh/peer_feed.h"
+#include "omnirelay/node/replication_wiring.h"
+#include "omnirelay/replication/hub.h"
 #include "omnirelay/resourcelease/service.h"
 #include "omnirelay/shards/shard_outbound.h"
 #include "omnirelay/shards/strategy.h"
@@ -310,6 +312,11 @@ absl::Status Node::BuildResourceLease() {
   if (!config_.resource_lease) return absl::OkStatus();
   const auto& rl = *config_.resource_lease;
   backpressure_diag_ = std::make_shared<resourcelease::BackpressureDiagnostics>();
+  if (rl.replication) {
+    auto replication = ResourceLeaseReplication::Create(*rl.replication, clock_, metrics_);
+    if (!replication.ok()) return replication.status();
+    replication_ = std::move(*replication);
+  }
   for (const auto& [name, q] : rl.namespaces) {
     resourcelease::QueueOptions options{
         .name = name,
@@ -344,8 +351,15 @@ absl::Status Node::BuildResourceLease() {
                    {"node.rateLimit", any ? "backpressure" : "normal"}});
       });
     }
-    if (auto s = resourcelease::RegisterProcedures(*dispatcher_, *queue,
-                                                   {.max_lease_wait = rl.max_lease_wait}, clock_);
+    // Replays the log into the fresh queue before it serves (docs/replication.md).
+    if (replication_) {
+      if (auto s = replication_->Attach(**queue); !s.ok()) return s;
+    }
+    if (auto s = resourcelease::RegisterProcedures(
+            *dispatcher_, *queue,
+            {.max_lease_wait = rl.max_lease_wait,
+             .await_durable = replication_ ? replication_->AwaitDurable(name) : nullptr},
+            clock_);
         !s.ok()) {
       return s;
     }
@@ -424,6 +438,14 @@ void Node::AddResourceLeaseRoutes(http::HttpServer& server) {
                };
                return response;
              });
+  AdminRoute(server, "GET", "/omnirelay/control/replication/checkpoint",
+             [this](const http::HttpRequest&) {
+               if (!replication_) {
+                 return http::HttpResponse::Json(
+                     404, R"({"error":"resourceLease.replication is not configured"})");
+               }
+               return http::HttpResponse::Json(200, replication_->Checkpoints().dump());
+             });
   AdminRoute(server, "GET", "/omnirelay/control/resourcelease", [this](const http::HttpRequest&) {
     return http::HttpResponse::Json(200,
                                     nlohmann::json{{"namespaces", ResourceLeaseStats()}}.dump());
@@ -475,6 +497,18 @@ absl::Status Node::Start() {
           ControlAuth{.token = admin_token_,
                       .mtls_clients = tls_ && tls_->client_auth != tls::ClientAuth::kNone});
       grpc_options.services.push_back(control_service_->service());
+    }
+    if (config_.replication_hub) {
+      // The replication hub (docs/replication.md) on the same gRPC listener.
+      auto log = replication::SqliteReplicator::Open({.path = config_.replication_hub->path},
+                                                     "hub");
+      if (!log.ok()) {
+        return absl::Status(log.status().code(), "omniRelay.replicationHub.path: " +
+                                                     std::string(log.status().message()));
+      }
+      hub_log_ = *log;
+      hub_service_ = std::make_unique<replication::HubService>(hub_log_);
+      grpc_options.services.push_back(hub_service_.get());
     }
     grpc_ = std::make_unique<transport::GrpcInbound>(grpc_options, dispatcher_);
     if (auto s = grpc_->Start(); !s.ok()) return s;
@@ -712,6 +746,8 @@ void Node::Stop() {
   if (leadership_) leadership_->Stop();  // resigns: successors take over at once
   shard_watcher_.reset();
   dispatcher_->Stop();
+  if (replication_) replication_->Close();              // writes what is buffered
+  if (hub_log_) hub_log_->Close();
   if (backpressure_diag_) backpressure_diag_->Close();  // ends SSE streams
   if (admin_) admin_->Stop();
 }

@@ -19,6 +19,7 @@
 //   GET  /omnirelay/control/backpressure/stream   transitions as Server-Sent Events
 //   GET  /omnirelay/control/resourcelease         queue stats per namespace
 //   GET  /omnirelay/control/resourcelease/health  queue health probe (503 when drained)
+//   GET  /omnirelay/control/replication/checkpoint replication positions per sink/shard
 //   GET  /omnirelay/control/leaders       every observed scope: leader, fencing token,
 //                                         lease expiry, this node's candidacy (leadership on)
 //   POST /omnirelay/control/promote?scope=S&node=N   hand scope S over to node N
@@ -70,6 +71,11 @@
 #include "omnirelay/tls/tls.h"
 #include "omnirelay/transport/grpc_transport.h"
 #include "omnirelay/transport/http_transport.h"
+
+namespace omnirelay::replication {
+class SqliteReplicator;
+class HubService;
+}  // namespace omnirelay::replication
 
 namespace omnirelay::node {
 
@@ -148,12 +154,18 @@ class Node {
   // Declared before grpc_ so the gRPC server that serves it goes first.
   std::unique_ptr<mesh::GossipService> gossip_service_;
   std::unique_ptr<ControlService> control_service_;  // omnirelay.mesh.v1.Control
+  // The replication hub this node serves (config replicationHub) and its log;
+  // before grpc_ for the same reason.
+  std::shared_ptr<replication::SqliteReplicator> hub_log_;
+  std::unique_ptr<replication::HubService> hub_service_;
   std::unique_ptr<transport::GrpcInbound> grpc_;
   std::unique_ptr<transport::HttpInbound> http_;
   std::unique_ptr<http::HttpServer> admin_;
   std::unique_ptr<gateway::Gateway> gateway_;  // gateway mode (config `gateway`)
   std::map<std::string, std::shared_ptr<resourcelease::Queue>> queues_;
   std::shared_ptr<resourcelease::BackpressureDiagnostics> backpressure_diag_;
+  // ResourceLease replication (config resourceLease.replication), null without it.
+  std::unique_ptr<class ResourceLeaseReplication> replication_;
   std::mutex throttle_mu_;                  // orders rate-limiter flips from several queues
   std::map<std::string, bool> throttling_;  // namespace -> under backpressure
   // Mesh (config `mesh`): the Gossip service's transport, the membership

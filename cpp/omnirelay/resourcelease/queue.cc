@@ -721,6 +721,67 @@ absl::StatusOr<size_t> Queue::Restore(std::vector<ItemRecord> records) {
   return added;
 }
 
+absl::Status Queue::Recover(RecoveredState state) {
+  for (const auto* list : {&state.pending, &state.dead_letters}) {
+    for (const auto& r : *list) {
+      if (r.payload.priority < kMinPriority || r.payload.priority > kMaxPriority ||
+          r.payload.request_id.empty() || r.item_id == 0) {
+        return Err(absl::StatusCode::kInvalidArgument,
+                   "recovered item " + std::to_string(r.item_id) +
+                       " needs an item id, a requestId and a priority in 0..9",
+                   kErrInvalidItem);
+      }
+    }
+  }
+  std::lock_guard lock(mu_);
+  if (sequence_ != 0 || !items_.empty() || next_item_id_ != 1) {
+    return absl::FailedPreconditionError("queue '" + options_.name +
+                                         "' already has state: recover into a fresh queue");
+  }
+  const auto now = clock_->Now();
+  sequence_ = state.sequence;
+  next_token_ = std::max<std::uint64_t>(next_token_, state.token_floor + 1);
+  std::uint64_t max_item = 0;
+  auto add = [&](ItemRecord& r, bool dead) -> absl::Status {
+    if (items_.contains(r.item_id)) {
+      return Err(absl::StatusCode::kInvalidArgument,
+                 "recovered item id " + std::to_string(r.item_id) + " appears twice",
+                 kErrInvalidItem);
+    }
+    auto owned = std::make_unique<Item>();
+    Item* item = owned.get();
+    item->id = r.item_id;
+    item->payload = std::move(r.payload);
+    item->attempts = r.attempts;
+    item->token = r.last_token;
+    item->last_error = std::move(r.last_error);
+    item->enqueued_at = r.enqueued_at == core::TimePoint{} ? now : r.enqueued_at;
+    item->ready_at = now;
+    next_token_ = std::max(next_token_, r.last_token + 1);
+    max_item = std::max(max_item, r.item_id);
+    items_.emplace(item->id, std::move(owned));
+    by_request_.emplace(item->payload.request_id, item);
+    if (dead) {
+      item->state = ItemState::kDead;
+      PushBack(dead_, item);
+    } else {
+      MakePendingLocked(item);
+    }
+    return absl::OkStatus();
+  };
+  for (auto& r : state.pending) {
+    if (auto s = add(r, false); !s.ok()) return s;
+  }
+  for (auto& r : state.dead_letters) {
+    if (auto s = add(r, true); !s.ok()) return s;
+  }
+  next_item_id_ = std::max({next_item_id_, state.next_item_id, max_item + 1});
+  for (const auto& id : state.completed_request_ids) RememberCompletedLocked(id);
+  drained_ = state.drained;
+  UpdateBackpressureLocked(now);
+  return absl::OkStatus();
+}
+
 void Queue::CancelWaiters() {
   std::deque<Waiter> waiters;
   {

@@ -196,6 +196,18 @@ struct QueueStats {
 // Result of a long poll: a lease, nothing within the wait (nullopt), or an error.
 using LeaseCallback = std::function<void(absl::StatusOr<std::optional<Lease>>)>;
 
+// The state a node rebuilt from its replication log (replication/recovery.h)
+// and loads into a fresh queue with Queue::Recover().
+struct RecoveredState {
+  std::uint64_t sequence = 0;     // the log's highest sequence: the next event gets sequence + 1
+  std::uint64_t token_floor = 0;  // every fencing token handed out from now on is above it
+  std::uint64_t next_item_id = 1;
+  std::vector<ItemRecord> pending;                 // serving order; item ids are kept
+  std::vector<ItemRecord> dead_letters;            // item ids are kept
+  std::vector<std::string> completed_request_ids;  // oldest first
+  bool drained = false;
+};
+
 class Queue : public std::enable_shared_from_this<Queue> {
  public:
   // `metrics` may be null (no metrics, e.g. benchmarks).
@@ -243,6 +255,12 @@ class Queue : public std::enable_shared_from_this<Queue> {
   // already known are skipped (counted in the result). Ignores capacity and
   // watermarks: a restore must never lose what a drain took.
   absl::StatusOr<size_t> Restore(std::vector<ItemRecord> items);
+  // Loads a recovered state into a fresh queue (no item, sequence 0; call it
+  // before serving). The loaded items emit no events: they are already in the
+  // log the state came from; the sequence continues at state.sequence + 1.
+  // FailedPrecondition when the queue is not fresh, InvalidArgument on a bad
+  // record (priority out of range, missing RequestId, duplicate item id).
+  absl::Status Recover(RecoveredState state);
   // Reopens a drained queue without adding anything.
   void Resume();
   // Answers every parked long poll now with "no item" (node shutdown: the

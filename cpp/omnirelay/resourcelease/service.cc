@@ -153,6 +153,20 @@ absl::Status NeedLease(const pb::LeaseRef& ref) {
   return absl::OkStatus();
 }
 
+// Answers `out` once the queue's mutations so far are durable (durable
+// acknowledgements), or at once without a hook. The queue's sequence read
+// after the operation covers the operation's own events.
+template <typename Resp, typename Reply>
+void ReplyDurably(const ServiceOptions& options, const std::shared_ptr<Queue>& queue, Resp out,
+                  Reply reply) {
+  if (!options.await_durable) return reply(std::move(out));
+  options.await_durable(queue->Stats().sequence,
+                        [out = std::move(out), reply = std::move(reply)](absl::Status s) mutable {
+                          if (!s.ok()) return reply(s);
+                          reply(std::move(out));
+                        });
+}
+
 }  // namespace
 
 std::string ServiceName(std::string_view ns) {
@@ -181,7 +195,8 @@ absl::Status RegisterProcedures(dispatcher::Dispatcher& dispatcher, std::shared_
   std::vector<Procedure> procedures;
 
   procedures.push_back(Make<pb::EnqueueRequest, pb::EnqueueResponse>(
-      service, "enqueue", [queue](pb::EnqueueRequest req, const core::RequestMeta&, auto reply) {
+      service, "enqueue",
+      [queue, options](pb::EnqueueRequest req, const core::RequestMeta&, auto reply) {
         if (!req.has_item()) return reply(Invalid("item is required"));
         auto result = queue->Enqueue(FromProto(req.item()));
         if (!result.ok()) {
@@ -198,7 +213,7 @@ absl::Status RegisterProcedures(dispatcher::Dispatcher& dispatcher, std::shared_
         out.set_duplicate(result->duplicate);
         out.set_request_id(result->request_id);
         out.set_state(result->state);
-        reply(std::move(out));
+        ReplyDurably(options, queue, std::move(out), std::move(reply));
       }));
 
   procedures.push_back(Make<pb::LeaseRequest, pb::LeaseResponse>(
@@ -213,7 +228,8 @@ absl::Status RegisterProcedures(dispatcher::Dispatcher& dispatcher, std::shared_
                                           *deadline - clock->Now() - std::chrono::milliseconds(50));
         }
         queue->LeaseAsync(OwnerOf(meta), wait,
-                          [reply = std::move(reply)](absl::StatusOr<std::optional<Lease>> got) {
+                          [queue, options, reply = std::move(reply)](
+                              absl::StatusOr<std::optional<Lease>> got) mutable {
                             if (!got.ok()) return reply(got.status());
                             pb::LeaseResponse out;
                             if (got->has_value()) {
@@ -225,6 +241,7 @@ absl::Status RegisterProcedures(dispatcher::Dispatcher& dispatcher, std::shared_
                               out.set_attempt(l.attempt);
                               out.set_expires_at_ms(UnixMillis(l.expires_at));
                               ToProto(l.payload, *out.mutable_item());
+                              return ReplyDurably(options, queue, std::move(out), std::move(reply));
                             }
                             reply(std::move(out));
                           });
@@ -232,11 +249,11 @@ absl::Status RegisterProcedures(dispatcher::Dispatcher& dispatcher, std::shared_
 
   procedures.push_back(Make<pb::CompleteRequest, pb::CompleteResponse>(
       service, "complete",
-      [queue](pb::CompleteRequest req, const core::RequestMeta& meta, auto reply) {
+      [queue, options](pb::CompleteRequest req, const core::RequestMeta& meta, auto reply) {
         if (auto s = NeedLease(req.lease()); !s.ok()) return reply(s);
         auto s = queue->Complete(req.lease().item_id(), req.lease().fencing_token(), OwnerOf(meta));
         if (!s.ok()) return reply(s);
-        reply(pb::CompleteResponse{});
+        ReplyDurably(options, queue, pb::CompleteResponse{}, std::move(reply));
       }));
 
   procedures.push_back(Make<pb::HeartbeatRequest, pb::HeartbeatResponse>(
@@ -252,26 +269,28 @@ absl::Status RegisterProcedures(dispatcher::Dispatcher& dispatcher, std::shared_
       }));
 
   procedures.push_back(Make<pb::FailRequest, pb::FailResponse>(
-      service, "fail", [queue](pb::FailRequest req, const core::RequestMeta& meta, auto reply) {
+      service, "fail",
+      [queue, options](pb::FailRequest req, const core::RequestMeta& meta, auto reply) {
         if (auto s = NeedLease(req.lease()); !s.ok()) return reply(s);
         auto r = queue->Fail(req.lease().item_id(), req.lease().fencing_token(), OwnerOf(meta),
                              req.error(), !req.has_requeue() || req.requeue());
         if (!r.ok()) return reply(r.status());
         pb::FailResponse out;
         out.set_state(*r);
-        reply(std::move(out));
+        ReplyDurably(options, queue, std::move(out), std::move(reply));
       }));
 
   procedures.push_back(Make<pb::DrainRequest, pb::DrainResponse>(
-      service, "drain", [queue](pb::DrainRequest, const core::RequestMeta&, auto reply) {
+      service, "drain", [queue, options](pb::DrainRequest, const core::RequestMeta&, auto reply) {
         pb::DrainResponse out;
         out.set_namespace_(queue->options().name);
         for (const auto& record : queue->Drain()) ToProto(record, *out.add_items());
-        reply(std::move(out));
+        ReplyDurably(options, queue, std::move(out), std::move(reply));
       }));
 
   procedures.push_back(Make<pb::RestoreRequest, pb::RestoreResponse>(
-      service, "restore", [queue](pb::RestoreRequest req, const core::RequestMeta&, auto reply) {
+      service, "restore",
+      [queue, options](pb::RestoreRequest req, const core::RequestMeta&, auto reply) {
         std::vector<ItemRecord> records;
         records.reserve(static_cast<size_t>(req.items_size()));
         for (const auto& item : req.items()) records.push_back(FromProto(item));
@@ -281,7 +300,7 @@ absl::Status RegisterProcedures(dispatcher::Dispatcher& dispatcher, std::shared_
         pb::RestoreResponse out;
         out.set_restored(*added);
         out.set_skipped(total - *added);
-        reply(std::move(out));
+        ReplyDurably(options, queue, std::move(out), std::move(reply));
       }));
 
   procedures.push_back(Make<pb::StatsRequest, pb::StatsResponse>(
@@ -319,11 +338,12 @@ absl::Status RegisterProcedures(dispatcher::Dispatcher& dispatcher, std::shared_
       }));
 
   procedures.push_back(Make<pb::RequeueRequest, pb::RequeueResponse>(
-      service, "requeue", [queue](pb::RequeueRequest req, const core::RequestMeta&, auto reply) {
+      service, "requeue",
+      [queue, options](pb::RequeueRequest req, const core::RequestMeta&, auto reply) {
         std::vector<std::uint64_t> ids(req.item_ids().begin(), req.item_ids().end());
         pb::RequeueResponse out;
         out.set_requeued(queue->RequeueDeadLetters(ids));
-        reply(std::move(out));
+        ReplyDurably(options, queue, std::move(out), std::move(reply));
       }));
 
   for (auto& procedure : procedures) {

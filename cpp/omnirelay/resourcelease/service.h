@@ -36,6 +36,12 @@ std::string ServiceName(std::string_view ns);
 
 struct ServiceOptions {
   core::Duration max_lease_wait = std::chrono::seconds(30);
+  // Durable acknowledgements (replication with durableAck): when set,
+  // enqueue, lease, complete, fail, drain, restore and requeue answer only
+  // after await_durable(sequence, done) reports that the queue's mutations up
+  // to `sequence` are durable; an error from it is the call's answer.
+  std::function<void(std::uint64_t sequence, std::function<void(absl::Status)> done)>
+      await_durable{};
 };
 
 // The owner identity a call carries (see above).
