@@ -137,3 +137,158 @@ def test_split_brain_drill_kill9_half_the_shards(tmp_path, round_):
     finally:
         for s in shards:
             s.node.stop()
+
+
+# --- Peer loss ---------------------------------------------------------------------
+# A queue node (replicating to a hub, durable acks, SQLite deterministic store) and
+# three worker nodes, all mesh members. Worker threads lease on behalf of their node
+# (the node id is their principal). kill -9 one worker node: its threads die with it,
+# abandoning their leases. The queue node's lease-health tracker marks it unhealthy
+# within one heartbeat window, the abandoned items expire back to pending and the
+# surviving workers complete them.
+
+PEER_LEASE_DURATION_S = 2.0
+# node.cc: the mesh tracker's heartbeat grace is 50 probe intervals (test profile:
+# 250 ms); the membership's dead verdict disconnects earlier.
+PEER_HEARTBEAT_WINDOW_S = 12.5
+
+
+def peer_worker(queue_http, node_name, index, stop, dead, history, holding, work_s=0.02):
+    client = ResourceLeaseClient(queue_http, transport="http", principal=node_name, timeout=3)
+    while not stop.is_set() and not dead.is_set():
+        try:
+            lease = client.lease(wait=0.2)
+        except Exception:
+            time.sleep(0.05)
+            continue
+        if lease is None:
+            continue
+        holding[(node_name, index)] = lease.request_id
+        time.sleep(work_s)  # the "work"
+        if dead.is_set():
+            # The node was killed while this lease was held: it is never completed.
+            history.append(("abandoned", lease.request_id, node_name))
+            return
+        try:
+            client.complete(lease)
+            history.append(("ok", lease.request_id, node_name))
+        except errors.OmniRelayError as e:
+            history.append(("fail", lease.request_id, e.error_code))
+        except Exception:
+            history.append(("info", lease.request_id, node_name))
+        holding.pop((node_name, index), None)
+
+
+def run_peer_loss_round(tmp_path, round_, items, log=print):
+    from omnirelay.harness.ports import PortAllocator
+    import drill_support as ds
+
+    ports = PortAllocator()
+    hub_port = ports.allocate()
+    names = ["queue", "w1", "w2", "w3"]
+    grpc_ports = {n: ports.allocate() for n in names}
+    hub = NodeProcess(["serve", "--config",
+                       str(ds.write_config(tmp_path, "hub", ds.hub_section(tmp_path, hub_port)))],
+                      tmp_path, "hub")
+    nodes = {}
+    try:
+        for n in names:
+            section = {
+                "service": n,
+                "inbounds": {"grpc": {"address": f"127.0.0.1:{grpc_ports[n]}"}},
+                "admin": {"address": "127.0.0.1:0"},
+                "mesh": ds.mesh_section(n, grpc_ports[n], grpc_ports),
+            }
+            if n == "queue":
+                section["inbounds"]["http"] = {"address": "127.0.0.1:0", "threads": 8}
+                section["principal"] = {"trustedProxies": ["127.0.0.1"]}
+                section["resourceLease"] = {
+                    "maxLeaseWait": "1s",
+                    "namespaces": {"default": {"leaseDuration": f"{PEER_LEASE_DURATION_S}s",
+                                               "maxAttempts": 50}},
+                    "replication": {"kind": "grpc", "hub": f"127.0.0.1:{hub_port}",
+                                    "durableAck": True,
+                                    "deterministic": {"kind": "sqlite",
+                                                      "path": str(tmp_path / "effects.db")}},
+                }
+            nodes[n] = NodeProcess(["serve", "--config",
+                                    str(ds.write_config(tmp_path, n, section))], tmp_path, n)
+        queue = nodes["queue"]
+        # Every worker node is known and healthy to the queue node before the load.
+        ds.wait_for(lambda: all((ds.peer_health(queue, w) or {}).get("isHealthy")
+                                for w in ("w1", "w2", "w3")), 30, "mesh converged",
+                    detail=lambda: queue.get_json("/omnirelay/control/lease-health"))
+
+        producer = ResourceLeaseClient(queue.http, transport="http", principal="producer", timeout=5)
+        ids = [f"p{round_}-{i}" for i in range(items)]
+        for rid in ids:
+            producer.enqueue("job", rid, b"w", request_id=rid)
+        history, holding, stop = [], {}, threading.Event()
+        dead = {w: threading.Event() for w in ("w1", "w2", "w3")}
+        threads = [threading.Thread(target=peer_worker,
+                                    args=(queue.http, w, k, stop, dead[w], history, holding))
+                   for w in ("w1", "w2", "w3") for k in range(2)]
+        started = time.monotonic()
+        for t in threads:
+            t.start()
+        ds.wait_for(lambda: sum(1 for h in history if h[0] == "ok") >= items // 4, 60,
+                    "workers made progress")
+        # kill -9 w3 while it holds a lease: the node and its threads die together.
+        ds.wait_for(lambda: any(key[0] == "w3" for key in list(holding)), 30,
+                    "w3 holds a lease", interval=0.001)
+        dead["w3"].set()
+        nodes["w3"].stop(signal.SIGKILL)
+        killed_at = time.monotonic()
+        ds.wait_for(lambda: (ds.peer_health(queue, "w3") or {}).get("isHealthy") is False,
+                    PEER_HEARTBEAT_WINDOW_S + 5, "w3 unhealthy in lease-health", interval=0.05,
+                    detail=lambda: queue.get_json("/omnirelay/control/lease-health"))
+        detected_s = time.monotonic() - killed_at
+        assert detected_s <= PEER_HEARTBEAT_WINDOW_S, detected_s
+
+        def drained():
+            stats = producer.stats()
+            return int(stats.get("pending", 0)) == 0 and int(stats.get("active", 0)) == 0
+
+        ds.wait_for(drained, 60, "the queue drained", detail=producer.stats)
+        stop.set()
+        for t in threads:
+            t.join(timeout=30)
+        wall_s = time.monotonic() - started
+
+        ok = ds.assert_each_completed_once(history, ids)
+        abandoned = [h[1] for h in history if h[0] == "abandoned"]
+        completed_by = {h[1]: h[2] for h in history if h[0] == "ok"}
+        assert abandoned, "w3 held no lease when it was killed"
+        for rid in abandoned:
+            assert completed_by[rid] in ("w1", "w2"), (rid, completed_by[rid])
+        # The hub's log is gap-free and monotonic, holds one complete per item; the
+        # deterministic store recorded each logged event exactly once.
+        rows = ds.wait_for(lambda: (lambda r: r if sum(1 for x in r if x[1] == "complete")
+                                    == items else None)(ds.hub_log(tmp_path / "hub.db")),
+                           30, "hub holds every completion")
+        logged = ds.assert_gap_free(rows)
+        completes = ds.completions_per_request(rows)
+        assert set(completes) == set(ids) and max(completes.values()) == 1
+        ds.wait_for(lambda: ds.effect_count(tmp_path / "effects.db") >= logged, 30,
+                    "effects recorded")
+        cp = queue.get_json("/omnirelay/control/replication/checkpoint")
+        durable = cp["replicator"]["queues"]["default"]["durable"]
+        assert durable >= logged
+        assert ds.effect_count(tmp_path / "effects.db") == durable, cp
+        summary = {"round": round_, "items": items, "completed": len(ok), "lost": 0,
+                   "duplicated": 0, "abandoned": len(abandoned),
+                   "unhealthy_after_s": round(detected_s, 2), "logged": logged,
+                   "wall_s": round(wall_s, 1)}
+        log(f"peer-loss drill: {summary}")
+        return summary
+    finally:
+        for n in nodes.values():
+            n.stop()
+        hub.stop()
+
+
+@pytest.mark.chaos
+@pytest.mark.parametrize("round_", range(ROUNDS))
+def test_peer_loss_drill_kill9_one_worker_node(tmp_path, round_):
+    summary = run_peer_loss_round(tmp_path, round_, ITEMS)
+    assert summary["lost"] == 0 and summary["duplicated"] == 0
