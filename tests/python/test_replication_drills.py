@@ -292,3 +292,143 @@ def run_peer_loss_round(tmp_path, round_, items, log=print):
 def test_peer_loss_drill_kill9_one_worker_node(tmp_path, round_):
     summary = run_peer_loss_round(tmp_path, round_, ITEMS)
     assert summary["lost"] == 0 and summary["duplicated"] == 0
+
+
+# --- Partition / replication lag ----------------------------------------------------
+# Two nodes (queue namespaces `a` and `b`) replicate to one hub; node A's link to the
+# hub runs through the chaos fault proxy. A blackhole partitions A from the hub while
+# A keeps enqueuing (acknowledged at once: durableAck off) and B's workers lease and
+# complete. A's replication lag (published - durable events, from
+# /omnirelay/control/replication/checkpoint) rises while B's stays near 0; after the
+# heal A catches up to lag 0 within a bound, and each node's deterministic store
+# holds exactly the effect ids of the hub's log for its queue.
+
+PARTITION_CATCH_UP_BOUND_S = 30.0
+
+
+def event_lag(node, queue):
+    q = node.get_json("/omnirelay/control/replication/checkpoint")["replicator"]["queues"][queue]
+    return int(q["published"]) - int(q["durable"]), q
+
+
+def effect_sequences(effects_db, queue):
+    import sqlite3
+    with sqlite3.connect(f"file:{effects_db}?mode=ro", uri=True) as conn:
+        ids = [r[0] for r in conn.execute("SELECT effect_id FROM deterministic_effects")]
+    prefix = f"resourcelease.{queue}/seq/"
+    return sorted(int(i[len(prefix):]) for i in ids if i.startswith(prefix))
+
+
+def run_partition_round(tmp_path, round_, items, log=print):
+    from omnirelay.chaos.proxy import FaultProxy
+    from omnirelay.harness.ports import PortAllocator
+    import drill_support as ds
+
+    hub_port = PortAllocator().allocate()
+    hub = NodeProcess(["serve", "--config",
+                       str(ds.write_config(tmp_path, "hub", ds.hub_section(tmp_path, hub_port)))],
+                      tmp_path, "hub")
+    proxy = FaultProxy("a->hub", ("127.0.0.1", hub_port)).start()
+    nodes = {}
+    try:
+        for name, hub_address, durable_ack in (("a", proxy.address, False),
+                                               ("b", f"127.0.0.1:{hub_port}", True)):
+            section = {
+                "service": f"node-{name}",
+                "inbounds": {"http": {"address": "127.0.0.1:0", "threads": 8}},
+                "admin": {"address": "127.0.0.1:0"},
+                "principal": {"trustedProxies": ["127.0.0.1"]},
+                "resourceLease": {
+                    "maxLeaseWait": "1s",
+                    "namespaces": {name: {"leaseDuration": "5s", "maxAttempts": 50}},
+                    "replication": {"kind": "grpc", "hub": hub_address, "durableAck": durable_ack,
+                                    "deterministic": {"kind": "sqlite",
+                                                      "path": str(tmp_path / f"effects-{name}.db")}},
+                },
+            }
+            nodes[name] = NodeProcess(["serve", "--config",
+                                       str(ds.write_config(tmp_path, f"node-{name}", section))],
+                                      tmp_path, f"node-{name}")
+        a, b = nodes["a"], nodes["b"]
+        producer_a = ResourceLeaseClient(a.http, transport="http", namespace="a",
+                                         principal="producer", timeout=5)
+        producer_b = ResourceLeaseClient(b.http, transport="http", namespace="b",
+                                         principal="producer", timeout=5)
+        b_ids = [f"b{round_}-{i}" for i in range(items)]
+        for rid in b_ids:
+            producer_b.enqueue("job", rid, b"w", request_id=rid)
+        history, stop = [], threading.Event()
+
+        def b_worker(k):
+            client = ResourceLeaseClient(b.http, transport="http", namespace="b",
+                                         principal=f"b-worker-{k}", timeout=3)
+            while not stop.is_set():
+                try:
+                    lease = client.lease(wait=0.2)
+                    if lease is None:
+                        continue
+                    time.sleep(0.01)
+                    client.complete(lease)
+                    history.append(("ok", lease.request_id))
+                except errors.OmniRelayError as e:
+                    history.append(("fail", None, e.error_code))
+                except Exception:
+                    time.sleep(0.05)
+
+        started = time.monotonic()
+        # Partition A from the hub (the window heals by itself at the latest after 120 s).
+        proxy.add("blackhole", 120, name="partition")
+        workers = [threading.Thread(target=b_worker, args=(k,)) for k in range(2)]
+        for w in workers:
+            w.start()
+        a_ids = [f"a{round_}-{i}" for i in range(items)]
+        for rid in a_ids:  # A keeps enqueuing through the partition
+            producer_a.enqueue("job", rid, b"w", request_id=rid)
+        peak, _ = ds.wait_for(lambda: (lambda l: l if l[0] >= items else None)(event_lag(a, "a")),
+                              30, "A's lag rises during the partition")
+        # B is not partitioned: its log keeps up while A's does not.
+        b_lag, _ = event_lag(b, "b")
+        assert b_lag < items, b_lag
+        partition_s = time.monotonic() - started
+
+        proxy.remove("partition")
+        healed_at = time.monotonic()
+        ds.wait_for(lambda: event_lag(a, "a")[0] == 0, PARTITION_CATCH_UP_BOUND_S,
+                    "A caught up after the heal", detail=lambda: event_lag(a, "a"))
+        catch_up_s = time.monotonic() - healed_at
+        ds.wait_for(lambda: len({h[1] for h in history if h[0] == "ok"}) == items, 60,
+                    "B's workers completed everything")
+        stop.set()
+        for w in workers:
+            w.join(timeout=30)
+        ds.assert_each_completed_once(history, b_ids)
+
+        # The hub's logs and each node's deterministic store agree, event for event.
+        for name, node in nodes.items():
+            rows = ds.hub_log(tmp_path / "hub.db", queue=name)
+            logged = ds.assert_gap_free(rows)
+            _, position = event_lag(node, name)
+            assert logged == int(position["published"]), (name, logged, position)
+            ds.wait_for(lambda: effect_sequences(tmp_path / f"effects-{name}.db", name)
+                        == list(range(1, logged + 1)), 30, f"{name}'s store matches the hub log",
+                        detail=lambda: len(effect_sequences(tmp_path / f"effects-{name}.db", name)))
+        a_enqueued = sorted(r[2] for r in ds.hub_log(tmp_path / "hub.db", queue="a")
+                            if r[1] == "enqueue")
+        assert a_enqueued == sorted(a_ids)
+        summary = {"round": round_, "items": items, "peak_lag_events": peak,
+                   "partition_s": round(partition_s, 2), "catch_up_s": round(catch_up_s, 2),
+                   "lost": 0, "duplicated": 0, "wall_s": round(time.monotonic() - started, 1)}
+        log(f"partition drill: {summary}")
+        return summary
+    finally:
+        proxy.stop()
+        for n in nodes.values():
+            n.stop()
+        hub.stop()
+
+
+@pytest.mark.chaos
+@pytest.mark.parametrize("round_", range(ROUNDS))
+def test_partition_drill_replication_lag_rises_and_recovers(tmp_path, round_):
+    summary = run_partition_round(tmp_path, round_, ITEMS)
+    assert summary["peak_lag_events"] >= ITEMS
