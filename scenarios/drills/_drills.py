@@ -356,7 +356,11 @@ def run_peer_loss_round(tmp_path, round_, items, log=print):
         history, holding, stop = [], {}, threading.Event()
         dead = {w: threading.Event() for w in ("w1", "w2", "w3")}
         threads = [threading.Thread(target=peer_worker,
-                                    args=(queue.http, w, k, stop, dead[w], history, holding))
+                                    args=(queue.http, w, k, stop, dead[w], history, holding,
+                                          # w3 works slowly so the kill lands while it
+                                          # holds a lease (not between its check and
+                                          # its complete).
+                                          0.2 if w == "w3" else 0.02))
                    for w in ("w1", "w2", "w3") for k in range(2)]
         started = time.monotonic()
         for t in threads:
