@@ -265,3 +265,47 @@ def test_hub_partition_stops_acks_and_the_node_catches_up_and_recovers_from_the_
     finally:
         node.stop()
         hub.stop()
+
+
+def test_hub_outage_buffer_is_bounded_enqueue_pushes_back_then_resumes(tmp_path):
+    """maxBuffered: while the hub is away the node buffers at most maxBuffered events
+    per queue; beyond that enqueue answers RESOURCE_EXHAUSTED / replication-backlog with
+    a retry-after (backpressure, never unbounded growth, never a drop); after the hub
+    comes back the backlog drains and enqueues are admitted again."""
+    from omnirelay.harness.ports import PortAllocator
+
+    port = PortAllocator().allocate()
+    hub = start(tmp_path, hub_config(tmp_path, port), name="hub")
+    cfg = config(tmp_path, {"kind": "grpc", "hub": f"127.0.0.1:{port}", "durableAck": False,
+                            "maxBuffered": 5}, name="node")
+    node = start(tmp_path, cfg, name="node")  # recovers from the hub before serving
+    try:
+        hub.stop(signal.SIGKILL)  # the outage
+        hub = None
+        client = ResourceLeaseClient(node.http, transport="http", principal="w", timeout=3)
+        for i in range(5):
+            client.enqueue("table", f"t{i}", b"x", request_id=f"b-{i}")
+        with pytest.raises(errors.ResourceExhausted) as pushed_back:
+            client.enqueue("table", "t5", b"x", request_id="b-5")
+        assert pushed_back.value.error_code == "replication-backlog", pushed_back.value
+        assert pushed_back.value.retry_after == 0.2
+        cp = node.get_json("/omnirelay/control/replication/checkpoint")
+        position = cp["replicator"]["queues"]["default"]
+        assert (position["published"], position["durable"]) == (5, 0), cp
+
+        hub = start(tmp_path, hub_config(tmp_path, port), name="hub2")
+        deadline = time.monotonic() + 30
+        while node.get_json("/omnirelay/control/replication/checkpoint")[
+                "replicator"]["queues"]["default"]["durable"] < 5:
+            assert time.monotonic() < deadline, "the backlog did not drain after the hub came back"
+            time.sleep(0.05)
+        assert client.enqueue("table", "t5", b"x", request_id="b-5")["duplicate"] is False
+        leased = []
+        while (lease := client.lease(wait=0)) is not None:
+            leased.append(lease.request_id)
+            client.complete(lease)
+        assert sorted(leased) == sorted(f"b-{i}" for i in range(6))
+    finally:
+        node.stop()
+        if hub is not None:
+            hub.stop()

@@ -1016,6 +1016,7 @@ void ParseResourceLease(const nlohmann::json& value, Errors& errors, NodeConfig&
     ro.String("shard", rc.shard);
     ro.String("table", rc.table);
     ro.Int("maxBatch", rc.max_batch, 1);
+    ro.Int("maxBuffered", rc.max_buffered, 0);
     if (rc.kind != "sqlite" && rc.kind != "file" && rc.kind != "memory" && rc.kind != "grpc") {
       errors.Add(path + ".kind", "must be sqlite, file, memory or grpc, got '" + rc.kind + "'");
     }
@@ -1471,6 +1472,7 @@ nlohmann::json ToJson(const NodeConfig& c) {
           {"shard", r->shard},
           {"table", r->table},
           {"maxBatch", r->max_batch},
+          {"maxBuffered", r->max_buffered},
           {"deterministic",
            {{"kind", r->deterministic.kind},
             {"path", r->deterministic.path},

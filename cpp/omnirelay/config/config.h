@@ -256,6 +256,11 @@ struct ResourceLeaseReplicationConfig {
   std::string shard;  // tags events shard.id
   std::string table = "lease_events";
   int max_batch = 8192;
+  // Backpressure while the log falls behind (a hub outage, a slow disk): once a
+  // queue has this many published-but-not-durable events, enqueue answers
+  // RESOURCE_EXHAUSTED / replication-backlog with a retry-after instead of
+  // growing the buffer further. 0 = unbounded.
+  int max_buffered = 0;
   ResourceLeaseDeterministicConfig deterministic;
 };
 

@@ -358,7 +358,8 @@ absl::Status Node::BuildResourceLease() {
     if (auto s = resourcelease::RegisterProcedures(
             *dispatcher_, *queue,
             {.max_lease_wait = rl.max_lease_wait,
-             .await_durable = replication_ ? replication_->AwaitDurable(name) : nullptr},
+             .await_durable = replication_ ? replication_->AwaitDurable(name) : nullptr,
+             .admit_enqueue = replication_ ? replication_->AdmitEnqueue(name) : nullptr},
             clock_);
         !s.ok()) {
       return s;

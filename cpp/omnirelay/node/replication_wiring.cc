@@ -1,6 +1,8 @@
 #include "omnirelay/node/replication_wiring.h"
 
 #include "omnirelay/core/logging.h"
+#include "omnirelay/core/retry_after.h"
+#include "omnirelay/core/status.h"
 #include "omnirelay/replication/durable_replicators.h"
 #include "omnirelay/replication/hub.h"
 
@@ -132,6 +134,29 @@ ResourceLeaseReplication::AwaitDurable(std::string queue) const {
   auto replicator = replicator_;
   return [replicator, queue](std::uint64_t sequence, std::function<void(absl::Status)> done) {
     replicator->WhenDurable(queue, sequence, std::move(done));
+  };
+}
+
+std::function<absl::Status()> ResourceLeaseReplication::AdmitEnqueue(std::string queue) const {
+  if (config_.max_buffered <= 0) return nullptr;
+  auto replicator = replicator_;
+  const auto limit = static_cast<std::uint64_t>(config_.max_buffered);
+  // Status() copies the per-queue positions under the replicator's lock: one
+  // short critical section per enqueue, paid only when the bound is configured.
+  return [replicator, queue, limit]() -> absl::Status {
+    const auto status = replicator->Status();
+    const auto it = status.queues.find(queue);
+    if (it == status.queues.end()) return absl::OkStatus();
+    const std::uint64_t backlog = it->second.published - it->second.durable;
+    if (backlog < limit) return absl::OkStatus();
+    // The writer retries every 200 ms: ask producers to come back after one retry.
+    return core::WithRetryAfter(
+        core::WithErrorCode(
+            absl::ResourceExhaustedError("replication backlog of queue '" + queue + "' is " +
+                                         std::to_string(backlog) + " events (maxBuffered " +
+                                         std::to_string(limit) + "): the log is not keeping up"),
+            "replication-backlog"),
+        std::chrono::milliseconds(200));
   };
 }
 

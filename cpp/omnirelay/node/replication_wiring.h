@@ -45,6 +45,10 @@ class ResourceLeaseReplication {
   // For resourcelease::ServiceOptions::await_durable (null without durableAck).
   std::function<void(std::uint64_t, std::function<void(absl::Status)>)> AwaitDurable(
       std::string queue) const;
+  // For resourcelease::ServiceOptions::admit_enqueue (null without maxBuffered):
+  // RESOURCE_EXHAUSTED / replication-backlog with retry-after while the queue
+  // has maxBuffered or more events not yet durable.
+  std::function<absl::Status()> AdmitEnqueue(std::string queue) const;
   // The body of GET /omnirelay/control/replication/checkpoint.
   nlohmann::json Checkpoints() const;
   // Writes what is buffered and stops the writer (node stop).

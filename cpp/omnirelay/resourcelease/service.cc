@@ -198,6 +198,9 @@ absl::Status RegisterProcedures(dispatcher::Dispatcher& dispatcher, std::shared_
       service, "enqueue",
       [queue, options](pb::EnqueueRequest req, const core::RequestMeta&, auto reply) {
         if (!req.has_item()) return reply(Invalid("item is required"));
+        if (options.admit_enqueue) {
+          if (auto admitted = options.admit_enqueue(); !admitted.ok()) return reply(admitted);
+        }
         auto result = queue->Enqueue(FromProto(req.item()));
         if (!result.ok()) {
           absl::Status status = result.status();

@@ -42,6 +42,9 @@ struct ServiceOptions {
   // to `sequence` are durable; an error from it is the call's answer.
   std::function<void(std::uint64_t sequence, std::function<void(absl::Status)> done)>
       await_durable{};
+  // Admission of enqueues (replication backlog bound): when set and it answers
+  // an error, enqueue answers that error without touching the queue.
+  std::function<absl::Status()> admit_enqueue{};
 };
 
 // The owner identity a call carries (see above).
