@@ -1244,6 +1244,15 @@ absl::StatusOr<NodeConfig> Parse(const nlohmann::json& root) {
       ParseShards(*shards, config, errors, parsed);
       config.shards = std::move(parsed);
     }
+    if (const auto* bp = top.Get("backpressure"); bp != nullptr && !bp->is_null()) {
+      Obj b(*bp, "omniRelay.backpressure", errors);
+      b.Bool("propagate", config.backpressure.propagate);
+      b.Bool("followMembers", config.backpressure.follow_members);
+      b.Dur("retryAfter", config.backpressure.retry_after);
+      if (config.backpressure.retry_after <= core::Duration::zero()) {
+        errors.Add("omniRelay.backpressure.retryAfter", "must be positive");
+      }
+    }
     if (const auto* echo = top.Get("echo")) {
       Obj e(*echo, "omniRelay.echo", errors);
       config.echo.enabled = true;
@@ -1424,6 +1433,9 @@ nlohmann::json ToJson(const NodeConfig& c) {
                             {"throttleNode", c.resource_lease->throttle_node},
                             {"namespaces", namespaces}};
   }
+  out["backpressure"] = {{"propagate", c.backpressure.propagate},
+                         {"followMembers", c.backpressure.follow_members},
+                         {"retryAfterMs", ms(c.backpressure.retry_after)}};
   if (c.gateway) {
     const auto& g = *c.gateway;
     nlohmann::json clusters = nlohmann::json::object();

@@ -326,6 +326,14 @@ struct PrincipalConfig {
 // gRPC status code names ("OK", "CANCELLED", ..., "UNAUTHENTICATED").
 const std::vector<std::string>& StatusCodeNames();
 
+// Backpressure propagation (docs/backpressure.md), `omniRelay.backpressure`.
+struct BackpressureConfig {
+  bool propagate = true;       // publish this node's state in its gossip metadata
+  bool follow_members = true;  // throttle while any member is under backpressure
+  // retry-after hint added to RESOURCE_EXHAUSTED answers while throttling
+  core::Duration retry_after = std::chrono::seconds(1);
+};
+
 struct NodeConfig {
   std::string service = "omnirelay";
   std::optional<InboundConfig> grpc;
@@ -343,6 +351,7 @@ struct NodeConfig {
   std::optional<ResourceLeaseConfig> resource_lease;
   std::optional<LeadershipConfig> leadership;  // `omniRelay.leadership`
   std::optional<ShardsConfig> shards;          // `omniRelay.shards`
+  BackpressureConfig backpressure;             // `omniRelay.backpressure`
   core::Duration drain_timeout = std::chrono::seconds(10);
 };
 
