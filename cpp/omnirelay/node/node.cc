@@ -559,13 +559,13 @@ absl::Status Node::Start() {
   if (control_service_ && leadership_) control_service_->Attach(leadership_);
   auto hp = transport::ParseHostPort(config_.admin_address);
   if (!hp.ok()) return hp.status();
-  // Backpressure SSE streams hold an admin worker each: give ResourceLease
-  // nodes a few.
-  admin_ = std::make_unique<http::HttpServer>(
-      http::HttpServerOptions{.host = hp->host,
-                              .port = hp->port,
-                              .threads = config_.resource_lease || config_.shards ? 6 : 1,
-                              .tls = config_.admin.tls ? server_tls : nullptr});
+  // Backpressure SSE streams hold an admin worker each: give ResourceLease,
+  // shard and mesh nodes (docs/backpressure.md) a few.
+  admin_ = std::make_unique<http::HttpServer>(http::HttpServerOptions{
+      .host = hp->host,
+      .port = hp->port,
+      .threads = config_.resource_lease || config_.shards || config_.mesh ? 6 : 1,
+      .tls = config_.admin.tls ? server_tls : nullptr});
   if (auto s = StartShards(); !s.ok()) return s;
   if (config_.mesh) {
     if (auto s = StartMesh(); !s.ok()) return s;
