@@ -3,6 +3,7 @@
 #include <thread>
 
 #include "omnirelay/backpressure/hub.h"
+#include "omnirelay/backpressure/shard_source.h"
 #include "omnirelay/backpressure/signal_middleware.h"
 #include "omnirelay/backpressure/watermark.h"
 #include "omnirelay/core/retry_after.h"
@@ -162,6 +163,42 @@ TEST_F(HubFixture, MiddlewareSignalsInResponses) {
   EXPECT_FALSE(ok->headers.Contains(kResponseHeader));
   refused = run(absl::ResourceExhaustedError("rate-limited"));
   EXPECT_TRUE(core::RetryAfter(refused.status()).has_value());
+}
+
+TEST_F(HubFixture, ShardOverBudgetIsALevelSourceWithHysteresis) {
+  shards::NamespaceOptions ns;
+  ns.spec.ns = "orders";
+  ns.spec.shard_count = 8;
+  ns.budget_qps = 10;
+  auto router = std::make_shared<shards::ShardRouter>(
+      "a", std::vector<shards::NamespaceOptions>{ns}, std::make_shared<shards::ShardMapHolder>(),
+      [](std::string_view) { return true; }, clock);
+  auto sampler = std::make_shared<ShardPressureSampler>(
+      router, hub, clock,
+      ShardPressureOptions{.low_ratio = 0.5, .min_hold = seconds(1), .interval = seconds(1)});
+  sampler->Start();
+  // 20 calls/s on shard 3 for 4 s: QPS (mean of 3 complete seconds) 20 > budget 10.
+  for (int second = 0; second < 4; ++second) {
+    for (int i = 0; i < 20; ++i) router->RecordServed("orders", 3);
+    clock->Advance(seconds(1));  // the sampler runs once per second
+  }
+  EXPECT_TRUE(hub->local());
+  const auto source = ShardPressureSampler::SourceName("orders", 3);
+  EXPECT_TRUE(hub->ToJson()["sources"][source]["active"]);
+  EXPECT_FALSE(hub->ToJson()["sources"].contains(ShardPressureSampler::SourceName("orders", 2)));
+  // 7 calls/s: between low (5) and high (10): still under backpressure.
+  for (int second = 0; second < 4; ++second) {
+    for (int i = 0; i < 7; ++i) router->RecordServed("orders", 3);
+    clock->Advance(seconds(1));
+  }
+  EXPECT_TRUE(hub->local());
+  // Idle: QPS falls to 0 <= low: clears.
+  clock->Advance(seconds(4));
+  EXPECT_FALSE(hub->local());
+  EXPECT_EQ(hub->ToJson()["sources"][source]["transitions"], 2);
+  sampler->Stop();
+  clock->Advance(seconds(2));
+  EXPECT_EQ(clock->pending_timers(), 0u);
 }
 
 }  // namespace

@@ -1252,6 +1252,15 @@ absl::StatusOr<NodeConfig> Parse(const nlohmann::json& root) {
       if (config.backpressure.retry_after <= core::Duration::zero()) {
         errors.Add("omniRelay.backpressure.retryAfter", "must be positive");
       }
+      b.Double("shardLowRatio", config.backpressure.shard_low_ratio);
+      b.Dur("shardMinHold", config.backpressure.shard_min_hold);
+      b.Dur("sampleInterval", config.backpressure.sample_interval);
+      if (!(config.backpressure.shard_low_ratio > 0 && config.backpressure.shard_low_ratio < 1)) {
+        errors.Add("omniRelay.backpressure.shardLowRatio", "must be between 0 and 1 (exclusive)");
+      }
+      if (config.backpressure.sample_interval <= core::Duration::zero()) {
+        errors.Add("omniRelay.backpressure.sampleInterval", "must be positive");
+      }
     }
     if (const auto* echo = top.Get("echo")) {
       Obj e(*echo, "omniRelay.echo", errors);
@@ -1435,7 +1444,10 @@ nlohmann::json ToJson(const NodeConfig& c) {
   }
   out["backpressure"] = {{"propagate", c.backpressure.propagate},
                          {"followMembers", c.backpressure.follow_members},
-                         {"retryAfterMs", ms(c.backpressure.retry_after)}};
+                         {"retryAfterMs", ms(c.backpressure.retry_after)},
+                         {"shardLowRatio", c.backpressure.shard_low_ratio},
+                         {"shardMinHoldMs", ms(c.backpressure.shard_min_hold)},
+                         {"sampleIntervalMs", ms(c.backpressure.sample_interval)}};
   if (c.gateway) {
     const auto& g = *c.gateway;
     nlohmann::json clusters = nlohmann::json::object();

@@ -332,6 +332,11 @@ struct BackpressureConfig {
   bool follow_members = true;  // throttle while any member is under backpressure
   // retry-after hint added to RESOURCE_EXHAUSTED answers while throttling
   core::Duration retry_after = std::chrono::seconds(1);
+  // Shards with a budget (shards.namespaces.<ns>.budget) are level sources:
+  // high = budget QPS, low = budget x shardLowRatio, held at least shardMinHold.
+  double shard_low_ratio = 0.8;
+  core::Duration shard_min_hold = std::chrono::seconds(2);
+  core::Duration sample_interval = std::chrono::milliseconds(500);
 };
 
 struct NodeConfig {

@@ -324,6 +324,18 @@ absl::Status Node::Build() {
   }
   if (auto s = BuildResourceLease(); !s.ok()) return s;
   if (auto s = BuildShards(); !s.ok()) return s;
+  if (shard_router_) {
+    bool budgeted = false;
+    for (const auto& ns : shard_router_->namespaces()) budgeted = budgeted || ns.budget_qps > 0;
+    if (budgeted) {
+      const auto& b = config_.backpressure;
+      bp_shards_ = std::make_shared<backpressure::ShardPressureSampler>(
+          shard_router_, bp_hub_, clock_,
+          backpressure::ShardPressureOptions{.low_ratio = b.shard_low_ratio,
+                                             .min_hold = b.shard_min_hold,
+                                             .interval = b.sample_interval});
+    }
+  }
   return absl::OkStatus();
 }
 
@@ -567,6 +579,7 @@ absl::Status Node::Start() {
       .threads = config_.resource_lease || config_.shards || config_.mesh ? 6 : 1,
       .tls = config_.admin.tls ? server_tls : nullptr});
   if (auto s = StartShards(); !s.ok()) return s;
+  if (bp_shards_) bp_shards_->Start();
   if (config_.mesh) {
     if (auto s = StartMesh(); !s.ok()) return s;
   }
@@ -740,6 +753,7 @@ void Node::Stop() {
   stopped_ = true;
   dispatcher_->Drain();
   if (shard_manager_) shard_manager_->Stop();
+  if (bp_shards_) bp_shards_->Stop();
   if (membership_) membership_->Stop();
   if (gossip_transport_) gossip_transport_->Shutdown(std::chrono::milliseconds(500));
   if (relay_) relay_->Shutdown(std::chrono::milliseconds(500));

@@ -50,6 +50,7 @@
 
 #include "omnirelay/backpressure/hub.h"
 #include "omnirelay/backpressure/mesh_link.h"
+#include "omnirelay/backpressure/shard_source.h"
 #include "omnirelay/config/config.h"
 #include "omnirelay/core/clock.h"
 #include "omnirelay/core/metrics.h"
@@ -164,6 +165,7 @@ class Node {
   // gossiped states; its listener flips rate_limiter_, the link gossips it.
   std::shared_ptr<backpressure::BackpressureHub> bp_hub_;
   std::shared_ptr<backpressure::MeshLink> bp_link_;
+  std::shared_ptr<backpressure::ShardPressureSampler> bp_shards_;  // shards with a budget
   // Mesh (config `mesh`): the Gossip service's transport, the membership
   // and the health tracker it feeds.
   std::shared_ptr<mesh::GrpcGossipTransport> gossip_transport_;
