@@ -49,6 +49,9 @@ def topology(edges: int):
         {"omniRelay": {"middleware": limits}})
     b.node("west-shard-42", role="shard", region="west", zone="west-a").with_config({"omniRelay": {
         "echo": {"instance": "west-shard-42"},
+        # Its own limiter (switched by its queue) must not be what refuses the
+        # edges' admitted calls: the edges' budget is what is measured.
+        "middleware": {"rateLimit": {"backpressure": {"maxConcurrency": 64}}},
         "principal": {"trustedProxies": ["127.0.0.1"]},
         "resourceLease": {"namespaces": {"shard-42": {
             "highWatermark": HIGH, "lowWatermark": LOW, "retryAfter": "2s"}}},
@@ -153,6 +156,7 @@ def scenario(s: Scenario) -> None:
                            "slowestCallSeconds": round(max(r[2] for r in results.values()), 3)})
             assert len(results) == edges and refused, report
             assert all(code == grpc.StatusCode.RESOURCE_EXHAUSTED and tr.get("retry-after-ms") == "2000"
+                       and tr.get("rpc-backpressure", "").startswith("upstream=east-edge-")
                        for code, tr in refused), refused[:5]
             assert report["slowestCallSeconds"] < 2.0, report
             assert served == ok <= budget, report

@@ -51,6 +51,9 @@ def topology():
     b = TopologyBuilder("backpressure-mesh", "a saturated member throttles the edge")
     b.node("hot", role="backend", region="west").with_config({"omniRelay": {
         "echo": {"instance": "hot"},
+        # Its own limiter (switched by its queue) must not be what refuses the
+        # edges' admitted calls: the edges' budget is what is measured.
+        "middleware": {"rateLimit": {"backpressure": {"maxConcurrency": 64}}},
         "principal": {"trustedProxies": ["127.0.0.1"]},
         "resourceLease": {"namespaces": {"jobs": {
             "highWatermark": HIGH, "lowWatermark": LOW, "retryAfter": "2s"}}},
@@ -159,6 +162,7 @@ def test_saturated_member_throttles_the_mesh_and_recovers(tmp_path):
             for code, trailers, took in refused:
                 assert code == grpc.StatusCode.RESOURCE_EXHAUSTED, (code, trailers)
                 assert trailers.get("retry-after-ms") == "3000", trailers
+                assert trailers.get("rpc-backpressure") == "upstream=edge", trailers
                 assert took < 2.0, "throttling answers at once, never a timeout"
             budget = EDGE_BURST + EDGE_RATE * elapsed + 1
             assert ok <= budget, (ok, budget, elapsed)
@@ -168,6 +172,14 @@ def test_saturated_member_throttles_the_mesh_and_recovers(tmp_path):
             assert metric(edge, "omnirelay_backpressure_throttling") == 1
             hot_channel = grpc.insecure_channel(hot.address("grpc"))
             try:
+                # The saturated queue's own refusal names the saturated node.
+                with pytest.raises(grpc.RpcError) as pushed_back:
+                    hot_channel.unary_unary("/resourcelease.jobs/enqueue")(
+                        json.dumps({"item": {"resourceType": "job"}}).encode(), timeout=5,
+                        metadata=[("rpc-encoding", "json"), ("x-client-principal", "p")])
+                assert pushed_back.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+                refusal = dict(pushed_back.value.trailing_metadata())
+                assert refusal["rpc-backpressure"] == "node=hot" and refusal["retry-after-ms"] == "2000"
                 _, answer = hot_channel.unary_unary(
                     ECHO, request_serializer=identity, response_deserializer=identity
                 ).with_call(b"x", timeout=5)

@@ -152,6 +152,7 @@ TEST_F(HubFixture, MiddlewareSignalsInResponses) {
   refused = run(absl::ResourceExhaustedError("full"));
   EXPECT_EQ(refused.status().code(), absl::StatusCode::kResourceExhausted);
   EXPECT_EQ(core::RetryAfter(refused.status()).value_or(milliseconds(0)), milliseconds(2000));
+  EXPECT_EQ(core::Backpressure(refused.status()).value_or(""), "node=a");
   // A refusal with its own hint keeps it.
   refused = run(core::WithRetryAfter(absl::ResourceExhaustedError("q"), milliseconds(300)));
   EXPECT_EQ(core::RetryAfter(refused.status()).value_or(milliseconds(0)), milliseconds(300));
@@ -163,6 +164,7 @@ TEST_F(HubFixture, MiddlewareSignalsInResponses) {
   EXPECT_FALSE(ok->headers.Contains(kResponseHeader));
   refused = run(absl::ResourceExhaustedError("rate-limited"));
   EXPECT_TRUE(core::RetryAfter(refused.status()).has_value());
+  EXPECT_EQ(core::Backpressure(refused.status()).value_or(""), "upstream=a");
 }
 
 TEST_F(HubFixture, ShardOverBudgetIsALevelSourceWithHysteresis) {
