@@ -167,6 +167,43 @@ TEST_F(HubFixture, MiddlewareSignalsInResponses) {
   EXPECT_EQ(core::Backpressure(refused.status()).value_or(""), "upstream=a");
 }
 
+// Queues, gossip and readers hit the hub from many threads (TSan label).
+TEST_F(HubFixture, ConcurrentSourcesMembersAndReadersEndConsistent) {
+  std::atomic<int> listener_calls{0};
+  hub->AddListener([&](const HubState&) { listener_calls.fetch_add(1); });
+  std::atomic<bool> done{false};
+  std::thread reader([&] {
+    std::uint64_t cursor = 0;
+    while (!done.load()) {
+      hub->Next(cursor, milliseconds(1));
+      (void)hub->ToJson();
+    }
+  });
+  std::vector<std::thread> writers;
+  const std::vector<std::string> names = {"q0", "m1", "q2", "m3"};
+  for (int t = 0; t < 4; ++t) {
+    writers.emplace_back([&, t] {
+      for (int i = 0; i < 500; ++i) {
+        const bool on = i % 2 == 0;
+        if (t % 2 == 0) {
+          hub->SetSource(names[t], on);
+        } else {
+          hub->SetRemote(names[t], on);
+        }
+        (void)hub->throttling();
+      }
+    });
+  }
+  for (auto& w : writers) w.join();
+  done.store(true);
+  reader.join();
+  // Every writer ended on "off" (i = 499 is odd).
+  EXPECT_FALSE(hub->local());
+  EXPECT_FALSE(hub->throttling());
+  EXPECT_GT(listener_calls.load(), 0);
+  EXPECT_EQ(Metric("omnirelay.backpressure.throttling"), 0);
+}
+
 TEST_F(HubFixture, ShardOverBudgetIsALevelSourceWithHysteresis) {
   shards::NamespaceOptions ns;
   ns.spec.ns = "orders";
