@@ -1284,6 +1284,24 @@ absl::StatusOr<NodeConfig> Parse(const nlohmann::json& root) {
       ParseShards(*shards, config, errors, parsed);
       config.shards = std::move(parsed);
     }
+    if (const auto* bp = top.Get("backpressure"); bp != nullptr && !bp->is_null()) {
+      Obj b(*bp, "omniRelay.backpressure", errors);
+      b.Bool("propagate", config.backpressure.propagate);
+      b.Bool("followMembers", config.backpressure.follow_members);
+      b.Dur("retryAfter", config.backpressure.retry_after);
+      if (config.backpressure.retry_after <= core::Duration::zero()) {
+        errors.Add("omniRelay.backpressure.retryAfter", "must be positive");
+      }
+      b.Double("shardLowRatio", config.backpressure.shard_low_ratio);
+      b.Dur("shardMinHold", config.backpressure.shard_min_hold);
+      b.Dur("sampleInterval", config.backpressure.sample_interval);
+      if (!(config.backpressure.shard_low_ratio > 0 && config.backpressure.shard_low_ratio < 1)) {
+        errors.Add("omniRelay.backpressure.shardLowRatio", "must be between 0 and 1 (exclusive)");
+      }
+      if (config.backpressure.sample_interval <= core::Duration::zero()) {
+        errors.Add("omniRelay.backpressure.sampleInterval", "must be positive");
+      }
+    }
     if (const auto* echo = top.Get("echo")) {
       Obj e(*echo, "omniRelay.echo", errors);
       config.echo.enabled = true;
@@ -1480,6 +1498,12 @@ nlohmann::json ToJson(const NodeConfig& c) {
             {"effectIdFormat", r->deterministic.effect_id_format}}}};
     }
   }
+  out["backpressure"] = {{"propagate", c.backpressure.propagate},
+                         {"followMembers", c.backpressure.follow_members},
+                         {"retryAfterMs", ms(c.backpressure.retry_after)},
+                         {"shardLowRatio", c.backpressure.shard_low_ratio},
+                         {"shardMinHoldMs", ms(c.backpressure.shard_min_hold)},
+                         {"sampleIntervalMs", ms(c.backpressure.sample_interval)}};
   if (c.gateway) {
     const auto& g = *c.gateway;
     nlohmann::json clusters = nlohmann::json::object();

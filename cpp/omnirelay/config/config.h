@@ -354,6 +354,19 @@ struct PrincipalConfig {
 // gRPC status code names ("OK", "CANCELLED", ..., "UNAUTHENTICATED").
 const std::vector<std::string>& StatusCodeNames();
 
+// Backpressure propagation (docs/backpressure.md), `omniRelay.backpressure`.
+struct BackpressureConfig {
+  bool propagate = true;       // publish this node's state in its gossip metadata
+  bool follow_members = true;  // throttle while any member is under backpressure
+  // retry-after hint added to RESOURCE_EXHAUSTED answers while throttling
+  core::Duration retry_after = std::chrono::seconds(1);
+  // Shards with a budget (shards.namespaces.<ns>.budget) are level sources:
+  // high = budget QPS, low = budget x shardLowRatio, held at least shardMinHold.
+  double shard_low_ratio = 0.8;
+  core::Duration shard_min_hold = std::chrono::seconds(2);
+  core::Duration sample_interval = std::chrono::milliseconds(500);
+};
+
 struct NodeConfig {
   std::string service = "omnirelay";
   std::optional<InboundConfig> grpc;
@@ -377,6 +390,7 @@ struct NodeConfig {
   std::optional<ReplicationHub> replication_hub;
   std::optional<LeadershipConfig> leadership;  // `omniRelay.leadership`
   std::optional<ShardsConfig> shards;          // `omniRelay.shards`
+  BackpressureConfig backpressure;             // `omniRelay.backpressure`
   core::Duration drain_timeout = std::chrono::seconds(10);
 };
 

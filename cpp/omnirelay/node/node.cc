@@ -9,6 +9,7 @@
 #include <thread>
 
 #include "absl/strings/numbers.h"
+#include "omnirelay/backpressure/signal_middleware.h"
 #include "omnirelay/core/address.h"
 #include "omnirelay/core/logging.h"
 #include "omnirelay/mesh/mesh_metrics.h"
@@ -185,6 +186,23 @@ absl::Status Node::Build() {
             .backpressure = {b.max_concurrency, b.tokens_per_second, b.burst}},
         clock_, metrics_);
   }
+  // Backpressure (docs/backpressure.md): the hub decides the limiter's mode:
+  // this node's own saturation (with resourceLease.throttleNode) or any
+  // member's gossiped saturation (with backpressure.followMembers).
+  bp_hub_ = std::make_shared<backpressure::BackpressureHub>(
+      config_.mesh ? config_.mesh->identity.node_id : config_.service, clock_, metrics_);
+  bp_hub_->AddListener([this](const backpressure::HubState& state) {
+    const bool throttle_local = config_.resource_lease && config_.resource_lease->throttle_node;
+    const bool on =
+        (throttle_local && state.local) || (config_.backpressure.follow_members && state.remote);
+    if (rate_limiter_) rate_limiter_->SetBackpressure(on);
+    core::Log(core::LogLevel::kInfo, "backpressure",
+              {{"node", bp_hub_->node_id()},
+               {"local", state.local},
+               {"remote", state.remote},
+               {"node.rateLimit", rate_limiter_ ? (on ? "backpressure" : "normal") : "none"}});
+  });
+  bp_link_ = backpressure::MeshLink::Create(bp_hub_, clock_, config_.backpressure.propagate);
   std::vector<std::string> inbound_names = config_.middleware.inbound;
   if (rate_limiter_ &&
       std::find(inbound_names.begin(), inbound_names.end(), "rate-limit") == inbound_names.end()) {
@@ -192,6 +210,9 @@ absl::Status Node::Build() {
   }
   auto inbound = Chain(inbound_names, nullptr);
   if (!inbound.ok()) return inbound.status();
+  // First in the chain: it sees the rate limiter's refusals too.
+  inbound->insert(inbound->begin(), std::make_shared<backpressure::BackpressureSignalMiddleware>(
+                                        bp_hub_, config_.backpressure.retry_after));
   dispatcher_->UseInboundMiddleware(std::move(*inbound));
   auto outbound_chain = Chain(config_.middleware.outbound, nullptr);
   if (!outbound_chain.ok()) return outbound_chain.status();
@@ -305,6 +326,18 @@ absl::Status Node::Build() {
   }
   if (auto s = BuildResourceLease(); !s.ok()) return s;
   if (auto s = BuildShards(); !s.ok()) return s;
+  if (shard_router_) {
+    bool budgeted = false;
+    for (const auto& ns : shard_router_->namespaces()) budgeted = budgeted || ns.budget_qps > 0;
+    if (budgeted) {
+      const auto& b = config_.backpressure;
+      bp_shards_ = std::make_shared<backpressure::ShardPressureSampler>(
+          shard_router_, bp_hub_, clock_,
+          backpressure::ShardPressureOptions{.low_ratio = b.shard_low_ratio,
+                                             .min_hold = b.shard_min_hold,
+                                             .interval = b.sample_interval});
+    }
+  }
   return absl::OkStatus();
 }
 
@@ -335,22 +368,19 @@ absl::Status Node::BuildResourceLease() {
     }
     backpressure_diag_->Track(options, clock_->Now());
     (*queue)->AddBackpressureListener(backpressure_diag_->Listener());
-    if (rate_limiter_ && rl.throttle_node) {
-      // Runs under the queue's lock; throttle_mu_ orders flips coming from
-      // several queues so the limiter ends in the state of the last one.
-      (*queue)->AddBackpressureListener([this](const resourcelease::BackpressureSignal& signal) {
-        std::lock_guard lock(throttle_mu_);
-        throttling_[signal.queue] = signal.active;
-        bool any = false;
-        for (const auto& [ns, on] : throttling_) any = any || on;
-        rate_limiter_->SetBackpressure(any);
-        core::Log(core::LogLevel::kInfo, "resourcelease backpressure",
-                  {{"namespace", signal.queue},
-                   {"state", signal.active ? "backpressure" : "normal"},
-                   {"pending", signal.pending},
-                   {"node.rateLimit", any ? "backpressure" : "normal"}});
-      });
-    }
+    // Runs under the queue's lock (the queue does the watermark hysteresis);
+    // the hub orders flips from several queues.
+    const std::string source = "resourcelease/" + name;
+    bp_hub_->SetSource(source, false,
+                       {{"highWatermark", q.high_watermark}, {"lowWatermark", q.low_watermark}});
+    (*queue)->AddBackpressureListener(
+        [hub = bp_hub_, source](const resourcelease::BackpressureSignal& signal) {
+          hub->SetSource(source, signal.active, {{"pending", signal.pending}});
+          core::Log(core::LogLevel::kInfo, "resourcelease backpressure",
+                    {{"namespace", signal.queue},
+                     {"state", signal.active ? "backpressure" : "normal"},
+                     {"pending", signal.pending}});
+        });
     // Replays the log into the fresh queue before it serves (docs/replication.md).
     if (replication_) {
       if (auto s = replication_->Attach(**queue); !s.ok()) return s;
@@ -398,19 +428,40 @@ nlohmann::json Node::ResourceLeaseStats() const {
   return out;
 }
 
+http::HttpResponse Node::BackpressureMeshStream() const {
+  http::HttpResponse response;
+  response.content_type = "text/event-stream";
+  response.headers.Set("cache-control", "no-cache");
+  response.stream = [hub = bp_hub_](const std::function<bool(std::string_view)>& write) {
+    // The whole state first, then each transition (local sources and
+    // members); a comment line every 2 s notices clients that went away.
+    std::uint64_t cursor = hub->Cursor();
+    if (!write("event: snapshot\ndata: " + hub->ToJson().dump() + "\n\n")) return;
+    while (!hub->closed()) {
+      auto next = hub->Next(cursor, std::chrono::seconds(2));
+      if (!next) {
+        if (!write(": keepalive\n\n")) return;
+        continue;
+      }
+      if (!write("event: transition\ndata: " + next->dump() + "\n\n")) return;
+    }
+  };
+  return response;
+}
+
 void Node::AddResourceLeaseRoutes(http::HttpServer& server) {
   AdminRoute(server, "GET", "/omnirelay/control/backpressure", [this](const http::HttpRequest&) {
     nlohmann::json body = {
         {"namespaces",
          backpressure_diag_ ? backpressure_diag_->Latest() : nlohmann::json::object()},
         {"rateLimit", rate_limiter_ ? rate_limiter_->Snapshot() : nlohmann::json(nullptr)}};
+    body.update(bp_hub_->ToJson());  // node, local, remote, throttling, sources, members
     return http::HttpResponse::Json(200, body.dump());
   });
   AdminRoute(server, "GET", "/omnirelay/control/backpressure/stream",
              [this](const http::HttpRequest& request) {
-               if (!backpressure_diag_) {
-                 return http::HttpResponse::Json(404,
-                                                 R"({"error":"resourceLease is not configured"})");
+               if (!backpressure_diag_ || request.QueryParam("view").value_or("") == "mesh") {
+                 return BackpressureMeshStream();
                }
                const std::string only = request.QueryParam("namespace").value_or("");
                http::HttpResponse response;
@@ -555,14 +606,15 @@ absl::Status Node::Start() {
   if (control_service_ && leadership_) control_service_->Attach(leadership_);
   auto hp = transport::ParseHostPort(config_.admin_address);
   if (!hp.ok()) return hp.status();
-  // Backpressure SSE streams hold an admin worker each: give ResourceLease
-  // nodes a few.
-  admin_ = std::make_unique<http::HttpServer>(
-      http::HttpServerOptions{.host = hp->host,
-                              .port = hp->port,
-                              .threads = config_.resource_lease || config_.shards ? 6 : 1,
-                              .tls = config_.admin.tls ? server_tls : nullptr});
+  // Backpressure SSE streams hold an admin worker each: give ResourceLease,
+  // shard and mesh nodes (docs/backpressure.md) a few.
+  admin_ = std::make_unique<http::HttpServer>(http::HttpServerOptions{
+      .host = hp->host,
+      .port = hp->port,
+      .threads = config_.resource_lease || config_.shards || config_.mesh ? 6 : 1,
+      .tls = config_.admin.tls ? server_tls : nullptr});
   if (auto s = StartShards(); !s.ok()) return s;
+  if (bp_shards_) bp_shards_->Start();
   if (config_.mesh) {
     if (auto s = StartMesh(); !s.ok()) return s;
   }
@@ -690,6 +742,7 @@ absl::Status Node::StartMesh() {
   }
   mesh_metrics_ = mesh::RegisterMeshMetrics(*metrics_, membership_);
   gossip_service_->Attach(membership_);
+  bp_link_->Attach(membership_);  // gossips this node's backpressure, follows members'
   membership_->Start(c.seeds);
   core::LogInfo("mesh.started", {{"id", c.identity.node_id},
                                  {"address", advertise},
@@ -735,6 +788,7 @@ void Node::Stop() {
   stopped_ = true;
   dispatcher_->Drain();
   if (shard_manager_) shard_manager_->Stop();
+  if (bp_shards_) bp_shards_->Stop();
   if (membership_) membership_->Stop();
   if (gossip_transport_) gossip_transport_->Shutdown(std::chrono::milliseconds(500));
   if (relay_) relay_->Shutdown(std::chrono::milliseconds(500));
@@ -750,6 +804,7 @@ void Node::Stop() {
   if (replication_) replication_->Close();              // writes what is buffered
   if (hub_log_) hub_log_->Close();
   if (backpressure_diag_) backpressure_diag_->Close();  // ends SSE streams
+  if (bp_hub_) bp_hub_->Close();
   if (admin_) admin_->Stop();
 }
 

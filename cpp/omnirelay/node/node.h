@@ -49,6 +49,9 @@
 #include <string>
 #include <vector>
 
+#include "omnirelay/backpressure/hub.h"
+#include "omnirelay/backpressure/mesh_link.h"
+#include "omnirelay/backpressure/shard_source.h"
 #include "omnirelay/config/config.h"
 #include "omnirelay/core/clock.h"
 #include "omnirelay/core/metrics.h"
@@ -124,6 +127,8 @@ class Node {
   nlohmann::json LeadersJson() const;
   // Shard routing (config `shards`), null without it.
   std::shared_ptr<const shards::ShardRouter> shard_router() const { return shard_router_; }
+  // Backpressure state of this node and of every member (docs/backpressure.md).
+  std::shared_ptr<backpressure::BackpressureHub> backpressure_hub() const { return bp_hub_; }
 
  private:
   explicit Node(config::NodeConfig config);
@@ -133,6 +138,8 @@ class Node {
   void AddAdminRoutes(http::HttpServer& server);
   absl::Status BuildResourceLease();
   void AddResourceLeaseRoutes(http::HttpServer& server);
+  // SSE of the hub's transitions (GET .../backpressure/stream?view=mesh).
+  http::HttpResponse BackpressureMeshStream() const;
   nlohmann::json ResourceLeaseStats() const;
   absl::Status StartMesh();
   // nullopt when `request` may proceed, else the 401/403 answer.
@@ -166,8 +173,11 @@ class Node {
   std::shared_ptr<resourcelease::BackpressureDiagnostics> backpressure_diag_;
   // ResourceLease replication (config resourceLease.replication), null without it.
   std::unique_ptr<class ResourceLeaseReplication> replication_;
-  std::mutex throttle_mu_;                  // orders rate-limiter flips from several queues
-  std::map<std::string, bool> throttling_;  // namespace -> under backpressure
+  // Backpressure (docs/backpressure.md): local sources (queues) and members'
+  // gossiped states; its listener flips rate_limiter_, the link gossips it.
+  std::shared_ptr<backpressure::BackpressureHub> bp_hub_;
+  std::shared_ptr<backpressure::MeshLink> bp_link_;
+  std::shared_ptr<backpressure::ShardPressureSampler> bp_shards_;  // shards with a budget
   // Mesh (config `mesh`): the Gossip service's transport, the membership
   // and the health tracker it feeds.
   std::shared_ptr<mesh::GrpcGossipTransport> gossip_transport_;

@@ -293,6 +293,9 @@ class InboundCall final : public Tag {
     if (auto after = core::RetryAfter(status)) {
       ctx_.AddTrailingMetadata("retry-after-ms", std::to_string(after->count()));
     }
+    if (auto marker = core::Backpressure(status)) {
+      ctx_.AddTrailingMetadata("rpc-backpressure", *marker);
+    }
     state_ = State::kFinishing;
     stream_.Finish(ToGrpc(status), this);
   }
@@ -421,6 +424,9 @@ absl::Status FromGrpc(const grpc::Status& status, const grpc::ClientContext& ctx
     if (std::from_chars(text.data(), text.data() + text.size(), ms).ec == std::errc()) {
       out = core::WithRetryAfter(std::move(out), std::chrono::milliseconds(ms));
     }
+  }
+  if (auto it = trailers.find("rpc-backpressure"); it != trailers.end()) {
+    out = core::WithBackpressure(std::move(out), std::string(View(it->second)));
   }
   return out;
 }

@@ -29,6 +29,7 @@ http::HttpResponse ErrorResponse(const absl::Status& status) {
   } else if (status.code() == absl::StatusCode::kUnavailable) {
     response.headers.Set("retry-after", "1");
   }
+  if (auto marker = core::Backpressure(status)) response.headers.Set("rpc-backpressure", *marker);
   return response;
 }
 
