@@ -1,5 +1,7 @@
 #include "omnirelay/peers/geo_chooser.h"
 
+#include <time.h>
+
 #include <algorithm>
 
 namespace omnirelay::peers {
@@ -79,7 +81,8 @@ GeoChooser::GeoChooser(GeoChooserOptions options, std::shared_ptr<core::Clock> c
       metrics_(std::move(metrics)),
       local_(std::move(local)),
       other_(std::move(other)),
-      tracks_load_(local_->tracks_load()) {
+      tracks_load_(local_->tracks_load()),
+      coarse_clock_(dynamic_cast<const core::SystemClock*>(clock_.get()) != nullptr) {
   if (metrics_) {
     mode_gauge_ = &metrics_->GetGauge(kGeoMode, options_.tags);
     mode_gauge_->Set(0);
@@ -120,8 +123,17 @@ std::shared_ptr<ChooserState> GeoChooser::Build(const std::vector<Peer*>& peers)
 int GeoChooser::Pick(const PeerSnapshot& snapshot, const core::RequestMeta& meta) {
   const auto* state = static_cast<const GeoState*>(snapshot.chooser_state.get());
   if (state == nullptr) return -1;
-  const core::TimePoint now = clock_->Now();
-  const std::int64_t now_ns = Nanos(now);
+  std::int64_t now_ns;
+  if (coarse_clock_) {
+    // CLOCK_REALTIME_COARSE (the system clock's epoch at the kernel tick's
+    // granularity, 1-4 ms; a vDSO read without the TSC), as Peer does: the
+    // evaluation interval is far coarser than that. ManualClock stays exact.
+    timespec ts;
+    clock_gettime(CLOCK_REALTIME_COARSE, &ts);
+    now_ns = static_cast<std::int64_t>(ts.tv_sec) * 1'000'000'000 + ts.tv_nsec;
+  } else {
+    now_ns = Nanos(clock_->Now());
+  }
   std::int64_t due = next_evaluation_ns_.load(std::memory_order_relaxed);
   if (now_ns >= due &&
       next_evaluation_ns_.compare_exchange_strong(
@@ -129,7 +141,8 @@ int GeoChooser::Pick(const PeerSnapshot& snapshot, const core::RequestMeta& meta
           now_ns +
               std::chrono::duration_cast<std::chrono::nanoseconds>(options_.evaluate_every).count(),
           std::memory_order_relaxed)) {
-    Evaluate(snapshot, now);
+    Evaluate(snapshot, core::TimePoint(std::chrono::duration_cast<core::TimePoint::duration>(
+                           std::chrono::nanoseconds(now_ns))));
   }
   bool local_first = mode_.load(std::memory_order_acquire) == Mode::kLocal;
   if (!local_first && options_.probe_every > 0) {

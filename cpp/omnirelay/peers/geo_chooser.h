@@ -25,10 +25,10 @@
 //   good (one bad evaluation restarts the hold): oscillating inputs never
 //   bring traffic back, so there is no flapping.
 //
-// Cost: a pick is one clock read, two atomic loads, and the inner chooser's
-// pick on the sub-snapshot; no allocation. Evaluation reads per-peer counters
-// (a short mutex in the peer kit's stat directory) but never on the pick path
-// of other threads (they do not wait for it).
+// Cost: a pick is one (coarse, for the SystemClock) clock read, two atomic loads, and the inner
+// chooser's pick on the sub-snapshot; no allocation. Evaluation reads per-peer counters (a short
+// mutex in the peer kit's stat directory) but never on the pick path of other threads (they do not
+// wait for it).
 //
 // Metrics (tags: rpc.service/rpc.transport given in `tags`, plus geo.region):
 //   omnirelay.geo.routed{geo.region}        picks per peer region
@@ -101,6 +101,7 @@ class GeoChooser final : public PeerChooser {
   std::unique_ptr<PeerChooser> local_;
   std::unique_ptr<PeerChooser> other_;
   bool tracks_load_;
+  const bool coarse_clock_;  // the SystemClock: read CLOCK_REALTIME_COARSE instead
 
   std::atomic<Mode> mode_{Mode::kLocal};
   std::atomic<std::int64_t> next_evaluation_ns_{0};
