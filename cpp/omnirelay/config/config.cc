@@ -12,6 +12,7 @@
 #include "omnirelay/core/address.h"
 #include "omnirelay/core/request_meta.h"
 #include "omnirelay/peers/chooser.h"
+#include "omnirelay/peers/geo_chooser.h"
 
 extern char** environ;
 
@@ -1168,6 +1169,40 @@ absl::StatusOr<NodeConfig> Parse(const nlohmann::json& root) {
             errors.Add(path + ".peerChooser",
                        "unknown chooser '" + out.peer_chooser + "' (known: " + known + ")");
           }
+          if (const auto* geo = o.Get("geo"); geo != nullptr && !geo->is_null()) {
+            const std::string gpath = path + ".geo";
+            Obj g(*geo, gpath, errors);
+            GeoRoutingConfig cfg;
+            g.String("region", cfg.region);
+            g.Double("latencyThresholdMs", cfg.latency_threshold_ms);
+            g.String("latencySignal", cfg.latency_signal);
+            cfg.latency_signal = Lower(cfg.latency_signal);
+            if (!peers::ParseGeoLatencySignal(cfg.latency_signal).ok()) {
+              errors.Add(gpath + ".latencySignal",
+                         "unknown signal '" + cfg.latency_signal + "' (ewma, p50, p90, p99)");
+            }
+            g.Double("failureRateThreshold", cfg.failure_rate_threshold);
+            if (cfg.failure_rate_threshold > 1) {
+              errors.Add(gpath + ".failureRateThreshold", "must be within [0, 1]");
+            }
+            g.Int("minSamples", cfg.min_samples, 1);
+            g.Dur("holdMs", cfg.hold);
+            g.Dur("returnAfter", cfg.hold);
+            g.Dur("evaluateEveryMs", cfg.evaluate_every);
+            if (cfg.evaluate_every <= core::Duration::zero()) {
+              errors.Add(gpath + ".evaluateEveryMs", "must be positive");
+            }
+            g.Int("probeEvery", cfg.probe_every);
+            g.String("innerChooser", cfg.inner_chooser);
+            if (std::find(choosers.begin(), choosers.end(), cfg.inner_chooser) == choosers.end()) {
+              std::string known;
+              for (const auto& c : choosers) known += (known.empty() ? "" : ", ") + c;
+              errors.Add(gpath + ".innerChooser",
+                         "unknown chooser '" + cfg.inner_chooser + "' (known: " + known + ")");
+            }
+            if (out.leader) errors.Add(gpath, "cannot be combined with 'leader'");
+            out.geo = cfg;
+          }
           o.Int("maxInFlightPerPeer", out.max_in_flight_per_peer);
           o.Int("threads", out.threads, 1);
           if (const auto* cb = o.Get("circuitBreaker")) {
@@ -1327,6 +1362,12 @@ absl::StatusOr<NodeConfig> Parse(const nlohmann::json& root) {
         errors.Add("omniRelay.outbounds." + name + ".mesh",
                    "needs an omniRelay.mesh section (membership supplies the peers)");
       }
+    }
+  }
+  for (const auto& [name, o] : config.outbounds) {
+    if (o.geo && o.geo->region.empty() && (!config.mesh || config.mesh->identity.region.empty())) {
+      errors.Add("omniRelay.outbounds." + name + ".geo.region",
+                 "is required (or set omniRelay.mesh.identity.region)");
     }
   }
   for (const auto& [name, o] : config.outbounds) {
@@ -1557,6 +1598,17 @@ nlohmann::json ToJson(const NodeConfig& c) {
                                         {"labels", o.mesh->labels}};
     }
     if (o.leader) out["outbounds"][name]["leader"] = {{"scope", o.leader->scope}};
+    if (o.geo) {
+      out["outbounds"][name]["geo"] = {{"region", o.geo->region},
+                                       {"latencyThresholdMs", o.geo->latency_threshold_ms},
+                                       {"latencySignal", o.geo->latency_signal},
+                                       {"failureRateThreshold", o.geo->failure_rate_threshold},
+                                       {"minSamples", o.geo->min_samples},
+                                       {"holdMs", ms(o.geo->hold)},
+                                       {"evaluateEveryMs", ms(o.geo->evaluate_every)},
+                                       {"probeEvery", o.geo->probe_every},
+                                       {"innerChooser", o.geo->inner_chooser}};
+    }
   }
   if (c.mesh) {
     out["mesh"] = MeshToJson(*c.mesh);

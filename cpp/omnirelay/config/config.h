@@ -77,6 +77,21 @@ struct LeaderTargetConfig {
   std::string scope;  // global | region/<name> | shard/<namespace>/<id>
 };
 
+// Geo-aware routing for one outbound (docs/peers.md "geo"): the outbound's
+// chooser becomes the geo chooser, preferring peers in `region` and falling
+// back to the other regions when the local ones degrade.
+struct GeoRoutingConfig {
+  std::string region;                   // empty = omniRelay.mesh.identity.region
+  double latency_threshold_ms = 250;    // 0 disables the latency rule
+  std::string latency_signal = "ewma";  // ewma | p50 | p90 | p99
+  double failure_rate_threshold = 0.5;  // within [0, 1]; 1 disables the failure rule
+  int min_samples = 10;
+  core::Duration hold = std::chrono::seconds(10);  // `holdMs` / `returnAfter`
+  core::Duration evaluate_every = std::chrono::milliseconds(100);
+  int probe_every = 20;  // 0 = no probes while in fallback
+  std::string inner_chooser = "fewest-pending";
+};
+
 struct OutboundConfig {
   std::string name;
   std::string transport = "grpc";  // grpc | http
@@ -86,7 +101,8 @@ struct OutboundConfig {
   std::optional<MeshSelectorConfig> mesh;    // `mesh:` instead of `endpoints:`
   std::optional<LeaderTargetConfig> leader;  // `leader:` (optionally with `mesh:`)
   std::string peer_chooser = "fewest-pending";
-  int max_in_flight_per_peer = 0;  // 0 = unlimited
+  std::optional<GeoRoutingConfig> geo;  // `geo:` (replaces peerChooser)
+  int max_in_flight_per_peer = 0;       // 0 = unlimited
   CircuitBreakerConfig circuit_breaker;
   RetryConfig retry;
   int threads = 1;

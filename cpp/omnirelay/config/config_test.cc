@@ -470,3 +470,69 @@ TEST(ShardsConfigTest, ErrorsNameTheKeyPath) {
 
 }  // namespace
 }  // namespace omnirelay::config
+
+namespace omnirelay::config {
+namespace {
+
+TEST(ConfigGeoTest, ParsesEveryOptionAndEchoesIt) {
+  auto root = Base();
+  root["omniRelay"]["outbounds"]["analytics"]["geo"] = nlohmann::json::parse(R"({
+    "region": "west", "latencyThresholdMs": 80, "latencySignal": "P90",
+    "failureRateThreshold": 0.2, "minSamples": 5, "holdMs": 3000,
+    "evaluateEveryMs": 50, "probeEvery": 10, "innerChooser": "round-robin"})");
+  auto config = Parse(root);
+  ASSERT_TRUE(config.ok()) << config.status();
+  const auto& geo = *config->outbounds.at("analytics").geo;
+  EXPECT_EQ(geo.region, "west");
+  EXPECT_EQ(geo.latency_threshold_ms, 80);
+  EXPECT_EQ(geo.latency_signal, "p90");
+  EXPECT_EQ(geo.failure_rate_threshold, 0.2);
+  EXPECT_EQ(geo.min_samples, 5);
+  EXPECT_EQ(geo.hold, std::chrono::seconds(3));
+  EXPECT_EQ(geo.evaluate_every, std::chrono::milliseconds(50));
+  EXPECT_EQ(geo.probe_every, 10);
+  EXPECT_EQ(geo.inner_chooser, "round-robin");
+  auto echoed = ToJson(*config)["omniRelay"]["outbounds"]["analytics"]["geo"];
+  EXPECT_EQ(echoed["holdMs"], 3000);
+  EXPECT_EQ(echoed["innerChooser"], "round-robin");
+  root["omniRelay"]["outbounds"]["analytics"]["geo"].erase("holdMs");
+  root["omniRelay"]["outbounds"]["analytics"]["geo"]["returnAfter"] = "2s";
+  config = Parse(root);
+  ASSERT_TRUE(config.ok()) << config.status();
+  EXPECT_EQ(config->outbounds.at("analytics").geo->hold, std::chrono::seconds(2));
+}
+
+TEST(ConfigGeoTest, BadOptionsNameTheKeyPath) {
+  auto root = Base();
+  root["omniRelay"]["outbounds"]["analytics"]["geo"] = nlohmann::json::parse(R"({
+    "latencySignal": "p75", "failureRateThreshold": 1.5, "innerChooser": "geo-ish",
+    "evaluateEveryMs": 0, "minSamples": 0, "holdMs": "soon", "bogus": 1})");
+  auto config = Parse(root);
+  ASSERT_FALSE(config.ok());
+  const std::string message(config.status().message());
+  for (const char* expected :
+       {"omniRelay.outbounds.analytics.geo.latencySignal: unknown signal 'p75'",
+        "omniRelay.outbounds.analytics.geo.failureRateThreshold: must be within [0, 1]",
+        "omniRelay.outbounds.analytics.geo.innerChooser: unknown chooser 'geo-ish'",
+        "omniRelay.outbounds.analytics.geo.evaluateEveryMs: must be positive",
+        "omniRelay.outbounds.analytics.geo.minSamples: must be an integer >= 1",
+        "omniRelay.outbounds.analytics.geo.holdMs: must be a duration",
+        "omniRelay.outbounds.analytics.geo.bogus: unknown key",
+        // No region and no mesh identity to default it from.
+        "omniRelay.outbounds.analytics.geo.region: is required"}) {
+    EXPECT_NE(message.find(expected), std::string::npos) << expected << "\n" << message;
+  }
+}
+
+TEST(ConfigGeoTest, RegionDefaultsToTheMeshIdentity) {
+  auto root = Base();
+  root["omniRelay"]["mesh"] = nlohmann::json::parse(R"({"region": "east"})");
+  root["omniRelay"]["outbounds"]["analytics"]["geo"] = nlohmann::json::object();
+  auto config = Parse(root);
+  ASSERT_TRUE(config.ok()) << config.status();
+  EXPECT_EQ(config->outbounds.at("analytics").geo->region, "");  // resolved by the node
+  EXPECT_EQ(config->mesh->identity.region, "east");
+}
+
+}  // namespace
+}  // namespace omnirelay::config

@@ -277,7 +277,13 @@ TEST(PeerFeedTest, FeedFollowsJoinCrashAndLeave) {
   FeedPeerList(c["a"], {}, "grpc",
                [&](const std::vector<DataPeer>& peers) { lists.push_back(peers); });
   ASSERT_EQ(lists.size(), 1u);  // self, at once
-  EXPECT_EQ(lists[0], (std::vector<DataPeer>{{"a", "data-a:7000"}}));
+  ASSERT_EQ(lists[0].size(), 1u);
+  EXPECT_EQ(lists[0][0].id, "a");
+  EXPECT_EQ(lists[0][0].address, "data-a:7000");
+  // The member's locality rides along (the geo chooser routes on it).
+  EXPECT_FALSE(lists[0][0].region.empty());
+  EXPECT_EQ(lists[0][0].region, c["a"].SelfRecord().meta.region);
+  EXPECT_EQ(lists[0][0].zone, c["a"].SelfRecord().meta.zone);
   auto ids = [&] {
     std::vector<std::string> out;
     for (const auto& p : lists.back()) out.push_back(p.id);

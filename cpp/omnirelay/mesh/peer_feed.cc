@@ -64,7 +64,7 @@ std::vector<DataPeer> SelectDataPeers(const std::vector<Member>& members,
     if (r.state != MemberState::kAlive || !selector.Matches(r.meta)) continue;
     auto endpoint = r.meta.endpoints.find(std::string(transport));
     if (endpoint == r.meta.endpoints.end() || endpoint->second.empty()) continue;
-    out.push_back({r.id, endpoint->second});
+    out.push_back({r.id, endpoint->second, r.meta.region, r.meta.zone});
   }
   std::sort(out.begin(), out.end(),
             [](const DataPeer& a, const DataPeer& b) { return a.id < b.id; });

@@ -31,10 +31,13 @@ struct MemberSelector {
   bool Matches(const MemberMeta& meta) const;
 };
 
-// One peer for an outbound: the member id and its advertised data endpoint.
+// One peer for an outbound: the member id, its advertised data endpoint and
+// its locality (for the geo chooser).
 struct DataPeer {
   std::string id;
   std::string address;
+  std::string region = {};  // defaulted: {id, address} initialisers stay valid
+  std::string zone = {};
   bool operator==(const DataPeer&) const = default;
 };
 

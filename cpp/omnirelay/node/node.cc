@@ -14,6 +14,7 @@
 #include "omnirelay/core/logging.h"
 #include "omnirelay/mesh/mesh_metrics.h"
 #include "omnirelay/mesh/peer_feed.h"
+#include "omnirelay/peers/geo_chooser.h"
 #include "omnirelay/node/replication_wiring.h"
 #include "omnirelay/replication/hub.h"
 #include "omnirelay/resourcelease/service.h"
@@ -238,6 +239,35 @@ absl::Status Node::Build() {
       };
       peers.exhaustion_is_unavailable = true;
       leader_scopes_.push_back(scope);
+    }
+    if (o.geo) {
+      // Geo-aware routing (docs/peers.md "geo"): peers' regions come from
+      // membership metadata (StartMesh's feed) or are unknown (= remote).
+      peers::GeoChooserOptions geo;
+      geo.region = !o.geo->region.empty() ? o.geo->region
+                   : config_.mesh         ? config_.mesh->identity.region
+                                          : std::string();
+      geo.latency_threshold_ms = o.geo->latency_threshold_ms;
+      geo.latency_signal = *peers::ParseGeoLatencySignal(o.geo->latency_signal);
+      geo.failure_rate_threshold = o.geo->failure_rate_threshold;
+      geo.min_samples = static_cast<std::uint64_t>(o.geo->min_samples);
+      geo.hold = o.geo->hold;
+      geo.evaluate_every = o.geo->evaluate_every;
+      geo.probe_every = static_cast<std::uint32_t>(o.geo->probe_every);
+      geo.inner = o.geo->inner_chooser;
+      geo.tags = {{"rpc.service", o.service}, {"outbound", name}};
+      // Validate now (config validation already did; this keeps the error
+      // path explicit should the two ever disagree).
+      auto probe = peers::GeoChooser::Create(geo, clock_, nullptr);
+      if (!probe.ok()) {
+        return absl::InvalidArgumentError("omniRelay.outbounds." + name +
+                                          ".geo: " + std::string(probe.status().message()));
+      }
+      peers.chooser_factory = [geo, clock = clock_,
+                               metrics = metrics_]() -> std::unique_ptr<peers::PeerChooser> {
+        auto made = peers::GeoChooser::Create(geo, clock, metrics);
+        return made.ok() ? *std::move(made) : nullptr;
+      };
     }
     // Mesh and leader outbounds start empty; StartMesh feeds them.
     auto coordinated = transport::MakeCoordinatorPeerPool(
@@ -729,7 +759,7 @@ absl::Status Node::StartMesh() {
                            std::string address =
                                http ? (scheme.empty() ? "http://" : scheme) + m.address + "/"
                                     : scheme + m.address;
-                           peers.push_back({m.id, std::move(address)});
+                           peers.push_back({m.id, std::move(address), m.region, m.zone});
                            ids.push_back(m.id);
                          }
                          if (auto s = pool->SetPeers(std::move(peers)); !s.ok()) {

@@ -6,6 +6,7 @@
 // other test.
 #include <gtest/gtest.h>
 
+#include "omnirelay/peers/geo_chooser.h"
 #include "omnirelay/peers/test_util.h"
 
 OMNIRELAY_PEERS_COUNT_ALLOCATIONS();
@@ -57,6 +58,51 @@ TEST_P(HotPathAllocationTest, AcquireReleaseAllocatesNothing) {
 INSTANTIATE_TEST_SUITE_P(Choosers, HotPathAllocationTest,
                          ::testing::Values("round-robin", "two-random", "fewest-pending",
                                            "preferred", "hash", "least-latency"));
+
+}  // namespace
+}  // namespace omnirelay::peers
+
+namespace omnirelay::peers {
+namespace {
+
+// The geo chooser over fewest-pending, on the system clock so evaluations
+// (every 1 ms here) run inside the measured window too.
+TEST(GeoAllocationTest, AcquireReleaseAllocatesNothing) {
+  auto metrics = std::make_shared<core::MetricsRegistry>();
+  auto clock = core::SystemClock::Shared();
+  PeerListCoordinatorOptions options;
+  options.service = "svc";
+  options.peer_defaults.breaker->consecutive_failures = 1 << 30;
+  options.chooser_factory = [&]() -> std::unique_ptr<PeerChooser> {
+    GeoChooserOptions geo;
+    geo.region = "west";
+    geo.evaluate_every = std::chrono::milliseconds(1);
+    geo.latency_threshold_ms = 0.95;  // samples straddle it: both modes get exercised
+    geo.hold = std::chrono::milliseconds(2);
+    geo.probe_every = 7;
+    geo.inner_options.seed = 3;
+    return *GeoChooser::Create(geo, clock, metrics);
+  };
+  auto coordinator = *PeerListCoordinator::Create(options, clock, metrics);
+  for (int i = 0; i < 100; ++i) {
+    PeerDescriptor d = testing::Desc("p" + std::to_string(i));
+    d.region = i % 2 ? "east" : "west";
+    ASSERT_TRUE(coordinator->AddPeer(d).ok());
+  }
+  core::RequestMeta meta;
+  auto cycle = [&](int n) {
+    for (int i = 0; i < n; ++i) {
+      auto lease = coordinator->Acquire(meta);
+      if (!lease.ok()) std::abort();
+      lease->Release(core::StatusCode::kOk,
+                     std::chrono::microseconds(i % 2000 < 1000 ? 500 : 1500));
+    }
+  };
+  cycle(50000);
+  const std::uint64_t before = testing::thread_allocations;
+  cycle(50000);
+  EXPECT_EQ(testing::thread_allocations - before, 0u) << "allocations on the geo acquire+release path";
+}
 
 }  // namespace
 }  // namespace omnirelay::peers

@@ -267,6 +267,9 @@ std::optional<double> Peer::LatencyEwmaMs() const {
   return value;
 }
 
+std::uint64_t Peer::SuccessCount() const { return internal::SumSuccesses(stat_.id()); }
+std::uint64_t Peer::FailureCount() const { return internal::SumFailures(stat_.id()); }
+
 LatencyPercentiles Peer::WindowPercentiles() const {
   std::uint32_t count = std::min(window_next_.load(std::memory_order_relaxed), kLatencyWindow);
   std::vector<float> samples(count);

@@ -157,6 +157,11 @@ class Peer : public std::enable_shared_from_this<Peer> {
   // EWMA of latency in ms, or nullopt before the first sample.
   std::optional<double> LatencyEwmaMs() const;
   LatencyPercentiles WindowPercentiles() const;
+  // Outcome totals summed over every thread's cell (takes the stat
+  // directory's mutex; no allocation): for periodic evaluators such as the
+  // geo chooser, not for the pick path.
+  std::uint64_t SuccessCount() const;
+  std::uint64_t FailureCount() const;
   PeerState Snapshot() const;
   CircuitBreaker* breaker() const { return breaker_.get(); }
 

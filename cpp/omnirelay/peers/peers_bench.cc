@@ -26,6 +26,7 @@
 #include <vector>
 
 #include "omnirelay/peers/coordinator.h"
+#include "omnirelay/peers/geo_chooser.h"
 #include "omnirelay/peers/test_util.h"
 
 OMNIRELAY_PEERS_COUNT_ALLOCATIONS();
@@ -52,8 +53,11 @@ class AllocationCounter {
   std::uint64_t start_;
 };
 
-const char* const kChoosers[] = {"round-robin", "two-random",    "fewest-pending",
-                                 "preferred",   "least-latency", "hash"};
+const char* const kChoosers[] = {"round-robin", "two-random", "fewest-pending", "preferred",
+                                 "least-latency", "hash",
+                                 // The geo chooser (local region = half the
+                                 // peers) over fewest-pending / round-robin.
+                                 "geo", "geo/round-robin"};
 
 struct Setup {
   std::unique_ptr<PeerListCoordinator> coordinator;
@@ -75,11 +79,21 @@ Setup& GetSetup(const std::string& chooser, int peers) {
     options.chooser_options.seed = 1;
     options.chooser_options.preferred_zone = "z0";
     auto metrics = std::make_shared<core::MetricsRegistry>();
+    if (chooser.starts_with("geo")) {
+      options.chooser_factory = [chooser, metrics]() -> std::unique_ptr<PeerChooser> {
+        GeoChooserOptions geo;
+        geo.region = "west";
+        geo.inner = chooser == "geo" ? "fewest-pending" : "round-robin";
+        geo.inner_options.seed = 1;
+        return *GeoChooser::Create(geo, core::SystemClock::Shared(), metrics);
+      };
+    }
     slot->coordinator = *PeerListCoordinator::Create(options, core::SystemClock::Shared(), metrics);
     for (int i = 0; i < peers; ++i) {
       PeerDescriptor d;
       d.id = "peer-" + std::to_string(i);
       d.zone = i % 2 ? "z1" : "z0";
+      d.region = i % 2 ? "east" : "west";
       (void)slot->coordinator->AddPeer(d);
     }
     for (int k = 0; k < 1024; ++k) {

@@ -104,17 +104,20 @@ class CoordinatorPeerPool final : public PeerPool {
     for (const auto& endpoint : wanted) {
       auto it = current->by_id.find(endpoint.id);
       std::shared_ptr<const PoolPeer> peer;
-      if (it != current->by_id.end() && it->second->address == endpoint.address) {
+      if (it != current->by_id.end() && it->second->address == endpoint.address &&
+          it->second->region == endpoint.region && it->second->zone == endpoint.zone) {
         peer = it->second;  // kept: same channel, same coordinator peer
       } else {
         if (it != current->by_id.end()) {
-          // Same id, new address: a new coordinator peer (fresh breaker and
-          // statistics) and a new attachment.
+          // Same id, new address (or locality): a new coordinator peer
+          // (fresh breaker and statistics) and a new attachment.
           (void)coordinator_->RemovePeer(endpoint.id);
         }
         auto made = std::make_shared<PoolPeer>();
         made->id = endpoint.id;
         made->address = endpoint.address;
+        made->region = endpoint.region;
+        made->zone = endpoint.zone;
         if (factory_) made->attachment = factory_(endpoint.address);
         peer = std::move(made);
       }
@@ -123,6 +126,8 @@ class CoordinatorPeerPool final : public PeerPool {
       peers::PeerDescriptor descriptor;
       descriptor.id = endpoint.id;
       descriptor.endpoint = endpoint.address;
+      descriptor.region = endpoint.region;
+      descriptor.zone = endpoint.zone;
       descriptor.status = peers::PeerStatus::kAvailable;
       descriptors.push_back(std::move(descriptor));
     }

@@ -44,16 +44,22 @@ namespace omnirelay::transport {
 // One peer as a pool hands it out. Immutable once published.
 struct PoolPeer {
   static constexpr size_t kNoIndex = static_cast<size_t>(-1);
-  std::string id;                    // unique in the pool (a mesh member id, or the address)
-  std::string address;               // what the outbound dials ("host:port", "http://...")
-  size_t index = kNoIndex;           // position in addresses() for a static pool's peers
+  std::string id;           // unique in the pool (a mesh member id, or the address)
+  std::string address;      // what the outbound dials ("host:port", "http://...")
+  size_t index = kNoIndex;  // position in addresses() for a static pool's peers
   std::shared_ptr<void> attachment = nullptr;  // from the AttachmentFactory; null without one
+  std::string region;                          // locality, from PeerEndpoint (geo chooser)
+  std::string zone;
 };
 
 // What SetPeers takes: a peer's identity and the address to dial.
 struct PeerEndpoint {
   std::string id;  // empty = the address
   std::string address;
+  // Locality (mesh member metadata): becomes the peer kit descriptor's
+  // region/zone, which the geo chooser routes on. Empty = unknown.
+  std::string region = {};
+  std::string zone = {};
   bool operator==(const PeerEndpoint&) const = default;
 };
 
