@@ -578,6 +578,8 @@ class Cluster:
             if self.tls_enabled_for(spec):
                 for key, value in self.pki.node_settings(node.name).items():
                     args += ["--set", f"{key}={value}"]
+        elif self.tls_enabled_for(spec):
+            args = _sample_tls_args(args, self.pki, node.name, self._tls_addresses())
         command = self.resolve(spec.command, node) if spec.command else str(self.binary)
         node.argv = [command, *[str(a) for a in args]]
         env = dict(os.environ)
@@ -596,8 +598,16 @@ class Cluster:
         args = spec.launch_args()
         return bool(args) and args[0] in ("serve", "echo")
 
+    def is_sample_process(self, spec: NodeSpec) -> bool:
+        """A node running a sample verb (auth, worker, registry): it takes
+        its certificates as --tls-* flags (cli/tls_flags.h)."""
+        if spec.command is not None:
+            return False
+        args = spec.launch_args()
+        return bool(args) and args[0] in SAMPLE_VERBS
+
     def tls_enabled_for(self, spec: NodeSpec) -> bool:
-        return self.tls == "mtls" and self.is_omnirelay_node(spec)
+        return self.tls == "mtls" and (self.is_omnirelay_node(spec) or self.is_sample_process(spec))
 
     def _tls_addresses(self) -> set:
         """host:port of every port that speaks TLS under mTLS: the omnirelay
@@ -823,11 +833,30 @@ def _port_form(host: str, port: int, rest: List[str]) -> str:
     raise KeyError(rest[0])
 
 
+SAMPLE_VERBS = ("auth", "worker", "registry")
+
+
+def _sample_tls_args(args: List[Any], pki: Any, name: str, tls_addresses: set) -> List[Any]:
+    """Under mTLS, a sample process (auth, worker, registry) gets its
+    certificate from the run's test CA and requires client certificates on
+    its listener; a --registry given as a bare host:port of a TLS port
+    becomes https:// (the registry client never falls back to plaintext)."""
+    out = [str(a) for a in args]
+    for i in range(len(out) - 1):
+        if out[i] == "--registry" and out[i + 1] in tls_addresses:
+            out[i + 1] = f"https://{out[i + 1]}"
+    cert, key = pki.issue(name)
+    return out + ["--tls-cert-file", str(cert), "--tls-key-file", str(key), "--tls-ca-file", str(pki.ca_cert),
+                  "--tls-client-cert", "require"]
+
+
 def _dial_tls(config: Any, tls_addresses: set) -> None:
     """Under mTLS, an omnirelay node's outbound and gateway-cluster endpoints
     given as bare host:port become https:// (TLS with the node's certificate)
-    when they point at a port that speaks TLS (another omnirelay node, or a
-    proxy in front of one); sample processes stay plaintext."""
+    when they point at a port that speaks TLS (another omnirelay node, a
+    sample process, or a proxy in front of one). A gateway cluster fed by a
+    registry that speaks TLS polls it over https:// and dials its instances
+    (sample workers, TLS under mTLS) over TLS."""
     section = config.get("omniRelay") if isinstance(config, dict) else None
     if not isinstance(section, dict):
         return
@@ -845,6 +874,9 @@ def _dial_tls(config: Any, tls_addresses: set) -> None:
         for cluster in (gateway.get("clusters") or {}).values():
             if isinstance(cluster, dict) and cluster.get("endpoints"):
                 cluster["endpoints"] = https(cluster["endpoints"])
+            if isinstance(cluster, dict) and cluster.get("registry") in tls_addresses:
+                cluster["registry"] = f"https://{cluster['registry']}"
+                cluster.setdefault("tls", True)
 
 
 def _safe(text: str) -> str:

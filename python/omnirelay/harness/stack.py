@@ -288,7 +288,9 @@ class StackControl:
         if registry is None or not registry.is_running():
             return []
         try:
-            status, body = http_get(f"http://{registry.address('http')}/instances?role={role}", timeout=1.0)
+            scheme = "https" if self.cluster.tls_enabled_for(registry.spec) else "http"
+            status, body = http_get(f"{scheme}://{registry.address('http')}/instances?role={role}", timeout=1.0,
+                                    context=self.cluster.ssl_context)
         except OSError:
             return []
         if status != 200:
@@ -314,7 +316,8 @@ class StackControl:
             if not node.is_running():
                 continue
             try:
-                status, body = http_get(f"http://{node.admin}/omnirelay/gateway", timeout=1.0)
+                status, body = http_get(f"{node.admin_url}/omnirelay/gateway", timeout=1.0,
+                                        context=self.cluster.ssl_context)
             except OSError:
                 views.append(["<unreachable>"])
                 continue

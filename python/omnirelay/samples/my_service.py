@@ -231,14 +231,17 @@ class Subscription:
 class Client:
     """One gRPC channel to a MyServiceAPI endpoint (usually the gateway)."""
 
-    def __init__(self, address: str, *, timeout_s: float = DEFAULT_TIMEOUT_S) -> None:
+    def __init__(self, address: str, *, timeout_s: float = DEFAULT_TIMEOUT_S, credentials: Any = None) -> None:
         import grpc
 
         pb2, pb2_grpc = stubs()
         self.address = address
         self.timeout_s = timeout_s
         self.pb = pb2
-        self.channel = grpc.insecure_channel(address)
+        # `credentials` (grpc.ChannelCredentials): TLS, e.g. the harness
+        # certificate of an mTLS cluster; plaintext without.
+        self.channel = (grpc.secure_channel(address, credentials) if credentials is not None
+                        else grpc.insecure_channel(address))
         self.stub = pb2_grpc.MyServiceAPIStub(self.channel)
 
     def close(self) -> None:

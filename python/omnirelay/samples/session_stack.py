@@ -51,7 +51,11 @@ class SessionStack:
 
     def client(self, address: Optional[str] = None, timeout_s: float = 5.0) -> Client:
         """A new client with its own channel (closed when the stack stops)."""
-        c = Client(address or self.gateway, timeout_s=timeout_s)
+        # Under mTLS every port of the stack speaks TLS: the client presents
+        # the harness certificate from the run's test CA.
+        pki = getattr(self.cluster, "pki", None)
+        c = Client(address or self.gateway, timeout_s=timeout_s,
+                   credentials=pki.grpc_credentials("harness") if pki is not None else None)
         self._clients.append(c)
         return c
 
