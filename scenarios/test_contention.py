@@ -34,8 +34,13 @@ PROCEDURE = "trace.Analytics/Process"
 BACKENDS = ("backend-1", "backend-2", "backend-3")
 
 
+# The load generator's client certificate when the cluster runs under mTLS.
+tls_options: dict = {}
+
+
 def _load(s: Scenario, gateway: str, label: str, **options):
     """One benchmark run against the gateway, saved into the artifacts."""
+    options = {**tls_options, **options}
     result = run_benchmark(
         address=[gateway], transport="grpc", service="trace.Analytics", procedure=PROCEDURE,
         encoding="application/json", body='{"payload":"load"}', quiet=True,
@@ -58,6 +63,10 @@ def scenario(s: Scenario) -> None:
         cluster = s.cluster("contention")
         gateway = cluster["gateway"]
         address = gateway.address("grpc")
+        tls_options.clear()
+        if cluster.pki is not None:  # the run is under mTLS (OMNIRELAY_TLS=mtls)
+            address = "https://" + address
+            tls_options.update(cluster.pki.benchmark_options())
         gateway_pid = gateway.pid
         outbound = gateway.introspect()["outbounds"]["analytics"]
         s.note(f"gateway {address}, outbound {outbound.get('chooser', outbound)}")

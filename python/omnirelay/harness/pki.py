@@ -93,6 +93,13 @@ class TestCa:
                                             private_key=key.read_bytes(),
                                             certificate_chain=cert.read_bytes())
 
+    def benchmark_options(self, name: str = "harness") -> Dict[str, str]:
+        """``run_benchmark`` keyword options presenting ``name``'s certificate
+        (give it an ``https://`` address)."""
+        cert, key = self.issue(name)
+        return {"tls_ca_file": str(self.ca_cert), "tls_cert_file": str(cert),
+                "tls_key_file": str(key)}
+
     def node_settings(self, name: str, client_certificate: str = "require") -> Dict[str, str]:
         """``omniRelay.tls`` keys for node ``name`` (as ``--set`` pairs)."""
         cert, key = self.issue(name)
