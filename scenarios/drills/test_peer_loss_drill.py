@@ -17,26 +17,14 @@ from pathlib import Path
 import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _drills import drill_size, run_peer_loss_round  # noqa: E402
+from _drills import run_peer_loss_round, run_rounds  # noqa: E402
 from omnirelay.scenario import Scenario  # noqa: E402
 
 pytestmark = [pytest.mark.chaos]
 
 
 def scenario(s: Scenario) -> None:
-    rounds, items = drill_size(s.scale)
-    summaries = []
-    for round_ in range(rounds):
-        with s.when(f"round {round_ + 1}/{rounds}: {items} items"):
-            directory = s.artifacts_dir / f"round-{round_}"
-            directory.mkdir(parents=True, exist_ok=True)
-            summary = run_peer_loss_round(directory, round_, items, log=s.note)
-            assert summary["lost"] == 0 and summary["duplicated"] == 0, summary
-            summaries.append(summary)
-    with s.then("every round: 0 lost, 0 duplicated"):
-        s.save_json("rounds.json", summaries)
-        s.note(f"{rounds} rounds x {items} items, lost 0, duplicated 0, "
-               f"wall {sum(x['wall_s'] for x in summaries):.1f}s")
+    run_rounds(s, run_peer_loss_round)
 
 
 def test_peer_loss_drill(run_scenario):
