@@ -376,7 +376,7 @@ absl::Status Node::BuildResourceLease() {
   const auto& rl = *config_.resource_lease;
   backpressure_diag_ = std::make_shared<resourcelease::BackpressureDiagnostics>();
   if (rl.replication) {
-    auto replication = ResourceLeaseReplication::Create(*rl.replication, clock_, metrics_);
+    auto replication = ResourceLeaseReplication::Create(*rl.replication, clock_, metrics_, tls_);
     if (!replication.ok()) return replication.status();
     replication_ = std::move(*replication);
   }

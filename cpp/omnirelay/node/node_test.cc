@@ -9,6 +9,7 @@
 
 #include "omnirelay/core/address.h"
 #include "omnirelay/http/http_server.h"
+#include "omnirelay/node/replication_wiring.h"
 
 namespace omnirelay::node {
 namespace {
@@ -153,4 +154,30 @@ TEST(NodeTest, HttpLimitsFromConfigReachTheInbound) {
 }
 
 }  // namespace
+// The replication hub is dialled by the scheme rule of every outbound:
+// https:// is TLS (with or without omniRelay.tls), never silently plaintext.
+TEST(HubTargetTest, HttpsIsTlsAndNeverSilentlyPlaintext) {
+  const tls::TlsOptions tls{.ca_file = "/ca.crt"};
+  auto bare = HubTarget("127.0.0.1:7000", tls);
+  ASSERT_TRUE(bare.ok());
+  EXPECT_EQ(bare->address, "127.0.0.1:7000");
+  EXPECT_EQ(bare->credentials, nullptr);
+
+  auto https = HubTarget("https://hub.example:7000", tls);
+  ASSERT_TRUE(https.ok());
+  EXPECT_EQ(https->address, "hub.example:7000");
+  EXPECT_NE(https->credentials, nullptr);
+  auto system_store = HubTarget("grpcs://hub.example:7000", std::nullopt);
+  ASSERT_TRUE(system_store.ok());
+  EXPECT_NE(system_store->credentials, nullptr);
+
+  auto http = HubTarget("http://hub:7000", std::nullopt);
+  ASSERT_TRUE(http.ok());
+  EXPECT_EQ(http->address, "hub:7000");
+  EXPECT_EQ(http->credentials, nullptr);
+  EXPECT_EQ(HubTarget("ftp://hub:7000", std::nullopt).status().code(),
+            absl::StatusCode::kInvalidArgument);
+  EXPECT_EQ(HubTarget("hub", std::nullopt).status().code(), absl::StatusCode::kInvalidArgument);
+}
+
 }  // namespace omnirelay::node

@@ -1,10 +1,12 @@
 #include "omnirelay/node/replication_wiring.h"
 
+#include "omnirelay/core/address.h"
 #include "omnirelay/core/logging.h"
 #include "omnirelay/core/retry_after.h"
 #include "omnirelay/core/status.h"
 #include "omnirelay/replication/durable_replicators.h"
 #include "omnirelay/replication/hub.h"
+#include "omnirelay/tls/grpc_credentials.h"
 
 namespace omnirelay::node {
 
@@ -23,9 +25,21 @@ absl::Status At(std::string_view field, const absl::Status& s) {
 
 }  // namespace
 
+absl::StatusOr<HubTargetChoice> HubTarget(std::string_view hub,
+                                          const std::optional<tls::TlsOptions>& tls) {
+  // The scheme rule of every outbound (docs/security.md): https:// and grpcs://
+  // are TLS with omniRelay.tls (the system store without it), never plaintext.
+  auto parsed = core::ParseHostPort(hub);
+  if (!parsed.ok()) return parsed.status();
+  HubTargetChoice choice{.address = parsed->Authority(), .credentials = nullptr};
+  if (parsed->tls())
+    choice.credentials = tls::GrpcChannelCredentials(tls.value_or(tls::TlsOptions{}));
+  return choice;
+}
+
 absl::StatusOr<std::unique_ptr<ResourceLeaseReplication>> ResourceLeaseReplication::Create(
     const config::ResourceLeaseReplicationConfig& config, std::shared_ptr<core::Clock> clock,
-    std::shared_ptr<core::MetricsRegistry> metrics) {
+    std::shared_ptr<core::MetricsRegistry> metrics, const std::optional<tls::TlsOptions>& tls) {
   std::unique_ptr<ResourceLeaseReplication> r(new ResourceLeaseReplication());
   r->config_ = config;
   r->clock_ = clock;
@@ -44,7 +58,10 @@ absl::StatusOr<std::unique_ptr<ResourceLeaseReplication>> ResourceLeaseReplicati
     if (!log.ok()) return At("path", log.status());
     base = *log;
   } else if (config.kind == "grpc") {
-    auto log = replication::GrpcHubReplicator::Open({.address = config.hub, .batch = batch});
+    auto target = HubTarget(config.hub, tls);
+    if (!target.ok()) return At("hub", target.status());
+    auto log = replication::GrpcHubReplicator::Open(
+        {.address = target->address, .credentials = target->credentials, .batch = batch});
     if (!log.ok()) return At("hub", log.status());
     base = *log;
   } else {

@@ -21,9 +21,13 @@
 // written.
 // Thread-safety: Attach runs during Build (single-threaded); the rest is
 // thread-safe.
+#include <grpcpp/security/credentials.h>
+
 #include <map>
 #include <memory>
+#include <optional>
 #include <string>
+#include <string_view>
 
 #include "nlohmann/json.hpp"
 #include "omnirelay/config/config.h"
@@ -31,14 +35,26 @@
 #include "omnirelay/replication/recovery.h"
 #include "omnirelay/replication/replicator.h"
 #include "omnirelay/resourcelease/queue.h"
+#include "omnirelay/tls/tls.h"
 
 namespace omnirelay::node {
+
+// Where and how to dial the replication hub (`replication.hub`), by the
+// scheme rule of every outbound: https:// / grpcs:// are TLS with the node's
+// omniRelay.tls (system store without it); host:port and http:// plaintext.
+struct HubTargetChoice {
+  std::string address;                                    // host:port
+  std::shared_ptr<grpc::ChannelCredentials> credentials;  // null = plaintext
+};
+absl::StatusOr<HubTargetChoice> HubTarget(std::string_view hub,
+                                          const std::optional<tls::TlsOptions>& tls);
 
 class ResourceLeaseReplication {
  public:
   static absl::StatusOr<std::unique_ptr<ResourceLeaseReplication>> Create(
       const config::ResourceLeaseReplicationConfig& config, std::shared_ptr<core::Clock> clock,
-      std::shared_ptr<core::MetricsRegistry> metrics);
+      std::shared_ptr<core::MetricsRegistry> metrics,
+      const std::optional<tls::TlsOptions>& tls = std::nullopt);
   ~ResourceLeaseReplication();
 
   absl::Status Attach(resourcelease::Queue& queue);

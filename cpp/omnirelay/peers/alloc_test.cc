@@ -9,7 +9,7 @@
 #include "omnirelay/peers/geo_chooser.h"
 #include "omnirelay/peers/test_util.h"
 
-OMNIRELAY_PEERS_COUNT_ALLOCATIONS();
+OMNIRELAY_COUNT_ALLOCATIONS();
 
 namespace omnirelay::peers {
 namespace {
@@ -101,7 +101,8 @@ TEST(GeoAllocationTest, AcquireReleaseAllocatesNothing) {
   cycle(50000);
   const std::uint64_t before = testing::thread_allocations;
   cycle(50000);
-  EXPECT_EQ(testing::thread_allocations - before, 0u) << "allocations on the geo acquire+release path";
+  EXPECT_EQ(testing::thread_allocations - before, 0u)
+      << "allocations on the geo acquire+release path";
 }
 
 }  // namespace

@@ -29,7 +29,7 @@
 #include "omnirelay/peers/geo_chooser.h"
 #include "omnirelay/peers/test_util.h"
 
-OMNIRELAY_PEERS_COUNT_ALLOCATIONS();
+OMNIRELAY_COUNT_ALLOCATIONS();
 
 namespace omnirelay::peers {
 namespace {

@@ -8,33 +8,16 @@
 #include <string>
 #include <thread>
 
+#include "omnirelay/core/alloc_counter.h"
 #include "omnirelay/core/clock.h"
 #include "omnirelay/core/metrics.h"
 #include "omnirelay/peers/coordinator.h"
 
 namespace omnirelay::peers::testing {
 
-// Allocations made by the calling thread, counted by the replacement global
-// operator new that OMNIRELAY_PEERS_COUNT_ALLOCATIONS() defines (the hot-path
-// allocation test and the benchmarks' allocs/op column).
-inline thread_local std::uint64_t thread_allocations = 0;
-
-// Replacement operator new/delete may not be inline, so they are expanded by
-// this macro, written once at global scope in the one file of a binary that
-// counts (alloc_test.cc, peers_bench.cc): every other binary keeps the
-// default allocator.
-#define OMNIRELAY_PEERS_COUNT_ALLOCATIONS()                               \
-  void* operator new(std::size_t size) {                                  \
-    ++::omnirelay::peers::testing::thread_allocations;                    \
-    if (void* p = std::malloc(size == 0 ? 1 : size)) return p;            \
-    throw std::bad_alloc();                                               \
-  }                                                                       \
-  void* operator new[](std::size_t size) { return operator new(size); }   \
-  void operator delete(void* p) noexcept { std::free(p); }                \
-  void operator delete[](void* p) noexcept { std::free(p); }              \
-  void operator delete(void* p, std::size_t) noexcept { std::free(p); }   \
-  void operator delete[](void* p, std::size_t) noexcept { std::free(p); } \
-  static_assert(true, "a semicolon after the macro")
+// The per-thread allocation count of core/alloc_counter.h (binaries that
+// count expand OMNIRELAY_COUNT_ALLOCATIONS() once).
+using ::omnirelay::core::testing::thread_allocations;
 
 inline PeerDescriptor Desc(std::string id, std::string zone = "",
                            std::vector<std::string> protocols = {}) {

@@ -135,8 +135,9 @@ absl::StatusOr<std::shared_ptr<GrpcHubReplicator>> GrpcHubReplicator::Open(
   // Reconnect quickly after a partition heals (the default backoff grows to 2 min).
   args.SetInt(GRPC_ARG_MAX_RECONNECT_BACKOFF_MS, 1000);
   args.SetInt(GRPC_ARG_INITIAL_RECONNECT_BACKOFF_MS, 100);
-  r->channel_ =
-      grpc::CreateCustomChannel(r->options_.address, grpc::InsecureChannelCredentials(), args);
+  r->channel_ = grpc::CreateCustomChannel(
+      r->options_.address,
+      r->options_.credentials ? r->options_.credentials : grpc::InsecureChannelCredentials(), args);
   r->stub_ = v1::Hub::NewStub(r->channel_);
   r->StartWriter();
   return r;

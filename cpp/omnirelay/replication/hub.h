@@ -49,6 +49,9 @@ class HubService final : public v1::Hub::Service {
 
 struct GrpcHubReplicatorOptions {
   std::string address;  // host:port of the hub
+  // TLS/mTLS to the hub (tls::GrpcChannelCredentials); null = plaintext. The
+  // node decides: https:// or omniRelay.tls means TLS, never a silent downgrade.
+  std::shared_ptr<grpc::ChannelCredentials> credentials{};
   core::Duration call_timeout = std::chrono::seconds(5);
   BatchOptions batch{};
 };

@@ -9,6 +9,8 @@
 #include <thread>
 
 #include "omnirelay/replication/test_util.h"
+#include "omnirelay/tls/grpc_credentials.h"
+#include "omnirelay/tls/test_certs.h"
 
 namespace omnirelay::replication {
 namespace {
@@ -18,12 +20,12 @@ using testing::TempDir;
 
 // A hub process stand-in: its own SQLite log behind a gRPC server.
 struct Hub {
-  Hub(const std::string& db, int port = 0) {
+  Hub(const std::string& db, int port = 0,
+      std::shared_ptr<grpc::ServerCredentials> credentials = grpc::InsecureServerCredentials()) {
     log = *SqliteReplicator::Open({.path = db, .full_sync = false});
     service = std::make_unique<HubService>(log);
     grpc::ServerBuilder builder;
-    builder.AddListeningPort("127.0.0.1:" + std::to_string(port), grpc::InsecureServerCredentials(),
-                             &this->port);
+    builder.AddListeningPort("127.0.0.1:" + std::to_string(port), credentials, &this->port);
     builder.RegisterService(service.get());
     server = builder.BuildAndStart();
   }
@@ -143,6 +145,42 @@ TEST(ReplicationHub, ResentEventsAreSkippedAndGapsRefused) {
   grpc::ClientContext ctx;
   EXPECT_EQ(stub->Append(&ctx, bad, &r).error_code(), grpc::StatusCode::DATA_LOSS);
   EXPECT_EQ(*hub.log->LastSequence("q"), 4u);
+}
+
+// An mTLS hub takes appends only from clients presenting a certificate of its
+// CA; a plaintext client is never acknowledged (no silent downgrade).
+TEST(ReplicationHub, MutualTlsHubAcknowledgesOnlyCertifiedClients) {
+  TempDir dir;
+  const auto pki = tls::testing::TestPki::Create(dir.path(), "hub");
+  const auto [hub_cert, hub_key] = pki.Leaf("hub", "hub");
+  const auto [node_cert, node_key] = pki.Leaf("node", "node");
+  Hub hub(dir / "hub.db", 0,
+          tls::GrpcServerCredentials({.cert_file = hub_cert,
+                                      .key_file = hub_key,
+                                      .ca_file = pki.ca_file,
+                                      .client_auth = tls::ClientAuth::kRequire}));
+  ASSERT_GT(hub.port, 0);
+
+  auto secure = GrpcHubReplicator::Open(
+      {.address = hub.address(),
+       .credentials = tls::GrpcChannelCredentials(
+           {.cert_file = node_cert, .key_file = node_key, .ca_file = pki.ca_file})},
+      "secure");
+  ASSERT_TRUE(secure.ok());
+  for (std::uint64_t s = 1; s <= 20; ++s) ASSERT_TRUE((*secure)->Publish(MakeEvent("q", s)).ok());
+  ASSERT_TRUE(WaitDurable(**secure, "q", 20).ok());
+  EXPECT_EQ(*hub.log->LastSequence("q"), 20u);
+
+  auto plaintext = GrpcHubReplicator::Open(
+      {.address = hub.address(),
+       .call_timeout = std::chrono::seconds(2),
+       .batch = {.max_batch = 64, .retry_interval = std::chrono::milliseconds(50)}},
+      "plaintext");
+  ASSERT_TRUE(plaintext.ok());
+  ASSERT_TRUE((*plaintext)->Publish(MakeEvent("other", 1)).ok());
+  auto refused = WaitDurable(**plaintext, "other", 1);
+  EXPECT_EQ(refused.code(), absl::StatusCode::kUnavailable) << refused;
+  EXPECT_EQ(*hub.log->LastSequence("other"), 0u);
 }
 
 }  // namespace

@@ -3,25 +3,10 @@
 // peers/alloc_test.cc does). Its own binary, so the counter touches no other test.
 #include <gtest/gtest.h>
 
-#include <cstdlib>
-#include <new>
-
+#include "omnirelay/core/alloc_counter.h"
 #include "omnirelay/shards/strategy.h"
 
-namespace {
-thread_local std::uint64_t tls_allocations = 0;
-}  // namespace
-
-void* operator new(std::size_t size) {
-  ++tls_allocations;
-  if (void* p = std::malloc(size == 0 ? 1 : size)) return p;
-  throw std::bad_alloc();
-}
-void* operator new[](std::size_t size) { return operator new(size); }
-void operator delete(void* p) noexcept { std::free(p); }
-void operator delete[](void* p) noexcept { std::free(p); }
-void operator delete(void* p, std::size_t) noexcept { std::free(p); }
-void operator delete[](void* p, std::size_t) noexcept { std::free(p); }
+OMNIRELAY_COUNT_ALLOCATIONS();
 
 namespace omnirelay::shards {
 namespace {
@@ -39,12 +24,12 @@ TEST(ShardLookupAllocationTest, LookupAndOwnerPickAllocateNothing) {
     std::vector<std::string> keys;
     for (int i = 0; i < 512; ++i) keys.push_back("key-with-a-longer-body-" + std::to_string(i));
     std::size_t sum = 0;
-    const std::uint64_t before = tls_allocations;
+    const std::uint64_t before = core::testing::thread_allocations;
     for (int i = 0; i < 100000; ++i) {
       const std::uint32_t shard = map.ShardOf(keys[i % keys.size()]);
       sum += map.Owner(shard).id.size() + map.Placement(shard).size();
     }
-    EXPECT_EQ(tls_allocations - before, 0u) << StrategyName(strategy);
+    EXPECT_EQ(core::testing::thread_allocations - before, 0u) << StrategyName(strategy);
     EXPECT_GT(sum, 0u);
   }
 }

@@ -7,28 +7,13 @@
 //       --benchmark_report_aggregates_only=true
 #include <benchmark/benchmark.h>
 
-#include <atomic>
-#include <cstdlib>
-#include <new>
 #include <string>
 #include <vector>
 
+#include "omnirelay/core/alloc_counter.h"
 #include "omnirelay/shards/strategy.h"
 
-namespace {
-std::atomic<std::uint64_t> g_allocations{0};
-}  // namespace
-
-void* operator new(std::size_t size) {
-  g_allocations.fetch_add(1, std::memory_order_relaxed);
-  if (void* p = std::malloc(size == 0 ? 1 : size)) return p;
-  throw std::bad_alloc();
-}
-void* operator new[](std::size_t size) { return operator new(size); }
-void operator delete(void* p) noexcept { std::free(p); }
-void operator delete[](void* p) noexcept { std::free(p); }
-void operator delete(void* p, std::size_t) noexcept { std::free(p); }
-void operator delete[](void* p, std::size_t) noexcept { std::free(p); }
+OMNIRELAY_COUNT_ALLOCATIONS();
 
 namespace omnirelay::shards {
 namespace {
@@ -58,15 +43,16 @@ void BM_LookupOwner(benchmark::State& state) {
   std::vector<std::string> keys;
   for (int i = 0; i < 4096; ++i) keys.push_back("tenant-" + std::to_string(i * 7919) + "/user");
   std::size_t i = 0;
-  const std::uint64_t before = g_allocations.load();
+  const std::uint64_t before = core::testing::thread_allocations;
   for (auto _ : state) {
     const std::string_view key = keys[i++ & 4095];
     const std::uint32_t shard = map.ShardOf(key);
     const ShardNode& owner = map.Owner(shard);
     benchmark::DoNotOptimize(owner.address.data());
   }
-  state.counters["allocs/op"] = benchmark::Counter(
-      static_cast<double>(g_allocations.load() - before), benchmark::Counter::kAvgIterations);
+  state.counters["allocs/op"] =
+      benchmark::Counter(static_cast<double>(core::testing::thread_allocations - before),
+                         benchmark::Counter::kAvgIterations);
   state.SetLabel(std::string(StrategyName(strategy)) + " 4096 shards x 1000 nodes");
 }
 BENCHMARK(BM_LookupOwner)
