@@ -24,6 +24,8 @@ from omnirelay.harness import Cluster
 from omnirelay.resourcelease import ResourceLeaseClient
 from omnirelay.topology import TopologyBuilder
 
+from mesh_support import identity, wait_until
+
 try:
     find_native_binary()
 except NativeBinaryNotFound as error:  # pragma: no cover - depends on the checkout
@@ -32,19 +34,6 @@ except NativeBinaryNotFound as error:  # pragma: no cover - depends on the check
 ECHO = "/omnirelay.echo.v1.Echo/Echo"
 HIGH, LOW = 4, 1
 EDGE_RATE, EDGE_BURST = 5.0, 5.0  # edge's backpressure profile (tokens/s, burst)
-
-
-def identity(b):
-    return b
-
-
-def wait_until(predicate, within_s, interval_s=0.1):
-    deadline = time.monotonic() + within_s
-    while time.monotonic() < deadline:
-        if predicate():
-            return True
-        time.sleep(interval_s)
-    return bool(predicate())
 
 
 def topology():

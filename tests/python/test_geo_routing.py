@@ -12,12 +12,13 @@ but not before the hold period."""
 
 import time
 
-import grpc
 import pytest
 
 from omnirelay._native import NativeBinaryNotFound, find_native_binary
 from omnirelay.harness import Cluster
 from omnirelay.topology import TopologyBuilder
+
+from mesh_support import Caller
 
 try:
     find_native_binary()
@@ -28,10 +29,6 @@ WEST = ["w1", "w2"]
 EAST = ["e1", "e2"]
 HOLD_S = 3.0
 METHOD = "/httpecho.Svc/Echo"
-
-
-def identity(b):
-    return b
 
 
 def topology():
@@ -60,27 +57,6 @@ def topology():
     return b.with_mesh_identity(profile="test").build()
 
 
-class Caller:
-    def __init__(self, address):
-        self.channel = grpc.insecure_channel(address)
-        self.call = self.channel.unary_unary(METHOD, request_serializer=identity,
-                                             response_deserializer=identity)
-        self.failures = []
-
-    def burst(self, n=20):
-        served = []
-        for _ in range(n):
-            try:
-                _, call = self.call.with_call(b"", timeout=5)
-                served.append(dict(call.initial_metadata())["x-omnirelay-instance"])
-            except grpc.RpcError as error:
-                self.failures.append((error.code(), error.details()))
-        return served
-
-    def close(self):
-        self.channel.close()
-
-
 def east_share(served):
     return sum(1 for s in served if s in EAST) / max(1, len(served))
 
@@ -89,7 +65,7 @@ def poll(caller, predicate, within_s):
     """Bursts until predicate(burst) holds; returns (seconds taken, last burst) or None."""
     start = time.monotonic()
     while time.monotonic() - start < within_s:
-        served = caller.burst()
+        served = caller.burst(20)
         if predicate(served):
             return time.monotonic() - start, served
     return None
@@ -103,7 +79,7 @@ def peer_ids(node):
 def test_geo_outbound_falls_back_on_latency_and_returns_after_hold(tmp_path):
     with Cluster(topology(), tmp_path / "geo", seed=5) as cluster:
         client = cluster["client"]
-        caller = Caller(client.address("grpc"))
+        caller = Caller(client.address("grpc"), METHOD)
         try:
             deadline = time.monotonic() + 30
             while peer_ids(client) != sorted(WEST + EAST) and time.monotonic() < deadline:

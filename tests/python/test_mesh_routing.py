@@ -8,14 +8,13 @@ a join: calls keep succeeding, reach the newcomer, and stop reaching the
 departed. The instance that served each call rides back in the
 `x-omnirelay-instance` header."""
 
-import time
-
-import grpc
 import pytest
 
 from omnirelay._native import NativeBinaryNotFound, find_native_binary
 from omnirelay.harness import Cluster
 from omnirelay.topology import TopologyBuilder
+
+from mesh_support import Caller, wait_until
 
 try:
     find_native_binary()
@@ -24,19 +23,6 @@ except NativeBinaryNotFound as error:  # pragma: no cover - depends on the check
 
 ECHO = "/omnirelay.echo.v1.Echo"
 BACKENDS = ["b1", "b2", "b3", "b4"]
-
-
-def identity(b):
-    return b
-
-
-def wait_until(predicate, within_s, interval_s=0.1):
-    deadline = time.monotonic() + within_s
-    while time.monotonic() < deadline:
-        if predicate():
-            return True
-        time.sleep(interval_s)
-    return bool(predicate())
 
 
 def topology():
@@ -64,29 +50,6 @@ def topology():
     return b.with_mesh_identity(profile="test").build()
 
 
-class Caller:
-    """Calls Echo through the gateway; remembers who served and what failed."""
-
-    def __init__(self, address, method=f"{ECHO}/Echo"):
-        self.channel = grpc.insecure_channel(address)
-        self.call = self.channel.unary_unary(method, request_serializer=identity,
-                                             response_deserializer=identity)
-        self.failures = []
-
-    def burst(self, n=24):
-        served = []
-        for i in range(n):
-            try:
-                _, call = self.call.with_call(b"", timeout=5)
-                served.append(dict(call.initial_metadata())["x-omnirelay-instance"])
-            except grpc.RpcError as error:
-                self.failures.append((error.code(), error.details()))
-        return served
-
-    def close(self):
-        self.channel.close()
-
-
 def peer_ids(gw, outbound_name="backends"):
     outbound = gw.get_json("/omnirelay/introspect")["outbounds"][outbound_name]
     return sorted(p["id"] for p in outbound["peers"])
@@ -95,7 +58,7 @@ def peer_ids(gw, outbound_name="backends"):
 def test_mesh_outbound_follows_leave_kill_and_join_without_restart(tmp_path):
     with Cluster(topology(), tmp_path / "mesh-routing", seed=11) as cluster:
         gw = cluster["gw"]
-        caller = Caller(gw.address("grpc"))
+        caller = Caller(gw.address("grpc"), f"{ECHO}/Echo")
         try:
             assert wait_until(lambda: peer_ids(gw) == BACKENDS, 30), peer_ids(gw)
             # Peers from membership are served by the grpc++ path, never the frame relay.
