@@ -516,7 +516,13 @@ def scenario_dirs() -> List[Path]:
     if installed.is_dir():
         dirs.append(installed)
     dirs.append(Path.cwd() / "scenarios")
-    return dirs
+    # From the repository root the checkout's folder and ./scenarios are one
+    # folder: keep each once, in order, so listings show each scenario once.
+    unique: List[Path] = []
+    for directory in dirs:
+        if directory.resolve() not in (seen.resolve() for seen in unique):
+            unique.append(directory)
+    return unique
 
 
 def find_scenario(name: str, search: Sequence[Path] = ()) -> Path:

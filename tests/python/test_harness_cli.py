@@ -11,6 +11,7 @@ import subprocess
 import sys
 import textwrap
 import time
+from pathlib import Path
 
 import pytest
 
@@ -113,6 +114,18 @@ def test_scenario_run_unknown_name():
     result = subprocess.run([*OMNIRELAY, "scenario", "run", "nope-nope"], capture_output=True, text=True,
                             timeout=30)
     assert result.returncode == 2 and "scenario 'nope-nope' not found" in result.stderr
+
+
+def test_scenario_list_names_each_scenario_once_from_the_repository_root():
+    # From the repository root, the checkout's scenarios/ and ./scenarios are
+    # one folder; each name must still appear once.
+    repo = Path(__file__).resolve().parents[2]
+    result = subprocess.run([*OMNIRELAY, "scenario", "list"], capture_output=True, text=True, timeout=30,
+                            cwd=repo)
+    assert result.returncode == 0, result.stderr
+    names = [line.split("\t")[0] for line in result.stdout.splitlines() if line.strip()]
+    assert "contention" in names and "partition_healing" in names
+    assert len(names) == len(set(names)), sorted(n for n in names if names.count(n) > 1)
 
 
 def plugin_args():

@@ -140,10 +140,16 @@ def scenario(argv: List[str]) -> int:
     from omnirelay.scenario import find_scenario, load_scenario, run_scenario, scenario_dirs
 
     if args.command == "list":
+        # A name is listed once, with the file `scenario run NAME` would pick
+        # (the first folder that has it, as find_scenario searches).
+        listed = set()
         for directory in [*args.path, *scenario_dirs()]:
             for path in sorted([*Path(directory).glob("*.py"), *Path(directory).glob("*/*.py")]):
-                if path.name != "__init__.py" and "def scenario(" in path.read_text(errors="replace"):
-                    print(f"{path.stem.removeprefix('test_')}\t{path}")
+                name = path.stem.removeprefix("test_")
+                if (path.name != "__init__.py" and name not in listed
+                        and "def scenario(" in path.read_text(errors="replace")):
+                    listed.add(name)
+                    print(f"{name}\t{path}")
         return 0
     try:
         path = find_scenario(args.name, args.path)
