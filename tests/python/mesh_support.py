@@ -10,14 +10,20 @@ def identity(b):
     return b
 
 
-def wait_until(predicate, within_s, interval_s=0.1):
-    """Polls until ``predicate()`` is true or ``within_s`` passed; the last value."""
+def wait_until(predicate, within_s, interval_s=0.1, ignore=()):
+    """Polls until ``predicate()`` is truthy or ``within_s`` passed; returns its
+    last value (so a caller can assert on it or use it). Exceptions of the
+    types in ``ignore`` count as "not yet" (a node still starting refuses
+    connections); any other exception propagates."""
     deadline = time.monotonic() + within_s
-    while time.monotonic() < deadline:
-        if predicate():
-            return True
+    while True:
+        try:
+            value = predicate()
+        except ignore:
+            value = None
+        if value or time.monotonic() >= deadline:
+            return value
         time.sleep(interval_s)
-    return bool(predicate())
 
 
 class Caller:

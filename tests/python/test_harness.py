@@ -14,7 +14,8 @@ from omnirelay._native import NativeBinaryNotFound, find_native_binary
 from omnirelay.harness import Cluster, NodeStartError, PortInUse, ReadinessTimeout, http_get
 from omnirelay.harness.ports import ALLOCATOR
 from omnirelay.harness.process import pid_alive, process_state
-from omnirelay.topology import Topology, TopologyBuilder, three_node
+from omnirelay.topology import TopologyBuilder, three_node
+from mesh_support import wait_until
 
 try:
     BINARY = find_native_binary()
@@ -27,14 +28,6 @@ def three(tmp_path):
     with Cluster("three-node", tmp_path / "three", seed=11) as cluster:
         yield cluster
 
-
-def wait_until(predicate, within_s, interval_s=0.1):
-    deadline = time.monotonic() + within_s
-    while time.monotonic() < deadline:
-        if predicate():
-            return True
-        time.sleep(interval_s)
-    return False
 
 
 def through(link, path="/healthz", timeout=0.6):

@@ -14,7 +14,6 @@ The gateway records one span per leadership change."""
 import subprocess
 import sys
 import threading
-import time
 from collections import Counter
 
 import grpc
@@ -25,6 +24,11 @@ from omnirelay.harness import Cluster
 from omnirelay.harness.leadership import (CONTROL_PROMOTE, apply_leadership, decode_promote_response,
                                           encode_promote_request, leader_of, promote_grpc)
 from omnirelay.topology import TopologyBuilder
+from mesh_support import wait_until as _poll
+
+
+def wait_until(predicate, within_s, interval_s=0.05):
+    return _poll(predicate, within_s, interval_s, ignore=(OSError, RuntimeError, KeyError))
 
 try:
     find_native_binary()
@@ -35,17 +39,6 @@ ECHO = "/omnirelay.echo.v1.Echo"
 LEADERS = ["global-leader", "west-leader", "east-leader"]
 CLIENT_THREADS = 3
 
-
-def wait_until(predicate, within_s, interval_s=0.05):
-    deadline = time.monotonic() + within_s
-    while time.monotonic() < deadline:
-        try:
-            if predicate():
-                return True
-        except (OSError, RuntimeError, KeyError):
-            pass
-        time.sleep(interval_s)
-    return False
 
 
 def topology():

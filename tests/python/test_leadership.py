@@ -24,6 +24,11 @@ from omnirelay._native import NativeBinaryNotFound, find_native_binary
 from omnirelay.harness import Cluster, http_get
 from omnirelay.harness.leadership import ROLE_MAP, fenced_write, leader_of, leaders, leadership_topology
 from omnirelay.harness.leadership import role_map as leadership_role_map
+from mesh_support import wait_until as _poll
+
+
+def wait_until(predicate, timeout_s, interval_s=0.02):
+    return _poll(predicate, timeout_s, interval_s, ignore=(OSError, RuntimeError, KeyError))
 
 try:
     find_native_binary()
@@ -35,17 +40,6 @@ LEASE_S = 2.0  # the fast profile
 ROUNDS = int(os.environ.get("OMNIRELAY_LEADERSHIP_ROUNDS", "1"))
 FAILOVER_RUNS = int(os.environ.get("OMNIRELAY_FAILOVER_RUNS", "1"))
 
-
-def wait_until(predicate, timeout_s, interval_s=0.02):
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        try:
-            if predicate():
-                return True
-        except (OSError, RuntimeError, KeyError):
-            pass
-        time.sleep(interval_s)
-    return False
 
 
 def topology(store):

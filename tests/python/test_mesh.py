@@ -5,8 +5,6 @@ refusals (wrong cluster name, node id collision), malformed gossip, config
 errors from serve flags; and the simulator through the bindings."""
 
 import json
-import os
-import signal
 import subprocess
 import sys
 import time
@@ -18,7 +16,8 @@ from omnirelay._native import NativeBinaryNotFound, find_native_binary
 from omnirelay.harness import Cluster
 from omnirelay.harness.ports import ALLOCATOR
 from omnirelay.mesh import Simulator, peers, role_map, states
-from omnirelay.topology import Topology, TopologyBuilder, apply_mesh
+from omnirelay.topology import TopologyBuilder
+from mesh_support import wait_until
 
 try:
     BINARY = find_native_binary()
@@ -27,16 +26,6 @@ except NativeBinaryNotFound as error:  # pragma: no cover - depends on the check
 
 OMNIRELAY = [sys.executable, "-m", "omnirelay"]
 
-
-def wait_until(predicate, within_s, interval_s=0.1):
-    deadline = time.monotonic() + within_s
-    last = None
-    while time.monotonic() < deadline:
-        last = predicate()
-        if last:
-            return last
-        time.sleep(interval_s)
-    return predicate()
 
 
 def all_alive(cluster, names):

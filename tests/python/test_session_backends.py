@@ -22,6 +22,7 @@ from typing import Dict, List, Optional
 import pytest
 
 from omnirelay.harness.launcher import ReadyProcess
+from omnirelay.harness.launcher import wait_until
 
 grpc = pytest.importorskip("grpc")
 
@@ -136,14 +137,6 @@ def registered(registry: Process, role: str = "worker") -> List[Dict[str, str]]:
         assert response.status == 200
         return json.loads(response.read())
 
-
-def wait_until(predicate, timeout: float, what: str) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if predicate():
-            return
-        time.sleep(0.05)
-    raise AssertionError(f"timed out after {timeout}s waiting for {what}")
 
 
 def stub(pb, process: Process):
