@@ -4,6 +4,7 @@ iptables' statistic match, measured with a real UDP echo process and the
 namespaces' TCP counters; cleanup after the window, after the cluster stops,
 and of a lab whose owner was killed with kill -9."""
 
+import json
 import os
 import signal
 import subprocess
@@ -140,6 +141,7 @@ def test_cluster_nodes_run_in_namespaces_and_loss_is_bounded_and_removed(tmp_pat
         # The node process itself (same pid as spawned) sits in its namespace.
         ns_inode = os.stat(f"/run/netns/{n1.netns}").st_ino
         assert os.stat(f"/proc/{n1.pid}/ns/net").st_ino == ns_inode
+        assert os.readlink(f"/proc/{n1.pid}/exe").endswith("omnirelay-native")  # exec'd in place
         assert n1.healthy() and n2.healthy() and root_side.healthy()
 
         with pytest.raises(FaultError, match="root namespace"):
@@ -195,3 +197,38 @@ def test_packet_loss_needs_a_netns_topology(tmp_path):
     with Cluster(b.build(), tmp_path / "plain") as cluster:
         with pytest.raises(FaultError, match="netns"):
             cluster.chaos.packet_loss("a", 0.1, duration_s=1)
+
+
+HOLDER = """
+import json, sys, time
+sys.path.insert(0, sys.argv[2])
+from test_chaos_netns import two_nodes
+from omnirelay.harness import Cluster
+cluster = Cluster(two_nodes(), sys.argv[1]).start()
+print(json.dumps({"prefix": cluster.netns.prefix, "pids": [n.pid for n in cluster]}), flush=True)
+time.sleep(120)
+"""
+
+
+@pytest.mark.skipif(NATIVE is not None, reason=f"needs omnirelay-native: {NATIVE}")
+def test_a_killed_harness_leaves_no_node_and_the_next_lab_sweeps_its_namespaces(tmp_path):
+    from omnirelay.harness.process import pid_alive
+
+    holder = subprocess.Popen([sys.executable, "-c", HOLDER, str(tmp_path / "art"), os.path.dirname(__file__)],
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        line = holder.stdout.readline()
+        assert line, holder.stderr.read() if holder.poll() is not None else "holder printed nothing"
+        started = json.loads(line)
+    finally:
+        holder.send_signal(signal.SIGKILL)  # no atexit, no handler: the kernel and the sweep must cope
+        holder.wait(timeout=10)
+    prefix, pids = started["prefix"], started["pids"]
+    # The death signal survives `ip netns exec`: every node dies with the harness.
+    deadline = time.monotonic() + 10
+    while any(pid_alive(p) for p in pids) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert not any(pid_alive(p) for p in pids), [p for p in pids if pid_alive(p)]
+    assert len(namespaces_with(prefix)) == 2  # left behind ...
+    netns.NetnsLab().destroy()                 # ... until the next lab starts
+    assert_gone(prefix)
