@@ -27,6 +27,7 @@ YAML shape (every key but ``nodes[].name`` is optional; see docs/harness.md)::
         env: {KEY: value}
     links:
       - {from: gateway, to: backend-1, port: grpc, proxy: true}
+    netns: node               # optional: node | region | off; network namespaces (real packet loss)
 
 Placeholders (``${...}``) inside ``config``, ``args`` and ``env``:
 

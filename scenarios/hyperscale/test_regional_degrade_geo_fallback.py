@@ -301,7 +301,8 @@ def scenario(s: Scenario) -> None:
             ok = [r for r in degraded_shards if r["ok"]]
             failed = [r for r in degraded_shards if not r["ok"]]
             assert len(failed) <= max(1, len(degraded_shards) // 20), failed[:5]
-            assert all(r["instance"] == r["shardOwner"] for r in ok), [r for r in ok if r["instance"] != r["shardOwner"]][:5]
+            elsewhere = [r for r in ok if r["instance"] != r["shardOwner"]]
+            assert not elsewhere, elsewhere[:5]
             version_mid = mid[edge_names[0]]["namespaces"][0]["version"]
             figures["mapVersionDegraded"] = version_mid
             if version_mid == version_before:

@@ -182,11 +182,13 @@ class ChaosController:
             raise FaultError("packet loss needs a topology with netns (node or region): "
                              "set `netns: node` or TopologyBuilder.with_netns()")
         nodes = self.cluster.nodes
+        by_region = False
         if isinstance(target, (list, tuple, set, frozenset)):
             chosen = [self._node(t) for t in target]
         elif target in nodes:
             chosen = [nodes[target]]
         else:
+            by_region = True
             chosen = [n for n in nodes.values() if n.region == target]
             if not chosen:
                 raise FaultError(f"{target!r} is neither a node nor a region (regions: "
@@ -196,6 +198,8 @@ class ChaosController:
         keys: Dict[str, List[str]] = {}
         for n in chosen:
             if n.netns_key is None:
+                if by_region:
+                    continue  # a region's root-namespace nodes (netns: false) are not hit
                 raise FaultError(f"node {n.name} runs in the root namespace (netns: false): no loss there")
             keys.setdefault(n.netns_key, []).append(n.name)
         if not keys:
@@ -266,6 +270,8 @@ class ChaosController:
             self.stop(fault.target, down_for_s=fault.duration_s)
         elif fault.kind == "isolate-region":
             self.isolate_region(fault.target, fault.duration_s)
+        elif fault.kind == "packet-loss":
+            self.packet_loss(fault.target, fault.params.get("probability", 0.1), fault.duration_s)
         else:
             raise FaultError(f"unknown scheduled fault kind {fault.kind!r}")
 
