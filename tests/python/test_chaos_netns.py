@@ -250,3 +250,23 @@ def test_a_killed_harness_leaves_no_node_and_the_next_lab_sweeps_its_namespaces(
     assert len(namespaces_with(prefix)) == 2  # left behind ...
     netns.NetnsLab().destroy()                 # ... until the next lab starts
     assert_gone(prefix)
+
+
+@pytest.mark.skipif(NATIVE is not None, reason=f"needs omnirelay-native: {NATIVE}")
+def test_sigterm_of_the_harness_removes_nodes_and_namespaces(tmp_path):
+    from omnirelay.harness.process import pid_alive
+
+    holder = subprocess.Popen([sys.executable, "-c", HOLDER, str(tmp_path / "art"), os.path.dirname(__file__)],
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        line = holder.stdout.readline()
+        assert line, holder.stderr.read() if holder.poll() is not None else "holder printed nothing"
+        started = json.loads(line)
+        holder.send_signal(signal.SIGTERM)  # the reaper's handler: nodes first, then the namespaces
+        assert holder.wait(timeout=30) != 0
+    finally:
+        if holder.poll() is None:
+            holder.kill()
+            holder.wait(timeout=10)
+    assert not any(pid_alive(p) for p in started["pids"])
+    assert_gone(started["prefix"])  # without waiting for a next lab's sweep

@@ -21,7 +21,8 @@ node reaches every other one, and the harness (root namespace) reaches all.
 
 Leftovers are a defect: each lab writes ``/run/omnirelay-netns/<prefix>.json``
 (owner pid and its start time) *before* creating anything, removes
-everything on :meth:`destroy` (cluster stop, and ``atexit``), and every new
+everything on :meth:`destroy` (cluster stop, ``atexit``, and the harness
+reaper's SIGTERM/SIGHUP handler after the nodes are stopped), and every new
 lab first sweeps the labs whose owner process is gone (a harness killed with
 ``kill -9`` leaves its namespaces behind; the next run removes them), plus
 any namespace or interface with the ``orn`` prefix that no live lab owns.
@@ -402,6 +403,11 @@ def _install_atexit() -> None:
     if not _ATEXIT:
         _ATEXIT = True
         atexit.register(_destroy_all)
+        # The harness's reaper also runs on SIGTERM/SIGHUP (where atexit does
+        # not): it stops the nodes, then this removes their namespaces.
+        from omnirelay.harness import process as proc
+
+        proc.after_reap(_destroy_all)
 
 
 # -- UDP loss probe ------------------------------------------------------------------------
