@@ -27,6 +27,7 @@ YAML shape (every key but ``nodes[].name`` is optional; see docs/harness.md)::
         env: {KEY: value}
     links:
       - {from: gateway, to: backend-1, port: grpc, proxy: true}
+    netns: node               # optional: node | region | off; network namespaces (real packet loss)
 
 Placeholders (``${...}``) inside ``config``, ``args`` and ``env``:
 
@@ -127,6 +128,9 @@ class NodeSpec:
     env: Dict[str, str] = field(default_factory=dict)
     restart: RestartPolicy = field(default_factory=RestartPolicy)
     ready: ReadySpec = field(default_factory=ReadySpec)
+    #: With a topology ``netns`` mode: False keeps this node in the root
+    #: namespace (it binds on the bridge address); None/True = the topology's mode.
+    netns: Optional[bool] = None
 
     # -- builder style (Testcontainers' with_*) -------------------------------
     def with_role(self, role: str) -> "NodeSpec":
@@ -199,6 +203,8 @@ class NodeSpec:
             out["args"] = list(self.args)
         if self.env:
             out["env"] = dict(self.env)
+        if self.netns is not None:
+            out["netns"] = self.netns
         return out
 
 
@@ -228,6 +234,9 @@ class Topology:
     #: ``mtls``: every omnirelay node gets a certificate from one short-lived
     #: test CA and requires client certificates (docs/security.md).
     tls: Optional[str] = None
+    #: ``node``: every node in its own network namespace; ``region``: one per
+    #: region (omnirelay.chaos.netns; real packet loss, docs/harness.md).
+    netns: Optional[str] = None
 
     # -- lookups ---------------------------------------------------------------
     def node(self, name: str) -> NodeSpec:
@@ -374,6 +383,7 @@ class Topology:
             "nodes": [n.to_dict() for n in self.nodes],
             "links": [l.to_dict() for l in self.links],
             **({"tls": self.tls} if self.tls else {}),
+            **({"netns": self.netns} if self.netns else {}),
         }
 
     def to_yaml(self) -> str:
@@ -383,7 +393,7 @@ class Topology:
     def from_dict(cls, data: Mapping[str, Any], source: Optional[Path] = None) -> "Topology":
         if not isinstance(data, Mapping):
             raise TopologyError("topology: expected a mapping at the top level")
-        known = {"name", "description", "defaults", "nodes", "links", "mesh", "tls"}
+        known = {"name", "description", "defaults", "nodes", "links", "mesh", "tls", "netns"}
         # ``x-*`` keys are free (YAML anchors shared by nodes, as in compose files).
         unknown = {k for k in data if not str(k).startswith("x-")} - known
         if unknown:
@@ -402,6 +412,12 @@ class Topology:
             raise TopologyError(f"topology: tls: unknown mode {tls!r} (off, mtls)")
         topology = cls(str(name), str(data.get("description", "")), nodes, links, source,
                        None if tls == "off" else tls)
+        netns = data.get("netns")
+        if netns is True:
+            netns = "node"
+        if netns not in (None, False, "off", "node", "region"):
+            raise TopologyError(f"topology: netns: unknown mode {netns!r} (off, node, region)")
+        topology.netns = None if netns in (None, False, "off") else netns
         mesh = data.get("mesh")
         if mesh:
             if mesh is True:
@@ -465,7 +481,7 @@ def _deep_merge(base: Mapping[str, Any], over: Mapping[str, Any]) -> Dict[str, A
 
 
 _NODE_KEYS = {"name", "role", "region", "zone", "labels", "ports", "config", "command", "args", "env",
-              "restart", "ready"}
+              "restart", "ready", "netns"}
 
 
 def _node_from_dict(raw: Mapping[str, Any], where: str) -> NodeSpec:
@@ -510,6 +526,7 @@ def _node_from_dict(raw: Mapping[str, Any], where: str) -> NodeSpec:
         env={str(k): str(v) for k, v in (raw.get("env") or {}).items()},
         restart=restart,
         ready=ready,
+        netns=None if raw.get("netns") is None else bool(raw.get("netns")),
     )
 
 
@@ -674,6 +691,14 @@ class TopologyBuilder:
                            proxy: bool = True) -> "TopologyBuilder":
         """Every serve node becomes a mesh member (:func:`apply_mesh`), applied at build time."""
         self._mesh = {"profile": profile, "links": links, "proxy": proxy}
+        return self
+
+    def with_netns(self, mode: str = "node") -> "TopologyBuilder":
+        """Runs the nodes in network namespaces (``node``: one each, ``region``:
+        one per region), so ``chaos.packet_loss`` can drop real packets."""
+        if mode not in ("node", "region"):
+            raise TopologyError(f"topology: netns: unknown mode {mode!r} (node, region)")
+        self._topology.netns = mode
         return self
 
     def build(self) -> Topology:

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import threading
 import time
-from typing import Any, Dict, Iterable, List, Optional, Sequence
+from typing import Any, Dict, Iterable, List, Optional, Sequence, Tuple
 
 from omnirelay.chaos.proxy import MAX_WINDOW_S, Fault, FaultError
 from omnirelay.chaos.schedule import FaultSchedule, ScheduledFault
@@ -173,6 +173,80 @@ class ChaosController:
         self._record("isolate_region", region=region, duration_s=duration_s, links=hit)
         return hit
 
+    # -- real packet loss (network namespaces, iptables statistic) ---------------------------
+    def _loss_keys(self, target: Any, roles: Optional[Sequence[str]]) -> List[Tuple[str, List[str]]]:
+        """(namespace key, node names) for ``target``: a node name, a region, or a
+        list of node names; ``roles`` keeps only nodes with one of those roles."""
+        lab = self.cluster.netns
+        if lab is None:
+            raise FaultError("packet loss needs a topology with netns (node or region): "
+                             "set `netns: node` or TopologyBuilder.with_netns()")
+        nodes = self.cluster.nodes
+        by_region = False
+        if isinstance(target, (list, tuple, set, frozenset)):
+            chosen = [self._node(t) for t in target]
+        elif target in nodes:
+            chosen = [nodes[target]]
+        else:
+            by_region = True
+            chosen = [n for n in nodes.values() if n.region == target]
+            if not chosen:
+                raise FaultError(f"{target!r} is neither a node nor a region (regions: "
+                                 f"{sorted({n.region for n in nodes.values()})})")
+        if roles is not None:
+            chosen = [n for n in chosen if n.role in set(roles)]
+        keys: Dict[str, List[str]] = {}
+        for n in chosen:
+            if n.netns_key is None:
+                if by_region:
+                    continue  # a region's root-namespace nodes (netns: false) are not hit
+                raise FaultError(f"node {n.name} runs in the root namespace (netns: false): no loss there")
+            keys.setdefault(n.netns_key, []).append(n.name)
+        if not keys:
+            raise FaultError(f"no namespaced node matches {target!r}" + (f" with roles {list(roles)}" if roles else ""))
+        return sorted(keys.items())
+
+    def packet_loss(self, target: Any, probability: float, duration_s: float, direction: str = "both",
+                    roles: Optional[Sequence[str]] = None) -> List[Any]:
+        """Drops each packet entering/leaving the namespace(s) of ``target`` (a
+        node, a region or a list of nodes; ``roles`` filters) with
+        ``probability``, for ``duration_s`` (bounded): iptables
+        ``-m statistic --mode random --probability P -j DROP`` on the
+        namespace's veth. Returns the installed rules (for :meth:`heal_loss`).
+        In ``region`` mode a node's namespace is its whole region's."""
+        window = self._check_window(duration_s)
+        lab = self.cluster.netns
+        if lab is None:
+            self._loss_keys(target, roles)  # raises the explanatory FaultError
+        rules = []
+        try:
+            for key, names in self._loss_keys(target, roles):
+                rule = lab.add_loss(key, probability, direction, tag=f"{key}-{len(self.applied)}")
+                rules.append(rule)
+                self._record("packet_loss", namespace=rule.namespace, nodes=names, probability=probability,
+                             direction=direction, duration_s=window)
+        except BaseException:
+            for rule in rules:
+                lab.remove_loss(rule)
+            raise
+        self._later(window, self._end_loss, rules, "window ended")
+        return rules
+
+    def _end_loss(self, rules: Sequence[Any], reason: str) -> None:
+        lab = self.cluster.netns
+        if lab is None:
+            return
+        for rule in rules:
+            if lab.remove_loss(rule):
+                self._record("packet_loss_removed", namespace=rule.namespace, reason=reason)
+
+    def heal_loss(self, rules: Optional[Sequence[Any]] = None) -> None:
+        """Removes ``rules`` (default: every loss rule of this cluster) now."""
+        lab = self.cluster.netns
+        if lab is None:
+            return
+        self._end_loss(list(lab.rules) if rules is None else rules, "explicit")
+
     # -- schedules -----------------------------------------------------------------------------
     def schedule(self, duration_s: float, kinds: Sequence[str] = ("latency", "blackhole", "pause"),
                  seed: Optional[int] = None, **kwargs: Any) -> FaultSchedule:
@@ -196,6 +270,8 @@ class ChaosController:
             self.stop(fault.target, down_for_s=fault.duration_s)
         elif fault.kind == "isolate-region":
             self.isolate_region(fault.target, fault.duration_s)
+        elif fault.kind == "packet-loss":
+            self.packet_loss(fault.target, fault.params.get("probability", 0.1), fault.duration_s)
         else:
             raise FaultError(f"unknown scheduled fault kind {fault.kind!r}")
 
@@ -240,4 +316,6 @@ class ChaosController:
         for handle in self.cluster.links.values():
             if handle.proxy is not None and handle.proxy._server is not None:
                 handle.proxy.clear()
+        if self.cluster.netns is not None and not self.cluster.netns.destroyed:
+            self._end_loss(list(self.cluster.netns.rules), "heal_all")
         self._record("heal_all")

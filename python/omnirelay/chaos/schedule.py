@@ -15,7 +15,8 @@ from typing import Any, Dict, List, Optional, Sequence, Tuple
 #: kinds a schedule may draw; link kinds need a proxied link, node kinds a node.
 LINK_KINDS = ("latency", "blackhole", "reset", "bandwidth")
 NODE_KINDS = ("pause", "kill", "stop")
-REGION_KINDS = ("isolate-region",)
+#: ``packet-loss`` needs a netns topology (real loss in the region's namespaces).
+REGION_KINDS = ("isolate-region", "packet-loss")
 
 
 @dataclass(frozen=True)
@@ -39,7 +40,8 @@ class FaultSchedule:
     def generate(cls, seed: int, duration_s: float, *, links: Sequence[str] = (), nodes: Sequence[str] = (),
                  regions: Sequence[str] = (), kinds: Sequence[str] = ("latency", "blackhole", "pause"),
                  mean_interval_s: float = 2.0, window_s: Tuple[float, float] = (0.5, 2.0),
-                 latency_ms: Tuple[float, float] = (20.0, 200.0), max_faults: int = 1000) -> "FaultSchedule":
+                 latency_ms: Tuple[float, float] = (20.0, 200.0), max_faults: int = 1000,
+                 loss_probability: Tuple[float, float] = (0.02, 0.2)) -> "FaultSchedule":
         """Faults arrive as a Poisson process (exponential gaps, mean
         ``mean_interval_s``) over ``duration_s``; each picks a kind among
         ``kinds`` whose target list is non-empty, a target, and a window
@@ -71,6 +73,8 @@ class FaultSchedule:
                           "jitter_ms": round(rng.uniform(0, latency_ms[0] / 2), 1)}
             elif kind == "bandwidth":
                 params = {"rate_bps": float(rng.choice([16_384, 65_536, 262_144]))}
+            elif kind == "packet-loss":
+                params = {"probability": round(rng.uniform(*loss_probability), 3)}
             faults.append(ScheduledFault(round(t, 3), kind, target, round(window, 3), params))
         return cls(seed, faults)
 

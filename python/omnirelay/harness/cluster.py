@@ -132,10 +132,28 @@ class Node:
     zone = property(lambda self: self.spec.zone)
     labels = property(lambda self: self.spec.labels)
 
+    @property
+    def host(self) -> str:
+        """The address this node binds and is dialled on: 127.0.0.1, or its
+        network namespace's address in a ``netns`` topology (the bridge's
+        address for a node kept in the root namespace there)."""
+        return self.cluster.host_of(self.spec)
+
+    @property
+    def netns(self) -> Optional[str]:
+        """The network namespace this node runs in (None: the root namespace)."""
+        return self.cluster.namespace_of(self.spec)
+
+    @property
+    def netns_key(self) -> Optional[str]:
+        """Its key in the cluster's :class:`~omnirelay.chaos.netns.NetnsLab`
+        (the node's name, or its region in ``region`` mode)."""
+        return self.cluster.netns_key_of(self.spec)
+
     def address(self, port: str = "grpc") -> str:
         if port not in self.ports:
             raise KeyError(f"node {self.name} has no port {port!r} (has {sorted(self.ports)})")
-        return f"{HOST}:{self.ports[port]}"
+        return f"{self.host}:{self.ports[port]}"
 
     @property
     def admin(self) -> str:
@@ -153,7 +171,7 @@ class Node:
 
     @property
     def endpoints(self) -> Dict[str, str]:
-        return {name: f"{HOST}:{port}" for name, port in self.ports.items()}
+        return {name: f"{self.host}:{port}" for name, port in self.ports.items()}
 
     @property
     def pid(self) -> Optional[int]:
@@ -187,7 +205,8 @@ class Node:
             stdout = open(self.dir / "stdout.log", "ab")
             stderr = open(self.dir / "stderr.log", "ab")
             try:
-                self.process = proc.spawn(self.argv, env=self.env, cwd=str(self.dir), stdout=stdout, stderr=stderr)
+                argv = self.argv if self.netns is None else self.cluster.netns.exec_argv(self.netns_key, self.argv)
+                self.process = proc.spawn(argv, env=self.env, cwd=str(self.dir), stdout=stdout, stderr=stderr)
             except FileNotFoundError as error:
                 raise NodeStartError(f"node {self.name}: cannot execute {self.argv[0]!r}: {error}") from None
             finally:
@@ -235,7 +254,7 @@ class Node:
                     last_error = f"GET {spec.http}: {error}"
             for port_name in spec.ports:
                 try:
-                    with socket.create_connection((HOST, self.ports[port_name]), timeout=0.5):
+                    with socket.create_connection((self.host, self.ports[port_name]), timeout=0.5):
                         pass
                 except OSError as error:
                     pending.append(f"TCP {port_name} ({self.address(port_name)})")
@@ -398,6 +417,8 @@ class Cluster:
         self._supervisor: Optional[threading.Thread] = None
         self._stop_event = threading.Event()
         self._chaos = None
+        #: omnirelay.chaos.netns.NetnsLab of a ``netns`` topology, made at start.
+        self.netns = None
 
     # -- access ---------------------------------------------------------------------
     def node(self, name: str) -> Node:
@@ -438,6 +459,28 @@ class Cluster:
 
             self._chaos = ChaosController(self, seed=self.seed)
         return self._chaos
+
+    # -- network namespaces (omnirelay.chaos.netns) --------------------------------------
+    def netns_key_of(self, spec: NodeSpec) -> Optional[str]:
+        if self.topology.netns is None or spec.netns is False:
+            return None
+        return spec.name if self.topology.netns == "node" else spec.region
+
+    def namespace_of(self, spec: NodeSpec) -> Optional[str]:
+        key = self.netns_key_of(spec)
+        return None if key is None or self.netns is None else self.netns.namespace(key)
+
+    def host_of(self, spec: NodeSpec) -> str:
+        if self.netns is None:
+            return HOST
+        key = self.netns_key_of(spec)
+        return self.netns.gateway if key is None else self.netns.addresses[key]
+
+    @property
+    def proxy_host(self) -> str:
+        """Where fault proxies listen: 127.0.0.1, or the bridge address (reachable
+        from every namespace and from here) in a ``netns`` topology."""
+        return self.netns.gateway if self.netns is not None else HOST
 
     def endpoints(self) -> Dict[str, Any]:
         return {
@@ -516,6 +559,19 @@ class Cluster:
         self.event("cluster.starting", topology=self.topology.name, seed=self.seed,
                    binary=str(self.binary) if self.binary else None)
 
+        if self.topology.netns:
+            if self.tls:
+                raise HarnessError("netns topologies run without mTLS (the test CA's certificates name 127.0.0.1)")
+            from omnirelay.chaos.netns import NetnsLab
+
+            self.netns = NetnsLab()
+            for node_spec in self.topology.nodes:
+                key = self.netns_key_of(node_spec)
+                if key is not None:
+                    self.netns.add(key)
+            self.save_json("netns.json", self.netns.to_json())
+            self.event("netns.created", **self.netns.to_json())
+
         # Ports: overrides first (checked, fail fast), then allocated ones.
         for node_spec in self.topology.nodes:
             ports: Dict[str, int] = {}
@@ -542,8 +598,8 @@ class Cluster:
             if self.tls_enabled_for(target.spec):
                 handle.tls, handle.ssl_context = True, self.ssl_context
             if link_spec.proxy:
-                handle.proxy = FaultProxy(link_spec.name, (HOST, target.ports[link_spec.port]),
-                                          (HOST, ALLOCATOR.allocate()), seed=self.seed,
+                handle.proxy = FaultProxy(link_spec.name, (target.host, target.ports[link_spec.port]),
+                                          (self.proxy_host, ALLOCATOR.allocate()), seed=self.seed,
                                           on_event=lambda record: self.event("link." + record.pop("event"),
                                                                              **record)).start()
             self.links[link_spec.name] = handle
@@ -669,10 +725,10 @@ class Cluster:
                 if field == "dir":
                     return str(node.dir)
                 if field == "host":
-                    return HOST
+                    return node.host
                 if field == "labels":
                     return node.labels[parts[2]]
-                return _port_form(HOST, node.ports[field], parts[2:])
+                return _port_form(node.host, node.ports[field], parts[2:])
             if head in ("nodes", "direct"):
                 target = self.nodes[parts[1]]
                 port_name = parts[2]
@@ -685,7 +741,7 @@ class Cluster:
                             return _port_form(host, port, parts[3:])
                 if len(parts) > 3 and parts[3] in ("name", "role", "region", "zone"):
                     return str(getattr(target, parts[3]))
-                return _port_form(HOST, target.ports[port_name], parts[3:])
+                return _port_form(target.host, target.ports[port_name], parts[3:])
             if head == "links":
                 return self.links[".".join(parts[1:])].address
             if head == "topology":
@@ -812,6 +868,11 @@ class Cluster:
                     "stats": vars(link.proxy.stats),
                     "faults": [f.to_json() for f in link.proxy.history],
                 }, indent=2))
+        if self.netns is not None:
+            # After the nodes: a namespace removed under a running node would
+            # strand it without a network. Rules and veths go with it.
+            self.netns.destroy()
+            self.event("netns.destroyed", prefix=self.netns.prefix)
         if self.artifacts_dir.exists() and self.nodes:
             self._write_state()
         self.event("cluster.stopped")

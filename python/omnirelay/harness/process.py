@@ -87,6 +87,16 @@ _SPAWNER = _Spawner()
 _LIVE: Dict[int, subprocess.Popen] = {}
 _LIVE_LOCK = threading.Lock()
 _HOOKS_INSTALLED = False
+#: Run by reap_all after every child is stopped (e.g. removing network
+#: namespaces, which must outlive the nodes inside them).
+_AFTER_REAP: List[Callable[[], None]] = []
+
+
+def after_reap(fn: Callable[[], None]) -> None:
+    """Registers ``fn`` to run once the reaper has stopped every child (atexit,
+    SIGTERM/SIGHUP). Exceptions are swallowed: teardown goes on."""
+    if fn not in _AFTER_REAP:
+        _AFTER_REAP.append(fn)
 
 
 def spawn(argv: List[str], *, env: Optional[Dict[str, str]] = None, cwd: Optional[str] = None,
@@ -174,6 +184,11 @@ def reap_all(grace_s: float = 3.0) -> None:
             except (ProcessLookupError, subprocess.TimeoutExpired):
                 pass
         forget(p)
+    for fn in list(_AFTER_REAP):
+        try:
+            fn()
+        except Exception:
+            pass
 
 
 def _install_hooks() -> None:

@@ -1,0 +1,367 @@
+"""RegionalDegrade_GeoFallback (seed 002, hyperscale suite).
+
+Two regions of backends, west and east, every node in its own network
+namespace (``netns: node``). A west edge node has a geo-affine outbound
+(``outbounds.backends.geo``, docs/peers.md) over every backend, and routes the
+sharded service ``users.v1.Users`` (namespace ``users``, owners = the backends,
+docs/shards.md) by ``rpc-shard-key``.
+
+The west region degrades: 150 ms on the edge's links to the west backends
+(the user-space fault proxy) AND real packet loss on the west backends'
+namespaces (iptables' ``statistic`` match: TCP retransmits, slower calls).
+Then:
+
+* geo calls move to east within a bounded time (the latency signal crosses
+  its threshold), while probes keep measuring west;
+* ``omnirelay.geo.mode`` is 1 (fallback), ``omnirelay.geo.transitions`` counts
+  exactly one entry into fallback, ``omnirelay.geo.routed`` rises for east;
+* shard-keyed calls still go to their owner — west-owned shards keep being
+  served in west (slower), every answer names its owner in
+  ``rpc-shard-owner`` and comes from it; failures stay bounded;
+* after the heal, calls come back to west after the hold period and stay there:
+  exactly one return (``transitions{local}`` = 1), no flapping.
+
+Artifacts: ``shards/before|after/<node>.json`` (every node's shard map),
+``observations.json`` (per call: phase, who answered, region, latency, error),
+``figures.json`` (times, shares, latencies, measured loss, retransmits),
+``netns.json`` (namespaces, addresses), ``metrics/<phase>/``.
+
+CI: 2 + 2 backends, one edge, 16 shards, ~3 s degraded. ``--scale full``:
+4 + 4 backends, two edges, 64 shards, 20 s degraded.
+
+Run: ``pytest scenarios/hyperscale -m hyperscale`` or
+``omnirelay scenario run regional_degrade_geo_fallback [--scale full]``.
+Needs root (network namespaces); CI runs as root.
+
+Not covered yet: geo stickiness inside the shard route (owner *or replica*
+in the chosen region) — the shard route always sends to the owner today.
+"""
+
+from __future__ import annotations
+
+import statistics
+import time
+from typing import Any, Dict, List
+
+import grpc
+import pytest
+
+from omnirelay.chaos import netns
+from omnirelay.harness.leadership import apply_leadership
+from omnirelay.scenario import Scenario
+from omnirelay.shards import ECHO_SERVICE, SHARDED_SERVICE, owners, resolve, shards
+from omnirelay.topology import TopologyBuilder
+
+pytestmark = [pytest.mark.hyperscale]
+
+GEO_METHOD = "/httpecho.Svc/Echo"
+SHARD_METHOD = f"/{SHARDED_SERVICE}/Echo"
+LATENCY_MS = 150
+THRESHOLD_MS = 60
+LOSS = 0.10
+HOLD_S = 3.0
+PROBE_EVERY = 5
+
+
+def identity(b):
+    return b
+
+
+def topology(per_region: int, edges: int, shard_count: int):
+    west = [f"west-{i}" for i in range(1, per_region + 1)]
+    east = [f"east-{i}" for i in range(1, per_region + 1)]
+    edge_names = [f"edge-west-{i}" for i in range(1, edges + 1)]
+    b = TopologyBuilder("regional-degrade", f"{per_region}+{per_region} backends in west/east, "
+                                            f"{edges} west edge(s), every node in its own network namespace")
+    for name in west + east:
+        region = name.split("-")[0]
+        mesh: Dict[str, Any] = {}
+        if region == "west":
+            # The edges reach the west backends' HTTP data port through the
+            # fault proxy (latency); gossip and shard forwarding run on gRPC.
+            # The proxy listens on the bridge address, so every edge dials the
+            # one advertised proxy of each west backend.
+            mesh = {"mesh": {"advertiseEndpoints": {"http": f"${{links.{edge_names[0]}->{name}:http}}"}}}
+        b.node(name, role="backend", region=region, zone=f"{region}-a").with_port("http").with_config(
+            {"omniRelay": {
+                "inbounds": {"http": {"address": "${self.http}"}},
+                "echo": {"instance": name, "procedures": ["httpecho.Svc/Echo"]},
+                **mesh}})
+    for name in west:
+        b.with_link(edge_names[0], name, port="http", proxy=True)
+    for edge in edge_names:
+        b.node(edge, role="edge", region="west", zone="west-b").with_config({"omniRelay": {
+            "outbounds": {"backends": {
+                "transport": "http",
+                "mesh": {"role": "backend"},
+                "geo": {"latencyThresholdMs": THRESHOLD_MS, "holdMs": int(HOLD_S * 1000),
+                        "evaluateEveryMs": 100, "probeEvery": PROBE_EVERY, "minSamples": 5,
+                        "innerChooser": "round-robin"},
+            }},
+            "routes": [{"prefix": "/httpecho.Svc/", "outbound": "backends"}],
+        }})
+    t = b.with_netns("node").with_mesh_identity(profile="test").build()
+    # The shard map's writer sits in east (the healthy region); everyone else observes.
+    scopes = {n.name: [] for n in t.nodes}
+    scopes["east-1"] = [("global", 0)]
+    scopes["east-2"] = [("global", 1)]
+    apply_leadership(t, scopes, store="sqlite")
+    for node in t.nodes:
+        config = node.config.setdefault("omniRelay", {})
+        config["shards"] = {
+            "reconcileInterval": "250ms",
+            "namespaces": {"users": {
+                "shards": shard_count, "strategy": "rendezvous", "replicas": 1, "ownerRole": "backend",
+                "service": SHARDED_SERVICE, "localService": ECHO_SERVICE,
+            }},
+        }
+    return t, west, east, edge_names
+
+
+class Client:
+    """One west client on one edge: geo calls and shard calls, every outcome
+    recorded as an observation."""
+
+    def __init__(self, name: str, address: str, observations: List[Dict[str, Any]]) -> None:
+        self.name = name
+        self.channel = grpc.insecure_channel(address)
+        self.geo = self.channel.unary_unary(GEO_METHOD, request_serializer=identity,
+                                            response_deserializer=identity)
+        self.sharded = self.channel.unary_unary(SHARD_METHOD, request_serializer=identity,
+                                                response_deserializer=identity)
+        self.observations = observations
+
+    def _observe(self, phase: str, kind: str, fn, **fields: Any) -> Dict[str, Any]:
+        start = time.monotonic()
+        record: Dict[str, Any] = {"client": self.name, "phase": phase, "kind": kind, **fields}
+        try:
+            _, call = fn()
+            headers = dict(call.initial_metadata())
+            instance = headers.get("x-omnirelay-instance", "")
+            record.update(ok=True, instance=instance, region=instance.split("-")[0],
+                          shardOwner=headers.get("rpc-shard-owner"), shardVersion=headers.get("rpc-shard-version"))
+        except grpc.RpcError as error:
+            record.update(ok=False, error=f"{error.code().name}: {error.details()}")
+        record["latencyMs"] = round((time.monotonic() - start) * 1000, 2)
+        self.observations.append(record)
+        return record
+
+    def geo_burst(self, phase: str, n: int) -> List[Dict[str, Any]]:
+        return [self._observe(phase, "geo", lambda: self.geo.with_call(b"", timeout=5)) for _ in range(n)]
+
+    def shard_call(self, phase: str, key: str) -> Dict[str, Any]:
+        return self._observe(phase, "shard", lambda: self.sharded.with_call(
+            key.encode(), metadata=[("rpc-shard-key", key)], timeout=10), key=key)
+
+    def close(self) -> None:
+        self.channel.close()
+
+
+def east_share(records: List[Dict[str, Any]]) -> float:
+    served = [r for r in records if r["ok"]]
+    return sum(1 for r in served if r["region"] == "east") / max(1, len(served))
+
+
+def summary(records: List[Dict[str, Any]]) -> Dict[str, Any]:
+    ok = [r for r in records if r["ok"]]
+    lat = sorted(r["latencyMs"] for r in ok)
+    by_region: Dict[str, int] = {}
+    for r in ok:
+        by_region[r["region"]] = by_region.get(r["region"], 0) + 1
+    return {"calls": len(records), "failed": len(records) - len(ok), "byRegion": by_region,
+            "p50Ms": round(statistics.median(lat), 2) if lat else None,
+            "p99Ms": lat[min(len(lat) - 1, int(len(lat) * 0.99))] if lat else None}
+
+
+def shard_docs(cluster) -> Dict[str, Any]:
+    return {n.name: shards(n.admin) for n in cluster if n.is_running()}
+
+
+def converged(cluster, backends: List[str]) -> bool:
+    docs = shard_docs(cluster)
+    first = docs[next(iter(docs))]["namespaces"][0]
+    if first["version"] < 1 or sorted(x["id"] for x in first["nodes"]) != sorted(backends):
+        return False
+    return all(d["namespaces"][0]["version"] == first["version"] and
+               owners(d, "users") == owners(docs[next(iter(docs))], "users") and
+               all(x["routable"] for x in d["namespaces"][0]["nodes"]) for d in docs.values())
+
+
+def geo_peers(node) -> List[str]:
+    outbound = node.get_json("/omnirelay/introspect")["outbounds"]["backends"]
+    return sorted(p["id"] for p in outbound["peers"])
+
+
+def scenario(s: Scenario) -> None:
+    if netns.available() is not None:
+        pytest.skip(f"RegionalDegrade_GeoFallback needs network namespaces: {netns.available()}")
+    full = s.scale == "full"
+    per_region, edges, shard_count = (4, 2, 64) if full else (2, 1, 16)
+    degraded_s = s.duration(ci=3, full=20)
+    keys_per_round = 24 if full else 12
+    topo, west, east, edge_names = topology(per_region, edges, shard_count)
+    backends = west + east
+    observations: List[Dict[str, Any]] = []
+    figures: Dict[str, Any] = {"scale": s.scale, "west": west, "east": east, "edges": edge_names,
+                               "shards": shard_count, "latencyMs": LATENCY_MS, "lossProbability": LOSS,
+                               "thresholdMs": THRESHOLD_MS, "holdSeconds": HOLD_S}
+
+    with s.given(f"{len(backends)} backends in west/east and {edges} west edge(s), each in its own namespace"):
+        cluster = s.cluster(topo)
+        s.eventually(lambda: all(geo_peers(cluster[e]) == sorted(backends) for e in edge_names),
+                     within_s=30, interval_s=0.2, message="the edges never saw every backend")
+        s.eventually(lambda: converged(cluster, backends), within_s=30, interval_s=0.2,
+                     message="the shard map never converged on every node")
+        before = shard_docs(cluster)
+        for name, doc in before.items():
+            s.save_json(f"shards/before/{name}.json", doc)
+        owner_of = owners(before[edge_names[0]], "users")
+        version_before = before[edge_names[0]]["namespaces"][0]["version"]
+        west_owned = sum(1 for o in owner_of if o in west)
+        figures.update(mapVersionBefore=version_before, westOwnedShards=west_owned)
+        clients = [Client(e, cluster[e].address("grpc"), observations) for e in edge_names]
+
+    shard_ids: Dict[str, int] = {}
+
+    def shard_of(key: str) -> int:
+        if key not in shard_ids:
+            shard_ids[key] = resolve(cluster[edge_names[0]].admin, "users", key)["shard"]
+        return shard_ids[key]
+
+    def shard_round(phase: str) -> List[Dict[str, Any]]:
+        out = []
+        for k in range(keys_per_round):
+            for c in clients:
+                out.append(c.shard_call(phase, f"tenant-{k}"))
+        return out
+
+    def geo_metrics(edge: str) -> Dict[str, float]:
+        m = cluster[edge].metrics()
+        return {"mode": m.value("omnirelay.geo.mode", outbound="backends"),
+                "routedWest": m.value("omnirelay.geo.routed", default=0, geo_region="west"),
+                "routedEast": m.value("omnirelay.geo.routed", default=0, geo_region="east"),
+                "toFallback": m.value("omnirelay.geo.transitions", default=0, geo_mode="fallback"),
+                "toLocal": m.value("omnirelay.geo.transitions", default=0, geo_mode="local")}
+
+    try:
+        with s.then("healthy: geo calls stay in west, shard calls reach their owners"):
+            healthy = [r for c in clients for r in c.geo_burst("healthy", 40)]
+            assert all(r["ok"] and r["region"] == "west" for r in healthy), summary(healthy)
+            for e in edge_names:
+                m = geo_metrics(e)
+                assert m["mode"] == 0 and m["routedEast"] == 0 and m["routedWest"] >= 40, (e, m)
+            calm_shards = shard_round("healthy")
+            assert all(r["ok"] and r["instance"] == r["shardOwner"] == owner_of[shard_of(r["key"])]
+                       for r in calm_shards), [r for r in calm_shards if not r["ok"]][:3]
+            s.snapshot("healthy")
+            retrans_before = {w: cluster.netns.tcp_counters(w)["RetransSegs"] for w in west}
+
+        with s.when(f"west degrades: +{LATENCY_MS} ms on the edge->west links and {LOSS:.0%} packet loss "
+                    f"on the west namespaces"):
+            window = 120
+            for w in west:
+                cluster.chaos.latency(cluster.link(f"{edge_names[0]}->{w}:http"), LATENCY_MS, duration_s=window)
+            rules = cluster.chaos.packet_loss("west", LOSS, duration_s=window, roles=["backend"])
+            degraded_at = time.monotonic()
+            assert sorted(r.namespace for r in rules) == sorted(cluster[w].netns for w in west)
+
+        with s.then("geo calls move to east within a bounded time; probes still measure west"):
+            moved_after = None
+            while time.monotonic() - degraded_at < 20:
+                burst = [r for c in clients for r in c.geo_burst("moving", 10)]
+                if east_share(burst) >= 0.7 and all(geo_metrics(e)["mode"] == 1 for e in edge_names):
+                    moved_after = time.monotonic() - degraded_at
+                    break
+            assert moved_after is not None, f"calls never moved to east: {summary(burst)}"
+            figures["movedToEastSeconds"] = round(moved_after, 3)
+            figures["udpLossWest"] = netns.measure_udp_loss(cluster.netns, west[0], count=200, gap_s=0.0005)
+
+            degraded: List[Dict[str, Any]] = []
+            degraded_shards: List[Dict[str, Any]] = []
+            until = time.monotonic() + degraded_s
+            while time.monotonic() < until:
+                degraded += [r for c in clients for r in c.geo_burst("degraded", 20)]
+                degraded_shards += shard_round("degraded")
+            assert east_share(degraded) >= 0.7, summary(degraded)
+            for e in edge_names:
+                m = geo_metrics(e)
+                assert m["mode"] == 1 and m["toFallback"] == 1 and m["toLocal"] == 0, (e, m)
+                assert m["routedEast"] >= 0.6 * len([r for r in degraded if r["client"] == e]), (e, m)
+            s.snapshot("degraded")
+            retrans_after = {w: cluster.netns.tcp_counters(w)["RetransSegs"] for w in west}
+            figures["westRetransmits"] = {w: retrans_after[w] - retrans_before[w] for w in west}
+            # The loss is real: the west namespaces retransmitted TCP segments.
+            assert sum(figures["westRetransmits"].values()) > 0, figures["westRetransmits"]
+            loss = figures["udpLossWest"]["lossRatio"]
+            expected = 1 - (1 - LOSS) ** 2
+            assert expected - 0.12 <= loss <= expected + 0.12, figures["udpLossWest"]
+
+        with s.then("shard-keyed calls stay on their owners (west-owned shards still served in west)"):
+            mid = shard_docs(cluster)
+            ok = [r for r in degraded_shards if r["ok"]]
+            failed = [r for r in degraded_shards if not r["ok"]]
+            assert len(failed) <= max(1, len(degraded_shards) // 20), failed[:5]
+            elsewhere = [r for r in ok if r["instance"] != r["shardOwner"]]
+            assert not elsewhere, elsewhere[:5]
+            version_mid = mid[edge_names[0]]["namespaces"][0]["version"]
+            figures["mapVersionDegraded"] = version_mid
+            if version_mid == version_before:
+                # Membership held through the loss: the map did not change, so
+                # every call went to the same owner as before, west included.
+                assert all(r["instance"] == owner_of[shard_of(r["key"])] for r in ok)
+                west_served = [r for r in ok if r["region"] == "west"]
+                assert west_owned == 0 or west_served, "no west-owned shard was served in west"
+                figures["westShardCallsDuringDegrade"] = len(west_served)
+            figures["shardCallsDegraded"] = summary(degraded_shards)
+
+        with s.when("the west region heals"):
+            for w in west:
+                cluster.chaos.heal_link(cluster.link(f"{edge_names[0]}->{w}:http"))
+            cluster.chaos.heal_loss(rules)
+            healed_at = time.monotonic()
+            assert all(cluster.netns.loss_rules_installed(w) == [] for w in west)
+
+        with s.then(f"geo calls return to west after the {HOLD_S:g}s hold, once, and stay"):
+            returned_after = None
+            while time.monotonic() - healed_at < 30:
+                burst = [r for c in clients for r in c.geo_burst("returning", 10)]
+                if burst and all(r["ok"] and r["region"] == "west" for r in burst) and \
+                        all(geo_metrics(e)["mode"] == 0 for e in edge_names):
+                    returned_after = time.monotonic() - healed_at
+                    break
+                time.sleep(0.05)  # a steady trickle while the hold runs, not a flood
+            assert returned_after is not None, f"calls never came back to west: {summary(burst)}"
+            assert returned_after >= HOLD_S, returned_after
+            figures["returnedToWestSeconds"] = round(returned_after, 3)
+            after = [r for c in clients for r in c.geo_burst("after", 40)]
+            assert all(r["ok"] and r["region"] == "west" for r in after), summary(after)
+            for e in edge_names:
+                m = geo_metrics(e)
+                # Hysteresis: exactly one trip out and one back for the whole run.
+                assert m["mode"] == 0 and m["toFallback"] == 1 and m["toLocal"] == 1, (e, m)
+                figures.setdefault("geoMetrics", {})[e] = m
+            after_shards = shard_round("after")
+            assert all(r["ok"] and r["instance"] == r["shardOwner"] for r in after_shards), \
+                [r for r in after_shards if not r["ok"]][:3]
+            s.snapshot("after")
+            after_docs = shard_docs(cluster)
+            for name, doc in after_docs.items():
+                s.save_json(f"shards/after/{name}.json", doc)
+            figures["mapVersionAfter"] = after_docs[edge_names[0]]["namespaces"][0]["version"]
+            figures["shardOwnersChanged"] = sum(
+                1 for a, b in zip(owner_of, owners(after_docs[edge_names[0]], "users")) if a != b)
+    finally:
+        for c in clients:
+            c.close()
+        for phase in ("healthy", "moving", "degraded", "returning", "after"):
+            figures.setdefault("geoCalls", {})[phase] = summary(
+                [r for r in observations if r["phase"] == phase and r["kind"] == "geo"])
+        s.save_json("observations.json", observations)
+        s.save_json("figures.json", figures)
+    s.note(f"moved to east in {figures['movedToEastSeconds']}s, back to west {figures['returnedToWestSeconds']}s "
+           f"after heal; UDP loss west {figures['udpLossWest']['lossRatio']}; degraded geo calls "
+           f"{figures['geoCalls']['degraded']}; shard calls {figures['shardCallsDegraded']}")
+
+
+def test_regional_degrade_geo_fallback(run_scenario):
+    run_scenario(scenario)
