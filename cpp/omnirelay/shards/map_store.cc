@@ -528,3 +528,45 @@ void ShardManager::CheckBudgets(const NamespaceOptions& ns) {
 }
 
 }  // namespace omnirelay::shards
+
+namespace omnirelay::shards {
+
+void AddRebalanceView(nlohmann::json& document, coord::LeadershipStore& store,
+                      const std::vector<NamespaceOptions>& namespaces, const ShardMapHolder& holder,
+                      core::TimePoint now) {
+  if (!document.contains("namespaces")) return;
+  for (auto& entry : document["namespaces"]) {
+    const std::string ns = entry.value("namespace", "");
+    const auto options = std::find_if(namespaces.begin(), namespaces.end(),
+                                      [&](const NamespaceOptions& n) { return n.spec.ns == ns; });
+    if (options == namespaces.end()) continue;
+    const auto map = holder.Get(ns);
+    entry["lastRebalance"] = map ? map->last_rebalance : nlohmann::json(nullptr);
+    nlohmann::json loads = nlohmann::json::array();
+    if (auto read = ReadLoads(store, ns); read.ok()) {
+      for (const auto& [node, load] : *read) {
+        auto json = load.ToJson();
+        const auto at = core::ParseTimestamp(load.at);
+        json["ageMs"] =
+            at ? std::chrono::duration_cast<std::chrono::milliseconds>(now - *at).count() : -1;
+        json["fresh"] = at.has_value() && now - *at <= kLoadStaleAfter;
+        loads.push_back(std::move(json));
+      }
+    }
+    entry["loads"] = std::move(loads);
+    auto budget = ReadBudget(store, ns);
+    if (!budget.ok()) continue;
+    entry["budget"] = budget->ToJson();
+    if (!budget->ns_qps && budget->shard_qps.empty()) continue;
+    entry["budgetQps"] = budget->ns_qps.value_or(options->budget_qps);
+    if (!entry.contains("shards") || !entry["shards"].is_array()) continue;
+    for (auto& shard : entry["shards"]) {
+      const auto id = shard.value("id", std::uint32_t{0});
+      const double limit = budget->For(id, options->budget_qps);
+      shard["budgetQps"] = limit;
+      shard["overBudget"] = limit > 0 && shard.value("qps", 0.0) > limit;
+    }
+  }
+}
+
+}  // namespace omnirelay::shards

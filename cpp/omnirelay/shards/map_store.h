@@ -221,3 +221,16 @@ class ShardManager {
 };
 
 }  // namespace omnirelay::shards
+
+namespace omnirelay::shards {
+
+// Adds the load-aware rebalance view to a ShardRouter::ToJson document
+// (GET /omnirelay/control/shards), per namespace: `lastRebalance` (the held
+// map's decision), `loads` (every node's latest report: pending, qps, age),
+// `budget` (the runtime override) and, with an override, the effective
+// `budgetQps` / per-shard `budgetQps` and `overBudget`.
+void AddRebalanceView(nlohmann::json& document, coord::LeadershipStore& store,
+                      const std::vector<NamespaceOptions>& namespaces, const ShardMapHolder& holder,
+                      core::TimePoint now);
+
+}  // namespace omnirelay::shards
