@@ -2,6 +2,7 @@
 
 #include <openssl/crypto.h>
 
+#include "absl/strings/numbers.h"
 #include "omnirelay/mesh/v1/control.grpc.pb.h"
 
 namespace omnirelay::node {
@@ -115,9 +116,12 @@ class ControlService::Impl final : public mesh::v1::Control::Service {
     if (!answer.ok()) return ToGrpc(answer.status());
     response->set_namespace_(answer->value("namespace", ""));
     response->set_namespace_qps(answer->value("namespaceQps", 0.0));
-    for (const auto& [shard, qps] : answer->value("shardQps", nlohmann::json::object()).items()) {
-      (*response->mutable_shard_qps())[static_cast<std::uint32_t>(std::stoul(shard))] =
-          qps.get<double>();
+    const nlohmann::json shard_qps = answer->value("shardQps", nlohmann::json::object());
+    for (const auto& [shard, qps] : shard_qps.items()) {
+      std::uint32_t id = 0;
+      if (absl::SimpleAtoi(shard, &id) && qps.is_number()) {
+        (*response->mutable_shard_qps())[id] = qps.get<double>();
+      }
     }
     return grpc::Status::OK;
   }

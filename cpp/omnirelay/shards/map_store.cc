@@ -547,8 +547,11 @@ void AddRebalanceView(nlohmann::json& document, coord::LeadershipStore& store,
       for (const auto& [node, load] : *read) {
         auto json = load.ToJson();
         const auto at = core::ParseTimestamp(load.at);
+        // Clamped: the report may be newer than `now` (taken before the read).
         json["ageMs"] =
-            at ? std::chrono::duration_cast<std::chrono::milliseconds>(now - *at).count() : -1;
+            at ? std::max<std::int64_t>(
+                     0, std::chrono::duration_cast<std::chrono::milliseconds>(now - *at).count())
+               : -1;
         json["fresh"] = at.has_value() && now - *at <= kLoadStaleAfter;
         loads.push_back(std::move(json));
       }
