@@ -202,7 +202,7 @@ def scenario(s: Scenario) -> None:
             report["installSecondsAfterDecision"] = {n: round(t - decided_at, 4) for n, t in installed.items()}
             report["propagationLagSeconds"] = round(max(installed.values()) - min(installed.values()), 4)
     finally:
-        time.sleep(0.5)  # some calls after the move, on the new owner
+        time.sleep(s.duration(ci=0.5, full=5))  # calls after the move, on the new owner
         stop.set()
         for t in journal_threads:
             t.join(30)
