@@ -149,6 +149,7 @@ def scenario(s: Scenario) -> None:
             cluster[entry].address("grpc"), key, f"j{i}", stop, outcomes))
             for i, entry in enumerate([owner, owner, names[0] if names[0] != owner else names[-1]])]
         hot.start()
+        hot_started = time.time()
         for t in journal_threads:
             t.start()
 
@@ -198,6 +199,7 @@ def scenario(s: Scenario) -> None:
             assert any(sp["attributes"]["shards.to"] == idle and sp["attributes"]["shards.shard"] == str(SHARD)
                        for sp in leader_spans), leader_spans
             decided_at = parse_timestamp(decision["at"])
+            report["decisionSecondsAfterLoadStart"] = round(decided_at - hot_started, 3)
             report["versionAfter"] = new_version
             report["installSecondsAfterDecision"] = {n: round(t - decided_at, 4) for n, t in installed.items()}
             report["propagationLagSeconds"] = round(max(installed.values()) - min(installed.values()), 4)
