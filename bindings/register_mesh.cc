@@ -8,6 +8,7 @@
 
 #include "bindings/registrations.h"
 #include "omnirelay/mesh/simulator.h"
+#include "omnirelay/shards/hash.h"
 
 namespace py = pybind11;
 
@@ -28,6 +29,15 @@ core::Duration Seconds(double s) {
 
 void RegisterMesh(py::module_& root) {
   auto m = root.def_submodule("mesh", "mesh membership: the deterministic simulator");
+  // The shard of a key (docs/shards.md "the hashing contract"): scenarios pick
+  // keys that land on a chosen shard.
+  m.def(
+      "shard_of_key",
+      [](const std::string& key, std::uint32_t shard_count) {
+        if (shard_count == 0) throw py::value_error("shard_count must be >= 1");
+        return shards::ShardOfKey(key, shard_count);
+      },
+      py::arg("key"), py::arg("shard_count"));
   py::class_<Simulator>(m, "Simulator")
       .def(py::init([](int nodes, std::uint64_t seed, const std::string& profile, double loss,
                        double min_latency_ms, double max_latency_ms, bool converged_start) {

@@ -10,6 +10,12 @@ endpoints, and a topology builder for a sharded mesh.
   moves a shard's ownership to one of its replicas (the coolest one without
   ``--to``) through the namespace's leader and waits for the new map version
   (``POST /omnirelay/control/shards/rebalance``; needs the admin token).
+* ``omnirelay mesh rebalance --grpc HOST:PORT ...`` does the same through
+  ``omnirelay.mesh.v1.Control/Rebalance`` (admin token or mTLS client cert) and
+  prints the leader's decision (candidates with their pending calls).
+* ``omnirelay mesh budget --admin|--grpc ... --namespace NS --qps Q [--shard S]``
+  sets a runtime per-shard QPS budget (``SetShardBudget``).
+* :func:`key_for_shard` finds a key that lands on a given shard (the native hash).
 * :func:`shards` / :func:`resolve` / :func:`rebalance` fetch the same documents for tests and
   scenarios; :func:`sharded_topology` builds N mesh nodes that share a
   coordination store, elect a global leader and route a sharded service.
@@ -78,6 +84,218 @@ def rebalance(admin: str, namespace: str, shard: int, to: Optional[str] = None, 
             return error.code, {"error": body.decode(errors="replace")}
 
 
+def set_budget(admin: str, namespace: str, qps: float, shard: Optional[int] = None,
+               token: Optional[str] = None) -> Tuple[int, Dict[str, Any]]:
+    """``POST /omnirelay/control/shards/budget``: (HTTP status, body)."""
+    from omnirelay.harness.leadership import admin_token
+
+    params = {"namespace": namespace, "qps": repr(float(qps))}
+    if shard is not None:
+        params["shard"] = str(shard)
+    url = (admin if admin.startswith("http") else f"http://{admin}").rstrip("/")
+    request = urllib.request.Request(url + "/omnirelay/control/shards/budget?" + urllib.parse.urlencode(params),
+                                     method="POST", data=b"")
+    bearer = admin_token(token)
+    if bearer:
+        request.add_header("Authorization", f"Bearer {bearer}")
+    try:
+        with urllib.request.urlopen(request, timeout=10) as response:
+            return response.status, json.loads(response.read() or b"{}")
+    except urllib.error.HTTPError as error:
+        body = error.read()
+        try:
+            return error.code, json.loads(body or b"{}")
+        except ValueError:
+            return error.code, {"error": body.decode(errors="replace")}
+
+
+def key_for_shard(shard: int, shard_count: int, prefix: str = "key-", limit: int = 1_000_000) -> str:
+    """The first ``f"{prefix}{i}"`` whose shard is ``shard`` (the native
+    ``ShardOfKey``, docs/shards.md "the hashing contract")."""
+    from omnirelay import _core
+
+    for i in range(limit):
+        key = f"{prefix}{i}"
+        if _core.mesh.shard_of_key(key, shard_count) == shard:
+            return key
+    raise ValueError(f"no key {prefix}N (N < {limit}) lands on shard {shard} of {shard_count}")
+
+
+# -- omnirelay.mesh.v1.Control/Rebalance and SetShardBudget over gRPC --------------------------
+# proto/omnirelay/mesh/v1/control.proto, encoded by hand like Promote (harness/leadership.py).
+
+CONTROL_REBALANCE = "/omnirelay.mesh.v1.Control/Rebalance"
+CONTROL_SET_SHARD_BUDGET = "/omnirelay.mesh.v1.Control/SetShardBudget"
+
+
+def _field(number: int, wire: int, payload: bytes) -> bytes:
+    from omnirelay.harness.leadership import _varint
+
+    return _varint(number << 3 | wire) + payload
+
+
+def _encode(fields: List[Tuple[int, Any]]) -> bytes:
+    """(number, value) pairs: str/bytes -> length-delimited, bool/int -> varint,
+    float -> 64-bit double. Defaults (empty, 0, False) are left out, as proto3 does."""
+    import struct
+
+    from omnirelay.harness.leadership import _varint
+
+    out = b""
+    for number, value in fields:
+        if isinstance(value, bool):
+            if value:
+                out += _field(number, 0, _varint(1))
+        elif isinstance(value, int):
+            if value:
+                out += _field(number, 0, _varint(value))
+        elif isinstance(value, float):
+            if value:
+                out += _field(number, 1, struct.pack("<d", value))
+        else:
+            data = value.encode() if isinstance(value, str) else bytes(value)
+            if data:
+                out += _field(number, 2, _varint(len(data)) + data)
+    return out
+
+
+def _decode(data: bytes) -> Dict[int, List[Any]]:
+    """{field number: [raw values]}: varints as int, fixed64 as float (doubles
+    only here), length-delimited as bytes."""
+    import struct
+
+    out: Dict[int, List[Any]] = {}
+    i = 0
+
+    def varint() -> int:
+        nonlocal i
+        shift = value = 0
+        while True:
+            byte = data[i]
+            i += 1
+            value |= (byte & 0x7F) << shift
+            shift += 7
+            if not byte & 0x80:
+                return value
+
+    while i < len(data):
+        key = varint()
+        number, wire = key >> 3, key & 7
+        if wire == 0:
+            value: Any = varint()
+        elif wire == 1:
+            value = struct.unpack("<d", data[i:i + 8])[0]
+            i += 8
+        elif wire == 2:
+            length = varint()
+            value = data[i:i + length]
+            i += length
+        elif wire == 5:
+            value = struct.unpack("<f", data[i:i + 4])[0]
+            i += 4
+        else:
+            raise ValueError(f"unexpected wire type {wire}")
+        out.setdefault(number, []).append(value)
+    return out
+
+
+def _one(fields: Dict[int, List[Any]], number: int, default: Any) -> Any:
+    values = fields.get(number)
+    if not values:
+        return default
+    value = values[-1]
+    if isinstance(default, str):
+        return value.decode()
+    if isinstance(default, bool):
+        return bool(value)
+    if isinstance(default, int) and value >= 1 << 63:
+        return value - (1 << 64)
+    return value
+
+
+def decode_rebalance_response(data: bytes) -> Dict[str, Any]:
+    f = _decode(data)
+    candidates = []
+    for raw in f.get(10, []):
+        c = _decode(raw)
+        known = _one(c, 2, False)
+        candidates.append({"node": _one(c, 1, ""), "loadKnown": known,
+                           "pending": _one(c, 3, 0) if known else None,
+                           "qps": _one(c, 4, 0.0) if known else None,
+                           "shardsOwned": _one(c, 5, 0), "chosen": _one(c, 6, False)})
+    return {"namespace": _one(f, 1, ""), "shard": _one(f, 2, 0), "from": _one(f, 3, ""), "to": _one(f, 4, ""),
+            "previousVersion": _one(f, 5, 0), "version": _one(f, 6, 0), "elapsedMs": _one(f, 7, 0),
+            "node": _one(f, 8, ""), "chooser": _one(f, 9, ""), "candidates": candidates}
+
+
+def _grpc_call(address: str, method: str, request: bytes, token: Optional[str], timeout: float,
+               credentials: Any) -> bytes:
+    import grpc
+
+    from omnirelay.harness.leadership import admin_token
+
+    bearer = admin_token(token)
+    metadata = [("authorization", f"Bearer {bearer}")] if bearer else []
+    channel = grpc.secure_channel(address, credentials) if credentials else grpc.insecure_channel(address)
+    with channel:
+        call = channel.unary_unary(method, request_serializer=lambda b: b, response_deserializer=lambda b: b)
+        return call(request, timeout=timeout, metadata=metadata)
+
+
+def rebalance_grpc(address: str, namespace: str, shard: int, to: Optional[str] = None, timeout_ms: int = 10000,
+                   token: Optional[str] = None, credentials: Any = None) -> Dict[str, Any]:
+    """``omnirelay.mesh.v1.Control/Rebalance`` on a node's gRPC listener. Raises
+    ``grpc.RpcError`` with the node's status (and reason) on refusal."""
+    request = _encode([(1, namespace), (2, int(shard)), (3, to or ""), (4, int(timeout_ms))])
+    return decode_rebalance_response(_grpc_call(address, CONTROL_REBALANCE, request, token,
+                                                timeout_ms / 1000.0 + 5, credentials))
+
+
+def set_budget_grpc(address: str, namespace: str, qps: float, shard: Optional[int] = None,
+                    token: Optional[str] = None, credentials: Any = None, timeout: float = 10.0) -> Dict[str, Any]:
+    """``omnirelay.mesh.v1.Control/SetShardBudget``: one shard, or the namespace (``shard=None``)."""
+    request = _encode([(1, namespace), (2, int(shard or 0)), (3, shard is None), (4, float(qps))])
+    f = _decode(_grpc_call(address, CONTROL_SET_SHARD_BUDGET, request, token, timeout, credentials))
+    shard_qps = {}
+    for entry in f.get(3, []):
+        e = _decode(entry)
+        shard_qps[_one(e, 1, 0)] = _one(e, 2, 0.0)
+    return {"namespace": _one(f, 1, ""), "namespaceQps": _one(f, 2, 0.0), "shardQps": shard_qps}
+
+
+def _grpc_credentials(args: argparse.Namespace) -> Any:
+    if not (args.ca_file or args.cert_file):
+        return None
+    import grpc
+
+    def read(path):
+        return open(path, "rb").read() if path else None
+
+    return grpc.ssl_channel_credentials(root_certificates=read(args.ca_file), private_key=read(args.key_file),
+                                        certificate_chain=read(args.cert_file))
+
+
+def _add_grpc_flags(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--ca-file", help="--grpc over TLS: the CA that signed the node's certificate")
+    parser.add_argument("--cert-file", help="--grpc over mTLS: this client's certificate")
+    parser.add_argument("--key-file", help="--grpc over mTLS: this client's key")
+
+
+def format_decision(decision: Optional[Dict[str, Any]]) -> str:
+    """One line per candidate of a rebalance decision (``lastRebalance``)."""
+    if not decision:
+        return "  last rebalance: none"
+    lines = [f"  last rebalance: shard {decision['shard']} {decision['from']} -> {decision['to']} "
+             f"({decision.get('reason', '')}, chooser {decision.get('chooser', '')}, map version "
+             f"{decision.get('version', '?')}, at {decision.get('at', '')})"]
+    for c in decision.get("candidates", []):
+        pending = "?" if c.get("pending") is None else c["pending"]
+        qps = "?" if c.get("qps") is None else f"{c['qps']:.1f}"
+        lines.append(f"    candidate {c['node']}: pending {pending}, qps {qps}, owns {c.get('shardsOwned', 0)}"
+                     + ("  <- chosen" if c.get("chosen") else ""))
+    return "\n".join(lines)
+
+
 def versions(admin: str) -> Dict[str, int]:
     """``{namespace: version}`` a node holds (0 = no map yet)."""
     return {n["namespace"]: n["version"] for n in shards(admin)["namespaces"]}
@@ -115,6 +333,14 @@ def format_table(document: Dict[str, Any], max_shards: int = 64) -> str:
         lines.extend(_rows(shard_rows))
         if len(shown) > max_shards:
             lines.append(f"  ... {len(shown) - max_shards} more shard(s) (--json for all)")
+        if n.get("loads"):
+            load_rows = [("LOAD", "PENDING", "QPS", "AGE")]
+            for load in n["loads"]:
+                load_rows.append((load["node"], str(load["pending"]), f"{load['qps']:.1f}",
+                                  f"{load.get('ageMs', -1)} ms" + ("" if load.get("fresh", True) else " (stale)")))
+            lines.extend(_rows(load_rows))
+        if "lastRebalance" in n:
+            lines.append(format_decision(n.get("lastRebalance")))
     lines.append(f"node {document.get('node')}")
     return "\n".join(lines)
 
@@ -162,33 +388,104 @@ def _rebalance_verb(argv: List[str]) -> int:
     parser = argparse.ArgumentParser(prog="omnirelay mesh rebalance",
                                      description="Move a shard's ownership to one of its replicas (through the "
                                                  "namespace's leader) and wait for the new map version.")
-    parser.add_argument("--admin", required=True, help="admin endpoint HOST:PORT of any node of the mesh")
+    target = parser.add_mutually_exclusive_group(required=True)
+    target.add_argument("--admin", help="admin endpoint HOST:PORT of any node of the mesh")
+    target.add_argument("--grpc", help="gRPC HOST:PORT of any node (omnirelay.mesh.v1.Control/Rebalance)")
     parser.add_argument("--namespace", required=True)
     parser.add_argument("--shard", required=True, type=int, help="shard id")
-    parser.add_argument("--to", help="the replica to move it to (default: the replica owning the fewest shards)")
+    parser.add_argument("--to", help="the replica to move it to (default: the replica with the fewest pending calls)")
     parser.add_argument("--timeout", default="10s", help="how long to wait for the new map version")
     parser.add_argument("--token", help="admin bearer token (default: $OMNIRELAY_ADMIN_TOKEN_FILE)")
     parser.add_argument("--json", action="store_true")
+    _add_grpc_flags(parser)
     args = parser.parse_args(argv)
-    try:
-        status, body = rebalance(args.admin, args.namespace, args.shard, args.to, args.timeout, args.token)
-    except (urllib.error.URLError, OSError, ValueError) as error:
-        print(f"omnirelay mesh rebalance: {args.admin}: {error}", file=sys.stderr)
-        return 1
-    if status != 200:
-        print(f"omnirelay mesh rebalance: HTTP {status}: {body.get('status', '')} {body.get('error', body)}",
-              file=sys.stderr)
-        return 1
+    if args.grpc:
+        import grpc
+
+        from omnirelay import parse_duration
+
+        try:
+            timeout_ms = int(parse_duration(args.timeout).total_seconds() * 1000)
+            body = rebalance_grpc(args.grpc, args.namespace, args.shard, args.to, timeout_ms, args.token,
+                                  _grpc_credentials(args))
+        except grpc.RpcError as error:
+            print(f"omnirelay mesh rebalance: {error.code().name}: {error.details()}", file=sys.stderr)
+            return 1
+        except (OSError, ValueError) as error:
+            print(f"omnirelay mesh rebalance: {args.grpc}: {error}", file=sys.stderr)
+            return 1
+    else:
+        try:
+            status, body = rebalance(args.admin, args.namespace, args.shard, args.to, args.timeout, args.token)
+        except (urllib.error.URLError, OSError, ValueError) as error:
+            print(f"omnirelay mesh rebalance: {args.admin}: {error}", file=sys.stderr)
+            return 1
+        if status != 200:
+            print(f"omnirelay mesh rebalance: HTTP {status}: {body.get('status', '')} {body.get('error', body)}",
+                  file=sys.stderr)
+            return 1
     if args.json:
         print(json.dumps(body, indent=2))
-    else:
-        print(f"shard {body['shard']} of {body['namespace']}: {body['from']} -> {body['to']} "
-              f"(map version {body['previousVersion']} -> {body['version']}, {body['elapsedMs']} ms to reach "
-              f"{body['node']})")
+        return 0
+    print(f"shard {body['shard']} of {body['namespace']}: {body['from']} -> {body['to']} "
+          f"(map version {body['previousVersion']} -> {body['version']}, {body['elapsedMs']} ms to reach "
+          f"{body['node']})")
+    decision = body.get("decision")
+    if decision is None and body.get("candidates"):
+        decision = dict(body, reason="manual")
+    if decision and decision.get("shard") == body["shard"]:
+        print(format_decision(decision))
     return 0
 
 
-MESH_SUBVERBS["rebalance"] = ("move a shard to a replica: omnirelay mesh rebalance --admin HOST:PORT "
+def _budget_verb(argv: List[str]) -> int:
+    parser = argparse.ArgumentParser(prog="omnirelay mesh budget",
+                                     description="Set a runtime per-shard QPS budget: an owner serving a shard "
+                                                 "above it asks the leader to move the shard.")
+    target = parser.add_mutually_exclusive_group(required=True)
+    target.add_argument("--admin", help="admin endpoint HOST:PORT of any node (POST /omnirelay/control/shards/budget)")
+    target.add_argument("--grpc", help="gRPC HOST:PORT of any node (omnirelay.mesh.v1.Control/SetShardBudget)")
+    parser.add_argument("--namespace", required=True)
+    parser.add_argument("--qps", required=True, type=float, help="QPS per shard, >= 0 (0 = no budget)")
+    parser.add_argument("--shard", type=int, help="only this shard (default: every shard of the namespace)")
+    parser.add_argument("--token", help="admin bearer token (default: $OMNIRELAY_ADMIN_TOKEN_FILE)")
+    parser.add_argument("--json", action="store_true")
+    _add_grpc_flags(parser)
+    args = parser.parse_args(argv)
+    if args.grpc:
+        import grpc
+
+        try:
+            body = set_budget_grpc(args.grpc, args.namespace, args.qps, args.shard, args.token,
+                                   _grpc_credentials(args))
+        except grpc.RpcError as error:
+            print(f"omnirelay mesh budget: {error.code().name}: {error.details()}", file=sys.stderr)
+            return 1
+        except (OSError, ValueError) as error:
+            print(f"omnirelay mesh budget: {args.grpc}: {error}", file=sys.stderr)
+            return 1
+    else:
+        try:
+            status, body = set_budget(args.admin, args.namespace, args.qps, args.shard, args.token)
+        except (urllib.error.URLError, OSError, ValueError) as error:
+            print(f"omnirelay mesh budget: {args.admin}: {error}", file=sys.stderr)
+            return 1
+        if status != 200:
+            print(f"omnirelay mesh budget: HTTP {status}: {body.get('status', '')} {body.get('error', body)}",
+                  file=sys.stderr)
+            return 1
+    if args.json:
+        print(json.dumps(body, indent=2, default=str))
+    else:
+        what = f"shard {args.shard}" if args.shard is not None else "every shard"
+        print(f"budget of {what} of {body['namespace']}: {args.qps:g} QPS (namespace budget "
+              f"{body['namespaceQps']:g}, per-shard budgets {json.dumps(body['shardQps'], default=str)})")
+    return 0
+
+
+MESH_SUBVERBS["budget"] = ("set a runtime per-shard QPS budget: omnirelay mesh budget --admin|--grpc HOST:PORT "
+                           "--namespace NS --qps Q [--shard S]", _budget_verb)
+MESH_SUBVERBS["rebalance"] = ("move a shard to a replica: omnirelay mesh rebalance --admin|--grpc HOST:PORT "
                               "--namespace NS --shard S [--to NODE]", _rebalance_verb)
 MESH_SUBVERBS["shards"] = ("shard maps a node holds: omnirelay mesh shards --admin HOST:PORT "
                            "[--namespace NS] [--key K] [--json]", _shards_verb)
@@ -223,6 +520,6 @@ def sharded_topology(nodes: int = 3, shard_count: int = 64, strategy: str = "ren
     return t
 
 
-__all__ = ["ECHO_SERVICE", "SHARDED_SERVICE", "format_table", "owners", "rebalance", "resolve", "sharded_topology",
-           "shards",
+__all__ = ["ECHO_SERVICE", "SHARDED_SERVICE", "format_decision", "format_table", "key_for_shard", "owners",
+           "rebalance", "rebalance_grpc", "resolve", "set_budget", "set_budget_grpc", "sharded_topology", "shards",
            "versions"]

@@ -634,6 +634,14 @@ absl::Status Node::Start() {
   }
   if (auto s = StartLeadership(); !s.ok()) return s;
   if (control_service_ && leadership_) control_service_->Attach(leadership_);
+  if (control_service_ && shard_router_) {
+    control_service_->AttachShards(
+        {.rebalance =
+             [this](const std::string& ns, std::uint32_t shard, const std::string& to,
+                    core::Duration timeout) { return RebalanceShard(ns, shard, to, timeout); },
+         .set_budget = [this](const std::string& ns, std::optional<std::uint32_t> shard,
+                              double qps) { return SetShardBudget(ns, shard, qps); }});
+  }
   auto hp = transport::ParseHostPort(config_.admin_address);
   if (!hp.ok()) return hp.status();
   // Backpressure SSE streams hold an admin worker each: give ResourceLease,
@@ -1117,7 +1125,10 @@ void Node::AddAdminRoutes(http::HttpServer& server) {
       return http::HttpResponse::Json(
           404, nlohmann::json{{"error", "unknown shard namespace '" + only + "'"}}.dump());
     }
-    return http::HttpResponse::Json(200, shard_router_->ToJson(only).dump());
+    auto document = shard_router_->ToJson(only);
+    shards::AddRebalanceView(document, *coord_store_, shard_router_->namespaces(), *shard_holder_,
+                             clock_->Now());
+    return http::HttpResponse::Json(200, document.dump());
   });
   AdminRoute(server, "GET", "/omnirelay/control/shards/resolve",
              [this, status_json](const http::HttpRequest& request) {
@@ -1145,73 +1156,144 @@ void Node::AddAdminRoutes(http::HttpServer& server) {
              });
   // The Rebalance call: any node takes it, writes the request for the
   // namespace's leader and waits (bounded) for the map version that applies it.
-  AdminRoute(
-      server, "POST", "/omnirelay/control/shards/rebalance",
-      [this, status_json](const http::HttpRequest& request) {
-        if (!shard_router_) {
-          return http::HttpResponse::Json(404, R"({"error":"shards are not configured"})");
-        }
-        const std::string ns = request.QueryParam("namespace").value_or("");
-        const std::string to = request.QueryParam("to").value_or("");
-        const std::string shard_text = request.QueryParam("shard").value_or("");
-        std::uint32_t shard = 0;
-        if (!absl::SimpleAtoi(core::ToAbsl(shard_text), &shard)) {
-          return status_json(
-              absl::InvalidArgumentError("shard must be a shard id, got '" + shard_text + "'"));
-        }
-        if (shard_router_->Find(ns) == nullptr) {
-          return status_json(shard_router_->Route(ns, "k").status());
-        }
-        auto map = shard_holder_->Get(ns);
-        if (!map) return status_json(shard_router_->Route(ns, "k").status());
-        // Validate against the held map first, so a typo fails here and now.
-        if (shard >= map->shard_count()) {
-          return status_json(
-              absl::InvalidArgumentError("shard " + shard_text + " is out of range (0.." +
-                                         std::to_string(map->shard_count() - 1) + ")"));
-        }
-        if (map->width < 2) {
-          return status_json(core::MakeStatus(core::StatusCode::kFailedPrecondition,
-                                              "namespace '" + ns + "' has no replicas to move to",
-                                              "not-a-replica"));
-        }
-        if (!to.empty()) {
-          shards::ShardMap check = *map;
-          if (auto s = check.Move(shard, to, "check", ""); !s.ok()) return status_json(s);
-        }
-        const std::string from = map->Owner(shard).id;
-        const auto started = clock_->Now();
-        if (auto s = shards::RequestRebalance(*coord_store_, ns, shard, to, "manual",
-                                              shard_router_->self_id());
-            !s.ok()) {
-          return status_json(s);
-        }
-        const auto timeout = core::ParseDuration(request.QueryParam("timeout").value_or("10s"))
-                                 .value_or(std::chrono::seconds(10));
-        while (clock_->Now() - started < timeout) {
-          auto now_map = shard_holder_->Get(ns);
-          if (now_map && now_map->version > map->version && now_map->Owner(shard).id != from) {
-            const auto elapsed =
-                std::chrono::duration_cast<std::chrono::milliseconds>(clock_->Now() - started);
-            nlohmann::json body = {{"namespace", ns},
-                                   {"shard", shard},
-                                   {"from", from},
-                                   {"to", now_map->Owner(shard).id},
-                                   {"version", now_map->version},
-                                   {"previousVersion", map->version},
-                                   {"elapsedMs", elapsed.count()},
-                                   {"node", shard_router_->self_id()}};
-            return http::HttpResponse::Json(200, body.dump());
-          }
-          std::this_thread::sleep_for(std::chrono::milliseconds(20));
-        }
-        return status_json(core::MakeStatus(
-            core::StatusCode::kDeadlineExceeded,
-            "the rebalance of shard " + shard_text + " of '" + ns +
-                "' was requested but no map version applying it reached node " +
-                shard_router_->self_id() + " in time (is a leader of the namespace's scope up?)",
-            "rebalance-timeout"));
-      });
+  AdminRoute(server, "POST", "/omnirelay/control/shards/rebalance",
+             [this, status_json](const http::HttpRequest& request) {
+               if (!shard_router_) {
+                 return http::HttpResponse::Json(404, R"({"error":"shards are not configured"})");
+               }
+               const std::string shard_text = request.QueryParam("shard").value_or("");
+               std::uint32_t shard = 0;
+               if (!absl::SimpleAtoi(core::ToAbsl(shard_text), &shard)) {
+                 return status_json(absl::InvalidArgumentError("shard must be a shard id, got '" +
+                                                               shard_text + "'"));
+               }
+               const auto timeout =
+                   core::ParseDuration(request.QueryParam("timeout").value_or("10s"))
+                       .value_or(std::chrono::seconds(10));
+               auto body = RebalanceShard(request.QueryParam("namespace").value_or(""), shard,
+                                          request.QueryParam("to").value_or(""), timeout);
+               if (!body.ok()) return status_json(body.status());
+               return http::HttpResponse::Json(200, body->dump());
+             });
+  // A runtime QPS budget: ?namespace=N&qps=Q[&shard=S] (no shard: the namespace's).
+  AdminRoute(server, "POST", "/omnirelay/control/shards/budget",
+             [this, status_json](const http::HttpRequest& request) {
+               if (!shard_router_) {
+                 return http::HttpResponse::Json(404, R"({"error":"shards are not configured"})");
+               }
+               const std::string qps_text = request.QueryParam("qps").value_or("");
+               double qps = 0;
+               if (!absl::SimpleAtod(core::ToAbsl(qps_text), &qps)) {
+                 return status_json(absl::InvalidArgumentError("qps must be a number >= 0, got '" +
+                                                               qps_text + "'"));
+               }
+               std::optional<std::uint32_t> shard;
+               if (auto text = request.QueryParam("shard"); text && !text->empty()) {
+                 std::uint32_t id = 0;
+                 if (!absl::SimpleAtoi(core::ToAbsl(*text), &id)) {
+                   return status_json(
+                       absl::InvalidArgumentError("shard must be a shard id, got '" + *text + "'"));
+                 }
+                 shard = id;
+               }
+               auto body = SetShardBudget(request.QueryParam("namespace").value_or(""), shard, qps);
+               if (!body.ok()) return status_json(body.status());
+               return http::HttpResponse::Json(200, body->dump());
+             });
+}
+
+core::StatusOr<nlohmann::json> Node::RebalanceShard(const std::string& ns, std::uint32_t shard,
+                                                    const std::string& to, core::Duration timeout) {
+  if (!shard_router_)
+    return absl::FailedPreconditionError("shards are not configured on this node");
+  if (shard_router_->Find(ns) == nullptr) return shard_router_->Route(ns, "k").status();
+  auto map = shard_holder_->Get(ns);
+  if (!map) return shard_router_->Route(ns, "k").status();
+  // Validate against the held map first, so a typo fails here and now.
+  if (shard >= map->shard_count()) {
+    return absl::InvalidArgumentError("shard " + std::to_string(shard) + " of '" + ns +
+                                      "' is out of range (0.." +
+                                      std::to_string(map->shard_count() - 1) + ")");
+  }
+  if (map->width < 2) {
+    return core::MakeStatus(core::StatusCode::kFailedPrecondition,
+                            "namespace '" + ns + "' has no replicas to move to", "not-a-replica");
+  }
+  if (!to.empty()) {
+    shards::ShardMap check = *map;
+    if (auto s = check.Move(shard, to, "check", ""); !s.ok()) return s;
+  }
+  const std::string from = map->Owner(shard).id;
+  const auto started = clock_->Now();
+  if (auto s = shards::RequestRebalance(*coord_store_, ns, shard, to, "manual",
+                                        shard_router_->self_id());
+      !s.ok()) {
+    return s;
+  }
+  if (timeout <= core::Duration::zero()) timeout = std::chrono::seconds(10);
+  while (clock_->Now() - started < timeout) {
+    auto now_map = shard_holder_->Get(ns);
+    if (now_map && now_map->version > map->version && now_map->Owner(shard).id != from) {
+      const auto elapsed =
+          std::chrono::duration_cast<std::chrono::milliseconds>(clock_->Now() - started);
+      nlohmann::json body = {{"namespace", ns},
+                             {"shard", shard},
+                             {"from", from},
+                             {"to", now_map->Owner(shard).id},
+                             {"version", now_map->version},
+                             {"previousVersion", map->version},
+                             {"elapsedMs", elapsed.count()},
+                             {"node", shard_router_->self_id()},
+                             {"decision", now_map->last_rebalance}};
+      return body;
+    }
+    std::this_thread::sleep_for(std::chrono::milliseconds(20));
+  }
+  return core::MakeStatus(core::StatusCode::kDeadlineExceeded,
+                          "the rebalance of shard " + std::to_string(shard) + " of '" + ns +
+                              "' was requested but no map version applying it reached node " +
+                              shard_router_->self_id() +
+                              " in time (is a leader of the namespace's scope up?)",
+                          "rebalance-timeout");
+}
+
+core::StatusOr<nlohmann::json> Node::SetShardBudget(const std::string& ns,
+                                                    std::optional<std::uint32_t> shard,
+                                                    double qps) {
+  if (!shard_router_)
+    return absl::FailedPreconditionError("shards are not configured on this node");
+  const auto* options = shard_router_->Find(ns);
+  if (options == nullptr) return shard_router_->Route(ns, "k").status();
+  if (shard && *shard >= options->spec.shard_count) {
+    return absl::InvalidArgumentError("shard " + std::to_string(*shard) + " of '" + ns +
+                                      "' is out of range (0.." +
+                                      std::to_string(options->spec.shard_count - 1) + ")");
+  }
+  auto stored = shards::SetBudget(*coord_store_, ns, shard, qps, shard_router_->self_id());
+  if (!stored.ok()) return stored.status();
+  nlohmann::json shards_json = nlohmann::json::object();
+  for (const auto& [id, q] : stored->shard_qps) shards_json[std::to_string(id)] = q;
+  return nlohmann::json{{"namespace", ns},
+                        {"namespaceQps", stored->ns_qps.value_or(options->budget_qps)},
+                        {"shardQps", std::move(shards_json)},
+                        {"node", shard_router_->self_id()}};
+}
+
+void Node::RecordShardSpan(std::string name, core::TimePoint at,
+                           std::vector<std::pair<std::string, std::string>> attributes) {
+  // As leadership.change: an instant span opening its own trace, in the
+  // tracing recorder and export (/omnirelay/traces), beside the log event.
+  middleware::Span span;
+  span.trace_id = middleware::RandomHex(16);
+  span.span_id = middleware::RandomHex(8);
+  span.name = std::move(name);
+  span.kind = "internal";
+  span.status = "OK";
+  span.start = at;
+  span.end = at;
+  for (auto& [key, value] : attributes) span.attributes[key] = std::move(value);
+  span.attributes["shards.observer"] = shard_router_ ? shard_router_->self_id() : "";
+  spans_->Record(std::move(span));
 }
 
 absl::Status Node::BuildShards() {
@@ -1309,6 +1391,34 @@ absl::Status Node::StartShards() {
                                       .namespaces = shard_router_->namespaces(),
                                       .reconcile_interval = config_.shards->reconcile_interval,
                                       .rebalance_cooldown = config_.shards->rebalance_cooldown};
+  // Load reports (the leader picks the cooler replica by them) and a span
+  // per applied move and per installed map version.
+  options.pending = [dispatcher = dispatcher_] { return dispatcher->in_flight(); };
+  options.on_rebalance = [this](const shards::RebalanceDecision& d) {
+    std::string candidates;
+    for (const auto& c : d.candidates) {
+      if (!candidates.empty()) candidates += ",";
+      candidates += c.node + "=" + (c.load_known ? std::to_string(c.pending) : "?");
+    }
+    RecordShardSpan("shards.rebalance", clock_->Now(),
+                    {{"shards.namespace", d.ns},
+                     {"shards.shard", std::to_string(d.shard)},
+                     {"shards.from", d.from},
+                     {"shards.to", d.to},
+                     {"shards.reason", d.reason},
+                     {"shards.chooser", d.chooser},
+                     {"shards.candidates_pending", candidates},
+                     {"shards.version", std::to_string(d.version)}});
+  };
+  shard_holder_->AddChangeListener([this](const shards::ShardMap& map, std::int64_t previous) {
+    RecordShardSpan("shards.map.change", clock_->Now(),
+                    {{"shards.namespace", map.spec.ns},
+                     {"shards.version", std::to_string(map.version)},
+                     {"shards.previous_version", std::to_string(previous)},
+                     {"shards.written_by", map.written_by},
+                     {"shards.fencing_token", std::to_string(map.fencing_token)},
+                     {"shards.nodes", std::to_string(map.nodes.size())}});
+  });
   // Started by Start() once the membership runs (the member source reads it).
   shard_manager_ = std::make_shared<shards::ShardManager>(
       options, coord_store_, leadership_,

@@ -203,8 +203,8 @@ class Node {
   void RefreshRoutable();
   mutable std::mutex routable_mu_;
   std::shared_ptr<const std::set<std::string, std::less<>>> routable_ids_;
-  std::optional<tls::TlsOptions> tls_;         // from omniRelay.tls
-  std::string admin_token_;                    // from omniRelay.admin.tokenFile
+  std::optional<tls::TlsOptions> tls_;  // from omniRelay.tls
+  std::string admin_token_;             // from omniRelay.admin.tokenFile
   // The HTTP/2 frame relay: when any route takes the fast path it owns the
   // configured gRPC address and grpc_ listens on loopback behind it.
   std::vector<h2relay::FrameRoute> frame_routes_;
@@ -226,6 +226,14 @@ class Node {
       std::make_shared<leadership::LeaderDirectory>();
   std::vector<std::string> leader_scopes_;  // scopes leader outbounds target
   void RecordLeadershipSpan(const leadership::LeadershipChange& change);
+  // Shards (docs/shards.md): the Rebalance / SetShardBudget calls shared by
+  // the admin endpoints and omnirelay.mesh.v1.Control, and the change spans.
+  core::StatusOr<nlohmann::json> RebalanceShard(const std::string& ns, std::uint32_t shard,
+                                                const std::string& to, core::Duration timeout);
+  core::StatusOr<nlohmann::json> SetShardBudget(const std::string& ns,
+                                                std::optional<std::uint32_t> shard, double qps);
+  void RecordShardSpan(std::string name, core::TimePoint at,
+                       std::vector<std::pair<std::string, std::string>> attributes);
 };
 
 }  // namespace omnirelay::node

@@ -91,6 +91,7 @@ std::map<std::string, std::shared_ptr<const ShardMap>> ShardMapHolder::All() con
 
 bool ShardMapHolder::Offer(std::shared_ptr<const ShardMap> map) {
   std::vector<Listener> listeners;
+  std::vector<ChangeListener> change_listeners;
   std::shared_ptr<const ShardMap> replaced;  // released outside the lock
   {
     std::lock_guard lock(mu_);
@@ -99,6 +100,7 @@ bool ShardMapHolder::Offer(std::shared_ptr<const ShardMap> map) {
     replaced = std::move(slot);
     slot = map;
     listeners = listeners_;
+    change_listeners = change_listeners_;
   }
   if (metrics_ != nullptr) {
     const core::Tags tags{{"namespace", map->spec.ns}};
@@ -111,12 +113,18 @@ bool ShardMapHolder::Offer(std::shared_ptr<const ShardMap> map) {
                                          {"writtenBy", map->written_by},
                                          {"nodes", map->nodes.size()}});
   for (const auto& listener : listeners) listener(*map);
+  for (const auto& listener : change_listeners) listener(*map, replaced ? replaced->version : 0);
   return true;
 }
 
 void ShardMapHolder::AddListener(Listener listener) {
   std::lock_guard lock(mu_);
   listeners_.push_back(std::move(listener));
+}
+
+void ShardMapHolder::AddChangeListener(ChangeListener listener) {
+  std::lock_guard lock(mu_);
+  change_listeners_.push_back(std::move(listener));
 }
 
 // --- store access ---
@@ -292,6 +300,7 @@ std::vector<std::string> ShardManager::ReconcileNow() {
   std::lock_guard lock(reconcile_mu_);
   std::vector<std::string> written;
   for (const auto& ns : options_.namespaces) {
+    PublishOwnLoad(ns);
     CheckBudgets(ns);
     if (auto name = ReconcileNamespace(ns)) written.push_back(*name);
   }
@@ -328,6 +337,7 @@ std::optional<std::string> ShardManager::ReconcileNamespace(const NamespaceOptio
     // Earlier rebalances survive a membership change while their target is
     // still a replica of the shard (and not its natural owner already).
     if (*stored) {
+      computed->last_rebalance = (*stored)->map.last_rebalance;
       for (const auto& move : (*stored)->map.moves) {
         if (move.shard < computed->shard_count() && computed->Owner(move.shard).id != move.to) {
           (void)computed->Move(move.shard, move.to, move.reason, move.at);
@@ -338,7 +348,11 @@ std::optional<std::string> ShardManager::ReconcileNamespace(const NamespaceOptio
   }
   if (!next && !*stored) return std::nullopt;
   ShardMap candidate = next ? std::move(*next) : (*stored)->map;
+  decided_.clear();
   auto applied = ApplyRebalances(ns, candidate);
+  const std::int64_t next_version = *stored ? (*stored)->map.version + 1 : 1;
+  for (auto& decision : decided_) decision.version = next_version;
+  if (!decided_.empty()) candidate.last_rebalance = decided_.back().ToJson();
   const bool moved = std::any_of(applied.begin(), applied.end(),
                                  [](const auto& a) { return a.second.rfind("moved", 0) == 0; });
   // Marks the requests handled (fenced too: a deposed leader cannot mark a
@@ -361,6 +375,9 @@ std::optional<std::string> ShardManager::ReconcileNamespace(const NamespaceOptio
   auto published = PublishShardMap(*store_, *held, std::move(candidate), *stored, metrics_);
   if (!published.ok()) return std::nullopt;
   mark_done(published->version);
+  for (const auto& decision : decided_) {
+    if (options_.on_rebalance) options_.on_rebalance(decision);
+  }
   // The leader routes by its own map at once; the watch delivers it again
   // (ignored: same version).
   holder_->Offer(std::make_shared<const ShardMap>(std::move(*published)));
@@ -375,6 +392,7 @@ std::vector<std::pair<coord::KeyValue, std::string>> ShardManager::ApplyRebalanc
   const auto now = clock_->Now();
   std::vector<int> owned(map.nodes.size(), 0);
   for (std::uint32_t s = 0; s < map.shard_count(); ++s) ++owned[map.OwnerIndex(s)];
+  std::optional<std::map<std::string, NodeLoad>> loads;  // read once, on the first request
   for (const auto& kv : *listed) {
     auto request = nlohmann::json::parse(kv.value, nullptr, false);
     if (!request.is_object() || request.value("done", false)) continue;
@@ -395,17 +413,42 @@ std::vector<std::pair<coord::KeyValue, std::string>> ShardManager::ApplyRebalanc
     } else {
       const auto s = static_cast<std::uint32_t>(shard);
       auto placement = map.Placement(s);
-      if (to.empty()) {
-        // The coolest replica: fewest shards owned (ties: earlier replica).
-        std::uint32_t best = placement[1];
-        for (std::size_t r = 2; r < placement.size(); ++r) {
-          if (owned[placement[r]] < owned[best]) best = placement[r];
-        }
-        to = map.nodes[best].id;
+      // The candidates: the shard's replicas in placement order, with the
+      // load each last reported (fresh ones only).
+      if (!loads) {
+        auto read = ReadLoads(*store_, ns.spec.ns);
+        loads = read.ok() ? std::move(*read) : std::map<std::string, NodeLoad>{};
       }
+      RebalanceDecision decision{.ns = ns.spec.ns,
+                                 .shard = s,
+                                 .from = map.Owner(s).id,
+                                 .reason = reason,
+                                 .requested_by = request.value("requestedBy", ""),
+                                 .requested_qps = request.value("qps", 0.0),
+                                 .at = core::FormatTimestamp(now)};
+      for (std::size_t r = 1; r < placement.size(); ++r) {
+        RebalanceCandidate c{.node = map.nodes[placement[r]].id,
+                             .shards_owned = owned[placement[r]]};
+        if (auto it = loads->find(c.node); it != loads->end()) {
+          const auto at = core::ParseTimestamp(it->second.at);
+          c.load_at = it->second.at;
+          c.load_known = at.has_value() && now - *at <= kLoadStaleAfter;
+          c.pending = it->second.pending;
+          c.qps = it->second.qps;
+        }
+        decision.candidates.push_back(std::move(c));
+      }
+      if (to.empty()) {
+        to = decision.candidates[ChooseFewestPending(decision.candidates, &decision.chooser)].node;
+      } else {
+        decision.chooser = "named";
+      }
+      decision.to = to;
       const std::uint32_t from_index = placement[0];
       auto moved = map.Move(s, to, reason, core::FormatTimestamp(now));
       if (moved.ok()) {
+        core::LogInfo("shards.rebalance.decided", decision.ToJson());
+        decided_.push_back(std::move(decision));
         --owned[from_index];
         ++owned[*map.IndexOf(to)];
         outcome = "moved to " + to;
@@ -432,18 +475,47 @@ std::vector<std::pair<coord::KeyValue, std::string>> ShardManager::ApplyRebalanc
   return handled;
 }
 
+void ShardManager::PublishOwnLoad(const NamespaceOptions& ns) {
+  if (!options_.pending) return;
+  NodeLoad load{.node = options_.node_id, .pending = options_.pending()};
+  const auto now = clock_->Now();
+  load.at = core::FormatTimestamp(now);
+  const auto map = holder_->Get(ns.spec.ns);
+  const ShardMeter* meter = router_ ? router_->meter(ns.spec.ns) : nullptr;
+  if (map && meter != nullptr) {
+    if (const auto self = map->IndexOf(options_.node_id)) {
+      for (std::uint32_t s = 0; s < map->shard_count(); ++s) {
+        if (map->OwnerIndex(s) != *self) continue;
+        const double qps = meter->Qps(s, now);
+        if (qps <= 0) continue;
+        load.shard_qps[s] = qps;
+        load.qps += qps;
+      }
+    }
+  }
+  if (auto s = PublishLoad(*store_, ns.spec.ns, load); !s.ok()) {
+    core::Log(core::LogLevel::kDebug, "shards.load.publish_failed",
+              {{"namespace", ns.spec.ns}, {"error", std::string(s.message())}});
+  }
+}
+
 void ShardManager::CheckBudgets(const NamespaceOptions& ns) {
-  if (!router_ || ns.budget_qps <= 0) return;
+  if (!router_) return;
   const auto map = holder_->Get(ns.spec.ns);
   const ShardMeter* meter = router_->meter(ns.spec.ns);
   if (!map || map->width < 2 || meter == nullptr) return;
   const auto self = map->IndexOf(options_.node_id);
   if (!self) return;
   const auto now = clock_->Now();
+  // The runtime override (SetShardBudget) over the configured budget.
+  auto override_read = ReadBudget(*store_, ns.spec.ns);
+  const BudgetOverride budgets = override_read.ok() ? *override_read : BudgetOverride{};
   for (std::uint32_t s = 0; s < map->shard_count(); ++s) {
     if (map->OwnerIndex(s) != *self) continue;
+    const double budget = budgets.For(s, ns.budget_qps);
+    if (budget <= 0) continue;
     const double qps = meter->Qps(s, now);
-    if (qps <= ns.budget_qps) continue;
+    if (qps <= budget) continue;
     if (const ShardMove* last = map->MoveOf(s);
         last != nullptr &&
         core::ParseTimestamp(last->at).value_or(core::TimePoint{}) + options_.rebalance_cooldown >
@@ -452,6 +524,51 @@ void ShardManager::CheckBudgets(const NamespaceOptions& ns) {
     }
     // ABORTED while one is pending: the leader has not applied it yet.
     (void)RequestRebalance(*store_, ns.spec.ns, s, "", "over-budget", options_.node_id, qps);
+  }
+}
+
+}  // namespace omnirelay::shards
+
+namespace omnirelay::shards {
+
+void AddRebalanceView(nlohmann::json& document, coord::LeadershipStore& store,
+                      const std::vector<NamespaceOptions>& namespaces, const ShardMapHolder& holder,
+                      core::TimePoint now) {
+  if (!document.contains("namespaces")) return;
+  for (auto& entry : document["namespaces"]) {
+    const std::string ns = entry.value("namespace", "");
+    const auto options = std::find_if(namespaces.begin(), namespaces.end(),
+                                      [&](const NamespaceOptions& n) { return n.spec.ns == ns; });
+    if (options == namespaces.end()) continue;
+    const auto map = holder.Get(ns);
+    entry["lastRebalance"] = map ? map->last_rebalance : nlohmann::json(nullptr);
+    nlohmann::json loads = nlohmann::json::array();
+    if (auto read = ReadLoads(store, ns); read.ok()) {
+      for (const auto& [node, load] : *read) {
+        auto json = load.ToJson();
+        const auto at = core::ParseTimestamp(load.at);
+        // Clamped: the report may be newer than `now` (taken before the read).
+        json["ageMs"] =
+            at ? std::max<std::int64_t>(
+                     0, std::chrono::duration_cast<std::chrono::milliseconds>(now - *at).count())
+               : -1;
+        json["fresh"] = at.has_value() && now - *at <= kLoadStaleAfter;
+        loads.push_back(std::move(json));
+      }
+    }
+    entry["loads"] = std::move(loads);
+    auto budget = ReadBudget(store, ns);
+    if (!budget.ok()) continue;
+    entry["budget"] = budget->ToJson();
+    if (!budget->ns_qps && budget->shard_qps.empty()) continue;
+    entry["budgetQps"] = budget->ns_qps.value_or(options->budget_qps);
+    if (!entry.contains("shards") || !entry["shards"].is_array()) continue;
+    for (auto& shard : entry["shards"]) {
+      const auto id = shard.value("id", std::uint32_t{0});
+      const double limit = budget->For(id, options->budget_qps);
+      shard["budgetQps"] = limit;
+      shard["overBudget"] = limit > 0 && shard.value("qps", 0.0) > limit;
+    }
   }
 }
 

@@ -40,6 +40,7 @@
 #include "omnirelay/coord/leadership_store.h"
 #include "omnirelay/core/metrics.h"
 #include "omnirelay/leadership/manager.h"
+#include "omnirelay/shards/rebalance.h"
 #include "omnirelay/shards/shard_map.h"
 
 namespace omnirelay::shards {
@@ -67,11 +68,15 @@ class ShardMapHolder {
   using Listener = std::function<void(const ShardMap& installed)>;
   // Called (outside the lock, on the offering thread) after each install.
   void AddListener(Listener listener);
+  // Same, with the version it replaced (0: the first) — for change spans.
+  using ChangeListener = std::function<void(const ShardMap& installed, std::int64_t previous)>;
+  void AddChangeListener(ChangeListener listener);
 
  private:
   mutable std::mutex mu_;
   std::map<std::string, std::shared_ptr<const ShardMap>, std::less<>> maps_;
   std::vector<Listener> listeners_;
+  std::vector<ChangeListener> change_listeners_;
   core::MetricsRegistry* metrics_;
 };
 
@@ -96,8 +101,10 @@ core::StatusOr<ShardMap> PublishShardMap(coord::LeadershipStore& store,
 std::string RebalanceKey(std::string_view ns, std::uint32_t shard);
 
 // Asks the namespace's leader to move `shard`'s ownership to `to` (one of
-// its replicas) or, with `to` empty, to its coolest replica (the one owning
-// the fewest shards; ties: the earlier replica). Any node may ask; the
+// its replicas) or, with `to` empty, to its cooler replica by live load
+// (rebalance.h ChooseFewestPending: fewest pending calls, then lower QPS,
+// then the earlier replica; by shards owned while no node has reported
+// load). Any node may ask; the
 // leader applies it on its next reconcile (the request key's watch wakes
 // it). ABORTED ("rebalance-pending") while an earlier request of the same
 // shard is not applied yet.
@@ -148,6 +155,13 @@ struct ShardManagerOptions {
   // An over-budget shard is not moved again automatically within this time
   // of its last move (no flapping between two hot replicas).
   core::Duration rebalance_cooldown = std::chrono::seconds(30);
+  // This node's pending calls (admitted calls in flight), published with
+  // its per-shard QPS as its load report on every reconcile; unset = no
+  // report from this node.
+  std::function<std::int64_t()> pending{};
+  // Called on the leader for every move it applies, after the version that
+  // carries it is written (spans; the decision is also in the map).
+  std::function<void(const RebalanceDecision&)> on_rebalance{};
 };
 
 class ShardManager {
@@ -184,6 +198,8 @@ class ShardManager {
                                                                        ShardMap& map);
   // Owner: requests a move of each shard it serves above the budget.
   void CheckBudgets(const NamespaceOptions& ns);
+  // Every node: writes its load report for `ns`.
+  void PublishOwnLoad(const NamespaceOptions& ns);
 
   const ShardManagerOptions options_;
   std::shared_ptr<coord::LeadershipStore> store_;
@@ -194,6 +210,7 @@ class ShardManager {
   core::MetricsRegistry* metrics_;
   std::shared_ptr<const ShardRouter> router_;
   coord::WatchHandle requests_watch_;
+  std::vector<RebalanceDecision> decided_;  // this pass's moves (under reconcile_mu_)
 
   std::mutex reconcile_mu_;  // one pass at a time
   std::mutex loop_mu_;
@@ -202,5 +219,18 @@ class ShardManager {
   bool stopping_ = false;
   std::thread loop_;
 };
+
+}  // namespace omnirelay::shards
+
+namespace omnirelay::shards {
+
+// Adds the load-aware rebalance view to a ShardRouter::ToJson document
+// (GET /omnirelay/control/shards), per namespace: `lastRebalance` (the held
+// map's decision), `loads` (every node's latest report: pending, qps, age),
+// `budget` (the runtime override) and, with an override, the effective
+// `budgetQps` / per-shard `budgetQps` and `overBudget`.
+void AddRebalanceView(nlohmann::json& document, coord::LeadershipStore& store,
+                      const std::vector<NamespaceOptions>& namespaces, const ShardMapHolder& holder,
+                      core::TimePoint now);
 
 }  // namespace omnirelay::shards

@@ -83,6 +83,13 @@ class MapStoreTest : public ::testing::Test {
     node->holder = std::make_shared<ShardMapHolder>();
     node->watcher = *ShardMapWatcher::Start(node->store, node->holder);
     ShardManagerOptions manager_options{.node_id = id, .namespaces = {namespace_}};
+    if (publish_load_) {
+      manager_options.pending = [this, id] { return pending_[id].load(); };
+      manager_options.on_rebalance = [this](const RebalanceDecision& d) {
+        std::lock_guard lock(decisions_mu_);
+        decisions_.push_back(d);
+      };
+    }
     node->manager = std::make_unique<ShardManager>(
         manager_options, node->store, node->leadership, [this] { return members_; }, node->holder,
         clock_, &metrics_);
@@ -97,6 +104,11 @@ class MapStoreTest : public ::testing::Test {
   core::MetricsRegistry metrics_;
   NamespaceOptions namespace_ = Users();
   std::vector<ShardMember> members_ = Members(5);
+  // Load reports (off by default: the tests above predate them).
+  bool publish_load_ = false;
+  std::map<std::string, std::atomic<std::int64_t>> pending_;
+  std::mutex decisions_mu_;
+  std::vector<RebalanceDecision> decisions_;
 };
 
 TEST_F(MapStoreTest, LeaderWritesVersionsAndEveryNodeHoldsTheNewest) {
@@ -289,6 +301,124 @@ TEST_F(MapStoreTest, AnOwnerOverItsBudgetGetsTheShardMovedOnceUntilTheCooldownPa
   ASSERT_TRUE(RequestRebalance(*b->store, "users", hot, "", "over-budget", "node-x", 50).ok());
   ASSERT_EQ(a->manager->ReconcileNow().size(), 1u);
   EXPECT_EQ(b->holder->Get("users")->Owner(hot).id, "node-0");
+}
+
+TEST_F(MapStoreTest, LeaderMovesAHotShardToTheReplicaWithTheFewestPendingCalls) {
+  namespace_.spec.replicas = 2;
+  publish_load_ = true;
+  for (const auto& m : members_) pending_[m.node.id] = 0;
+  auto a = Start("node-0", 0);
+  auto b = Start("node-1", 1);
+  std::vector<std::pair<std::int64_t, std::int64_t>> changes;  // (version, previous) seen by b
+  b->holder->AddChangeListener([&](const ShardMap& map, std::int64_t previous) {
+    changes.emplace_back(map.version, previous);
+  });
+  ASSERT_EQ(a->manager->ReconcileNow().size(), 1u);
+  const auto v1 = a->holder->Get("users");
+  const auto placement = v1->Placement(42);
+  std::vector<int> owned(v1->nodes.size(), 0);
+  for (std::uint32_t s = 0; s < v1->shard_count(); ++s) ++owned[v1->OwnerIndex(s)];
+  // Load the replica that owns the FEWEST shards (the old chooser's pick),
+  // so only a load-aware choice picks the other one.
+  const std::uint32_t few_shards =
+      owned[placement[2]] < owned[placement[1]] ? placement[2] : placement[1];
+  const std::uint32_t other = few_shards == placement[1] ? placement[2] : placement[1];
+  const std::string busy = v1->nodes[few_shards].id;
+  const std::string idle = v1->nodes[other].id;
+  auto report = [&](const std::string& id, std::int64_t pending, double qps) {
+    pending_[id] = pending;  // for the nodes whose manager reports itself
+    ASSERT_TRUE(PublishLoad(*a->store, "users",
+                            {.node = id,
+                             .pending = pending,
+                             .qps = qps,
+                             .at = core::FormatTimestamp(clock_->Now())})
+                    .ok());
+  };
+  report(busy, 37, 1.0);
+  report(idle, 2, 90.0);  // busier by QPS, but fewer calls waiting: pending decides
+
+  ASSERT_TRUE(RequestRebalance(*b->store, "users", 42, "", "over-budget", "node-1", 120).ok());
+  ASSERT_EQ(a->manager->ReconcileNow().size(), 1u);
+  const auto v2 = b->holder->Get("users");
+  ASSERT_EQ(v2->version, 2);
+  EXPECT_EQ(v2->Owner(42).id, idle) << "fewest pending, not fewest shards owned";
+
+  // The decision travels in the map version that applies it.
+  const auto& decision = v2->last_rebalance;
+  ASSERT_TRUE(decision.is_object());
+  EXPECT_EQ(decision["chooser"], "fewest-pending");
+  EXPECT_EQ(decision["shard"], 42);
+  EXPECT_EQ(decision["from"], v1->Owner(42).id);
+  EXPECT_EQ(decision["to"], idle);
+  EXPECT_EQ(decision["version"], 2);
+  EXPECT_EQ(decision["reason"], "over-budget");
+  EXPECT_EQ(decision["requestedBy"], "node-1");
+  ASSERT_EQ(decision["candidates"].size(), 2u);
+  for (const auto& c : decision["candidates"]) {
+    EXPECT_EQ(c["pending"], c["node"] == busy ? 37 : 2);
+    EXPECT_EQ(c["chosen"], c["node"] == idle);
+  }
+  {
+    std::lock_guard lock(decisions_mu_);
+    ASSERT_EQ(decisions_.size(), 1u) << "the leader reports each applied move";
+    EXPECT_EQ(decisions_[0].version, 2);
+    EXPECT_EQ(decisions_[0].to, idle);
+  }
+  ASSERT_GE(changes.size(), 2u);
+  EXPECT_EQ(changes.back(), (std::pair<std::int64_t, std::int64_t>{2, 1}));
+
+  // Every node's own report is in the store (the leader's too).
+  auto loads = *ReadLoads(*a->store, "users");
+  EXPECT_TRUE(loads.contains("node-0"));
+  EXPECT_TRUE(loads.contains("node-1"));
+
+  // A membership change (a member outside shard 42's placement leaves)
+  // keeps the decision on record.
+  const auto p2 = v2->Placement(42);
+  auto leaver = std::find_if(members_.begin(), members_.end(), [&](const ShardMember& m) {
+    const auto index = *v2->IndexOf(m.node.id);
+    return m.node.id != "node-0" && std::find(p2.begin(), p2.end(), index) == p2.end();
+  });
+  ASSERT_NE(leaver, members_.end());
+  members_.erase(leaver);
+  ASSERT_EQ(a->manager->ReconcileNow().size(), 1u);
+  EXPECT_EQ(b->holder->Get("users")->version, 3);
+  EXPECT_EQ(b->holder->Get("users")->Owner(42).id, idle);
+  EXPECT_EQ(b->holder->Get("users")->last_rebalance["to"], idle);
+}
+
+TEST_F(MapStoreTest, ARuntimeBudgetMakesTheOwnerAskForAMove) {
+  namespace_.spec.replicas = 1;
+  namespace_.budget_qps = 0;  // none configured: only the runtime budget applies
+  auto a = Start("node-0", 0);
+  ASSERT_EQ(a->manager->ReconcileNow().size(), 1u);
+  auto router = std::make_shared<ShardRouter>(
+      "node-0", std::vector<NamespaceOptions>{namespace_}, a->holder,
+      [](std::string_view) { return true; }, clock_);
+  a->manager->SetRouter(router);
+  const auto v1 = a->holder->Get("users");
+  std::uint32_t hot = 0;
+  while (v1->Owner(hot).id != "node-0") ++hot;
+  for (int second = 0; second < 4; ++second) {
+    for (int i = 0; i < 20; ++i) router->RecordServed("users", hot);
+    clock_->Advance(1s);
+  }
+  EXPECT_TRUE(a->manager->ReconcileNow().empty()) << "no budget: 20 QPS is fine";
+  EXPECT_EQ(SetBudget(*a->store, "users", hot, -1, "t").status().code(),
+            absl::StatusCode::kInvalidArgument);
+  auto set = SetBudget(*a->store, "users", hot, 5, "test");
+  ASSERT_TRUE(set.ok()) << set.status();
+  EXPECT_EQ(set->For(hot, 0), 5);
+  EXPECT_EQ(set->For(hot + 1, 0), 0) << "only that shard";
+  ASSERT_EQ(a->manager->ReconcileNow().size(), 1u);
+  EXPECT_NE(a->holder->Get("users")->Owner(hot).id, "node-0");
+  EXPECT_EQ(a->holder->Get("users")->MoveOf(hot)->reason, "over-budget");
+  // A namespace budget sits under the per-shard one.
+  set = SetBudget(*a->store, "users", std::nullopt, 100, "test");
+  ASSERT_TRUE(set.ok());
+  EXPECT_EQ(set->For(hot, 0), 5);
+  EXPECT_EQ(set->For(hot + 1, 0), 100);
+  EXPECT_EQ(ReadBudget(*a->store, "users")->ns_qps, 100);
 }
 
 TEST(SqliteMapStoreTest, TwoStoreInstancesOnOneFileSeeTheSameVersions) {

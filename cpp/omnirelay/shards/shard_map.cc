@@ -123,6 +123,7 @@ nlohmann::json ShardMap::ToJson() const {
   return {{"namespace", spec.ns},
           {"version", version},
           {"moves", std::move(moves_json)},
+          {"lastRebalance", last_rebalance},
           {"strategy", StrategyName(spec.strategy)},
           {"shardCount", spec.shard_count},
           {"replicas", spec.replicas},
@@ -189,6 +190,9 @@ core::StatusOr<ShardMap> ShardMap::FromJson(const nlohmann::json& json) {
         }
         map.moves.push_back(std::move(move));
       }
+    }
+    if (json.contains("lastRebalance") && json["lastRebalance"].is_object()) {
+      map.last_rebalance = json["lastRebalance"];
     }
   } catch (const nlohmann::json::exception& e) {
     return absl::InvalidArgumentError(std::string("shard map: ") + e.what());

@@ -80,6 +80,10 @@ struct ShardMap {
   std::uint32_t width = 1;               // 1 + effective replicas (min(replicas, nodes - 1))
   std::vector<std::uint32_t> placement;  // shard_count * width node indices
   std::vector<ShardMove> moves;          // rebalances applied on top of the strategy
+  // The leader's record of the latest move it decided (rebalance.h's
+  // RebalanceDecision as JSON: candidates with their load, the chosen one);
+  // null before the first. Kept across versions until the next move.
+  nlohmann::json last_rebalance;
 
   std::uint32_t shard_count() const { return spec.shard_count; }
   std::uint32_t ShardOf(std::string_view key) const { return ShardOfKey(key, spec.shard_count); }
