@@ -17,12 +17,18 @@
 #include "omnirelay/auth/secrets.h"
 #include "omnirelay/core/logging.h"
 #include "omnirelay/gateway/admission.h"
-#include "omnirelay/gateway/balancer.h"
+#include "omnirelay/peers/sticky_chooser.h"
 #include "omnirelay/samples/registry_client.h"
 #include "omnirelay/tls/grpc_credentials.h"
 
 namespace omnirelay::gateway {
 namespace {
+
+using peers::StickyChooser;
+using peers::StickyMember;
+using peers::StickyMembershipChange;
+using peers::StickyOutcome;
+using peers::StickyPick;
 
 using Clock = std::chrono::steady_clock;
 
@@ -115,7 +121,7 @@ class TimerQueue {
 struct Cluster {
   config::GatewayClusterConfig config;
   std::optional<samples::RegistryClient> registry;
-  Balancer balancer;
+  StickyChooser balancer;  // the peer kit's sticky-with-occupancy chooser
   core::Gauge* sessions = nullptr;
   core::Counter* transfers = nullptr;
   core::Counter* stream_transfers = nullptr;
@@ -311,7 +317,7 @@ class ProxyCall : public grpc::ServerGenericBidiReactor,
 
 class Attempt final : public grpc::ClientBidiReactor<grpc::ByteBuffer, grpc::ByteBuffer> {
  public:
-  Attempt(std::shared_ptr<ProxyCall> call, Member member, Cluster* cluster,
+  Attempt(std::shared_ptr<ProxyCall> call, StickyMember member, Cluster* cluster,
           std::shared_ptr<grpc::Channel> channel, uint64_t seq)
       : call(std::move(call)),
         member(std::move(member)),
@@ -328,7 +334,7 @@ class Attempt final : public grpc::ClientBidiReactor<grpc::ByteBuffer, grpc::Byt
   }
 
   std::shared_ptr<ProxyCall> call;
-  Member member;
+  StickyMember member;
   Cluster* cluster;
   std::shared_ptr<grpc::Channel> channel;
   uint64_t seq;
@@ -396,31 +402,20 @@ void ProxyCall::StartAttempt() {
   if (finished_) return;
   Cluster* cluster = route_->cluster;
   if (attempts_ >= config.max_attempts) {
-    FinishLocal(grpc::StatusCode::UNAVAILABLE, "backend service unavailable");
+    FinishLocal(grpc::StatusCode::UNAVAILABLE, peers::kBackendUnavailable);
     return;
   }
-  Pick pick = route_->sticky ? cluster->balancer.PickSticky(session_, excluded_)
-                             : cluster->balancer.PickRoundRobin(excluded_);
-  if (transferring_ && pick.outcome != PickOutcome::kInstance) {
+  StickyPick pick = route_->sticky ? cluster->balancer.PickSticky(session_, excluded_)
+                                   : cluster->balancer.PickRoundRobin(excluded_);
+  if (transferring_ && pick.outcome != StickyOutcome::kInstance) {
     // A live stream lost its instance and no other can take it: the backend,
     // not capacity, ended it.
-    FinishLocal(grpc::StatusCode::UNAVAILABLE, "backend service unavailable");
+    FinishLocal(grpc::StatusCode::UNAVAILABLE, peers::kBackendUnavailable);
     return;
   }
-  switch (pick.outcome) {
-    case PickOutcome::kInstance:
-      break;
-    case PickOutcome::kBusy:
-      FinishLocal(grpc::StatusCode::RESOURCE_EXHAUSTED, "all instances are busy");
-      return;
-    case PickOutcome::kNoInstances:
-      FinishLocal(
-          failed_any_ ? grpc::StatusCode::UNAVAILABLE : grpc::StatusCode::RESOURCE_EXHAUSTED,
-          failed_any_ ? "backend service unavailable" : "no available instances");
-      return;
-    case PickOutcome::kUnavailable:
-      FinishLocal(grpc::StatusCode::UNAVAILABLE, "backend service unavailable");
-      return;
+  if (absl::Status refused = peers::StickyStatus(pick, failed_any_); !refused.ok()) {
+    FinishLocal(static_cast<grpc::StatusCode>(refused.code()), std::string(refused.message()));
+    return;
   }
   if (pick.new_binding) {
     cluster->UpdateGauge();
@@ -755,7 +750,7 @@ absl::Status Gateway::Impl::Build() {
       }
       cluster->registry = std::move(*client);
     } else {
-      std::vector<Member> members;
+      std::vector<StickyMember> members;
       for (const auto& e : cc.endpoints) members.push_back({e, e});
       cluster->balancer.SetMembers(std::move(members));
     }
@@ -809,9 +804,9 @@ void Gateway::Impl::Refresh(Cluster& cluster) {
         {{"cluster", cluster.config.name}, {"error", std::string(listed.status().message())}});
     return;
   }
-  std::vector<Member> members;
+  std::vector<StickyMember> members;
   for (const auto& instance : *listed) members.push_back({instance.id, instance.address});
-  MembershipChange change = cluster.balancer.SetMembers(std::move(members));
+  StickyMembershipChange change = cluster.balancer.SetMembers(std::move(members));
   for (const auto& m : change.removed) {
     cluster.DropChannel(m.address);
     core::LogInfo("gateway.instance_left",
