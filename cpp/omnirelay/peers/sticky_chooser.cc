@@ -1,9 +1,15 @@
 #include "omnirelay/peers/sticky_chooser.h"
 
 #include <algorithm>
+#include <atomic>
 
 namespace omnirelay::peers {
 namespace {
+// Process-wide, so serials of different choosers (clusters) never collide.
+uint64_t NextSerial() {
+  static std::atomic<uint64_t> next{1};
+  return next.fetch_add(1, std::memory_order_relaxed);
+}
 StickyPick Outcome(StickyOutcome outcome) {
   StickyPick pick;
   pick.outcome = outcome;
@@ -54,7 +60,7 @@ StickyMembershipChange StickyChooser::SetMembers(std::vector<StickyMember> membe
   for (auto& m : members) {
     auto it = previous.find(m.id);
     if (it == previous.end() || it->second->address != m.address) {
-      m.serial = next_serial_++;
+      m.serial = NextSerial();
       change.added.push_back(m);
     } else {
       m.serial = it->second->serial;

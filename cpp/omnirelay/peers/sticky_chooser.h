@@ -116,7 +116,6 @@ class StickyChooser {
   std::deque<std::string> lost_order_;
   std::string last_picked_;  // rotation cursor (an id)
   uint64_t round_robin_ = 0;
-  uint64_t next_serial_ = 1;
 };
 
 }  // namespace omnirelay::peers
