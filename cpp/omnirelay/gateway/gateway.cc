@@ -811,7 +811,9 @@ class FrameRouteHook final : public h2relay::RouteHook {
         }
       }
       std::string reason;
-      auto admitted = Admit(route.admission, gateway_->codec(), admission, &reason);
+      // Per loop thread: a loop belongs to this gateway's relay only.
+      thread_local VerifiedTokenCache verified;
+      auto admitted = Admit(route.admission, gateway_->codec(), admission, &reason, &verified);
       if (!admitted.ok()) {
         if (!reason.empty() && core::LogEnabled(core::LogLevel::kDebug)) {
           core::Log(core::LogLevel::kDebug, "gateway.unauthenticated",
