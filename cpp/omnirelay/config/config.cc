@@ -461,15 +461,13 @@ void ParseGateway(const nlohmann::json& value, Errors& errors, GatewayConfig& gw
         r.Strings("transferStreams", route.transfer_streams);
         r.String("dataPath", route.data_path);
         route.data_path = Lower(route.data_path);
-        if (route.data_path != "auto" && route.data_path != "frame" &&
-            route.data_path != "grpc") {
+        if (route.data_path != "auto" && route.data_path != "frame" && route.data_path != "grpc") {
           errors.Add(rpath + ".dataPath",
                      "unknown data path '" + route.data_path + "' (auto, frame, grpc)");
         } else if (route.data_path == "frame" && gw.clusters.count(route.cluster) &&
                    gw.clusters.at(route.cluster).tls) {
-          errors.Add(rpath + ".dataPath",
-                     "the frame relay does not dial TLS: cluster '" + route.cluster +
-                         "' has tls (use auto or grpc)");
+          errors.Add(rpath + ".dataPath", "the frame relay does not dial TLS: cluster '" +
+                                              route.cluster + "' has tls (use auto or grpc)");
         }
         route.authorization = Lower(route.authorization);
         route.balancer = Lower(route.balancer);
