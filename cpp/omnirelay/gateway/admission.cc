@@ -8,7 +8,7 @@ bool Missing(const std::optional<std::string_view>& value) { return !value || va
 bool VerifiedTokenCache::Admits(const auth::JwtCodec& codec, std::string_view token,
                                 std::string_view session) const {
   if (codec_ != &codec) return false;
-  auto it = entries_.find(std::string(token));
+  auto it = entries_.find(token);
   // JwtCodec::Verify refuses a token at `exp` and after.
   return it != entries_.end() && it->second.session_id == session &&
          codec.clock().Now() < it->second.expires_at;

@@ -62,8 +62,13 @@ class VerifiedTokenCache {
     std::string session_id;
     core::TimePoint expires_at;
   };
+  // Lookups by string_view without building a std::string per call.
+  struct Hash {
+    using is_transparent = void;
+    size_t operator()(std::string_view s) const { return std::hash<std::string_view>{}(s); }
+  };
   const auth::JwtCodec* codec_ = nullptr;  // entries belong to one codec (secret)
-  std::unordered_map<std::string, Entry> entries_;
+  std::unordered_map<std::string, Entry, Hash, std::equal_to<>> entries_;
 };
 
 // OK with the sticky key ("" for a non-sticky route), or UNAUTHENTICATED with

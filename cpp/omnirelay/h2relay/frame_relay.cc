@@ -1435,7 +1435,18 @@ bool RetryHooked(Call* call, bool timed_out, std::string_view reason) {
 
 bool HookedTimer(Call* call) {
   const TimePoint now = call->loop->shared()->clock->Now();
-  if (!call->attempt_deadline || now < *call->attempt_deadline) return false;
+  if (!call->attempt_deadline) {
+    // The attempt's timer outlived its attempt (committed or answered: the
+    // timer is left in place rather than re-armed per call): the call's own
+    // deadline, if any, is what is left to enforce.
+    if (!call->deadline) return true;
+    if (now < *call->deadline) {
+      call->loop->ArmTimerAt(call, *call->deadline);
+      return true;
+    }
+    return false;
+  }
+  if (now < *call->attempt_deadline) return false;
   if (call->deadline && *call->deadline <= now) return false;  // the call's own deadline
   call->attempt_deadline.reset();
   AbandonUpstream(call, absl::StatusCode::kUnavailable);
@@ -1499,8 +1510,7 @@ int HookedUpstreamHeaders(Call* call, bool end) {
     RetryHooked(call, false, "upstream answered UNAVAILABLE or CANCELLED");
     return 0;
   }
-  call->attempt_deadline.reset();
-  ArmHookedTimer(call);
+  call->attempt_deadline.reset();  // the timer stays armed; HookedTimer sorts it out
   if (!call->upstream_status && call->http_status != 200) {
     // A non-gRPC error reply: give the client a gRPC status.
     auto code = core::GrpcStatusFromHttp(call->http_status);
@@ -1515,8 +1525,7 @@ int HookedUpstreamHeaders(Call* call, bool end) {
 
 // The first response message: the call is committed to this attempt.
 void CommitHooked(Call* call) {
-  call->attempt_deadline.reset();
-  ArmHookedTimer(call);
+  call->attempt_deadline.reset();  // the timer stays armed; HookedTimer sorts it out
   call->replay_dropped = true;
   std::string().swap(call->replay);
   SubmitResponse(call, false);
