@@ -13,6 +13,8 @@ benchmark`), unary, 64-byte payload:
   gw-grpc   the same through a second gateway with dataPath grpc (grpc++ path)
   relay     client -> `omnirelay serve` on the frame relay (route "/" ->
             outbound, dataPath frame) -> `omnirelay echo`
+  relay-md  the same relay, the calls carrying the gateway calls' metadata
+            (authorization: the JWT, session-id): equal headers on the wire
   worker    client -> the worker directly (same metadata; it trusts the caller)
   echo      client -> the echo node directly
 For every run the script reads utime+stime from /proc of the proxy, of the
@@ -293,6 +295,11 @@ def main() -> int:
             "gw-grpc": [(gateway_grpc.ready["gateway"], WORKER_METHOD, worker_body, h)
                         for h in session_headers],
             "relay": [(relay.ready["grpc"], ECHO_METHOD, echo_body, [])] * args.sessions,
+            # The same relay carrying the gateway calls' metadata (a ~200-byte
+            # JWT and the session id): equal headers on the wire, so the
+            # ratio to it isolates what the gateway itself adds per call.
+            "relay-md": [(relay.ready["grpc"], ECHO_METHOD, echo_body, h)
+                         for h in session_headers],
             "worker": [(worker.ready["address"], WORKER_METHOD, worker_body, headers)],
             "echo": [(echo.ready["grpc"], ECHO_METHOD, echo_body, [])],
         }
@@ -302,6 +309,7 @@ def main() -> int:
         pids = {"gateway": ([gateway.p.pid], worker_pids),
                 "gw-grpc": ([gateway_grpc.p.pid], worker_pids),
                 "relay": ([relay.p.pid], echo_pids),
+                "relay-md": ([relay.p.pid], echo_pids),
                 "worker": ([], [worker.p.pid]),
                 "echo": ([], [echo.p.pid])}
         results = {}
@@ -328,7 +336,9 @@ def main() -> int:
                 x = by[name]
                 print(f"{c:>4}  {name:<8} {x['qps']:10.0f} {x['p50']:7.2f} {x['p99']:7.2f}  "
                       f"{x['proxy_us']:18.1f} {x['client_us']:7.1f} {x['backend_us']:8.1f}")
-            g, gg, r = by["gateway"], by["gw-grpc"], by["relay"]
+            g, gg, r, rm = by["gateway"], by["gw-grpc"], by["relay"], by["relay-md"]
+            print(f"{c:>4}  gateway/relay-md proxy CPU per call "
+                  f"{g['proxy_us'] / rm['proxy_us']:.2f} (same headers on the wire)")
             print(f"{c:>4}  gateway/relay proxy CPU per call {g['proxy_us'] / r['proxy_us']:.2f} "
                   f"(grpc++ gateway/relay {gg['proxy_us'] / r['proxy_us']:.2f}); qps ratio "
                   f"{g['qps'] / r['qps']:.2f}, p99 ratio {g['p99'] / r['p99']:.2f}; "
