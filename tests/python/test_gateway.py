@@ -97,7 +97,8 @@ class Stack:
     """registry, auth, N workers and the gateway node."""
 
     def __init__(self, native: Path, tmp_path: Path, pb, workers: int = 3, *,
-                 transfer_streams: bool = True, worker_args: Optional[List[str]] = None):
+                 transfer_streams: bool = True, worker_args: Optional[List[str]] = None,
+                 data_path: str = "auto"):
         self.native, self.tmp, self.pb = native, tmp_path, pb
         self.worker_args = list(worker_args or [])
         self.processes: List[Process] = []
@@ -126,11 +127,12 @@ class Stack:
                                 "refreshInterval": REFRESH}},
                 "routes": [
                     {"prefix": "/my_service.MyServiceAPI/Login", "cluster": "auth",
-                     "authorization": "none", "balancer": "round-robin"},
+                     "authorization": "none", "balancer": "round-robin", "dataPath": data_path},
                     {"prefix": "/my_service.MyServiceAPI/MyService", "cluster": "workers",
                      "authorization": "required", "balancer": "sticky",
                      "stickyHeader": "session-id",
-                     "transferStreams": [SUBSCRIBE] if transfer_streams else []}],
+                     "transferStreams": [SUBSCRIBE] if transfer_streams else [],
+                     "dataPath": data_path}],
                 "defaultRoute": {"error": "UNIMPLEMENTED"},
                 "maxAttempts": 3,
                 "attemptTimeout": "5s"}}}
@@ -205,9 +207,17 @@ class Stack:
             process.stop()
 
 
+# Every test runs on both data paths (docs/session-gateway.md "Data path"):
+# the frame relay (admission and the sticky pick on HEADERS, frames pumped;
+# transferStreams methods still through grpc++) and the grpc++ path.
+@pytest.fixture(params=["frame", "grpc"])
+def data_path(request) -> str:
+    return request.param
+
+
 @pytest.fixture
-def stack(native, tmp_path, pb):
-    s = Stack(native, tmp_path, pb)
+def stack(native, tmp_path, pb, data_path):
+    s = Stack(native, tmp_path, pb, data_path=data_path)
     yield s
     s.close()
 
@@ -232,7 +242,11 @@ def metric(text: str, name: str, **labels: str) -> float:
 # --------------------------------------------------------------------- tests
 
 
-def test_login_and_sticky_echo_on_one_pod(stack):
+def test_login_and_sticky_echo_on_one_pod(stack, data_path):
+    # The path asked for is the path taken: the relay owns the gateway's port.
+    view = stack.introspect()
+    assert view["frameRelay"] is (data_path == "frame")
+    assert {r["dataPath"] for r in view["routes"]} == {data_path}
     token = stack.login("sticky-1")
     assert token.count(".") == 2
     client = stack.client()
@@ -483,8 +497,9 @@ def test_graceful_stop_moves_the_stream_and_cancel_still_reaches_the_new_instanc
                   cluster="workers") == 1
 
 
-def test_application_end_of_stream_is_not_transferred(native, tmp_path, pb):
-    stack = Stack(native, tmp_path, pb, worker_args=["--stream-max-messages", "4"])
+def test_application_end_of_stream_is_not_transferred(native, tmp_path, pb, data_path):
+    stack = Stack(native, tmp_path, pb, worker_args=["--stream-max-messages", "4"],
+                  data_path=data_path)
     try:
         token = stack.login("bounded-1")
         # The worker ends the stream OK after 4 messages: passed through as is,
@@ -499,8 +514,8 @@ def test_application_end_of_stream_is_not_transferred(native, tmp_path, pb):
         stack.close()
 
 
-def test_stream_outside_transfer_streams_ends_with_the_failure(native, tmp_path, pb):
-    stack = Stack(native, tmp_path, pb, transfer_streams=False)
+def test_stream_outside_transfer_streams_ends_with_the_failure(native, tmp_path, pb, data_path):
+    stack = Stack(native, tmp_path, pb, transfer_streams=False, data_path=data_path)
     try:
         token = stack.login("plain-1")
         stream = _subscribe(stack, "plain-1", token)

@@ -459,6 +459,16 @@ void ParseGateway(const nlohmann::json& value, Errors& errors, GatewayConfig& gw
         r.String("balancer", route.balancer);
         r.String("stickyHeader", route.sticky_header);
         r.Strings("transferStreams", route.transfer_streams);
+        r.String("dataPath", route.data_path);
+        route.data_path = Lower(route.data_path);
+        if (route.data_path != "auto" && route.data_path != "frame" && route.data_path != "grpc") {
+          errors.Add(rpath + ".dataPath",
+                     "unknown data path '" + route.data_path + "' (auto, frame, grpc)");
+        } else if (route.data_path == "frame" && gw.clusters.count(route.cluster) &&
+                   gw.clusters.at(route.cluster).tls) {
+          errors.Add(rpath + ".dataPath", "the frame relay does not dial TLS: cluster '" +
+                                              route.cluster + "' has tls (use auto or grpc)");
+        }
         route.authorization = Lower(route.authorization);
         route.balancer = Lower(route.balancer);
         // gRPC metadata keys are lower case on the wire.
@@ -516,6 +526,7 @@ void ParseGateway(const nlohmann::json& value, Errors& errors, GatewayConfig& gw
     }
   }
   g.Int("maxAttempts", gw.max_attempts, 1);
+  g.Int("frameThreads", gw.frame_threads, 1);
   g.Dur("attemptTimeout", gw.attempt_timeout);
   if (gw.attempt_timeout <= core::Duration::zero()) {
     errors.Add(path + ".attemptTimeout", "must be positive");
@@ -1566,7 +1577,8 @@ nlohmann::json ToJson(const NodeConfig& c) {
                          {"authorization", r.authorization},
                          {"balancer", r.balancer},
                          {"stickyHeader", r.sticky_header},
-                         {"transferStreams", r.transfer_streams}});
+                         {"transferStreams", r.transfer_streams},
+                         {"dataPath", r.data_path}});
     }
     nlohmann::json def = nlohmann::json::object();
     if (!g.default_route.cluster.empty()) {

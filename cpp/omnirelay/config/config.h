@@ -171,6 +171,10 @@ struct GatewayRouteConfig {
   // `prefix`) whose live streams move to another instance when theirs fails at
   // the transport level: the gateway replays the request there (issue 16).
   std::vector<std::string> transfer_streams;
+  // auto | frame | grpc (docs/session-gateway.md "Data path"): auto and frame
+  // forward through the HTTP/2 frame relay (admission and the sticky pick on
+  // the HEADERS), except the transferStreams methods, which stay on grpc++.
+  std::string data_path = "auto";
 };
 
 struct GatewayDefaultRouteConfig {
@@ -189,6 +193,7 @@ struct GatewayConfig {
   GatewayDefaultRouteConfig default_route;
   int max_attempts = 3;
   core::Duration attempt_timeout = std::chrono::seconds(2);
+  int frame_threads = 2;  // event loops of the frame relay (frameThreads)
 };
 
 // Mesh membership (issue 10, docs/mesh.md): who this node is and how it

@@ -97,5 +97,36 @@ TEST_F(AdmissionTest, RoutesWithoutTokenOrStickiness) {
   ASSERT_TRUE(ok.ok()) << ok.status();
 }
 
+// The frame path's per-thread cache answers exactly as a full verification:
+// same session only, never past `exp`, a tampered token or another secret is
+// verified (and refused) in full.
+TEST_F(AdmissionTest, VerifiedTokenCacheGivesTheSameAnswers) {
+  VerifiedTokenCache cache;
+  const std::string token = TokenFor("s-1", codec_);
+  auto admit = [&](std::string_view t, std::string_view session, const auth::JwtCodec* codec,
+                   std::string* reason = nullptr) {
+    return Admit(rule_, codec, {t, session, session}, reason, &cache);
+  };
+  ASSERT_TRUE(admit(token, "s-1", &codec_).ok());
+  EXPECT_EQ(cache.size(), 1u);
+  ASSERT_TRUE(admit(token, "s-1", &codec_).ok());  // a hit
+  EXPECT_EQ(cache.size(), 1u);
+  std::string reason;
+  ExpectRefused(admit(token, "s-2", &codec_, &reason), kMissingOrInvalidToken);
+  EXPECT_EQ(reason, "session-id does not match token");
+  std::string tampered = token;
+  tampered.back() = tampered.back() == 'A' ? 'B' : 'A';
+  ExpectRefused(admit(tampered, "s-1", &codec_), kMissingOrInvalidToken);
+  // Another secret: the cached entry is not its answer.
+  auth::JwtCodec other(kOtherSecret, clock_);
+  ExpectRefused(admit(token, "s-1", &other), kMissingOrInvalidToken);
+  ASSERT_TRUE(admit(token, "s-1", &codec_).ok());
+  // At exp the cached token is refused like any expired one.
+  clock_->Advance(std::chrono::hours(1));
+  reason.clear();
+  ExpectRefused(admit(token, "s-1", &codec_, &reason), kMissingOrInvalidToken);
+  EXPECT_EQ(reason, "token expired");
+}
+
 }  // namespace
 }  // namespace omnirelay::gateway

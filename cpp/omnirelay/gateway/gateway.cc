@@ -11,18 +11,26 @@
 #include <map>
 #include <mutex>
 #include <optional>
+#include <span>
 #include <thread>
 
 #include "omnirelay/auth/jwt.h"
 #include "omnirelay/auth/secrets.h"
 #include "omnirelay/core/logging.h"
 #include "omnirelay/gateway/admission.h"
-#include "omnirelay/gateway/balancer.h"
+#include "omnirelay/h2relay/frame_relay.h"
+#include "omnirelay/peers/sticky_chooser.h"
 #include "omnirelay/samples/registry_client.h"
 #include "omnirelay/tls/grpc_credentials.h"
 
 namespace omnirelay::gateway {
 namespace {
+
+using peers::StickyChooser;
+using peers::StickyMember;
+using peers::StickyMembershipChange;
+using peers::StickyOutcome;
+using peers::StickyPick;
 
 using Clock = std::chrono::steady_clock;
 
@@ -115,7 +123,7 @@ class TimerQueue {
 struct Cluster {
   config::GatewayClusterConfig config;
   std::optional<samples::RegistryClient> registry;
-  Balancer balancer;
+  StickyChooser balancer;  // the peer kit's sticky-with-occupancy chooser
   core::Gauge* sessions = nullptr;
   core::Counter* transfers = nullptr;
   core::Counter* stream_transfers = nullptr;
@@ -165,6 +173,7 @@ struct Route {
   std::optional<grpc::StatusCode> error;   // default route answering an error
   AdmissionRule admission;                 // credentials checked before forwarding
   std::set<std::string> transfer_streams;  // methods whose live streams may move
+  bool frame = false;                      // forwarded by the frame relay (dataPath)
   std::string label;                       // metrics tag
   std::array<std::atomic<core::Counter*>, 17> requests{};
 };
@@ -182,10 +191,13 @@ class Gateway::Impl : public grpc::CallbackGenericService {
   void Stop(std::chrono::milliseconds grace);
   nlohmann::json Introspect() const;
   std::string address() const {
-    return config_.address.substr(0, config_.address.rfind(':')) + ":" + std::to_string(port_);
+    const int port = relay_ ? relay_->port() : port_;
+    return config_.address.substr(0, config_.address.rfind(':')) + ":" + std::to_string(port);
   }
 
   grpc::ServerGenericBidiReactor* CreateReactor(grpc::GenericCallbackServerContext* ctx) override;
+  // The frame path's decisions (admission, sticky pick, attempts) on HEADERS.
+  std::shared_ptr<h2relay::RouteHook> MakeRouteHook();
 
   // Longest matching prefix wins (as for the node's forwarding routes); ties
   // go to the first in configuration order.
@@ -211,6 +223,7 @@ class Gateway::Impl : public grpc::CallbackGenericService {
   }
 
   const config::GatewayConfig& config() const { return config_; }
+  std::shared_ptr<core::MetricsRegistry>& metrics() { return metrics_; }
   const auth::JwtCodec* codec() const { return codec_.get(); }
   TimerQueue& timers() { return *timers_; }
 
@@ -228,6 +241,11 @@ class Gateway::Impl : public grpc::CallbackGenericService {
   std::unique_ptr<TimerQueue> timers_;
   std::unique_ptr<grpc::Server> server_;
   int port_ = 0;
+  // The frame path (docs/session-gateway.md "Data path"): the relay owns the
+  // gateway's address; the grpc++ server above then listens on loopback as
+  // its fallback for the calls that need messages.
+  std::unique_ptr<h2relay::FrameRelay> relay_;
+  bool frame_ = false;
   std::thread refresher_;
   std::mutex refresh_mu_;
   std::condition_variable refresh_cv_;
@@ -311,7 +329,7 @@ class ProxyCall : public grpc::ServerGenericBidiReactor,
 
 class Attempt final : public grpc::ClientBidiReactor<grpc::ByteBuffer, grpc::ByteBuffer> {
  public:
-  Attempt(std::shared_ptr<ProxyCall> call, Member member, Cluster* cluster,
+  Attempt(std::shared_ptr<ProxyCall> call, StickyMember member, Cluster* cluster,
           std::shared_ptr<grpc::Channel> channel, uint64_t seq)
       : call(std::move(call)),
         member(std::move(member)),
@@ -328,7 +346,7 @@ class Attempt final : public grpc::ClientBidiReactor<grpc::ByteBuffer, grpc::Byt
   }
 
   std::shared_ptr<ProxyCall> call;
-  Member member;
+  StickyMember member;
   Cluster* cluster;
   std::shared_ptr<grpc::Channel> channel;
   uint64_t seq;
@@ -396,31 +414,20 @@ void ProxyCall::StartAttempt() {
   if (finished_) return;
   Cluster* cluster = route_->cluster;
   if (attempts_ >= config.max_attempts) {
-    FinishLocal(grpc::StatusCode::UNAVAILABLE, "backend service unavailable");
+    FinishLocal(grpc::StatusCode::UNAVAILABLE, peers::kBackendUnavailable);
     return;
   }
-  Pick pick = route_->sticky ? cluster->balancer.PickSticky(session_, excluded_)
-                             : cluster->balancer.PickRoundRobin(excluded_);
-  if (transferring_ && pick.outcome != PickOutcome::kInstance) {
+  StickyPick pick = route_->sticky ? cluster->balancer.PickSticky(session_, excluded_)
+                                   : cluster->balancer.PickRoundRobin(excluded_);
+  if (transferring_ && pick.outcome != StickyOutcome::kInstance) {
     // A live stream lost its instance and no other can take it: the backend,
     // not capacity, ended it.
-    FinishLocal(grpc::StatusCode::UNAVAILABLE, "backend service unavailable");
+    FinishLocal(grpc::StatusCode::UNAVAILABLE, peers::kBackendUnavailable);
     return;
   }
-  switch (pick.outcome) {
-    case PickOutcome::kInstance:
-      break;
-    case PickOutcome::kBusy:
-      FinishLocal(grpc::StatusCode::RESOURCE_EXHAUSTED, "all instances are busy");
-      return;
-    case PickOutcome::kNoInstances:
-      FinishLocal(
-          failed_any_ ? grpc::StatusCode::UNAVAILABLE : grpc::StatusCode::RESOURCE_EXHAUSTED,
-          failed_any_ ? "backend service unavailable" : "no available instances");
-      return;
-    case PickOutcome::kUnavailable:
-      FinishLocal(grpc::StatusCode::UNAVAILABLE, "backend service unavailable");
-      return;
+  if (absl::Status refused = peers::StickyStatus(pick, failed_any_); !refused.ok()) {
+    FinishLocal(static_cast<grpc::StatusCode>(refused.code()), std::string(refused.message()));
+    return;
   }
   if (pick.new_binding) {
     cluster->UpdateGauge();
@@ -704,7 +711,136 @@ void ProxyCall::OnDone() {
   }
 }
 
+// ------------------------------------------------------------ frame path
+//
+// The same decisions as ProxyCall, made on the inbound HEADERS for the frame
+// relay (h2relay/route_hook.h): route, admission, the sticky pick per
+// attempt, the binding dropped on a transport failure, metrics. The relay
+// pumps the frames and replays the request until the first response message.
+
+// One call on the frame path; used by one relay loop thread.
+class FrameCall final : public h2relay::CallHook {
+ public:
+  FrameCall(Gateway::Impl* gateway, const Route* route, std::string session, std::string method)
+      : gateway_(gateway),
+        route_(route),
+        session_(std::move(session)),
+        method_(std::move(method)) {}
+
+  absl::StatusOr<h2relay::HookTarget> Next() override {
+    Cluster* cluster = route_->cluster;
+    if (attempts_ >= gateway_->config().max_attempts) {
+      return absl::UnavailableError(peers::kBackendUnavailable);
+    }
+    StickyPick pick = route_->sticky ? cluster->balancer.PickSticky(session_, excluded_)
+                                     : cluster->balancer.PickRoundRobin(excluded_);
+    if (absl::Status refused = peers::StickyStatus(pick, failed_any_); !refused.ok()) {
+      return refused;
+    }
+    if (pick.new_binding) {
+      cluster->UpdateGauge();
+      if (pick.transferred) {
+        cluster->transfers->Add();
+        core::LogInfo("gateway.session_transfer",
+                      {{"session", session_}, {"instance", pick.member.id}});
+      }
+    }
+    ++attempts_;
+    current_ = std::move(pick.member);
+    return h2relay::HookTarget{current_.serial, current_.address};
+  }
+
+  void AttemptFailed(bool timed_out, std::string_view reason) override {
+    Cluster* cluster = route_->cluster;
+    (timed_out ? cluster->attempts_timeout : cluster->attempts_failed)->Add();
+    // The instance is gone (or hung): its binding ends, whoever holds it.
+    const std::string dropped = cluster->balancer.ReportFailure(current_.id);
+    if (!dropped.empty()) {
+      cluster->evictions_failure->Add();
+      cluster->UpdateGauge();
+    }
+    core::LogInfo("gateway.instance_failed", {{"instance", current_.id},
+                                              {"address", current_.address},
+                                              {"method", method_},
+                                              {"session", dropped},
+                                              {"message", std::string(reason)},
+                                              {"timedOut", timed_out}});
+    failed_any_ = true;
+    excluded_.insert(current_.id);
+  }
+
+  void AttemptAnswered() override { route_->cluster->attempts_ok->Add(); }
+
+  void Finished(absl::StatusCode code) override {
+    gateway_->CountRequest(*route_, static_cast<grpc::StatusCode>(code));
+  }
+
+ private:
+  Gateway::Impl* gateway_;
+  const Route* route_;
+  std::string session_;
+  std::string method_;
+  StickyMember current_;
+  int attempts_ = 0;
+  bool failed_any_ = false;
+  std::set<std::string> excluded_;
+};
+
+class FrameRouteHook final : public h2relay::RouteHook {
+ public:
+  explicit FrameRouteHook(Gateway::Impl* gateway) : gateway_(gateway) {}
+
+  absl::StatusOr<std::unique_ptr<h2relay::CallHook>> OnHeaders(
+      std::string_view path, std::span<const h2relay::RelayHeader> headers) override {
+    std::string method(path);
+    const Route& route = gateway_->RouteFor(method);
+    if (route.error) {
+      gateway_->CountRequest(route, *route.error);
+      return absl::Status(static_cast<absl::StatusCode>(*route.error), "no route for " + method);
+    }
+    // Calls that need their messages (live stream transfer) or TLS: grpc++.
+    if (!route.frame || route.transfer_streams.count(method) > 0) return nullptr;
+    std::string session;
+    if (route.auth || route.sticky) {
+      AdmissionHeaders admission;
+      for (const auto& [k, v] : headers) {
+        if (k == "authorization" && !admission.authorization) admission.authorization = v;
+        if (k == "session-id" && !admission.session_id) admission.session_id = v;
+        if (route.sticky && k == route.config.sticky_header && !admission.sticky) {
+          admission.sticky = v;
+        }
+      }
+      std::string reason;
+      // Per loop thread: a loop belongs to this gateway's relay only.
+      thread_local VerifiedTokenCache verified;
+      auto admitted = Admit(route.admission, gateway_->codec(), admission, &reason, &verified);
+      if (!admitted.ok()) {
+        if (!reason.empty() && core::LogEnabled(core::LogLevel::kDebug)) {
+          core::Log(core::LogLevel::kDebug, "gateway.unauthenticated",
+                    {{"method", method}, {"reason", reason}});
+        }
+        gateway_->CountRequest(route, grpc::StatusCode::UNAUTHENTICATED);
+        return absl::UnauthenticatedError(admitted.status().message());
+      }
+      session = std::move(*admitted);
+    }
+    return std::make_unique<FrameCall>(gateway_, &route, std::move(session), std::move(method));
+  }
+
+  std::chrono::milliseconds attempt_timeout() const override {
+    return std::chrono::duration_cast<std::chrono::milliseconds>(
+        gateway_->config().attempt_timeout);
+  }
+
+ private:
+  Gateway::Impl* gateway_;
+};
+
 }  // namespace
+
+std::shared_ptr<h2relay::RouteHook> Gateway::Impl::MakeRouteHook() {
+  return std::make_shared<FrameRouteHook>(this);
+}
 
 grpc::ServerGenericBidiReactor* Gateway::Impl::CreateReactor(
     grpc::GenericCallbackServerContext* ctx) {
@@ -755,7 +891,7 @@ absl::Status Gateway::Impl::Build() {
       }
       cluster->registry = std::move(*client);
     } else {
-      std::vector<Member> members;
+      std::vector<StickyMember> members;
       for (const auto& e : cc.endpoints) members.push_back({e, e});
       cluster->balancer.SetMembers(std::move(members));
     }
@@ -784,6 +920,15 @@ absl::Status Gateway::Impl::Build() {
     route->admission.require_token = route->auth;
     if (route->sticky) route->admission.sticky_header = rc.sticky_header;
     route->transfer_streams.insert(rc.transfer_streams.begin(), rc.transfer_streams.end());
+    // auto: the frame relay unless the node serves TLS or the cluster dials
+    // it (the relay speaks plaintext HTTP/2 only).
+    route->frame = rc.data_path != "grpc" && !tls_ && !route->cluster->config.tls;
+    if (rc.data_path == "frame" && tls_) {
+      return absl::InvalidArgumentError(
+          "omniRelay.gateway.routes: dataPath frame for prefix '" + rc.prefix +
+          "': the frame relay does not serve TLS (omniRelay.tls is set; use auto or grpc)");
+    }
+    frame_ = frame_ || route->frame;
     routes_.push_back(std::move(route));
   }
   default_route_ = std::make_unique<Route>();
@@ -791,6 +936,7 @@ absl::Status Gateway::Impl::Build() {
   if (!config_.default_route.cluster.empty()) {
     default_route_->config.cluster = config_.default_route.cluster;
     default_route_->cluster = clusters_.at(config_.default_route.cluster).get();
+    default_route_->frame = !tls_ && !default_route_->cluster->config.tls;
   } else {
     const auto& names = config::StatusCodeNames();
     auto it = std::find(names.begin(), names.end(), config_.default_route.error);
@@ -809,9 +955,9 @@ void Gateway::Impl::Refresh(Cluster& cluster) {
         {{"cluster", cluster.config.name}, {"error", std::string(listed.status().message())}});
     return;
   }
-  std::vector<Member> members;
+  std::vector<StickyMember> members;
   for (const auto& instance : *listed) members.push_back({instance.id, instance.address});
-  MembershipChange change = cluster.balancer.SetMembers(std::move(members));
+  StickyMembershipChange change = cluster.balancer.SetMembers(std::move(members));
   for (const auto& m : change.removed) {
     cluster.DropChannel(m.address);
     core::LogInfo("gateway.instance_left",
@@ -853,9 +999,10 @@ absl::Status Gateway::Impl::Start() {
   }
   timers_ = std::make_unique<TimerQueue>();
   grpc::ServerBuilder builder;
+  // On the frame path the grpc++ server only serves the relay's fallback.
   builder.AddListeningPort(
-      config_.address, tls_ ? tls::GrpcServerCredentials(*tls_) : grpc::InsecureServerCredentials(),
-      &port_);
+      frame_ ? std::string("127.0.0.1:0") : config_.address,
+      tls_ ? tls::GrpcServerCredentials(*tls_) : grpc::InsecureServerCredentials(), &port_);
   builder.SetMaxReceiveMessageSize(-1);
   builder.RegisterCallbackGenericService(this);
   server_ = builder.BuildAndStart();
@@ -863,6 +1010,26 @@ absl::Status Gateway::Impl::Start() {
     server_.reset();
     timers_.reset();
     return absl::UnavailableError("gateway: cannot listen on " + config_.address);
+  }
+  if (frame_) {
+    h2relay::FrameRelayOptions options;
+    options.address = config_.address;
+    options.threads = config_.frame_threads;
+    options.fallback = "127.0.0.1:" + std::to_string(port_);
+    h2relay::FrameRoute route;
+    route.prefix = "";  // every call: the hook routes by the gateway's own table
+    route.outbound = "gateway";
+    route.hook = MakeRouteHook();
+    options.routes.push_back(std::move(route));
+    relay_ = std::make_unique<h2relay::FrameRelay>(std::move(options));
+    if (absl::Status started = relay_->Start(); !started.ok()) {
+      relay_.reset();
+      server_->Shutdown();
+      server_.reset();
+      timers_.reset();
+      return absl::UnavailableError("gateway: cannot listen on " + config_.address + ": " +
+                                    std::string(started.message()));
+    }
   }
   refresher_ = std::thread([this] { RefreshLoop(); });
   started_ = true;
@@ -879,6 +1046,10 @@ void Gateway::Impl::Stop(std::chrono::milliseconds grace) {
   }
   refresh_cv_.notify_all();
   if (refresher_.joinable()) refresher_.join();
+  if (relay_) {
+    relay_->Shutdown(std::chrono::duration_cast<std::chrono::milliseconds>(grace));
+    relay_.reset();
+  }
   server_->Shutdown(std::chrono::system_clock::now() + grace);
   server_->Wait();
   server_.reset();
@@ -916,7 +1087,8 @@ nlohmann::json Gateway::Impl::Introspect() const {
                       {"authorization", r->config.authorization},
                       {"balancer", r->config.balancer},
                       {"stickyHeader", r->sticky ? r->config.sticky_header : ""},
-                      {"transferStreams", r->config.transfer_streams}});
+                      {"transferStreams", r->config.transfer_streams},
+                      {"dataPath", r->frame ? "frame" : "grpc"}});
   }
   return {{"address", started_ ? address() : config_.address},
           {"routes", routes},
@@ -925,6 +1097,7 @@ nlohmann::json Gateway::Impl::Introspect() const {
                                : nlohmann::json{{"cluster", config_.default_route.cluster}}},
           {"clusters", clusters},
           {"maxAttempts", config_.max_attempts},
+          {"frameRelay", relay_ != nullptr},
           {"attemptTimeoutMs", ms(config_.attempt_timeout)}};
 }
 

@@ -163,6 +163,32 @@ TEST(GatewayConfigTest, StructuralErrors) {
   EXPECT_NE(both.find("routes[0].cluster"), std::string::npos);
 }
 
+TEST(GatewayConfigTest, DataPathPerRoute) {
+  auto parsed = Parse(Valid());
+  ASSERT_TRUE(parsed.ok()) << parsed.status();
+  EXPECT_EQ(parsed->gateway->routes[0].data_path, "auto");  // the frame relay unless TLS
+  EXPECT_EQ(parsed->gateway->frame_threads, 2);
+  auto root = Valid();
+  root["omniRelay"]["gateway"]["routes"][0]["dataPath"] = "GRPC";
+  root["omniRelay"]["gateway"]["frameThreads"] = 4;
+  parsed = Parse(root);
+  ASSERT_TRUE(parsed.ok()) << parsed.status();
+  EXPECT_EQ(parsed->gateway->routes[0].data_path, "grpc");
+  EXPECT_EQ(parsed->gateway->frame_threads, 4);
+  root["omniRelay"]["gateway"]["routes"][1]["dataPath"] = "fast";
+  EXPECT_NE(ErrorOf(root).find("omniRelay.gateway.routes[1].dataPath: unknown data path 'fast'"),
+            std::string::npos)
+      << ErrorOf(root);
+  // The frame relay dials plaintext only: `frame` towards a TLS cluster is refused.
+  root = Valid();
+  root["omniRelay"]["gateway"]["clusters"]["auth"]["endpoints"] = {"https://127.0.0.1:7001"};
+  root["omniRelay"]["gateway"]["routes"][0]["dataPath"] = "frame";
+  EXPECT_NE(ErrorOf(root).find("omniRelay.gateway.routes[0].dataPath: the frame relay does not "
+                               "dial TLS"),
+            std::string::npos)
+      << ErrorOf(root);
+}
+
 TEST(GatewayConfigTest, EnvironmentAndSetOverridesReachTheSection) {
   auto root = Valid();
   ASSERT_TRUE(ApplySets(root, {"gateway.maxAttempts=5", "gateway.attemptTimeout=\"750ms\""}).ok());

@@ -4,8 +4,12 @@
 // response, one client write at a time, attempt hand-over) so the ASan/UBSan
 // stage covers it. Not labelled `tsan`: Debian's gRPC is not instrumented.
 // The multi-process version (SIGKILL, registry) is tests/python/test_gateway.py.
+#include <arpa/inet.h>
 #include <grpcpp/grpcpp.h>
 #include <gtest/gtest.h>
+#include <netinet/in.h>
+#include <sys/socket.h>
+#include <unistd.h>
 
 #include <chrono>
 #include <map>
@@ -58,12 +62,15 @@ class GatewayStreamTest : public ::testing::Test {
     }
   }
 
-  void StartGateway(bool transfer_streams) {
+  void StartGateway(bool transfer_streams,
+                    std::chrono::milliseconds attempt_timeout = std::chrono::seconds(5),
+                    std::vector<std::string> extra_endpoints = {}) {
     config::GatewayConfig config;
     config.address = "127.0.0.1:0";
     config::GatewayClusterConfig cluster;
     cluster.name = "workers";
     for (const auto& w : workers_) cluster.endpoints.push_back(w->address);
+    for (const auto& e : extra_endpoints) cluster.endpoints.push_back(e);
     config.clusters["workers"] = cluster;
     config::GatewayRouteConfig route;
     route.prefix = "/my_service.MyServiceAPI/MyService";
@@ -74,7 +81,7 @@ class GatewayStreamTest : public ::testing::Test {
     if (transfer_streams) route.transfer_streams = {kSubscribe};
     config.routes.push_back(route);
     config.max_attempts = 3;
-    config.attempt_timeout = std::chrono::seconds(5);
+    config.attempt_timeout = attempt_timeout;
     auto gateway = Gateway::Create(config, std::make_shared<core::MetricsRegistry>());
     ASSERT_TRUE(gateway.ok()) << gateway.status();
     gateway_ = std::move(*gateway);
@@ -86,7 +93,53 @@ class GatewayStreamTest : public ::testing::Test {
   void TearDown() override {
     if (gateway_) gateway_->Stop();
     for (auto& w : workers_) w->Stop();
+    for (int fd : hung_) ::close(fd);
   }
+
+  // A TCP listener that never accepts: connects complete in the kernel's
+  // backlog, nothing ever answers (a hung instance). Its address sorts before
+  // every worker's, so a new session's first pick (rotation over the sorted
+  // ids; static ids are the addresses) is the hung one.
+  std::string HungListenerFirst() {
+    std::string lowest;
+    for (const auto& w : workers_) {
+      if (lowest.empty() || w->address < lowest) lowest = w->address;
+    }
+    for (int tries = 0; tries < 200; ++tries) {
+      int fd = ::socket(AF_INET, SOCK_STREAM, 0);
+      sockaddr_in addr{};
+      addr.sin_family = AF_INET;
+      addr.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+      socklen_t len = sizeof(addr);
+      if (::bind(fd, reinterpret_cast<sockaddr*>(&addr), len) != 0 || ::listen(fd, 16) != 0 ||
+          ::getsockname(fd, reinterpret_cast<sockaddr*>(&addr), &len) != 0) {
+        ::close(fd);
+        continue;
+      }
+      hung_.push_back(fd);
+      std::string address = "127.0.0.1:" + std::to_string(ntohs(addr.sin_port));
+      if (address < lowest) return address;
+    }
+    ADD_FAILURE() << "no free port sorting before " << lowest;
+    return "";
+  }
+
+  absl::StatusOr<my_service::EchoResponse> Echo(const std::string& session) {
+    grpc::ClientContext context;
+    context.AddMetadata("session-id", session);
+    context.set_deadline(std::chrono::system_clock::now() + std::chrono::seconds(30));
+    my_service::EchoRequest request;
+    request.set_value("unary");
+    my_service::EchoResponse reply;
+    grpc::Status status = stub_->MyServiceEcho(&context, request, &reply);
+    if (!status.ok()) {
+      return absl::Status(static_cast<absl::StatusCode>(status.error_code()),
+                          status.error_message());
+    }
+    return reply;
+  }
+
+  std::vector<int> hung_;
 
   std::unique_ptr<grpc::ClientReader<my_service::EchoResponse>> Subscribe(
       grpc::ClientContext* context, const std::string& session) {
@@ -123,6 +176,47 @@ std::vector<my_service::EchoResponse> ReadUntilMoved(
     moved.push_back(reply);
   }
   return moved;
+}
+
+// The frame path (dataPath auto): a unary call whose instance hangs is
+// replayed elsewhere after attemptTimeout; one whose instance stopped (the
+// worker's "instance is shutting down", then a refused connect) is replayed
+// on the next instance at once — the relay keeps the request bytes until the
+// first response message.
+TEST_F(GatewayStreamTest, FramePathReplaysUnaryCallsAfterAHangAndAStop) {
+  StartWorkers(2);
+  const std::string hung = HungListenerFirst();
+  ASSERT_FALSE(hung.empty());
+  StartGateway(false, std::chrono::milliseconds(300), {hung});
+  ASSERT_TRUE(gateway_->Introspect()["frameRelay"].get<bool>());
+  const auto started = std::chrono::steady_clock::now();
+  auto first = Echo("s-hang");
+  ASSERT_TRUE(first.ok()) << first.status();
+  // The hung instance got the first attempt and cost one attempt timeout.
+  EXPECT_GE(std::chrono::steady_clock::now() - started, std::chrono::milliseconds(300));
+  EXPECT_EQ(first->client_session_id(), "s-hang");
+  const std::string pod = first->pod_name();
+  EXPECT_EQ(Bindings(), (std::map<std::string, std::string>{{"s-hang", by_pod_.at(pod)->address}}));
+  // Sticky from here on.
+  auto again = Echo("s-hang");
+  ASSERT_TRUE(again.ok()) << again.status();
+  EXPECT_EQ(again->pod_name(), pod);
+  EXPECT_EQ(again->server_session_id(), first->server_session_id());
+
+  by_pod_.at(pod)->Stop();
+  auto moved = Echo("s-hang");
+  ASSERT_TRUE(moved.ok()) << moved.status();
+  EXPECT_NE(moved->pod_name(), pod);
+  EXPECT_NE(moved->server_session_id(), first->server_session_id());
+  EXPECT_EQ(
+      Bindings(),
+      (std::map<std::string, std::string>{{"s-hang", by_pod_.at(moved->pod_name())->address}}));
+  // Nothing left that answers: the contract's answer, not a transport error.
+  by_pod_.at(moved->pod_name())->Stop();
+  auto none = Echo("s-hang");
+  ASSERT_FALSE(none.ok());
+  EXPECT_EQ(none.status().code(), absl::StatusCode::kUnavailable);
+  EXPECT_EQ(none.status().message(), "backend service unavailable");
 }
 
 TEST_F(GatewayStreamTest, LiveStreamContinuesOnAnotherInstanceThenEndsUnavailable) {

@@ -21,6 +21,7 @@
 #include <map>
 #include <mutex>
 #include <optional>
+#include <span>
 #include <thread>
 #include <unordered_map>
 #include <unordered_set>
@@ -224,6 +225,16 @@ struct Call {
   bool timer_armed = false;
   // Positions in the loop's, the inbound's and the upstream's call sets.
   size_t loop_slot = 0, in_slot = 0, up_slot = 0;
+  // Hooked routes (route_hook.h; "hooked calls" below).
+  std::unique_ptr<CallHook> hook;
+  std::string replay;           // request bytes kept for a replay
+  bool replay_dropped = false;  // over RouteHook::kMaxReplayBytes: no replay
+  bool attempt_live = false;    // an attempt is out and not yet reported
+  size_t received = 0;          // request bytes received from the client
+  size_t credited = 0;          // ... of which the inbound window got back
+  size_t attempt_sent = 0;      // request bytes sent upstream by this attempt
+  std::optional<TimePoint> attempt_deadline;
+  std::optional<absl::StatusCode> final_code;  // what RespondError answered
 
   // Back to a fresh call, keeping the capacity of strings and lists.
   void Reset() {
@@ -261,6 +272,13 @@ struct Call {
     lease_held = false;
     lease = {};
     timer_armed = false;
+    hook.reset();
+    replay.clear();
+    replay_dropped = false;
+    attempt_live = false;
+    received = credited = attempt_sent = 0;
+    attempt_deadline.reset();
+    final_code.reset();
   }
   static void ResetBuffer(Buffer& b) {
     if (b.bytes.capacity() > 64 * 1024) {
@@ -445,6 +463,10 @@ class Loop final : public Handler {
     call->timer = timers_.emplace(*call->deadline, call);
     call->timer_armed = true;
   }
+  void ArmTimerAt(Call* call, TimePoint when) {
+    call->timer = timers_.emplace(when, call);
+    call->timer_armed = true;
+  }
   void DisarmTimer(Call* call) {
     if (call->timer_armed) timers_.erase(call->timer);
     call->timer_armed = false;
@@ -521,6 +543,17 @@ void MaybeDelete(Call* call);
 void RespondError(Call* call, absl::StatusCode code, std::string_view message,
                   std::string_view error_code = {});
 void ReleaseLease(Call* call, absl::StatusCode outcome);
+// Hooked calls (route_hook.h), defined after the callbacks.
+void StartHooked(Call* call);
+bool HookedTimer(Call* call);
+void KeepForReplay(Call* call, const uint8_t* data, size_t len);
+void CreditHooked(Call* call, size_t length);
+void ReturnHookedWindow(nghttp2_session* session, Call* call);
+int HookedUpstreamHeaders(Call* call, bool end);
+void CommitHooked(Call* call);
+void ReportHookedClose(Call* call, uint32_t error_code);
+bool RetryHooked(Call* call, bool timed_out, std::string_view reason);
+void FinishHooked(Call* call);
 
 class InboundConnection final : public Connection {
  public:
@@ -743,6 +776,7 @@ void SubmitResponse(Call* call, bool end_stream) {
 void RespondError(Call* call, absl::StatusCode code, std::string_view message,
                   std::string_view error_code) {
   if (!call->in_open || call->response_final) return;
+  call->final_code = code;
   if (!call->response_started) {
     call->http_status = 200;
     call->response_headers.Clear();
@@ -765,6 +799,7 @@ void MaybeDelete(Call* call) {
   if (call->admitted && loop->shared()->options.dispatcher) {
     loop->shared()->options.dispatcher->EndCall();
   }
+  if (call->hook) FinishHooked(call);
   loop->shared()->active_calls.fetch_sub(1, std::memory_order_relaxed);
   loop->FreeCall(call);
 }
@@ -939,6 +974,10 @@ void StartCall(Call* call) {
   }
   const TimePoint now = shared->clock->Now();
   call->deadline = call->meta.EffectiveDeadline(now);
+  if (route->hook) {
+    StartHooked(call);
+    return;
+  }
   if (!call->deadline) {
     OnLease(call, route->pool->Acquire(call->meta, std::nullopt));
     return;
@@ -966,6 +1005,7 @@ void StartCall(Call* call) {
 
 void OnDeadline(Call* call) {
   call->timer_armed = false;
+  if (call->hook && HookedTimer(call)) return;
   if (call->response_final) return;
   ReleaseLease(call, absl::StatusCode::kDeadlineExceeded);
   if (call->up_open) {
@@ -1066,6 +1106,7 @@ int InDataChunk(nghttp2_session* session, uint8_t, int32_t stream_id, const uint
     return 0;
   }
   call->request.Append(data, len);
+  if (call->hook) KeepForReplay(call, data, len);
   ResumeUpstream(call);
   return 0;
 }
@@ -1076,7 +1117,9 @@ int InStreamClose(nghttp2_session* session, int32_t stream_id, uint32_t error_co
   nghttp2_session_set_stream_user_data(session, stream_id, nullptr);
   // As in UpstreamClosed: request bytes not yet forwarded return their
   // connection window now.
-  if (call->request.size() > 0) {
+  if (call->hook) {
+    ReturnHookedWindow(session, call);
+  } else if (call->request.size() > 0) {
     nghttp2_session_consume_connection(session, call->request.size());
     call->in->MarkDirty();
   }
@@ -1172,6 +1215,7 @@ int UpFrameRecv(nghttp2_session* session, const nghttp2_frame* frame, void* user
       static_cast<Call*>(nghttp2_session_get_stream_user_data(session, frame->hd.stream_id));
   if (call == nullptr) return 0;
   const bool end = (frame->hd.flags & NGHTTP2_FLAG_END_STREAM) != 0;
+  if (frame->hd.type == NGHTTP2_HEADERS && call->hook) return HookedUpstreamHeaders(call, end);
   if (frame->hd.type == NGHTTP2_HEADERS) {
     if (call->http_status == 0 || call->http_status < 200) return 0;  // 1xx
     if (!call->response_started) {
@@ -1209,6 +1253,7 @@ int UpDataChunk(nghttp2_session* session, uint8_t, int32_t stream_id, const uint
     Consume(session, stream_id, len);
     return 0;
   }
+  if (call->hook && !call->response_started) CommitHooked(call);
   call->response.Append(data, len);
   ResumeInbound(call);
   return 0;
@@ -1217,6 +1262,7 @@ int UpDataChunk(nghttp2_session* session, uint8_t, int32_t stream_id, const uint
 int UpStreamClose(nghttp2_session* session, int32_t stream_id, uint32_t error_code, void*) {
   auto* call = static_cast<Call*>(nghttp2_session_get_stream_user_data(session, stream_id));
   if (call == nullptr) return 0;
+  if (call->hook) ReportHookedClose(call, error_code);
   const bool clean = error_code == NGHTTP2_NO_ERROR && call->upstream_status.has_value();
   if (clean) {
     UpstreamClosed(call, *call->upstream_status);
@@ -1228,6 +1274,10 @@ int UpStreamClose(nghttp2_session* session, int32_t stream_id, uint32_t error_co
   } else {
     const auto code = FromResetCode(error_code);
     UpstreamClosed(call, code);
+    if (call->hook && RetryHooked(call, false, "upstream reset the stream")) {
+      MaybeDelete(call);
+      return 0;
+    }
     if (call->in_open && !call->response_final) {
       if (!call->response_started) {
         RespondError(
@@ -1261,11 +1311,252 @@ int UpSendData(nghttp2_session*, nghttp2_frame* frame, const uint8_t* framehd, s
     conn->AppendOut(reinterpret_cast<const uint8_t*>(zeros.data()), zeros.size());
   }
   call->request.Consume(length);
-  if (call->in_open) {
+  if (call->hook) {
+    CreditHooked(call, length);
+  } else if (call->in_open) {
     Consume(call->in->session(), call->in_sid, length);
     call->in->MarkDirty();
   }
   return 0;
+}
+
+// ------------------------------------------------------------ hooked calls
+//
+// A FrameRoute with a RouteHook (route_hook.h): the hook decides the call on
+// its HEADERS and names the upstream of every attempt; until the first
+// response DATA frame reached the client the relay keeps the request bytes
+// and replays them on the hook's next upstream after a transport failure.
+
+bool Replayable(const Call* call) {
+  return call->in_open && !call->response_started && !call->response_final && !call->replay_dropped;
+}
+
+// A server going away answers UNAVAILABLE (or CANCELLED when grpc++ cancels
+// what it still holds at shutdown): the instance failed, not the call.
+bool TransportStatus(const Call* call) {
+  return call->upstream_status == absl::StatusCode::kUnavailable ||
+         call->upstream_status == absl::StatusCode::kCancelled;
+}
+
+// One timer per call: the earlier of the call's deadline and the attempt's.
+void ArmHookedTimer(Call* call) {
+  call->loop->DisarmTimer(call);
+  std::optional<TimePoint> when = call->deadline;
+  if (call->attempt_deadline && (!when || *call->attempt_deadline < *when)) {
+    when = call->attempt_deadline;
+  }
+  if (when) call->loop->ArmTimerAt(call, *when);
+}
+
+// Leaves the current upstream stream (reset) without ending the call.
+void AbandonUpstream(Call* call, absl::StatusCode code) {
+  if (!call->up_open) return;
+  UpstreamConnection* up = call->up;
+  nghttp2_session_set_stream_user_data(up->session(), call->up_sid, nullptr);
+  nghttp2_submit_rst_stream(up->session(), NGHTTP2_FLAG_NONE, call->up_sid, NGHTTP2_CANCEL);
+  up->MarkDirty();
+  UpstreamClosed(call, code);
+}
+
+void HookedAttempt(Call* call) {
+  RelayShared* shared = call->loop->shared();
+  for (;;) {
+    absl::StatusOr<HookTarget> target = call->hook->Next();
+    if (!target.ok()) {
+      call->attempt_deadline.reset();
+      ArmHookedTimer(call);
+      RespondError(call, target.status().code(), std::string(target.status().message()));
+      return;
+    }
+    UpstreamConnection* up =
+        call->loop->Upstream(call->route->hook.get(), target->key, target->address);
+    if (up == nullptr) {
+      call->hook->AttemptFailed(false, "cannot connect to " + target->address);
+      continue;  // Next() is bounded by the hook's attempts
+    }
+    call->attempt_live = true;
+    // Every attempt sends the request from its first byte.
+    if (!call->replay_dropped) {
+      call->request.bytes.assign(call->replay);
+      call->request.offset = 0;
+    }
+    call->attempt_sent = 0;
+    call->attempt_deadline = std::chrono::time_point_cast<core::Duration>(
+        shared->clock->Now() + call->route->hook->attempt_timeout());
+    ArmHookedTimer(call);
+    SubmitUpstream(call, up);
+    return;
+  }
+}
+
+void StartHooked(Call* call) {
+  RelayShared* shared = call->loop->shared();
+  auto decided = call->route->hook->OnHeaders(
+      call->path,
+      std::span<const RelayHeader>(call->request_headers.begin(), call->request_headers.count));
+  if (!decided.ok()) {
+    RespondError(call, decided.status().code(), std::string(decided.status().message()));
+    return;
+  }
+  if (*decided == nullptr) {
+    // Pumped unchanged to the fallback, which enforces the deadline itself.
+    call->deadline = call->grpc_deadline;
+    UpstreamConnection* up = shared->options.fallback.empty()
+                                 ? nullptr
+                                 : call->loop->Upstream(nullptr, 0, shared->options.fallback);
+    if (up == nullptr) {
+      RespondError(call, absl::StatusCode::kUnavailable, "local inbound unreachable");
+      return;
+    }
+    SubmitUpstream(call, up);
+    return;
+  }
+  call->hook = std::move(*decided);
+  HookedAttempt(call);
+}
+
+// The current attempt failed at the transport level: reports it (once) and,
+// while the call is replayable, starts the next attempt. False when the
+// caller must end the call itself.
+bool RetryHooked(Call* call, bool timed_out, std::string_view reason) {
+  if (call->attempt_live) {
+    call->attempt_live = false;
+    if (call->in_open && !call->response_final) call->hook->AttemptFailed(timed_out, reason);
+  }
+  if (!Replayable(call)) return false;
+  call->http_status = 0;
+  call->upstream_status.reset();
+  call->response_headers.Clear();
+  call->trailers.Clear();
+  Call::ResetBuffer(call->response);
+  HookedAttempt(call);
+  return true;
+}
+
+bool HookedTimer(Call* call) {
+  const TimePoint now = call->loop->shared()->clock->Now();
+  if (!call->attempt_deadline) {
+    // The attempt's timer outlived its attempt (committed or answered: the
+    // timer is left in place rather than re-armed per call): the call's own
+    // deadline, if any, is what is left to enforce.
+    if (!call->deadline) return true;
+    if (now < *call->deadline) {
+      call->loop->ArmTimerAt(call, *call->deadline);
+      return true;
+    }
+    return false;
+  }
+  if (now < *call->attempt_deadline) return false;
+  if (call->deadline && *call->deadline <= now) return false;  // the call's own deadline
+  call->attempt_deadline.reset();
+  AbandonUpstream(call, absl::StatusCode::kUnavailable);
+  if (!RetryHooked(call, true, "no response within the attempt timeout")) {
+    ArmHookedTimer(call);
+    RespondError(call, absl::StatusCode::kUnavailable, "no response within the attempt timeout");
+  }
+  return true;
+}
+
+void KeepForReplay(Call* call, const uint8_t* data, size_t len) {
+  call->received += len;
+  if (call->replay_dropped) return;
+  if (call->replay.size() + len > RouteHook::kMaxReplayBytes) {
+    call->replay_dropped = true;  // forwarded, but not replayed
+    std::string().swap(call->replay);
+    return;
+  }
+  call->replay.append(reinterpret_cast<const char*>(data), len);
+}
+
+// The inbound window reopens for bytes the first time any attempt hands them
+// to an upstream socket; a replay sends bytes whose window is already back.
+void CreditHooked(Call* call, size_t length) {
+  call->attempt_sent += length;
+  if (call->attempt_sent <= call->credited) return;
+  const size_t n = call->attempt_sent - call->credited;
+  call->credited = call->attempt_sent;
+  if (call->in_open) {
+    Consume(call->in->session(), call->in_sid, n);
+    call->in->MarkDirty();
+  }
+}
+
+void ReturnHookedWindow(nghttp2_session* session, Call* call) {
+  if (call->received > call->credited) {
+    nghttp2_session_consume_connection(session, call->received - call->credited);
+    call->credited = call->received;
+    call->in->MarkDirty();
+  }
+}
+
+// Upstream HEADERS of a hooked call: initial metadata is held until the
+// first DATA (CommitHooked); a trailers-only UNAVAILABLE/CANCELLED is a
+// transport failure and is replayed elsewhere.
+int HookedUpstreamHeaders(Call* call, bool end) {
+  if (call->http_status == 0 || call->http_status < 200) return 0;  // 1xx
+  // Answered already (deadline).
+  if (call->response_final) return 0;
+  if (call->response_started) {
+    if (end) {  // trailers
+      call->response_final = true;
+      ResumeInbound(call);
+    }
+    return 0;
+  }
+  if (!end) return 0;
+  if (TransportStatus(call) && Replayable(call)) {
+    const auto code = *call->upstream_status;
+    AbandonUpstream(call, code);
+    RetryHooked(call, false, "upstream answered UNAVAILABLE or CANCELLED");
+    return 0;
+  }
+  call->attempt_deadline.reset();  // the timer stays armed; HookedTimer sorts it out
+  if (!call->upstream_status && call->http_status != 200) {
+    // A non-gRPC error reply: give the client a gRPC status.
+    auto code = core::GrpcStatusFromHttp(call->http_status);
+    call->upstream_status = code;
+    call->http_status = 200;
+    call->response_headers.Add("content-type", "application/grpc");
+    AddErrorTrailers(call->response_headers, code, "upstream answered HTTP status", "");
+  }
+  SubmitResponse(call, true);
+  return 0;
+}
+
+// The first response message: the call is committed to this attempt.
+void CommitHooked(Call* call) {
+  call->attempt_deadline.reset();  // the timer stays armed; HookedTimer sorts it out
+  call->replay_dropped = true;
+  std::string().swap(call->replay);
+  SubmitResponse(call, false);
+}
+
+// The upstream stream closed: the attempt answered (any application status)
+// or failed (reset, UNAVAILABLE/CANCELLED). Nothing is reported for a client
+// that went away or a call the relay already answered (deadline).
+void ReportHookedClose(Call* call, uint32_t error_code) {
+  if (!call->attempt_live) return;
+  call->attempt_live = false;
+  if (!call->in_open) return;
+  if (error_code != NGHTTP2_NO_ERROR) {
+    if (!call->response_final) call->hook->AttemptFailed(false, nghttp2_http2_strerror(error_code));
+    return;
+  }
+  if (TransportStatus(call)) {
+    call->hook->AttemptFailed(false, "upstream answered UNAVAILABLE or CANCELLED");
+  } else {
+    call->hook->AttemptAnswered();
+  }
+}
+
+void FinishHooked(Call* call) {
+  absl::StatusCode code = absl::StatusCode::kCancelled;
+  if (call->final_code) {
+    code = *call->final_code;
+  } else if (call->response_final && call->upstream_status) {
+    code = *call->upstream_status;
+  }
+  call->hook->Finished(code);
 }
 
 // ------------------------------------------------------------ connections
@@ -1312,6 +1603,10 @@ void UpstreamConnection::FailCalls(std::string_view reason) {
   for (Call* call : calls.Take()) {
     call->up = nullptr;
     UpstreamClosed(call, absl::StatusCode::kUnavailable);
+    if (call->hook && RetryHooked(call, false, reason)) {
+      MaybeDelete(call);
+      continue;
+    }
     RespondError(call, absl::StatusCode::kUnavailable,
                  "upstream connection failed: " + std::string(reason));
     MaybeDelete(call);

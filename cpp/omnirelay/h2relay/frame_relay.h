@@ -60,6 +60,7 @@
 #include "omnirelay/core/clock.h"
 #include "omnirelay/core/status.h"
 #include "omnirelay/dispatcher/dispatcher.h"
+#include "omnirelay/h2relay/route_hook.h"
 #include "omnirelay/transport/peer_pool.h"
 
 namespace omnirelay::h2relay {
@@ -72,6 +73,10 @@ struct FrameRoute {
   // Outbound overrides of the remote path, as GrpcOutbound applies them.
   std::string service;
   std::string procedure;
+  // When set, the route's calls are decided by the hook on their HEADERS
+  // (route_hook.h: admission, the upstream per attempt, replay on transport
+  // failure) instead of leasing from `pool` (which may then be null).
+  std::shared_ptr<RouteHook> hook;
 };
 
 struct FrameRelayOptions {

@@ -342,7 +342,8 @@ absl::Status Node::Build() {
                                                 .outbound = r.outbound,
                                                 .pool = pools_.at(r.outbound),
                                                 .service = o.service,
-                                                .procedure = o.procedure});
+                                                .procedure = o.procedure,
+                                                .hook = nullptr});
   }
   if (config_.echo.enabled) {
     auto stats = dispatcher::RegisterEchoProcedures(

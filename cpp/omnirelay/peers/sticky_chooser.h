@@ -1,7 +1,12 @@
 #pragma once
-// Instance selection of one gateway cluster: the membership (static endpoints
-// or the registry's latest list), round-robin picks, and the sticky session
-// table with OCCUPANCY — an instance holds at most one session.
+// The peer kit's sticky-with-occupancy chooser (issue 15): the instance
+// selection of a session gateway cluster — the membership (static endpoints
+// or a registry's latest list), round-robin picks, and the sticky session
+// table with OCCUPANCY — an instance holds at most one session. It moved here
+// from the gateway (its former `Balancer`) so the mesh has one place where
+// instances are chosen; the gateway's grpc++ path and its frame-relay path
+// (h2relay RouteHook) both pick through it. The answers the client sees for
+// each outcome are the gateway contract's and live here too (StickyStatus).
 //
 // Sticky rules (issue 6, docs/session-gateway.md "Gateway mode"):
 //   - a bound session always gets its instance while that instance is a member;
@@ -32,50 +37,70 @@
 #include <string>
 #include <vector>
 
-namespace omnirelay::gateway {
+#include "omnirelay/core/status.h"
 
-struct Member {
+namespace omnirelay::peers {
+
+struct StickyMember {
   std::string id;       // instance id (the worker's pod_name; the address for static endpoints)
   std::string address;  // host:port
-  bool operator==(const Member&) const = default;
+  // Process-unique number of this incarnation (id at this address), given by
+  // SetMembers: a key for per-instance connections that never names a
+  // different process (ids and addresses are reused across restarts).
+  uint64_t serial = 0;
+  bool operator==(const StickyMember&) const = default;
 };
 
-enum class PickOutcome { kInstance, kBusy, kNoInstances, kUnavailable };
+enum class StickyOutcome { kInstance, kBusy, kNoInstances, kUnavailable };
 
-struct Pick {
-  PickOutcome outcome = PickOutcome::kNoInstances;
-  Member member;
+struct StickyPick {
+  StickyOutcome outcome = StickyOutcome::kNoInstances;
+  StickyMember member;
   bool new_binding = false;  // the session was bound by this pick
   bool transferred = false;  // ... and had lost an earlier instance (session transfer)
 };
 
+// The contract's answers (docs/session-gateway.md, "Sticky with occupancy").
+inline constexpr char kAllInstancesBusy[] = "all instances are busy";
+inline constexpr char kNoAvailableInstances[] = "no available instances";
+inline constexpr char kBackendUnavailable[] = "backend service unavailable";
+
+// The status a caller answers when `pick` is not kInstance:
+// kBusy -> RESOURCE_EXHAUSTED "all instances are busy"; kNoInstances ->
+// RESOURCE_EXHAUSTED "no available instances", or UNAVAILABLE "backend
+// service unavailable" when this call already saw an instance fail
+// (`failed_any`); kUnavailable -> UNAVAILABLE "backend service unavailable".
+// OK for kInstance.
+absl::Status StickyStatus(const StickyPick& pick, bool failed_any);
+
 // What SetMembers changed, for logs, metrics and channel clean-up.
-struct MembershipChange {
-  std::vector<Member> added;
-  std::vector<Member> removed;       // left, or re-registered at another address
-  std::vector<std::string> unbound;  // sessions whose instance was removed
+struct StickyMembershipChange {
+  std::vector<StickyMember> added;
+  std::vector<StickyMember> removed;  // left, or re-registered at another address
+  std::vector<std::string> unbound;   // sessions whose instance was removed
 };
 
-class Balancer {
+class StickyChooser {
  public:
   // Sessions remembered after losing their instance (rotation start and the
   // kUnavailable answer); the oldest are forgotten first.
   static constexpr size_t kLostMemory = 4096;
 
-  // Replaces the membership (any order; kept sorted by id).
-  MembershipChange SetMembers(std::vector<Member> members);
+  // Replaces the membership (any order; kept sorted by id). Members that are
+  // new (or at a new address) get a fresh `serial`; kept ones keep theirs.
+  StickyMembershipChange SetMembers(std::vector<StickyMember> members);
 
   // Sticky pick for `session`, never returning an id in `exclude`.
-  Pick PickSticky(const std::string& session, const std::set<std::string>& exclude);
+  StickyPick PickSticky(const std::string& session, const std::set<std::string>& exclude);
   // Round-robin over members not in `exclude` (occupancy is ignored); when
   // every member is excluded, the next one anyway (stateless retry).
-  Pick PickRoundRobin(const std::set<std::string>& exclude);
+  StickyPick PickRoundRobin(const std::set<std::string>& exclude);
 
   // The instance `id` failed at the transport level: drops its binding.
   // Returns the session that was bound to it ("" if none).
   std::string ReportFailure(const std::string& id);
 
-  std::vector<Member> members() const;
+  std::vector<StickyMember> members() const;
   std::map<std::string, std::string> bindings() const;  // session -> instance id
   size_t binding_count() const;
 
@@ -84,7 +109,7 @@ class Balancer {
   void RememberLostLocked(const std::string& session, const std::string& id);
 
   mutable std::mutex mu_;
-  std::vector<Member> members_;  // sorted by id
+  std::vector<StickyMember> members_;  // sorted by id
   std::map<std::string, std::string> session_to_id_;
   std::map<std::string, std::string> id_to_session_;
   std::map<std::string, std::string> lost_;  // session -> id it lost
@@ -93,4 +118,4 @@ class Balancer {
   uint64_t round_robin_ = 0;
 };
 
-}  // namespace omnirelay::gateway
+}  // namespace omnirelay::peers

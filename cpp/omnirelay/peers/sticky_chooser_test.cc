@@ -1,11 +1,11 @@
-#include "omnirelay/gateway/balancer.h"
+#include "omnirelay/peers/sticky_chooser.h"
 
 #include <gtest/gtest.h>
 
-namespace omnirelay::gateway {
+namespace omnirelay::peers {
 namespace {
 
-std::vector<Member> Three() {
+std::vector<StickyMember> Three() {
   return {{"worker-1", "127.0.0.1:1001"},
           {"worker-2", "127.0.0.1:1002"},
           {"worker-3", "127.0.0.1:1003"}};
@@ -18,13 +18,13 @@ std::string Name(const char* prefix, unsigned n) {
   return out;
 }
 
-std::string Id(const Pick& pick) {
-  EXPECT_EQ(pick.outcome, PickOutcome::kInstance);
+std::string Id(const StickyPick& pick) {
+  EXPECT_EQ(pick.outcome, StickyOutcome::kInstance);
   return pick.member.id;
 }
 
-TEST(BalancerTest, NewSessionsTakeFreeInstancesInRotationOrder) {
-  Balancer b;
+TEST(StickyChooserTest, NewSessionsTakeFreeInstancesInRotationOrder) {
+  StickyChooser b;
   b.SetMembers(Three());
   EXPECT_EQ(Id(b.PickSticky("a", {})), "worker-1");
   EXPECT_EQ(Id(b.PickSticky("b", {})), "worker-2");
@@ -32,44 +32,44 @@ TEST(BalancerTest, NewSessionsTakeFreeInstancesInRotationOrder) {
   EXPECT_EQ(b.binding_count(), 3u);
 }
 
-TEST(BalancerTest, BoundSessionAlwaysReachesItsInstance) {
-  Balancer b;
+TEST(StickyChooserTest, BoundSessionAlwaysReachesItsInstance) {
+  StickyChooser b;
   b.SetMembers(Three());
   EXPECT_EQ(Id(b.PickSticky("a", {})), "worker-1");
   EXPECT_EQ(Id(b.PickSticky("b", {})), "worker-2");
   for (int i = 0; i < 10; ++i) {
-    Pick again = b.PickSticky("a", {});
+    StickyPick again = b.PickSticky("a", {});
     EXPECT_EQ(Id(again), "worker-1");
     EXPECT_FALSE(again.new_binding);
     EXPECT_EQ(Id(b.PickSticky("b", {})), "worker-2");
   }
 }
 
-TEST(BalancerTest, FourthSessionIsBusyAndNeverSharesAnInstance) {
-  Balancer b;
+TEST(StickyChooserTest, FourthSessionIsBusyAndNeverSharesAnInstance) {
+  StickyChooser b;
   b.SetMembers(Three());
   b.PickSticky("a", {});
   b.PickSticky("b", {});
   b.PickSticky("c", {});
-  EXPECT_EQ(b.PickSticky("d", {}).outcome, PickOutcome::kBusy);
+  EXPECT_EQ(b.PickSticky("d", {}).outcome, StickyOutcome::kBusy);
   EXPECT_EQ(b.bindings().count("d"), 0u);
   // The first three keep their instances.
   EXPECT_EQ(Id(b.PickSticky("a", {})), "worker-1");
 }
 
-TEST(BalancerTest, NoMembersMeansNoAvailableInstances) {
-  Balancer b;
-  EXPECT_EQ(b.PickSticky("a", {}).outcome, PickOutcome::kNoInstances);
-  EXPECT_EQ(b.PickRoundRobin({}).outcome, PickOutcome::kNoInstances);
+TEST(StickyChooserTest, NoMembersMeansNoAvailableInstances) {
+  StickyChooser b;
+  EXPECT_EQ(b.PickSticky("a", {}).outcome, StickyOutcome::kNoInstances);
+  EXPECT_EQ(b.PickRoundRobin({}).outcome, StickyOutcome::kNoInstances);
 }
 
-TEST(BalancerTest, TransportFailureTransfersSessionToNextInstance) {
-  Balancer b;
+TEST(StickyChooserTest, TransportFailureTransfersSessionToNextInstance) {
+  StickyChooser b;
   b.SetMembers(Three());
   EXPECT_EQ(Id(b.PickSticky("s", {})), "worker-1");
   EXPECT_EQ(b.ReportFailure("worker-1"), "s");
   EXPECT_EQ(b.binding_count(), 0u);
-  Pick second = b.PickSticky("s", {"worker-1"});
+  StickyPick second = b.PickSticky("s", {"worker-1"});
   EXPECT_EQ(Id(second), "worker-2");
   EXPECT_TRUE(second.new_binding);
   EXPECT_TRUE(second.transferred);
@@ -79,8 +79,8 @@ TEST(BalancerTest, TransportFailureTransfersSessionToNextInstance) {
   EXPECT_EQ(Id(b.PickSticky("s", {})), "worker-1");  // wraps around
 }
 
-TEST(BalancerTest, LeavingTheRegistryDropsBindingAndNextPickRotates) {
-  Balancer b;
+TEST(StickyChooserTest, LeavingTheRegistryDropsBindingAndNextPickRotates) {
+  StickyChooser b;
   b.SetMembers(Three());
   EXPECT_EQ(Id(b.PickSticky("s", {})), "worker-1");
   // worker-1 answered Shutdown: it unregisters, then comes back (same id and port).
@@ -89,13 +89,13 @@ TEST(BalancerTest, LeavingTheRegistryDropsBindingAndNextPickRotates) {
   EXPECT_EQ(change.removed[0].id, "worker-1");
   EXPECT_EQ(change.unbound, std::vector<std::string>{"s"});
   b.SetMembers(Three());
-  Pick next = b.PickSticky("s", {});
+  StickyPick next = b.PickSticky("s", {});
   EXPECT_EQ(Id(next), "worker-2");
   EXPECT_TRUE(next.transferred);
 }
 
-TEST(BalancerTest, SameIdAtAnotherAddressIsAnotherProcess) {
-  Balancer b;
+TEST(StickyChooserTest, SameIdAtAnotherAddressIsAnotherProcess) {
+  StickyChooser b;
   b.SetMembers(Three());
   EXPECT_EQ(Id(b.PickSticky("s", {})), "worker-1");
   auto moved = Three();
@@ -106,48 +106,48 @@ TEST(BalancerTest, SameIdAtAnotherAddressIsAnotherProcess) {
   EXPECT_EQ(change.added[0].address, "127.0.0.1:2001");
 }
 
-TEST(BalancerTest, FailureOfUnboundInstanceEvictsNobody) {
-  Balancer b;
+TEST(StickyChooserTest, FailureOfUnboundInstanceEvictsNobody) {
+  StickyChooser b;
   b.SetMembers(Three());
   b.PickSticky("a", {});
   EXPECT_EQ(b.ReportFailure("worker-3"), "");
   EXPECT_EQ(Id(b.PickSticky("a", {})), "worker-1");
 }
 
-TEST(BalancerTest, EveryInstanceFailedInThisCallIsUnavailableNotBusy) {
-  Balancer b;
+TEST(StickyChooserTest, EveryInstanceFailedInThisCallIsUnavailableNotBusy) {
+  StickyChooser b;
   b.SetMembers(Three());
   b.PickSticky("a", {});
   b.PickSticky("b", {});
   b.PickSticky("c", {});
   // a's worker-1 fails; the others are bound: nothing left for a.
   b.ReportFailure("worker-1");
-  EXPECT_EQ(b.PickSticky("a", {"worker-1"}).outcome, PickOutcome::kUnavailable);
+  EXPECT_EQ(b.PickSticky("a", {"worker-1"}).outcome, StickyOutcome::kUnavailable);
   // A new session that tried nothing sees the free (unexcluded) worker-1.
   EXPECT_EQ(Id(b.PickSticky("d", {})), "worker-1");
 }
 
-TEST(BalancerTest, SessionThatLostItsInstanceWithNothingLeftIsUnavailable) {
-  Balancer b;
+TEST(StickyChooserTest, SessionThatLostItsInstanceWithNothingLeftIsUnavailable) {
+  StickyChooser b;
   b.SetMembers(Three());
   b.PickSticky("s", {});
   b.SetMembers({});  // every worker stopped and unregistered
-  EXPECT_EQ(b.PickSticky("s", {}).outcome, PickOutcome::kUnavailable);
-  EXPECT_EQ(b.PickSticky("new", {}).outcome, PickOutcome::kNoInstances);
+  EXPECT_EQ(b.PickSticky("s", {}).outcome, StickyOutcome::kUnavailable);
+  EXPECT_EQ(b.PickSticky("new", {}).outcome, StickyOutcome::kNoInstances);
   b.SetMembers(Three());  // started again: service resumes
-  EXPECT_EQ(b.PickSticky("s", {}).outcome, PickOutcome::kInstance);
+  EXPECT_EQ(b.PickSticky("s", {}).outcome, StickyOutcome::kInstance);
 }
 
-TEST(BalancerTest, BoundInstanceExcludedByCallerIsRebound) {
-  Balancer b;
+TEST(StickyChooserTest, BoundInstanceExcludedByCallerIsRebound) {
+  StickyChooser b;
   b.SetMembers(Three());
   EXPECT_EQ(Id(b.PickSticky("s", {})), "worker-1");
   EXPECT_EQ(Id(b.PickSticky("s", {"worker-1"})), "worker-2");
   EXPECT_EQ(b.bindings().at("s"), "worker-2");
 }
 
-TEST(BalancerTest, RoundRobinCyclesAndSkipsExcluded) {
-  Balancer b;
+TEST(StickyChooserTest, RoundRobinCyclesAndSkipsExcluded) {
+  StickyChooser b;
   b.SetMembers(Three());
   EXPECT_EQ(Id(b.PickRoundRobin({})), "worker-1");
   EXPECT_EQ(Id(b.PickRoundRobin({})), "worker-2");
@@ -156,13 +156,13 @@ TEST(BalancerTest, RoundRobinCyclesAndSkipsExcluded) {
   EXPECT_EQ(Id(b.PickRoundRobin({"worker-2"})), "worker-3");
   // All failed in this call: stateless, so one is tried again (bounded by maxAttempts).
   EXPECT_EQ(b.PickRoundRobin({"worker-1", "worker-2", "worker-3"}).outcome,
-            PickOutcome::kInstance);
+            StickyOutcome::kInstance);
   EXPECT_EQ(b.binding_count(), 0u);  // round-robin never binds
 }
 
-TEST(BalancerTest, OccupancyInvariantUnderRandomChurn) {
-  Balancer b;
-  std::vector<Member> all;
+TEST(StickyChooserTest, OccupancyInvariantUnderRandomChurn) {
+  StickyChooser b;
+  std::vector<StickyMember> all;
   for (unsigned i = 0; i < 5; ++i) all.push_back({Name("w", i), Name("a", i)});
   b.SetMembers(all);
   uint32_t x = 12345;
@@ -175,7 +175,7 @@ TEST(BalancerTest, OccupancyInvariantUnderRandomChurn) {
     } else if (op < 8) {
       b.ReportFailure(Name("w", next() % 5));
     } else {
-      std::vector<Member> some;
+      std::vector<StickyMember> some;
       for (const auto& m : all) {
         if (next() % 4 != 0) some.push_back(m);
       }
@@ -192,5 +192,38 @@ TEST(BalancerTest, OccupancyInvariantUnderRandomChurn) {
   }
 }
 
+TEST(StickyChooserTest, SerialNamesOneIncarnation) {
+  StickyChooser b;
+  b.SetMembers(Three());
+  const auto first = b.members();
+  ASSERT_EQ(first.size(), 3u);
+  EXPECT_NE(first[0].serial, 0u);
+  EXPECT_NE(first[0].serial, first[1].serial);
+  // Kept members keep their serial; a restart at another address gets a new one.
+  auto moved = Three();
+  moved[1].address = "127.0.0.1:2002";
+  b.SetMembers(moved);
+  const auto second = b.members();
+  EXPECT_EQ(second[0].serial, first[0].serial);
+  EXPECT_NE(second[1].serial, first[1].serial);
+  // Leaving and coming back at the same address is another process too.
+  b.SetMembers({Three()[0]});
+  b.SetMembers(Three());
+  EXPECT_NE(b.members()[2].serial, first[2].serial);
+}
+
+TEST(StickyChooserTest, StatusesAreTheGatewayContract) {
+  StickyChooser b;
+  auto none = b.PickSticky("a", {});
+  EXPECT_EQ(StickyStatus(none, false), absl::ResourceExhaustedError("no available instances"));
+  EXPECT_EQ(StickyStatus(none, true), absl::UnavailableError("backend service unavailable"));
+  b.SetMembers({Three()[0]});
+  EXPECT_TRUE(StickyStatus(b.PickSticky("a", {}), false).ok());
+  EXPECT_EQ(StickyStatus(b.PickSticky("b", {}), false),
+            absl::ResourceExhaustedError("all instances are busy"));
+  EXPECT_EQ(StickyStatus(b.PickSticky("b", {"worker-1"}), true),
+            absl::UnavailableError("backend service unavailable"));
+}
+
 }  // namespace
-}  // namespace omnirelay::gateway
+}  // namespace omnirelay::peers
