@@ -1297,7 +1297,8 @@ absl::Status Node::BuildShards() {
     // streaming procedure localService registers on this node (a route's
     // kind tells the inbound how to pump the call, so each needs its own).
     std::map<std::string, dispatcher::ProcedureKind> streams;
-    for (const auto& procedure : dispatcher_->Introspect()["procedures"]) {
+    const nlohmann::json introspection = dispatcher_->Introspect();  // outlives the loop
+    for (const auto& procedure : introspection["procedures"]) {
       auto kind = dispatcher::ParseProcedureKind(procedure.value("kind", ""));
       if (procedure.value("service", "") == ns.local_service && kind &&
           *kind != dispatcher::ProcedureKind::kUnary &&
