@@ -393,10 +393,11 @@ struct BackpressureConfig {
   double shard_low_ratio = 0.8;
   core::Duration shard_min_hold = std::chrono::seconds(2);
   core::Duration sample_interval = std::chrono::milliseconds(500);
-  // What a shard under backpressure does on its owner: "shard" admits its
-  // calls up to the budget per second and refuses the rest RESOURCE_EXHAUSTED
-  // with retry-after; "none" only signals.
-  std::string shard_throttle = "shard";
+  // What a shard under backpressure does on the node serving it: "shard"
+  // admits its calls up to the budget per second and refuses the rest
+  // RESOURCE_EXHAUSTED with retry-after; "none" (default) only signals, so a
+  // hot shard is moved by its leader without failing a call.
+  std::string shard_throttle = "none";
 };
 
 struct NodeConfig {

@@ -440,7 +440,7 @@ TEST(ShardsConfigTest, ParsesTheRouteOptionsStreamsGeoAndForward) {
   auto root = Base();
   root["omniRelay"]["mesh"] = nlohmann::json::parse(R"({"nodeId": "n1", "region": "west"})");
   root["omniRelay"]["leadership"] = nlohmann::json::parse(R"({"store": "memory"})");
-  root["omniRelay"]["backpressure"] = nlohmann::json::parse(R"({"shardThrottle": "none"})");
+  root["omniRelay"]["backpressure"] = nlohmann::json::parse(R"({"shardThrottle": "shard"})");
   root["omniRelay"]["shards"] = nlohmann::json::parse(R"({"namespaces": {"users": {
     "service": "users.v1.Users", "localService": "omnirelay.echo.v1.Echo",
     "streams": {"Watch": "server-stream", "Chat": "Duplex"},
@@ -460,11 +460,11 @@ TEST(ShardsConfigTest, ParsesTheRouteOptionsStreamsGeoAndForward) {
   EXPECT_EQ(users.forward_breaker_failures, 0);
   EXPECT_EQ(users.forward_breaker_open_delay, std::chrono::seconds(2));
   EXPECT_EQ(users.forward_threads, 3);
-  EXPECT_EQ(config->backpressure.shard_throttle, "none");
+  EXPECT_EQ(config->backpressure.shard_throttle, "shard");
   const auto json = ToJson(*config)["omniRelay"];
   EXPECT_EQ(json["shards"]["namespaces"]["users"]["geo"]["probeEvery"], 4);
   EXPECT_EQ(json["shards"]["namespaces"]["users"]["forward"]["threads"], 3);
-  EXPECT_EQ(json["backpressure"]["shardThrottle"], "none");
+  EXPECT_EQ(json["backpressure"]["shardThrottle"], "shard");
 
   root["omniRelay"]["mesh"] = nlohmann::json::parse(R"({"nodeId": "n1"})");
   root["omniRelay"]["backpressure"] = nlohmann::json::parse(R"({"shardThrottle": "node"})");

@@ -96,8 +96,9 @@ struct ShardOutboundOptions {
   ShardForwardOptions forward = {};
   // Geo stickiness; `region` must be set (the caller's region).
   std::optional<peers::GeoChooserOptions> geo = std::nullopt;
-  // Item "a saturated shard throttles its owner": see the header comment.
-  bool throttle_pressured_shards = true;
+  // A saturated shard throttles the node serving it (see the header
+  // comment); off by default (backpressure.shardThrottle).
+  bool throttle_pressured_shards = false;
   core::Duration retry_after = std::chrono::seconds(1);
 };
 

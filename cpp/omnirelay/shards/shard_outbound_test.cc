@@ -40,11 +40,10 @@ class ShardOutboundTest : public ::testing::Test {
       done(dispatcher::Response{.headers = {}, .body = "served:" + request.body});
     };
     ASSERT_TRUE(dispatcher_->Register(echo).ok());
-    outbound_ = std::make_shared<ShardOutbound>(ShardOutboundOptions{.ns = "users",
-                                                                     .local_service = "local.Users",
-                                                                     .peer_addresses = {},
-                                                                     .tls = std::nullopt},
-                                                router_, dispatcher_, clock_, metrics_);
+    ShardOutboundOptions options{
+        .ns = "users", .local_service = "local.Users", .peer_addresses = {}, .tls = std::nullopt};
+    options.throttle_pressured_shards = true;  // backpressure.shardThrottle: shard
+    outbound_ = std::make_shared<ShardOutbound>(options, router_, dispatcher_, clock_, metrics_);
     ASSERT_TRUE(dispatcher_->AddOutbound("shards.users", outbound_).ok());
     ASSERT_TRUE(dispatcher_->AddRoute({"users.v1.Users/", "shards.users"}).ok());
     ASSERT_TRUE(dispatcher_->Start().ok());
