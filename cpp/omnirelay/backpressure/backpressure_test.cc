@@ -225,6 +225,9 @@ TEST_F(HubFixture, ShardOverBudgetIsALevelSourceWithHysteresis) {
   const auto source = ShardPressureSampler::SourceName("orders", 3);
   EXPECT_TRUE(hub->ToJson()["sources"][source]["active"]);
   EXPECT_FALSE(hub->ToJson()["sources"].contains(ShardPressureSampler::SourceName("orders", 2)));
+  // The owner's own admission reads this flag (shard_outbound_test drives it).
+  EXPECT_TRUE(router->meter("orders")->Pressured(3));
+  EXPECT_FALSE(router->meter("orders")->Pressured(2));
   // 7 calls/s: between low (5) and high (10): still under backpressure.
   for (int second = 0; second < 4; ++second) {
     for (int i = 0; i < 7; ++i) router->RecordServed("orders", 3);
@@ -234,6 +237,7 @@ TEST_F(HubFixture, ShardOverBudgetIsALevelSourceWithHysteresis) {
   // Idle: QPS falls to 0 <= low: clears.
   clock->Advance(seconds(4));
   EXPECT_FALSE(hub->local());
+  EXPECT_FALSE(router->meter("orders")->Pressured(3));
   EXPECT_EQ(hub->ToJson()["sources"][source]["transitions"], 2);
   sampler->Stop();
   clock->Advance(seconds(2));

@@ -51,16 +51,17 @@ void BackpressureHub::AddLevelSource(const std::string& name, WatermarkOptions o
   source.detail = {{"highWatermark", options.high}, {"lowWatermark", options.low}};
 }
 
-void BackpressureHub::UpdateLevel(const std::string& name, double level) {
+bool BackpressureHub::UpdateLevel(const std::string& name, double level) {
   std::lock_guard lock(mu_);
   auto it = sources_.find(name);
-  if (it == sources_.end() || !it->second.machine) return;
+  if (it == sources_.end() || !it->second.machine) return false;
   auto& source = it->second;
   source.detail["level"] = level;
   if (auto now_active = source.machine->Update(level, clock_->Now())) {
     source.active = *now_active;
     SourceChangedLocked(name, source);
   }
+  return source.active;
 }
 
 void BackpressureHub::SourceChangedLocked(const std::string& name, Source& source) {

@@ -69,7 +69,8 @@ class BackpressureHub {
   void SetSource(const std::string& source, bool active, nlohmann::json detail = {});
   // A level source with its own watermarks; UpdateLevel feeds it.
   void AddLevelSource(const std::string& source, WatermarkOptions options);
-  void UpdateLevel(const std::string& source, double level);
+  // Returns whether the source is under backpressure after this level.
+  bool UpdateLevel(const std::string& source, double level);
   // What gossip says about another member (removed members: Forget).
   void SetRemote(const std::string& member, bool active);
   void Forget(const std::string& member);

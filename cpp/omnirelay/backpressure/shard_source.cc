@@ -30,7 +30,8 @@ void ShardPressureSampler::Sample() {
                                     .min_hold = options_.min_hold});
         known_.insert(name);
       }
-      hub_->UpdateLevel(name, qps);
+      // The owner's own admission (shards/shard_outbound.h) reads the flag.
+      router_->SetPressured(ns.spec.ns, shard, hub_->UpdateLevel(name, qps));
     }
   }
 }

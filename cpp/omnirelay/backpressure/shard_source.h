@@ -3,6 +3,9 @@
 // on this node) against the namespace's budget, as hub level sources
 // `shard/<namespace>/<shard>` with a WatermarkStateMachine each:
 // high = budget, low = budget x lowRatio, minimum hold `min_hold`.
+// Each sample also flags the shard in the router (ShardRouter::SetPressured),
+// so the shard's owner admits at most `budget` calls per second while it is
+// under backpressure (backpressure.shardThrottle, docs/backpressure.md).
 // Only namespaces with a budget are sampled; a shard gets a source the first
 // time it shows traffic. Start() samples every `interval` on the clock until
 // Stop() or destruction (the timer holds a weak pointer).

@@ -739,6 +739,42 @@ void ParseLeadership(const nlohmann::json& value, Errors& errors, LeadershipConf
   l.Int("promotionPriority", out.promotion_priority, 0);
 }
 
+// The `geo` block of an outbound and of a shard namespace (docs/peers.md "geo").
+GeoRoutingConfig ParseGeoRouting(const nlohmann::json& geo, const std::string& gpath,
+                                 Errors& errors) {
+  const auto choosers = peers::ChooserNames();
+  Obj g(geo, gpath, errors);
+  GeoRoutingConfig cfg;
+  g.String("region", cfg.region);
+  g.Double("latencyThresholdMs", cfg.latency_threshold_ms);
+  g.String("latencySignal", cfg.latency_signal);
+  cfg.latency_signal = Lower(cfg.latency_signal);
+  if (!peers::ParseGeoLatencySignal(cfg.latency_signal).ok()) {
+    errors.Add(gpath + ".latencySignal",
+               "unknown signal '" + cfg.latency_signal + "' (ewma, p50, p90, p99)");
+  }
+  g.Double("failureRateThreshold", cfg.failure_rate_threshold);
+  if (cfg.failure_rate_threshold > 1) {
+    errors.Add(gpath + ".failureRateThreshold", "must be within [0, 1]");
+  }
+  g.Int("minSamples", cfg.min_samples, 1);
+  g.Dur("holdMs", cfg.hold);
+  g.Dur("returnAfter", cfg.hold);
+  g.Dur("evaluateEveryMs", cfg.evaluate_every);
+  if (cfg.evaluate_every <= core::Duration::zero()) {
+    errors.Add(gpath + ".evaluateEveryMs", "must be positive");
+  }
+  g.Int("probeEvery", cfg.probe_every);
+  g.String("innerChooser", cfg.inner_chooser);
+  if (std::find(choosers.begin(), choosers.end(), cfg.inner_chooser) == choosers.end()) {
+    std::string known;
+    for (const auto& c : choosers) known += (known.empty() ? "" : ", ") + c;
+    errors.Add(gpath + ".innerChooser",
+               "unknown chooser '" + cfg.inner_chooser + "' (known: " + known + ")");
+  }
+  return cfg;
+}
+
 void ParseShards(const nlohmann::json& value, const NodeConfig& node, Errors& errors,
                  ShardsConfig& out) {
   const std::string path = "omniRelay.shards";
@@ -800,6 +836,34 @@ void ParseShards(const nlohmann::json& value, const NodeConfig& node, Errors& er
       if (!ns.service.empty() && ns.service == ns.local_service) {
         errors.Add(npath + ".localService", "must differ from service (it would route to itself)");
       }
+      if (const auto* streams = n.Get("streams"); streams != nullptr && !streams->is_null()) {
+        if (!streams->is_object()) {
+          errors.Add(npath + ".streams", "must map procedure names to stream kinds");
+        } else {
+          for (const auto& [procedure, kind] : streams->items()) {
+            const std::string k = kind.is_string() ? Lower(kind.get<std::string>()) : "";
+            if (k != "server-stream" && k != "client-stream" && k != "duplex") {
+              errors.Add(npath + ".streams." + procedure,
+                         "unknown stream kind (server-stream, client-stream, duplex)");
+            }
+            ns.streams[procedure] = k;
+          }
+        }
+      }
+      if (const auto* geo = n.Get("geo"); geo != nullptr && !geo->is_null()) {
+        ns.geo = ParseGeoRouting(*geo, npath + ".geo", errors);
+        if (ns.service.empty()) errors.Add(npath + ".geo", "needs service (the routed calls)");
+        if (ns.geo->region.empty() && (!node.mesh || node.mesh->identity.region.empty())) {
+          errors.Add(npath + ".geo.region", "needed when the node has no mesh region");
+        }
+      }
+      if (const auto* forward = n.Get("forward"); forward != nullptr && !forward->is_null()) {
+        Obj f(*forward, npath + ".forward", errors);
+        f.Int("maxInFlightPerPeer", ns.forward_max_in_flight_per_peer, 0);
+        f.Int("breakerFailures", ns.forward_breaker_failures, 0);
+        f.Dur("breakerOpenDelay", ns.forward_breaker_open_delay);
+        f.Int("threads", ns.forward_threads, 1);
+      }
       out.namespaces[name] = std::move(ns);
     }
   }
@@ -819,7 +883,28 @@ nlohmann::json ShardsToJson(const ShardsConfig& c) {
         {"replicas", n.replicas},    {"virtualNodes", n.virtual_nodes},
         {"budget", n.budget},        {"leaderScope", n.leader_scope},
         {"ownerRole", n.owner_role}, {"locality", {{"region", n.region}, {"zone", n.zone}}},
-        {"service", n.service},      {"localService", n.local_service}};
+        {"service", n.service},      {"localService", n.local_service},
+        {"streams", n.streams}};
+    namespaces[name]["forward"] = {
+        {"maxInFlightPerPeer", n.forward_max_in_flight_per_peer},
+        {"breakerFailures", n.forward_breaker_failures},
+        {"breakerOpenDelayMs",
+         std::chrono::duration_cast<std::chrono::milliseconds>(n.forward_breaker_open_delay)
+             .count()},
+        {"threads", n.forward_threads}};
+    if (n.geo) {
+      namespaces[name]["geo"] = {
+          {"region", n.geo->region},
+          {"latencyThresholdMs", n.geo->latency_threshold_ms},
+          {"latencySignal", n.geo->latency_signal},
+          {"failureRateThreshold", n.geo->failure_rate_threshold},
+          {"minSamples", n.geo->min_samples},
+          {"holdMs", std::chrono::duration_cast<std::chrono::milliseconds>(n.geo->hold).count()},
+          {"evaluateEveryMs",
+           std::chrono::duration_cast<std::chrono::milliseconds>(n.geo->evaluate_every).count()},
+          {"probeEvery", n.geo->probe_every},
+          {"innerChooser", n.geo->inner_chooser}};
+    }
   }
   return {{"reconcileIntervalMs",
            std::chrono::duration_cast<std::chrono::milliseconds>(c.reconcile_interval).count()},
@@ -1182,35 +1267,7 @@ absl::StatusOr<NodeConfig> Parse(const nlohmann::json& root) {
           }
           if (const auto* geo = o.Get("geo"); geo != nullptr && !geo->is_null()) {
             const std::string gpath = path + ".geo";
-            Obj g(*geo, gpath, errors);
-            GeoRoutingConfig cfg;
-            g.String("region", cfg.region);
-            g.Double("latencyThresholdMs", cfg.latency_threshold_ms);
-            g.String("latencySignal", cfg.latency_signal);
-            cfg.latency_signal = Lower(cfg.latency_signal);
-            if (!peers::ParseGeoLatencySignal(cfg.latency_signal).ok()) {
-              errors.Add(gpath + ".latencySignal",
-                         "unknown signal '" + cfg.latency_signal + "' (ewma, p50, p90, p99)");
-            }
-            g.Double("failureRateThreshold", cfg.failure_rate_threshold);
-            if (cfg.failure_rate_threshold > 1) {
-              errors.Add(gpath + ".failureRateThreshold", "must be within [0, 1]");
-            }
-            g.Int("minSamples", cfg.min_samples, 1);
-            g.Dur("holdMs", cfg.hold);
-            g.Dur("returnAfter", cfg.hold);
-            g.Dur("evaluateEveryMs", cfg.evaluate_every);
-            if (cfg.evaluate_every <= core::Duration::zero()) {
-              errors.Add(gpath + ".evaluateEveryMs", "must be positive");
-            }
-            g.Int("probeEvery", cfg.probe_every);
-            g.String("innerChooser", cfg.inner_chooser);
-            if (std::find(choosers.begin(), choosers.end(), cfg.inner_chooser) == choosers.end()) {
-              std::string known;
-              for (const auto& c : choosers) known += (known.empty() ? "" : ", ") + c;
-              errors.Add(gpath + ".innerChooser",
-                         "unknown chooser '" + cfg.inner_chooser + "' (known: " + known + ")");
-            }
+            GeoRoutingConfig cfg = ParseGeoRouting(*geo, gpath, errors);
             if (out.leader) errors.Add(gpath, "cannot be combined with 'leader'");
             out.geo = cfg;
           }
@@ -1341,6 +1398,12 @@ absl::StatusOr<NodeConfig> Parse(const nlohmann::json& root) {
       b.Double("shardLowRatio", config.backpressure.shard_low_ratio);
       b.Dur("shardMinHold", config.backpressure.shard_min_hold);
       b.Dur("sampleInterval", config.backpressure.sample_interval);
+      b.String("shardThrottle", config.backpressure.shard_throttle);
+      if (config.backpressure.shard_throttle != "shard" &&
+          config.backpressure.shard_throttle != "none") {
+        errors.Add("omniRelay.backpressure.shardThrottle",
+                   "unknown mode '" + config.backpressure.shard_throttle + "' (shard, none)");
+      }
       if (!(config.backpressure.shard_low_ratio > 0 && config.backpressure.shard_low_ratio < 1)) {
         errors.Add("omniRelay.backpressure.shardLowRatio", "must be between 0 and 1 (exclusive)");
       }
@@ -1555,7 +1618,8 @@ nlohmann::json ToJson(const NodeConfig& c) {
                          {"retryAfterMs", ms(c.backpressure.retry_after)},
                          {"shardLowRatio", c.backpressure.shard_low_ratio},
                          {"shardMinHoldMs", ms(c.backpressure.shard_min_hold)},
-                         {"sampleIntervalMs", ms(c.backpressure.sample_interval)}};
+                         {"sampleIntervalMs", ms(c.backpressure.sample_interval)},
+                         {"shardThrottle", c.backpressure.shard_throttle}};
   if (c.gateway) {
     const auto& g = *c.gateway;
     nlohmann::json clusters = nlohmann::json::object();

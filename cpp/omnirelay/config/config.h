@@ -333,6 +333,18 @@ struct ShardNamespaceConfig {
   std::string zone;                     // locality: preferred zone
   std::string service;                  // calls to this service are routed by shard key
   std::string local_service;            // ... and served on the owner by this service
+  // Streaming procedures of `service` routed by shard key too (procedure
+  // name -> server-stream | client-stream | duplex); the node adds every
+  // streaming procedure `localService` registers here on its own.
+  std::map<std::string, std::string> streams;
+  // Geo stickiness of the shard route (docs/shards.md): the keys of
+  // outbounds.X.geo; region defaults to the node's mesh region.
+  std::optional<GeoRoutingConfig> geo;
+  // The forwarding pool (`forward:`): per-peer cap, breaker, threads.
+  int forward_max_in_flight_per_peer = 0;
+  int forward_breaker_failures = 5;  // 0 disables the breaker
+  core::Duration forward_breaker_open_delay = std::chrono::seconds(1);
+  int forward_threads = 2;
 };
 
 struct ShardsConfig {
@@ -386,6 +398,11 @@ struct BackpressureConfig {
   double shard_low_ratio = 0.8;
   core::Duration shard_min_hold = std::chrono::seconds(2);
   core::Duration sample_interval = std::chrono::milliseconds(500);
+  // What a shard under backpressure does on the node serving it: "shard"
+  // admits its calls up to the budget per second and refuses the rest
+  // RESOURCE_EXHAUSTED with retry-after; "none" (default) only signals, so a
+  // hot shard is moved by its leader without failing a call.
+  std::string shard_throttle = "none";
 };
 
 struct NodeConfig {

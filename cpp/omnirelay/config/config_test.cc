@@ -436,6 +436,54 @@ TEST(ShardsConfigTest, ParsesNamespaces) {
   EXPECT_EQ(ToJson(*config)["omniRelay"]["shards"]["namespaces"]["users"]["shards"], 4096);
 }
 
+TEST(ShardsConfigTest, ParsesTheRouteOptionsStreamsGeoAndForward) {
+  auto root = Base();
+  root["omniRelay"]["mesh"] = nlohmann::json::parse(R"({"nodeId": "n1", "region": "west"})");
+  root["omniRelay"]["leadership"] = nlohmann::json::parse(R"({"store": "memory"})");
+  root["omniRelay"]["backpressure"] = nlohmann::json::parse(R"({"shardThrottle": "shard"})");
+  root["omniRelay"]["shards"] = nlohmann::json::parse(R"({"namespaces": {"users": {
+    "service": "users.v1.Users", "localService": "omnirelay.echo.v1.Echo",
+    "streams": {"Watch": "server-stream", "Chat": "Duplex"},
+    "geo": {"latencyThresholdMs": 80, "holdMs": 5000, "probeEvery": 4},
+    "forward": {"maxInFlightPerPeer": 32, "breakerFailures": 0, "breakerOpenDelay": "2s",
+                "threads": 3}}}})");
+  auto config = Parse(root);
+  ASSERT_TRUE(config.ok()) << config.status();
+  const auto& users = config->shards->namespaces.at("users");
+  EXPECT_EQ(users.streams.at("Watch"), "server-stream");
+  EXPECT_EQ(users.streams.at("Chat"), "duplex");
+  ASSERT_TRUE(users.geo.has_value());
+  EXPECT_EQ(users.geo->latency_threshold_ms, 80);
+  EXPECT_EQ(users.geo->hold, std::chrono::seconds(5));
+  EXPECT_EQ(users.geo->probe_every, 4);
+  EXPECT_EQ(users.forward_max_in_flight_per_peer, 32);
+  EXPECT_EQ(users.forward_breaker_failures, 0);
+  EXPECT_EQ(users.forward_breaker_open_delay, std::chrono::seconds(2));
+  EXPECT_EQ(users.forward_threads, 3);
+  EXPECT_EQ(config->backpressure.shard_throttle, "shard");
+  const auto json = ToJson(*config)["omniRelay"];
+  EXPECT_EQ(json["shards"]["namespaces"]["users"]["geo"]["probeEvery"], 4);
+  EXPECT_EQ(json["shards"]["namespaces"]["users"]["forward"]["threads"], 3);
+  EXPECT_EQ(json["backpressure"]["shardThrottle"], "shard");
+
+  root["omniRelay"]["mesh"] = nlohmann::json::parse(R"({"nodeId": "n1"})");
+  root["omniRelay"]["backpressure"] = nlohmann::json::parse(R"({"shardThrottle": "node"})");
+  root["omniRelay"]["shards"]["namespaces"]["users"]["streams"] =
+      nlohmann::json::parse(R"({"Watch": "stream"})");
+  root["omniRelay"]["shards"]["namespaces"]["users"]["geo"] =
+      nlohmann::json::parse(R"({"latencySignal": "p75"})");
+  config = Parse(root);
+  ASSERT_FALSE(config.ok());
+  const std::string message(config.status().message());
+  for (const char* expected :
+       {"omniRelay.shards.namespaces.users.streams.Watch: unknown stream kind",
+        "omniRelay.shards.namespaces.users.geo.latencySignal: unknown signal 'p75'",
+        "omniRelay.shards.namespaces.users.geo.region: needed when the node has no mesh region",
+        "omniRelay.backpressure.shardThrottle: unknown mode 'node'"}) {
+    EXPECT_NE(message.find(expected), std::string::npos) << expected << "\nin:\n" << message;
+  }
+}
+
 TEST(ShardsConfigTest, ErrorsNameTheKeyPath) {
   auto root = Base();
   root["omniRelay"]["shards"] = nlohmann::json::parse(R"({

@@ -1336,20 +1336,66 @@ absl::Status Node::BuildShards() {
       std::make_shared<shards::ShardRouter>(self, namespaces, shard_holder_, routable, clock_);
   for (const auto& ns : namespaces) {
     if (ns.service.empty()) continue;
+    const auto& n = config_.shards->namespaces.at(ns.spec.ns);
     const std::string outbound_name = "shards." + ns.spec.ns;
-    auto outbound = std::make_shared<shards::ShardOutbound>(
-        shards::ShardOutboundOptions{.ns = ns.spec.ns,
-                                     .local_service = ns.local_service,
-                                     .peer_addresses = config_.mesh
-                                                           ? config_.mesh->peer_addresses
-                                                           : std::map<std::string, std::string>{},
-                                     .tls = tls_},
-        shard_router_, dispatcher_, clock_, metrics_);
+    shards::ShardOutboundOptions options{
+        .ns = ns.spec.ns,
+        .local_service = ns.local_service,
+        .peer_addresses = config_.mesh ? config_.mesh->peer_addresses
+                                       : std::map<std::string, std::string>{},
+        .tls = tls_,
+        .forward = {.max_in_flight_per_peer = n.forward_max_in_flight_per_peer,
+                    .breaker_consecutive_failures = n.forward_breaker_failures,
+                    .breaker_open_delay = n.forward_breaker_open_delay,
+                    .threads = n.forward_threads},
+        .throttle_pressured_shards = config_.backpressure.shard_throttle == "shard",
+        .retry_after = config_.backpressure.retry_after};
+    if (n.geo) {
+      // Geo stickiness (docs/shards.md): the geo chooser's mode picks the
+      // region, the shard map picks the owner or a replica in it.
+      peers::GeoChooserOptions geo;
+      geo.region = !n.geo->region.empty() ? n.geo->region
+                   : config_.mesh         ? config_.mesh->identity.region
+                                          : std::string();
+      geo.latency_threshold_ms = n.geo->latency_threshold_ms;
+      geo.latency_signal = *peers::ParseGeoLatencySignal(n.geo->latency_signal);
+      geo.failure_rate_threshold = n.geo->failure_rate_threshold;
+      geo.min_samples = static_cast<std::uint64_t>(n.geo->min_samples);
+      geo.hold = n.geo->hold;
+      geo.evaluate_every = n.geo->evaluate_every;
+      geo.probe_every = static_cast<std::uint32_t>(n.geo->probe_every);
+      geo.inner = n.geo->inner_chooser;
+      geo.tags = {{"rpc.service", ns.service}, {"outbound", outbound_name}};
+      options.geo = geo;
+    }
+    auto outbound = std::make_shared<shards::ShardOutbound>(std::move(options), shard_router_,
+                                                            dispatcher_, clock_, metrics_);
     if (auto s = dispatcher_->AddOutbound(outbound_name, outbound); !s.ok()) return s;
     if (auto s = dispatcher_->AddRoute(
             {ns.service + "/", outbound_name, dispatcher::ProcedureKind::kUnary});
         !s.ok()) {
       return WithKeyPath("omniRelay.shards.namespaces." + ns.spec.ns + ".service", s);
+    }
+    // Streaming procedures are routed too: the configured ones, and every
+    // streaming procedure localService registers on this node (a route's
+    // kind tells the inbound how to pump the call, so each needs its own).
+    std::map<std::string, dispatcher::ProcedureKind> streams;
+    const nlohmann::json introspection = dispatcher_->Introspect();  // outlives the loop
+    for (const auto& procedure : introspection["procedures"]) {
+      auto kind = dispatcher::ParseProcedureKind(procedure.value("kind", ""));
+      if (procedure.value("service", "") == ns.local_service && kind &&
+          *kind != dispatcher::ProcedureKind::kUnary &&
+          *kind != dispatcher::ProcedureKind::kOneway) {
+        streams[procedure.value("name", "")] = *kind;
+      }
+    }
+    for (const auto& [name, kind] : n.streams) {
+      streams[name] = *dispatcher::ParseProcedureKind(kind);
+    }
+    for (const auto& [name, kind] : streams) {
+      if (auto s = dispatcher_->AddRoute({ns.service + "/" + name, outbound_name, kind}); !s.ok()) {
+        return WithKeyPath("omniRelay.shards.namespaces." + ns.spec.ns + ".streams." + name, s);
+      }
     }
   }
   return absl::OkStatus();

@@ -120,9 +120,7 @@ std::shared_ptr<ChooserState> GeoChooser::Build(const std::vector<Peer*>& peers)
   return state;
 }
 
-int GeoChooser::Pick(const PeerSnapshot& snapshot, const core::RequestMeta& meta) {
-  const auto* state = static_cast<const GeoState*>(snapshot.chooser_state.get());
-  if (state == nullptr) return -1;
+void GeoChooser::EvaluateIfDue(const PeerSnapshot& snapshot) {
   std::int64_t now_ns;
   if (coarse_clock_) {
     // CLOCK_REALTIME_COARSE (the system clock's epoch at the kernel tick's
@@ -144,13 +142,28 @@ int GeoChooser::Pick(const PeerSnapshot& snapshot, const core::RequestMeta& meta
     Evaluate(snapshot, core::TimePoint(std::chrono::duration_cast<core::TimePoint::duration>(
                            std::chrono::nanoseconds(now_ns))));
   }
-  bool local_first = mode_.load(std::memory_order_acquire) == Mode::kLocal;
-  if (!local_first && options_.probe_every > 0) {
-    // Relaxed load + store: a lost increment only shifts the probe by one.
-    const std::uint64_t n = probe_counter_.load(std::memory_order_relaxed) + 1;
-    probe_counter_.store(n, std::memory_order_relaxed);
-    local_first = n % options_.probe_every == 0;
-  }
+}
+
+bool GeoChooser::PreferLocal() {
+  if (mode_.load(std::memory_order_acquire) == Mode::kLocal) return true;
+  if (options_.probe_every == 0) return false;
+  // Relaxed load + store: a lost increment only shifts the probe by one.
+  const std::uint64_t n = probe_counter_.load(std::memory_order_relaxed) + 1;
+  probe_counter_.store(n, std::memory_order_relaxed);
+  return n % options_.probe_every == 0;
+}
+
+void GeoChooser::CountRouted(const PeerSnapshot& snapshot, int index) const {
+  const auto* state = static_cast<const GeoState*>(snapshot.chooser_state.get());
+  if (state == nullptr || index < 0 || index >= static_cast<int>(state->routed.size())) return;
+  if (state->routed[index] != nullptr) state->routed[index]->Add();
+}
+
+int GeoChooser::Pick(const PeerSnapshot& snapshot, const core::RequestMeta& meta) {
+  const auto* state = static_cast<const GeoState*>(snapshot.chooser_state.get());
+  if (state == nullptr) return -1;
+  EvaluateIfDue(snapshot);
+  const bool local_first = PreferLocal();
   int index = local_first ? PickIn(*local_, *state, 0, meta) : PickIn(*other_, *state, 1, meta);
   if (index < 0) {
     index = local_first ? PickIn(*other_, *state, 1, meta) : PickIn(*local_, *state, 0, meta);

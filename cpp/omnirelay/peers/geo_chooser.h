@@ -88,6 +88,17 @@ class GeoChooser final : public PeerChooser {
   // Runs an evaluation now against `snapshot` (tests, diagnostics).
   void EvaluateNow(const PeerSnapshot& snapshot);
 
+  // For a chooser that wraps the geo decision instead of picking through it
+  // (the shard route's sticky geo routing, shards/shard_chooser.h). The
+  // snapshot must carry state from this chooser's Build.
+  // The evaluation Pick runs, if `evaluate_every` has elapsed (CAS-elected).
+  void EvaluateIfDue(const PeerSnapshot& snapshot);
+  // Whether this decision should use the local region: mode local, or the
+  // 1-in-`probe_every` probe while in fallback (advances the probe counter).
+  bool PreferLocal();
+  // Counts omnirelay.geo.routed for the peer at `index` of `snapshot`.
+  void CountRouted(const PeerSnapshot& snapshot, int index) const;
+
  private:
   GeoChooser(GeoChooserOptions options, std::shared_ptr<core::Clock> clock,
              std::shared_ptr<core::MetricsRegistry> metrics, std::unique_ptr<PeerChooser> local,

@@ -21,9 +21,28 @@ std::uint64_t TagOf(std::int64_t second) {
 ShardMeter::ShardMeter(std::uint32_t shard_count)
     : shard_count_(shard_count),
       cells_(new std::atomic<std::uint64_t>[static_cast<std::size_t>(shard_count) * kCells]),
-      totals_(new std::atomic<std::int64_t>[shard_count]) {
+      totals_(new std::atomic<std::int64_t>[shard_count]),
+      pressured_(new std::atomic<bool>[shard_count]) {
   for (std::size_t i = 0; i < static_cast<std::size_t>(shard_count) * kCells; ++i) cells_[i] = 0;
   for (std::uint32_t i = 0; i < shard_count; ++i) totals_[i] = 0;
+  for (std::uint32_t i = 0; i < shard_count; ++i) pressured_[i] = false;
+}
+
+std::uint64_t ShardMeter::CurrentSecond(std::uint32_t shard, core::TimePoint now) const {
+  if (shard >= shard_count_) return 0;
+  const std::int64_t second = SecondOf(now);
+  const std::uint64_t v =
+      cells_[static_cast<std::size_t>(shard) * kCells + static_cast<std::size_t>(second % kCells)]
+          .load(std::memory_order_relaxed);
+  return (v >> kCountBits) == TagOf(second) ? v & kCountMask : 0;
+}
+
+void ShardMeter::SetPressured(std::uint32_t shard, bool pressured) {
+  if (shard < shard_count_) pressured_[shard].store(pressured, std::memory_order_relaxed);
+}
+
+bool ShardMeter::Pressured(std::uint32_t shard) const {
+  return shard < shard_count_ && pressured_[shard].load(std::memory_order_relaxed);
 }
 
 void ShardMeter::Record(std::uint32_t shard, core::TimePoint now) {
@@ -121,6 +140,11 @@ core::StatusOr<ShardRoute> ShardRouter::Route(std::string_view ns, std::string_v
   return route;
 }
 
+void ShardRouter::SetPressured(std::string_view ns, std::uint32_t shard, bool pressured) const {
+  auto it = meters_.find(ns);
+  if (it != meters_.end()) it->second->SetPressured(shard, pressured);
+}
+
 void ShardRouter::RecordServed(std::string_view ns, std::uint32_t shard) const {
   auto it = meters_.find(ns);
   if (it != meters_.end()) it->second->Record(shard, clock_->Now());
@@ -175,7 +199,8 @@ nlohmann::json ShardRouter::ToJson(std::string_view only_ns) const {
                         {"replicas", std::move(replicas)},
                         {"qps", qps},
                         {"served", m ? m->Total(s) : 0},
-                        {"overBudget", ns.budget_qps > 0 && qps > ns.budget_qps}});
+                        {"overBudget", ns.budget_qps > 0 && qps > ns.budget_qps},
+                        {"pressured", m != nullptr && m->Pressured(s)}});
     }
     entry["shards"] = std::move(shards);
     out.push_back(std::move(entry));

@@ -39,6 +39,13 @@ class ShardMeter {
   // Mean calls per second over the 3 complete seconds before `now`.
   double Qps(std::uint32_t shard, core::TimePoint now) const;
   std::int64_t Total(std::uint32_t shard) const;
+  // Calls recorded in the second of `now` so far (the owner's per-second
+  // admission of a shard under backpressure).
+  std::uint64_t CurrentSecond(std::uint32_t shard, core::TimePoint now) const;
+  // Whether the shard is under backpressure here (set by the backpressure
+  // sampler from its watermark state; read on the data path).
+  void SetPressured(std::uint32_t shard, bool pressured);
+  bool Pressured(std::uint32_t shard) const;
   std::uint32_t shard_count() const { return shard_count_; }
 
  private:
@@ -46,6 +53,7 @@ class ShardMeter {
   std::uint32_t shard_count_;
   std::unique_ptr<std::atomic<std::uint64_t>[]> cells_;
   std::unique_ptr<std::atomic<std::int64_t>[]> totals_;
+  std::unique_ptr<std::atomic<bool>[]> pressured_;
 };
 
 struct ShardRoute {
@@ -66,7 +74,15 @@ class ShardRouter {
   // Counts a call served on this node for `shard` of `ns` (no-op for unknown).
   void RecordServed(std::string_view ns, std::uint32_t shard) const;
   const ShardMeter* meter(std::string_view ns) const;
+  // The backpressure sampler flags shards here (the meters are the router's
+  // mutable per-shard state; no-op for an unknown namespace).
+  void SetPressured(std::string_view ns, std::uint32_t shard, bool pressured) const;
   const NamespaceOptions* Find(std::string_view ns) const;
+  // Alive or suspect in this node's membership (self always); the check
+  // Route applies to owners, for shard-aware callers choosing replicas.
+  bool IsRoutable(std::string_view node_id) const {
+    return node_id == self_id_ || !routable_ || routable_(node_id);
+  }
   const std::vector<NamespaceOptions>& namespaces() const { return namespaces_; }
   const std::string& self_id() const { return self_id_; }
   const std::shared_ptr<ShardMapHolder>& holder() const { return holder_; }

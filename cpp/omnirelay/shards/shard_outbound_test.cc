@@ -7,7 +7,11 @@
 
 #include <gtest/gtest.h>
 
+#include <set>
+
+#include "omnirelay/core/retry_after.h"
 #include "omnirelay/shards/strategy.h"
+#include "omnirelay/transport/peer_pool.h"
 
 namespace omnirelay::shards {
 namespace {
@@ -23,6 +27,7 @@ class ShardOutboundTest : public ::testing::Test {
     ns.spec.replicas = 1;
     ns.service = "users.v1.Users";
     ns.local_service = "local.Users";
+    ns.budget_qps = 5;
     router_ = std::make_shared<ShardRouter>(
         "n1", std::vector<NamespaceOptions>{ns}, holder_, [](std::string_view) { return true; },
         clock_);
@@ -35,11 +40,10 @@ class ShardOutboundTest : public ::testing::Test {
       done(dispatcher::Response{.headers = {}, .body = "served:" + request.body});
     };
     ASSERT_TRUE(dispatcher_->Register(echo).ok());
-    outbound_ = std::make_shared<ShardOutbound>(ShardOutboundOptions{.ns = "users",
-                                                                     .local_service = "local.Users",
-                                                                     .peer_addresses = {},
-                                                                     .tls = std::nullopt},
-                                                router_, dispatcher_, clock_, metrics_);
+    ShardOutboundOptions options{
+        .ns = "users", .local_service = "local.Users", .peer_addresses = {}, .tls = std::nullopt};
+    options.throttle_pressured_shards = true;  // backpressure.shardThrottle: shard
+    outbound_ = std::make_shared<ShardOutbound>(options, router_, dispatcher_, clock_, metrics_);
     ASSERT_TRUE(dispatcher_->AddOutbound("shards.users", outbound_).ok());
     ASSERT_TRUE(dispatcher_->AddRoute({"users.v1.Users/", "shards.users"}).ok());
     ASSERT_TRUE(dispatcher_->Start().ok());
@@ -131,6 +135,166 @@ TEST_F(ShardOutboundTest, AForwardedCallFromANewerVersionWaitsForItAndIsServedHe
   Install(7, "n2");
   auto never = Call("k", {{kShardForwardedByHeader, "n3"}, {kShardVersionHeader, "99"}});
   EXPECT_EQ(core::ErrorCode(never.status()).value_or(""), "not-shard-owner");
+}
+
+TEST_F(ShardOutboundTest, ACallMarkedForAReplicaIsServedOnlyWhereTheMapNamesOne) {
+  // n2 owns everything, n1 (this node) is its replica.
+  auto map = *ComputeShardMap(router_->Find("users")->spec,
+                              {{"n1", "n1:1", "east", ""}, {"n2", "n2:1", "west", ""}});
+  map.version = 4;
+  for (std::uint32_t s = 0; s < map.shard_count(); ++s) {
+    if (map.Owner(s).id != "n2") {
+      ASSERT_TRUE(map.Move(s, "n2", "test", "").ok());
+    }
+  }
+  ASSERT_TRUE(holder_->Offer(std::make_shared<const ShardMap>(map)));
+  auto served = Call("k", {{kShardForwardedByHeader, "n3"},
+                           {kShardVersionHeader, "4"},
+                           {kShardTargetHeader, "n1"},
+                           {kShardRoleHeader, "replica"}});
+  ASSERT_TRUE(served.ok()) << served.status();
+  EXPECT_EQ(served->headers.Get(kShardServedByHeader).value_or(""), "n1");
+  EXPECT_EQ(served->headers.Get(kShardOwnerHeader).value_or(""), "n2");
+  EXPECT_EQ(served->headers.Get(kShardRoleHeader).value_or(""), "replica");
+  EXPECT_EQ(served_, 1);
+  // Without the replica marking, the owner rules apply: not ours, refused.
+  auto refused = Call("k", {{kShardForwardedByHeader, "n3"}, {kShardVersionHeader, "4"}});
+  EXPECT_EQ(core::ErrorCode(refused.status()).value_or(""), "not-shard-owner");
+  // A map that does not name this node at all: a replica marking is refused.
+  Install(5, "n2");
+  auto stale = Call("k", {{kShardForwardedByHeader, "n3"},
+                          {kShardVersionHeader, "5"},
+                          {kShardTargetHeader, "n1"},
+                          {kShardRoleHeader, "replica"}});
+  EXPECT_EQ(core::ErrorCode(stale.status()).value_or(""), "not-shard-owner");
+  EXPECT_EQ(served_, 1);
+}
+
+TEST_F(ShardOutboundTest, AShardUnderBackpressureIsAdmittedUpToItsBudgetPerSecondHere) {
+  Install(1, "n1");
+  const std::uint32_t shard = ShardOfKey("hot", 16);
+  // Not under backpressure: no limit.
+  for (int i = 0; i < 8; ++i) ASSERT_TRUE(Call("hot", {}).ok());
+  router_->SetPressured("users", shard, true);
+  clock_->Advance(1s);
+  const auto second = std::chrono::floor<std::chrono::seconds>(clock_->Now());
+  int admitted = 0;
+  absl::Status refusal;
+  for (int i = 0; i < 8; ++i) {
+    auto r = Call("hot", {});
+    if (r.ok()) {
+      ++admitted;
+    } else {
+      refusal = r.status();
+    }
+  }
+  ASSERT_EQ(std::chrono::floor<std::chrono::seconds>(clock_->Now()), second)
+      << "the calls must fall in one second for this check";
+  EXPECT_EQ(admitted, 5);  // the budget
+  EXPECT_EQ(refusal.code(), absl::StatusCode::kResourceExhausted);
+  EXPECT_EQ(core::ErrorCode(refusal).value_or(""), "shard-backpressure");
+  EXPECT_EQ(core::RetryAfter(refusal).value_or(0ms), 1000ms);
+  EXPECT_EQ(core::Backpressure(refusal).value_or(""), "node=n1");
+  EXPECT_EQ(metrics_->Total("omnirelay.shards.calls", {{"outcome", "throttled"}}), 3);
+  // Other shards are not limited; the next second admits again.
+  for (int i = 0; i < 8; ++i) {
+    std::string key = "cold-" + std::to_string(i);
+    if (ShardOfKey(key, 16) != shard) {
+      ASSERT_TRUE(Call(key, {}).ok());
+    }
+  }
+  clock_->Advance(1s);
+  EXPECT_TRUE(Call("hot", {}).ok());
+  // Cleared: unlimited again.
+  router_->SetPressured("users", shard, false);
+  for (int i = 0; i < 8; ++i) EXPECT_TRUE(Call("hot", {}).ok());
+}
+
+TEST_F(ShardOutboundTest, TheForwardingPoolFollowsTheMapsNodesWithoutRestart) {
+  auto pool = outbound_->pool();
+  ASSERT_NE(pool, nullptr);
+  EXPECT_TRUE(pool->Peers().empty());
+  // 1,000 owners: one pool, 999 peers (this node excluded), no thread each.
+  std::vector<ShardNode> nodes;
+  for (int i = 0; i < 1000; ++i) {
+    const std::string id = "n" + std::to_string(i + 1);
+    nodes.push_back({id, id + ".example:7000", i % 2 ? "east" : "west", ""});
+  }
+  auto big = *ComputeShardMap(router_->Find("users")->spec, nodes);
+  big.version = 1;
+  ASSERT_TRUE(holder_->Offer(std::make_shared<const ShardMap>(big)));
+  auto peers = pool->Peers();
+  ASSERT_EQ(peers.size(), 999u);
+  for (const auto& p : peers) {
+    EXPECT_NE(p.id, "n1");
+    EXPECT_EQ(p.address, p.id + ".example:7000");
+    EXPECT_FALSE(p.region.empty());
+  }
+  // A newer version with fewer members: the pool shrinks to them.
+  auto small = *ComputeShardMap(router_->Find("users")->spec,
+                                {{"n1", "a:1", "", ""}, {"n2", "b:2", "west", ""}});
+  small.version = 2;
+  ASSERT_TRUE(holder_->Offer(std::make_shared<const ShardMap>(small)));
+  peers = pool->Peers();
+  ASSERT_EQ(peers.size(), 1u);
+  EXPECT_EQ(peers[0].id, "n2");
+  EXPECT_EQ(peers[0].address, "b:2");
+  EXPECT_EQ(pool->Snapshot()["chooser"], "shard-target");
+}
+
+// The geo stickiness rule on a hand-built map (no clock, no network).
+class ChooseShardTargetTest : public ::testing::Test {
+ protected:
+  ShardMap Map(std::vector<std::string> placement_ids) {
+    ShardMap map;
+    map.spec.ns = "users";
+    map.spec.shard_count = 1;
+    map.nodes = {{"e1", "e1:1", "east", ""},
+                 {"e2", "e2:1", "east", ""},
+                 {"w1", "w1:1", "west", ""},
+                 {"w2", "w2:1", "west", ""}};
+    map.width = static_cast<std::uint32_t>(placement_ids.size());
+    for (const auto& id : placement_ids) map.placement.push_back(*map.IndexOf(id));
+    map.version = 1;
+    return map;
+  }
+  std::string Target(const ShardMap& map, std::string_view self, bool prefer_local,
+                     std::set<std::string, std::less<>> down = {}, bool* replica = nullptr) {
+    auto t = ChooseShardTarget(map, 0, self, "west", prefer_local,
+                               [&](std::string_view id) { return !down.count(id); });
+    if (replica) *replica = t.replica;
+    return t.node->id;
+  }
+};
+
+TEST_F(ChooseShardTargetTest, OwnerInTheChosenRegionElseAReplicaThereElseTheOwner) {
+  bool replica = true;
+  // Local mode (west): a west owner is kept.
+  EXPECT_EQ(Target(Map({"w1", "e1"}), "w2", true, {}, &replica), "w1");
+  EXPECT_FALSE(replica);
+  // East owner, west replica: the replica in the chosen (local) region.
+  EXPECT_EQ(Target(Map({"e1", "w1"}), "w2", true, {}, &replica), "w1");
+  EXPECT_TRUE(replica);
+  // ... unless it is not routable: the owner.
+  EXPECT_EQ(Target(Map({"e1", "w1"}), "w2", true, {"w1"}), "e1");
+  // Fallback (every region but west): an east owner is kept ...
+  EXPECT_EQ(Target(Map({"e1", "w1"}), "w2", false), "e1");
+  // ... a west owner gives way to its first east replica ...
+  EXPECT_EQ(Target(Map({"w1", "w2", "e2", "e1"}), "x", false, {}, &replica), "e2");
+  EXPECT_TRUE(replica);
+  // ... or to the owner when no replica is in the chosen region.
+  EXPECT_EQ(Target(Map({"w1", "w2"}), "x", false, {}, &replica), "w1");
+  EXPECT_FALSE(replica);
+  // This node: an owner always serves its own; a replica serves in fallback
+  // rather than send to a west owner.
+  EXPECT_EQ(Target(Map({"w2", "e1"}), "w2", false), "w2");
+  EXPECT_EQ(Target(Map({"w1", "w2"}), "w2", false, {}, &replica), "w2");
+  EXPECT_TRUE(replica);
+  // Without a local region (no geo): always the owner.
+  EXPECT_EQ(
+      ChooseShardTarget(Map({"e1", "w1"}), 0, "w2", "", true, [](std::string_view) { return true; })
+          .node->id,
+      "e1");
 }
 
 }  // namespace

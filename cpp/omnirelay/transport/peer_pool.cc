@@ -28,12 +28,15 @@ class CoordinatorPeerPool final : public PeerPool {
   CoordinatorPeerPool(std::vector<std::string> addresses,
                       std::unique_ptr<peers::PeerListCoordinator> coordinator,
                       std::shared_ptr<peers::PeerLeaseHealthTracker> tracker,
-                      std::shared_ptr<core::Clock> clock, bool exhaustion_is_unavailable)
+                      std::shared_ptr<core::Clock> clock, bool exhaustion_is_unavailable,
+                      std::string exhaustion_error_code, std::string exhaustion_message)
       : addresses_(std::move(addresses)),
         coordinator_(std::move(coordinator)),
         tracker_(std::move(tracker)),
         clock_(std::move(clock)),
-        exhaustion_is_unavailable_(exhaustion_is_unavailable) {
+        exhaustion_is_unavailable_(exhaustion_is_unavailable),
+        exhaustion_error_code_(std::move(exhaustion_error_code)),
+        exhaustion_message_(std::move(exhaustion_message)) {
     auto table = std::make_shared<PeerTable>();
     for (size_t i = 0; i < addresses_.size(); ++i) {
       auto peer = std::make_shared<PoolPeer>();
@@ -56,10 +59,8 @@ class CoordinatorPeerPool final : public PeerPool {
       if (!lease.ok()) {
         if (exhaustion_is_unavailable_ &&
             lease.status().code() == absl::StatusCode::kResourceExhausted) {
-          return core::MakeStatus(core::StatusCode::kUnavailable,
-                                  "no leader can be reached (none elected, not a member, or its "
-                                  "breaker is open)",
-                                  "no-leader");
+          return core::MakeStatus(core::StatusCode::kUnavailable, exhaustion_message_,
+                                  exhaustion_error_code_);
         }
         return lease.status();
       }
@@ -215,6 +216,8 @@ class CoordinatorPeerPool final : public PeerPool {
   std::shared_ptr<peers::PeerLeaseHealthTracker> tracker_;
   std::shared_ptr<core::Clock> clock_;
   const bool exhaustion_is_unavailable_;
+  const std::string exhaustion_error_code_;
+  const std::string exhaustion_message_;
   // Readers (Acquire) hold table_mu_ only to look up one id or copy the
   // pointer; writers serialise on update_mu_ and swap the table.
   mutable std::mutex table_mu_;
@@ -255,7 +258,8 @@ absl::StatusOr<std::shared_ptr<PeerPool>> MakeCoordinatorPeerPool(
   }
   return std::shared_ptr<PeerPool>(std::make_shared<CoordinatorPeerPool>(
       std::move(addresses), std::move(*coordinator), std::move(tracker), std::move(clock),
-      options.exhaustion_is_unavailable));
+      options.exhaustion_is_unavailable, std::move(options.exhaustion_error_code),
+      std::move(options.exhaustion_message)));
 }
 
 }  // namespace omnirelay::transport

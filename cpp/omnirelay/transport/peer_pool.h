@@ -124,6 +124,11 @@ struct PeerPoolOptions {
   // among the peers, or its breaker open) fails UNAVAILABLE ("no-leader")
   // rather than RESOURCE_EXHAUSTED, so callers retry it as a hand-over.
   bool exhaustion_is_unavailable = false;
+  // The error code and message of that UNAVAILABLE (the shard route names
+  // the unreachable shard target instead of a leader).
+  std::string exhaustion_error_code = "no-leader";
+  std::string exhaustion_message =
+      "no leader can be reached (none elected, not a member, or its breaker is open)";
 };
 
 // The production pool: the peer kit's PeerListCoordinator (chooser by name,
