@@ -65,6 +65,7 @@ std::shared_ptr<Peer> Peer::Create(PeerDescriptor descriptor, PeerOptions option
   std::shared_ptr<Peer> peer(new Peer(std::move(descriptor), std::move(options), std::move(clock),
                                       std::move(metrics), std::move(tags)),
                              &Peer::Retire);
+  peer->self_ = peer;
   if (peer->options_.breaker) {
     // The breaker outlives nothing: its timer holds a weak_ptr to it, and its
     // listener a weak_ptr to us, so a late timer never touches a dead peer.

@@ -130,6 +130,11 @@ class alignas(64) Peer {
   Peer(const Peer&) = delete;
   Peer& operator=(const Peer&) = delete;
 
+  // What std::enable_shared_from_this would give, from a member in the cold
+  // part of the object (the base class would sit in the hot first line).
+  std::weak_ptr<Peer> weak_from_this() const { return self_; }
+  std::shared_ptr<Peer> shared_from_this() const { return std::shared_ptr<Peer>(self_); }
+
   const PeerDescriptor& descriptor() const { return descriptor_; }
   const std::string& id() const { return descriptor_.id; }
 
@@ -234,6 +239,7 @@ class alignas(64) Peer {
   const core::Tags tags_;
   Series series_;
   std::weak_ptr<void> owner_;
+  std::weak_ptr<Peer> self_;  // set by Create
   std::atomic<std::int64_t> last_failure_ns_{0};
   std::array<std::atomic<float>, kLatencyWindow> window_{};
 
