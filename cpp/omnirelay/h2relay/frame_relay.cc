@@ -1073,8 +1073,10 @@ void StartCall(Call* call) {
       (!call->meta.deadline || *call->grpc_deadline < *call->meta.deadline)) {
     call->meta.deadline = call->grpc_deadline;
   }
-  const TimePoint now = shared->clock->Now();
-  call->deadline = call->meta.EffectiveDeadline(now);
+  // Read the clock only when the call carries a deadline or TTL.
+  if (call->meta.deadline || call->meta.time_to_live) {
+    call->deadline = call->meta.EffectiveDeadline(shared->clock->Now());
+  }
   if (!call->deadline) {
     OnLease(call, route->pool->Acquire(call->meta, std::nullopt));
     return;
@@ -1571,6 +1573,7 @@ void Loop::OnEvents(uint32_t) {
 }
 
 void Loop::FireTimers() {
+  if (timers_.empty()) return;  // the common case: no clock read per iteration
   const TimePoint now = shared_->clock->Now();
   while (!timers_.empty() && timers_.begin()->first <= now) {
     Call* call = timers_.begin()->second;
