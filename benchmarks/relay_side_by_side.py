@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import resource
 import shutil
 import socket
 import statistics
@@ -62,16 +63,26 @@ backend echo
 
 
 def load(address: str, concurrency: int, payload: int, duration: str, warmup: str,
-         pids=None) -> dict:
+         pids=None, backend_pids=()) -> dict:
     args = [native(), "benchmark", "--transport", "grpc", "--address", address,
             "--procedure", METHOD, "--body", "x" * payload, "--concurrency", str(concurrency),
             "--duration", duration, "--warmup", warmup, "--json", "--quiet"]
+    children_before = resource.getrusage(resource.RUSAGE_CHILDREN)
     proc = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     # Measure the proxy's CPU over the measured window only (after the warmup).
     time.sleep(parse_seconds(warmup))
     before = cpu_seconds(pids or [])
+    client_before = cpu_seconds([proc.pid])
+    backends_before = [cpu_seconds([b]) for b in backend_pids]
+    start = time.monotonic()
     out, err = proc.communicate(timeout=600)
+    wall = max(1e-6, time.monotonic() - start)
     cpu = cpu_seconds(pids or []) - before
+    backend_cores = [(cpu_seconds([b]) - b0) / wall for b, b0 in zip(backend_pids, backends_before)]
+    # The client has exited: its whole CPU is in our children's rusage.
+    children = resource.getrusage(resource.RUSAGE_CHILDREN)
+    client_total = (children.ru_utime - children_before.ru_utime +
+                    children.ru_stime - children_before.ru_stime)
     if proc.returncode != 0:
         sys.exit(f"benchmark failed: {err}")
     report = json.loads(out)
@@ -79,7 +90,12 @@ def load(address: str, concurrency: int, payload: int, duration: str, warmup: st
     success = report["latency_ms"]["success"]
     return {"qps": report["throughput_rps"], "p50": success["p50"], "p99": success["p99"],
             "failures": report["failures"],
-            "cpu_us_per_call": cpu / calls * 1e6 if pids else float("nan")}
+            "cpu_us_per_call": cpu / calls * 1e6 if pids else float("nan"),
+            # Bottleneck check: cores used during the measured window by the
+            # client and by the busiest echo backend (each has 1 thread, so
+            # ~1.0 means that backend, not the proxy, limits the rate).
+            "client_cores": max(0.0, client_total - client_before) / wall,
+            "backend_max_cores": max(backend_cores, default=float("nan"))}
 
 
 def wait_listening(port: int, proc: Proc) -> None:
@@ -136,6 +152,7 @@ def main() -> int:
                       "--ready-file", str(ready)], ready)
             procs.append(p)
             backends.append(p.ready["grpc"])
+        backend_pids = [p.p.pid for p in procs]
         targets, trees = {"direct": backends[0]}, {"direct": None}
 
         def relay(name: str, data_path: str):
@@ -196,15 +213,18 @@ def main() -> int:
                 for i in range(args.runs):
                     for name in order:
                         r = load(targets[name], c, payload, args.duration, args.warmup,
-                                 trees[name])
+                                 trees[name], backend_pids)
                         runs[name].append(r)
                         print(f"  {payload:>5}B c={c:<3} run {i + 1}/{args.runs} {name:7s} "
                               f"{r['qps']:9.0f} qps  p50 {r['p50']:7.2f} ms  p99 {r['p99']:7.2f} ms"
                               f"  proxy cpu {r['cpu_us_per_call']:6.1f} us/call"
+                              f"  client {r['client_cores']:4.2f} cores"
+                              f"  busiest backend {r['backend_max_cores']:4.2f} cores"
                               f"  failures {r['failures']}", flush=True)
                 results[f"{payload}B/c{c}"] = {
                     name: {key: statistics.median(x[key] for x in rs)
-                           for key in ("qps", "p50", "p99", "cpu_us_per_call")} | {"runs": rs}
+                           for key in ("qps", "p50", "p99", "cpu_us_per_call", "client_cores",
+                                       "backend_max_cores")} | {"runs": rs}
                     for name, rs in runs.items()}
         print_table(results, order)
         print(f"(median of {args.runs} runs of {args.duration} after {args.warmup} warmup; "
@@ -231,11 +251,18 @@ def print_table(results: dict, order: list) -> None:
             cells.append(f"{x['qps']:>12.0f} {x['p50']:>6.2f}/{x['p99']:<6.2f} "
                          f"{x['cpu_us_per_call']:>6.1f}")
         print(f"{case:>10} " + " ".join(cells))
+    print()
+    print("bottleneck check (median cores during the window: client / busiest 1-thread backend)")
+    print(f"{'case':>10} " + " ".join(f"{n:>14}" for n in order))
+    for case, r in results.items():
+        print(f"{case:>10} " + " ".join(
+            f"{r[n]['client_cores']:>6.2f}/{r[n]['backend_max_cores']:<7.2f}" for n in order))
     if "frame" not in order:
         return
     print()
     others = [n for n in order if n != "frame"]
-    print(f"{'case':>10} " + " ".join(f"{'frame/' + n + ' qps':>18} {'p99':>6}" for n in others))
+    print(f"{'case':>10} " + " ".join(f"{'frame/' + n + ' qps':>18} {'p99':>6} {'cpu':>5}"
+                                      for n in others))
     for case, r in results.items():
         f = r["frame"]
         cells = []
@@ -243,7 +270,10 @@ def print_table(results: dict, order: list) -> None:
             o = r[n]
             q = f["qps"] / o["qps"] if o["qps"] else float("nan")
             p = f["p99"] / o["p99"] if o["p99"] else float("nan")
-            cells.append(f"{q:>18.2f} {p:>6.2f}")
+            u = (f["cpu_us_per_call"] / o["cpu_us_per_call"]
+                 if o["cpu_us_per_call"] == o["cpu_us_per_call"] and o["cpu_us_per_call"]
+                 else float("nan"))
+            cells.append(f"{q:>18.2f} {p:>6.2f} {u:>5.2f}")
         print(f"{case:>10} " + " ".join(cells))
 
 

@@ -44,7 +44,8 @@ std::shared_ptr<CircuitBreaker> CircuitBreaker::Create(CircuitBreakerOptions opt
 
 CircuitBreaker::CircuitBreaker(CircuitBreakerOptions options, std::shared_ptr<core::Clock> clock,
                                Listener listener)
-    : options_(Normalize(std::move(options))),
+    : ratio_rule_(Normalize(options).failure_ratio > 0),
+      options_(Normalize(std::move(options))),
       clock_(std::move(clock)),
       listener_(std::move(listener)) {}
 
@@ -81,7 +82,7 @@ void CircuitBreaker::RecordOutcome(core::StatusCode code, bool probe) {
   // Fast path: a success on a closed breaker without a ratio rule only ends a
   // failure run; avoid even the store when there is no run (keeps the cache
   // line shared between threads).
-  if (!failure && !probe && options_.failure_ratio <= 0 &&
+  if (!failure && !probe && !ratio_rule_ &&
       state_.load(std::memory_order_acquire) == BreakerState::kClosed) {
     if (consecutive_failures_.load(std::memory_order_relaxed) != 0) {
       consecutive_failures_.store(0, std::memory_order_relaxed);

@@ -1,6 +1,7 @@
 #include "omnirelay/peers/peer.h"
 
 #include <algorithm>
+#include <cassert>
 #include <cmath>
 #include <ctime>
 #include <utility>
@@ -64,6 +65,7 @@ std::shared_ptr<Peer> Peer::Create(PeerDescriptor descriptor, PeerOptions option
   std::shared_ptr<Peer> peer(new Peer(std::move(descriptor), std::move(options), std::move(clock),
                                       std::move(metrics), std::move(tags)),
                              &Peer::Retire);
+  peer->self_ = peer;
   if (peer->options_.breaker) {
     // The breaker outlives nothing: its timer holds a weak_ptr to it, and its
     // listener a weak_ptr to us, so a late timer never touches a dead peer.
@@ -74,6 +76,7 @@ std::shared_ptr<Peer> Peer::Create(PeerDescriptor descriptor, PeerOptions option
                                                 self->OnBreakerTransition(from, to);
                                               }
                                             });
+    peer->breaker_view_ = peer->breaker_.get();
   }
   return peer;
 }
@@ -81,8 +84,9 @@ std::shared_ptr<Peer> Peer::Create(PeerDescriptor descriptor, PeerOptions option
 Peer::Peer(PeerDescriptor descriptor, PeerOptions options, std::shared_ptr<core::Clock> clock,
            std::shared_ptr<core::MetricsRegistry> metrics, core::Tags tags)
     : status_(descriptor.status),
-      max_inflight_(options.max_inflight),
       coarse_clock_(dynamic_cast<const core::SystemClock*>(clock.get()) != nullptr),
+      max_inflight_(options.max_inflight),
+      ewma_alpha_(options.ewma_alpha),
       descriptor_(std::move(descriptor)),
       options_(std::move(options)),
       clock_(std::move(clock)),
@@ -114,6 +118,9 @@ Peer::Peer(PeerDescriptor descriptor, PeerOptions options, std::shared_ptr<core:
     series_.rejected_unhealthy = with_reason("unhealthy");
     series_.rejected_circuit_open = with_reason("circuit_open");
   }
+  // The hot members fill the first cache line (see peer.h).
+  assert(reinterpret_cast<const char*>(&ewma_alpha_ + 1) - reinterpret_cast<const char*>(this) <=
+         64);
 }
 
 Peer::~Peer() = default;
@@ -142,8 +149,8 @@ void Peer::SetStatus(PeerStatus status) {
 
 bool Peer::IsEligible() const {
   if (status() == PeerStatus::kUnavailable) return false;
-  if (health_ && !health_->eligible()) return false;
-  if (breaker_ && breaker_->state() == BreakerState::kOpen) return false;
+  if (health_view_ && !health_view_->eligible()) return false;
+  if (breaker_view_ && breaker_view_->state() == BreakerState::kOpen) return false;
   return true;
 }
 
@@ -166,13 +173,13 @@ void Peer::Refuse(AcquireResult result) {
 
 Admission Peer::TryAcquire() {
   Admission admission;
-  if (status() == PeerStatus::kUnavailable || (health_ && !health_->eligible())) {
+  if (status() == PeerStatus::kUnavailable || (health_view_ && !health_view_->eligible())) {
     admission.result = AcquireResult::kUnhealthy;
     Refuse(admission.result);
     return admission;
   }
-  if (breaker_) {
-    auto breaker_admission = breaker_->TryAdmit();
+  if (breaker_view_) {
+    auto breaker_admission = breaker_view_->TryAdmit();
     if (breaker_admission == CircuitBreaker::Admission::kRejected) {
       admission.result = AcquireResult::kCircuitOpen;
       Refuse(admission.result);
@@ -185,7 +192,7 @@ Admission Peer::TryAcquire() {
     int current = inflight_.load(std::memory_order_seq_cst);
     do {
       if ((current & kInflightMask) >= max_inflight_) {
-        if (admission.probe) breaker_->ReturnProbe();
+        if (admission.probe) breaker_view_->ReturnProbe();
         admission.probe = false;
         admission.result = AcquireResult::kBusy;
         Refuse(admission.result);
@@ -207,7 +214,7 @@ void Peer::Release(core::StatusCode outcome, core::Duration latency, bool probe)
 
 void Peer::RecordRelease(core::StatusCode outcome, core::Duration latency, bool probe) {
   RecordOutcome(outcome, latency);
-  if (breaker_) breaker_->RecordOutcome(outcome, probe);
+  if (breaker_view_) breaker_view_->RecordOutcome(outcome, probe);
 }
 
 void Peer::RecordFeedback(core::StatusCode outcome, core::Duration rtt) {
@@ -243,7 +250,7 @@ void Peer::RecordOutcome(core::StatusCode outcome, core::Duration latency) {
   // A sample equal to the average leaves it unchanged: skip the write (and
   // the cache-line transfer) altogether.
   const double old = ewma_ms_.load(std::memory_order_relaxed);
-  const double next = old < 0 ? sample : old + options_.ewma_alpha * (sample - old);
+  const double next = old < 0 ? sample : old + ewma_alpha_ * (sample - old);
   if (next != old) ewma_ms_.store(next, std::memory_order_relaxed);
   const std::uint32_t index = window_next_.load(std::memory_order_relaxed);
   window_next_.store(index + 1, std::memory_order_relaxed);
@@ -311,6 +318,7 @@ PeerState Peer::Snapshot() const {
 
 void Peer::SetHealthHandle(std::shared_ptr<const PeerHealthHandle> handle) {
   health_ = std::move(handle);
+  health_view_ = health_.get();
 }
 
 void Peer::SetObserver(Observer observer) {

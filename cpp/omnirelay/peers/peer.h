@@ -113,7 +113,8 @@ struct PeerState {
   std::optional<BreakerSnapshot> breaker;
 };
 
-class Peer : public std::enable_shared_from_this<Peer> {
+// Cache-line aligned: the hot members below fill exactly the first line.
+class alignas(64) Peer {
  public:
   // Window of recent latencies behind the percentiles: the last 256 samples.
   static constexpr std::uint32_t kLatencyWindow = 256;
@@ -128,6 +129,11 @@ class Peer : public std::enable_shared_from_this<Peer> {
   ~Peer();
   Peer(const Peer&) = delete;
   Peer& operator=(const Peer&) = delete;
+
+  // What std::enable_shared_from_this would give, from a member in the cold
+  // part of the object (the base class would sit in the hot first line).
+  std::weak_ptr<Peer> weak_from_this() const { return self_; }
+  std::shared_ptr<Peer> shared_from_this() const { return std::shared_ptr<Peer>(self_); }
 
   const PeerDescriptor& descriptor() const { return descriptor_; }
   const std::string& id() const { return descriptor_.id; }
@@ -201,22 +207,30 @@ class Peer : public std::enable_shared_from_this<Peer> {
   std::int64_t NowNanos() const;
   void OnBreakerTransition(BreakerState from, BreakerState to);
 
-  // Hot: what every pick, acquire and release reads, kept together at the
-  // front so a pick on a cold peer (1000 peers do not fit in cache) touches
-  // one or two cache lines of it rather than four.
+  // Hot: what every pick, acquire and release reads, packed into the first
+  // cache line (static_assert in peer.cc) so a pick and a release on a cold
+  // peer (1,000 peers do not stay in cache) miss once on the peer itself.
+  // breaker_/health_ are raw views of the owning shared_ptrs further down.
   std::atomic<PeerStatus> status_;
-  std::atomic<int> inflight_{0};
-  const int max_inflight_;  // options_.max_inflight
-  std::atomic<std::uint32_t> window_next_{0};
-  std::shared_ptr<CircuitBreaker> breaker_;
-  std::shared_ptr<const PeerHealthHandle> health_;
-  std::atomic<double> ewma_ms_{-1};               // < 0: no sample yet
-  std::atomic<std::int64_t> last_success_ns_{0};  // since epoch; 0 = never
-  std::atomic<int> slot_{-1};
   // Clock behind last_success/last_failure: CoarseSystemNow() when clock_ is
   // the SystemClock (a 1-4 ms-grained vDSO read instead of a precise one on
   // every release), else clock_->Now() (ManualClock stays exact).
   const bool coarse_clock_;
+  std::atomic<int> inflight_{0};
+  const int max_inflight_;  // options_.max_inflight
+  std::atomic<std::uint32_t> window_next_{0};
+  std::atomic<int> slot_{-1};
+  // This peer's cells in the per-thread statistics (successes, failures,
+  // latency histogram); freed after observed_ took its final values.
+  internal::PeerStatId stat_;
+  CircuitBreaker* breaker_view_ = nullptr;
+  const PeerHealthHandle* health_view_ = nullptr;
+  std::atomic<double> ewma_ms_{-1};               // < 0: no sample yet
+  std::atomic<std::int64_t> last_success_ns_{0};  // since epoch; 0 = never
+  const double ewma_alpha_;                       // options_.ewma_alpha
+
+  std::shared_ptr<CircuitBreaker> breaker_;
+  std::shared_ptr<const PeerHealthHandle> health_;
 
   const PeerDescriptor descriptor_;
   const PeerOptions options_;
@@ -225,15 +239,12 @@ class Peer : public std::enable_shared_from_this<Peer> {
   const core::Tags tags_;
   Series series_;
   std::weak_ptr<void> owner_;
+  std::weak_ptr<Peer> self_;  // set by Create
   std::atomic<std::int64_t> last_failure_ns_{0};
   std::array<std::atomic<float>, kLatencyWindow> window_{};
 
   std::mutex observer_mu_;
   std::shared_ptr<const Observer> observer_;
-
-  // This peer's cells in the per-thread statistics (successes, failures,
-  // latency histogram); freed after observed_ took its final values.
-  internal::PeerStatId stat_;
 
   // Last members: destroyed (unregistered) first, while what they read is
   // still alive.

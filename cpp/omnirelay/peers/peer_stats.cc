@@ -112,11 +112,17 @@ StatCell& ThreadCell(std::uint32_t id) {
 
 void RecordLatency(StatCell& cell, std::uint64_t ticks) {
   const std::size_t bucket = core::LatencyHistogram::BucketIndex(ticks);
-  auto& row_ptr = cell.rows[bucket / kHistogramRowSize];
-  HistogramRow* row = row_ptr.load(std::memory_order_relaxed);
-  if (row == nullptr) {
-    row = new HistogramRow();
-    row_ptr.store(row, std::memory_order_release);
+  const auto row_index = static_cast<std::uint32_t>(bucket / kHistogramRowSize);
+  HistogramRow* row = cell.last_row_ptr;
+  if (cell.last_row != row_index) {
+    auto& row_ptr = cell.rows[row_index];
+    row = row_ptr.load(std::memory_order_relaxed);
+    if (row == nullptr) {
+      row = new HistogramRow();
+      row_ptr.store(row, std::memory_order_release);
+    }
+    cell.last_row = row_index;
+    cell.last_row_ptr = row;
   }
   Bump(row->buckets[bucket % kHistogramRowSize]);
   Bump(cell.count);

@@ -48,15 +48,26 @@ struct HistogramRow {
 
 // One thread's view of one peer. Single writer (the owning thread), so
 // increments are a relaxed load + store, never a locked RMW.
-struct StatCell {
+// Cache-line aligned with everything a release writes in the first line
+// (counters, totals, and the row the last sample went to), so a release on a
+// cold peer misses on this line and the one bucket line, not also on `rows`.
+struct alignas(64) StatCell {
   std::atomic<std::uint64_t> successes{0};
   std::atomic<std::uint64_t> failures{0};
   std::atomic<std::uint64_t> count{0};
   std::atomic<std::uint64_t> sum_ticks{0};
   std::atomic<std::uint64_t> min_ticks{UINT64_MAX};
   std::atomic<std::uint64_t> max_ticks{0};
+  // The owning thread's shortcut to rows[last_row] (only it reads or writes
+  // these two; rows are never freed, only zeroed, so the pointer stays valid).
+  HistogramRow* last_row_ptr = nullptr;
+  std::uint32_t last_row = UINT32_MAX;
   std::array<std::atomic<HistogramRow*>, kHistogramRows> rows{};
 };
+static_assert(sizeof(std::atomic<std::uint64_t>) * 6 + sizeof(HistogramRow*) +
+                      sizeof(std::uint32_t) <=
+                  64,
+              "a release's writes to its StatCell stay in one cache line");
 
 // The cell of `id` in the calling thread's block (created on first use).
 StatCell& ThreadCell(std::uint32_t id);
