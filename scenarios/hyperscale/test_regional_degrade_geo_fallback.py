@@ -15,15 +15,24 @@ Then:
   its threshold), while probes keep measuring west;
 * ``omnirelay.geo.mode`` is 1 (fallback), ``omnirelay.geo.transitions`` counts
   exactly one entry into fallback, ``omnirelay.geo.routed`` rises for east;
-* shard-keyed calls still go to their owner — west-owned shards keep being
-  served in west (slower), every answer names its owner in
-  ``rpc-shard-owner`` and comes from it; failures stay bounded;
+* the edges' shard route has geo stickiness (``shards.namespaces.users.geo``,
+  docs/shards.md "Geo stickiness"; its gRPC links to the west backends carry
+  the same latency): while west is degraded, calls for west-owned shards with
+  an east replica are answered in east by that replica (``rpc-shard-role:
+  replica``, ``rpc-shard-served-by`` an east node named in the map's
+  ``replicas``; 1 in ``probeEvery`` stays on the west owner as the chooser's
+  probe), east-owned shards and west-owned shards without an east replica stay
+  on their owner; ``omnirelay.geo.*{outbound=shards.users}`` show one trip out;
+  failures stay bounded;
 * after the heal, calls come back to west after the hold period and stay there:
-  exactly one return (``transitions{local}`` = 1), no flapping.
+  exactly one return (``transitions{local}`` = 1), no flapping — for the geo
+  outbound and for the shard route (every shard call on its west owner again).
 
 Artifacts: ``shards/before|after/<node>.json`` (every node's shard map),
 ``observations.json`` (per call: phase, who answered, region, latency, error),
-``figures.json`` (times, shares, latencies, measured loss, retransmits),
+``figures.json`` (times to move/return for the geo outbound and the shard
+route, shard calls by replica/owner per category, shares, latencies, measured
+loss, retransmits),
 ``netns.json`` (namespaces, addresses), ``metrics/<phase>/``.
 
 CI: 2 + 2 backends, one edge, 16 shards, ~3 s degraded. ``--scale full``:
@@ -32,9 +41,6 @@ CI: 2 + 2 backends, one edge, 16 shards, ~3 s degraded. ``--scale full``:
 Run: ``pytest scenarios/hyperscale -m hyperscale`` or
 ``omnirelay scenario run regional_degrade_geo_fallback [--scale full]``.
 Needs root (network namespaces); CI runs as root.
-
-Not covered yet: geo stickiness inside the shard route (owner *or replica*
-in the chosen region) — the shard route always sends to the owner today.
 """
 
 from __future__ import annotations
@@ -61,6 +67,8 @@ THRESHOLD_MS = 60
 LOSS = 0.10
 HOLD_S = 3.0
 PROBE_EVERY = 5
+SHARD_GEO = {"latencyThresholdMs": THRESHOLD_MS, "holdMs": int(HOLD_S * 1000), "evaluateEveryMs": 100,
+             "probeEvery": PROBE_EVERY, "minSamples": 5}
 
 
 def identity(b):
@@ -89,6 +97,11 @@ def topology(per_region: int, edges: int, shard_count: int):
                 **mesh}})
     for name in west:
         b.with_link(edge_names[0], name, port="http", proxy=True)
+        # Shard forwarding (and the edge's gossip) to the west backends runs on
+        # gRPC through a proxied link per edge, so the degrade's latency reaches
+        # the shard route's geo chooser as it reaches the outbound's.
+        for edge in edge_names:
+            b.with_link(edge, name, port="grpc", proxy=True)
     for edge in edge_names:
         b.node(edge, role="edge", region="west", zone="west-b").with_config({"omniRelay": {
             "outbounds": {"backends": {
@@ -108,13 +121,15 @@ def topology(per_region: int, edges: int, shard_count: int):
     apply_leadership(t, scopes, store="sqlite")
     for node in t.nodes:
         config = node.config.setdefault("omniRelay", {})
-        config["shards"] = {
-            "reconcileInterval": "250ms",
-            "namespaces": {"users": {
-                "shards": shard_count, "strategy": "rendezvous", "replicas": 1, "ownerRole": "backend",
-                "service": SHARDED_SERVICE, "localService": ECHO_SERVICE,
-            }},
+        users: Dict[str, Any] = {
+            "shards": shard_count, "strategy": "rendezvous", "replicas": 1, "ownerRole": "backend",
+            "service": SHARDED_SERVICE, "localService": ECHO_SERVICE,
         }
+        if node.name in edge_names:
+            # Geo stickiness (docs/shards.md "Geo stickiness"): the edges' shard
+            # route leaves west with the same thresholds as their outbound.
+            users["geo"] = dict(SHARD_GEO)
+        config["shards"] = {"reconcileInterval": "250ms", "namespaces": {"users": users}}
     return t, west, east, edge_names
 
 
@@ -139,7 +154,8 @@ class Client:
             headers = dict(call.initial_metadata())
             instance = headers.get("x-omnirelay-instance", "")
             record.update(ok=True, instance=instance, region=instance.split("-")[0],
-                          shardOwner=headers.get("rpc-shard-owner"), shardVersion=headers.get("rpc-shard-version"))
+                          shardOwner=headers.get("rpc-shard-owner"), shardVersion=headers.get("rpc-shard-version"),
+                          servedBy=headers.get("rpc-shard-served-by"), role=headers.get("rpc-shard-role"))
         except grpc.RpcError as error:
             record.update(ok=False, error=f"{error.code().name}: {error.details()}")
         record["latencyMs"] = round((time.monotonic() - start) * 1000, 2)
@@ -187,6 +203,12 @@ def converged(cluster, backends: List[str]) -> bool:
                all(x["routable"] for x in d["namespaces"][0]["nodes"]) for d in docs.values())
 
 
+def placement(document: Dict[str, Any]) -> List[List[str]]:
+    """The replicas of every shard of `users` (index = shard id)."""
+    ns = next(n for n in document["namespaces"] if n["namespace"] == "users")
+    return [list(x.get("replicas") or []) for x in ns["shards"]]
+
+
 def geo_peers(node) -> List[str]:
     outbound = node.get_json("/omnirelay/introspect")["outbounds"]["backends"]
     return sorted(p["id"] for p in outbound["peers"])
@@ -216,9 +238,12 @@ def scenario(s: Scenario) -> None:
         for name, doc in before.items():
             s.save_json(f"shards/before/{name}.json", doc)
         owner_of = owners(before[edge_names[0]], "users")
+        replicas_of = placement(before[edge_names[0]])
         version_before = before[edge_names[0]]["namespaces"][0]["version"]
         west_owned = sum(1 for o in owner_of if o in west)
-        figures.update(mapVersionBefore=version_before, westOwnedShards=west_owned)
+        figures.update(mapVersionBefore=version_before, westOwnedShards=west_owned,
+                       westOwnedWithEastReplica=sum(1 for i, o in enumerate(owner_of)
+                                                    if o in west and any(r in east for r in replicas_of[i])))
         clients = [Client(e, cluster[e].address("grpc"), observations) for e in edge_names]
 
     shard_ids: Dict[str, int] = {}
@@ -228,20 +253,82 @@ def scenario(s: Scenario) -> None:
             shard_ids[key] = resolve(cluster[edge_names[0]].admin, "users", key)["shard"]
         return shard_ids[key]
 
+    def category(shard: int) -> str:
+        """`sticky`: west owner with an east replica (moves to the replica in
+        fallback); `westOnly`: west owner, no east replica (stays on the owner);
+        `east`: east owner (its owner is in the chosen region)."""
+        if owner_of[shard] in east:
+            return "east"
+        return "sticky" if any(r in east for r in replicas_of[shard]) else "westOnly"
+
+    # Keys chosen so every category is called (a fixed key list may miss one
+    # at 16 shards); tenant-0.. first, then more until each has its quota.
+    quota = {"sticky": keys_per_round // 2, "westOnly": keys_per_round // 4, "east": keys_per_round // 4}
+    keys: List[str] = []
+    have = {c: 0 for c in quota}
+    for i in range(600):
+        key = f"tenant-{i}"
+        c = category(shard_of(key))
+        if have[c] < quota[c]:
+            have[c] += 1
+            keys.append(key)
+        if have == quota:
+            break
+    assert have["sticky"] > 0 and have["east"] > 0, ("no key for a category", have, replicas_of)
+    figures["shardKeys"] = {c: [k for k in keys if category(shard_of(k)) == c] for c in quota}
+
     def shard_round(phase: str) -> List[Dict[str, Any]]:
         out = []
-        for k in range(keys_per_round):
+        for key in keys:
             for c in clients:
-                out.append(c.shard_call(phase, f"tenant-{k}"))
+                r = c.shard_call(phase, key)
+                r["shard"] = shard_of(key)
+                r["category"] = category(r["shard"])
+                out.append(r)
         return out
+
+    # Placement per map version: a call is checked against the map it was
+    # routed under (`rpc-shard-version`), in case membership churn under the
+    # loss made the leader write a new one.
+    maps: Dict[str, Any] = {str(version_before): (owner_of, replicas_of)}
+
+    def placement_of(r: Dict[str, Any]):
+        version = str(r.get("shardVersion"))
+        if version not in maps:
+            doc = shards(cluster[edge_names[0]].admin, "users")
+            ns = next(n for n in doc["namespaces"] if n["namespace"] == "users")
+            maps[str(ns["version"])] = (owners(doc, "users"), placement(doc))
+        return maps.get(version, maps[str(version_before)])
+
+    def on_east_replica(r: Dict[str, Any]) -> bool:
+        return (r["ok"] and r["role"] == "replica" and r["servedBy"] == r["instance"] and
+                r["servedBy"] in east and r["servedBy"] in placement_of(r)[1][r["shard"]])
+
+    def on_owner(r: Dict[str, Any]) -> bool:
+        return (r["ok"] and r["role"] == "owner" and r["servedBy"] == r["instance"] ==
+                r["shardOwner"] == placement_of(r)[0][r["shard"]])
+
+    def sticky_share(records: List[Dict[str, Any]]) -> float:
+        sticky = [r for r in records if r["category"] == "sticky"]
+        return sum(1 for r in sticky if on_east_replica(r)) / max(1, len(sticky))
 
     def geo_metrics(edge: str) -> Dict[str, float]:
         m = cluster[edge].metrics()
-        return {"mode": m.value("omnirelay.geo.mode", outbound="backends"),
-                "routedWest": m.value("omnirelay.geo.routed", default=0, geo_region="west"),
-                "routedEast": m.value("omnirelay.geo.routed", default=0, geo_region="east"),
-                "toFallback": m.value("omnirelay.geo.transitions", default=0, geo_mode="fallback"),
-                "toLocal": m.value("omnirelay.geo.transitions", default=0, geo_mode="local")}
+        return geo_metrics_of(edge, "backends")
+
+    def geo_metrics_of(edge: str, outbound: str) -> Dict[str, float]:
+        # The outbound's chooser and the shard route's (`shards.users`) report
+        # the same metric names; the tag tells them apart.
+        m = cluster[edge].metrics()
+        return {"mode": m.value("omnirelay.geo.mode", default=-1, outbound=outbound),
+                "routedWest": m.value("omnirelay.geo.routed", default=0, geo_region="west", outbound=outbound),
+                "routedEast": m.value("omnirelay.geo.routed", default=0, geo_region="east", outbound=outbound),
+                "toFallback": m.value("omnirelay.geo.transitions", default=0, geo_mode="fallback",
+                                      outbound=outbound),
+                "toLocal": m.value("omnirelay.geo.transitions", default=0, geo_mode="local", outbound=outbound)}
+
+    def shard_geo(edge: str) -> Dict[str, float]:
+        return geo_metrics_of(edge, "shards.users")
 
     try:
         with s.then("healthy: geo calls stay in west, shard calls reach their owners"):
@@ -251,29 +338,42 @@ def scenario(s: Scenario) -> None:
                 m = geo_metrics(e)
                 assert m["mode"] == 0 and m["routedEast"] == 0 and m["routedWest"] >= 40, (e, m)
             calm_shards = shard_round("healthy")
-            assert all(r["ok"] and r["instance"] == r["shardOwner"] == owner_of[shard_of(r["key"])]
-                       for r in calm_shards), [r for r in calm_shards if not r["ok"]][:3]
+            assert all(on_owner(r) for r in calm_shards), [r for r in calm_shards if not on_owner(r)][:3]
+            for e in edge_names:
+                m = shard_geo(e)
+                assert m["mode"] == 0 and m["routedEast"] == 0 and m["toFallback"] == 0, (e, m)
             s.snapshot("healthy")
             retrans_before = {w: cluster.netns.tcp_counters(w)["RetransSegs"] for w in west}
 
-        with s.when(f"west degrades: +{LATENCY_MS} ms on the edge->west links and {LOSS:.0%} packet loss "
+        with s.when(f"west degrades: +{LATENCY_MS} ms on the edge->west links (http and grpc) and {LOSS:.0%} packet loss "
                     f"on the west namespaces"):
             window = 120
             for w in west:
                 cluster.chaos.latency(cluster.link(f"{edge_names[0]}->{w}:http"), LATENCY_MS, duration_s=window)
+                for e in edge_names:
+                    cluster.chaos.latency(cluster.link(f"{e}->{w}:grpc"), LATENCY_MS, duration_s=window)
             rules = cluster.chaos.packet_loss("west", LOSS, duration_s=window, roles=["backend"])
             degraded_at = time.monotonic()
             assert sorted(r.namespace for r in rules) == sorted(cluster[w].netns for w in west)
 
         with s.then("geo calls move to east within a bounded time; probes still measure west"):
-            moved_after = None
-            while time.monotonic() - degraded_at < 20:
-                burst = [r for c in clients for r in c.geo_burst("moving", 10)]
-                if east_share(burst) >= 0.7 and all(geo_metrics(e)["mode"] == 1 for e in edge_names):
-                    moved_after = time.monotonic() - degraded_at
-                    break
+            moved_after = shard_moved_after = None
+            burst: List[Dict[str, Any]] = []
+            round_: List[Dict[str, Any]] = []
+            while time.monotonic() - degraded_at < 20 and (moved_after is None or shard_moved_after is None):
+                if moved_after is None:
+                    burst = [r for c in clients for r in c.geo_burst("moving", 10)]
+                    if east_share(burst) >= 0.7 and all(geo_metrics(e)["mode"] == 1 for e in edge_names):
+                        moved_after = time.monotonic() - degraded_at
+                if shard_moved_after is None:
+                    round_ = shard_round("shardMoving")
+                    if sticky_share(round_) >= 0.6 and all(shard_geo(e)["mode"] == 1 for e in edge_names):
+                        shard_moved_after = time.monotonic() - degraded_at
             assert moved_after is not None, f"calls never moved to east: {summary(burst)}"
+            assert shard_moved_after is not None, \
+                f"sticky shard calls never moved to their east replica: {[r for r in round_ if not on_east_replica(r)][:4]}"
             figures["movedToEastSeconds"] = round(moved_after, 3)
+            figures["shardMovedToReplicaSeconds"] = round(shard_moved_after, 3)
             figures["udpLossWest"] = netns.measure_udp_loss(cluster.netns, west[0], count=200, gap_s=0.0005)
 
             degraded: List[Dict[str, Any]] = []
@@ -296,43 +396,73 @@ def scenario(s: Scenario) -> None:
             expected = 1 - (1 - LOSS) ** 2
             assert expected - 0.12 <= loss <= expected + 0.12, figures["udpLossWest"]
 
-        with s.then("shard-keyed calls stay on their owners (west-owned shards still served in west)"):
+        with s.then("shard-keyed calls keep to the shard: west-owned shards with an east replica are served "
+                    "by that replica, the others by their owner"):
             mid = shard_docs(cluster)
             ok = [r for r in degraded_shards if r["ok"]]
             failed = [r for r in degraded_shards if not r["ok"]]
             assert len(failed) <= max(1, len(degraded_shards) // 20), failed[:5]
-            elsewhere = [r for r in ok if r["instance"] != r["shardOwner"]]
+            # Never a node outside the shard: the owner, or (geo stickiness) a replica.
+            elsewhere = [r for r in ok if not (on_owner(r) or on_east_replica(r))]
             assert not elsewhere, elsewhere[:5]
             version_mid = mid[edge_names[0]]["namespaces"][0]["version"]
             figures["mapVersionDegraded"] = version_mid
+            for e in edge_names:
+                m = shard_geo(e)
+                assert m["mode"] == 1 and m["toFallback"] == 1 and m["toLocal"] == 0, (e, m)
+            by_category = {c: [r for r in ok if r["category"] == c] for c in quota}
+            # East-owned shards: the owner is in the chosen region, so it serves.
+            assert all(on_owner(r) for r in by_category["east"]), \
+                [r for r in by_category["east"] if not on_owner(r)][:3]
+            # West-owned, east replica: the replica serves, except the chooser's
+            # probes (1 in probeEvery picks stays local and reaches the owner).
+            assert by_category["sticky"] and sticky_share(by_category["sticky"]) >= 0.6, \
+                summary(by_category["sticky"])
+            assert all(on_east_replica(r) or on_owner(r) for r in by_category["sticky"])
+            # West-owned, no east replica: nobody in east holds it, the owner serves (slower).
+            assert all(on_owner(r) for r in by_category["westOnly"])
             if version_mid == version_before:
                 # Membership held through the loss: the map did not change, so
-                # every call went to the same owner as before, west included.
-                assert all(r["instance"] == owner_of[shard_of(r["key"])] for r in ok)
+                # the owners are the ones before, and west owners still served.
                 west_served = [r for r in ok if r["region"] == "west"]
                 assert west_owned == 0 or west_served, "no west-owned shard was served in west"
                 figures["westShardCallsDuringDegrade"] = len(west_served)
             figures["shardCallsDegraded"] = summary(degraded_shards)
+            figures["shardCallsDegradedByRole"] = {
+                c: {"calls": len([r for r in degraded_shards if r["category"] == c]),
+                    "byReplica": sum(1 for r in by_category[c] if on_east_replica(r)),
+                    "byOwner": sum(1 for r in by_category[c] if on_owner(r)),
+                    "failed": sum(1 for r in failed if r["category"] == c)} for c in quota}
 
         with s.when("the west region heals"):
             for w in west:
                 cluster.chaos.heal_link(cluster.link(f"{edge_names[0]}->{w}:http"))
+                for e in edge_names:
+                    cluster.chaos.heal_link(cluster.link(f"{e}->{w}:grpc"))
             cluster.chaos.heal_loss(rules)
             healed_at = time.monotonic()
             assert all(cluster.netns.loss_rules_installed(w) == [] for w in west)
 
         with s.then(f"geo calls return to west after the {HOLD_S:g}s hold, once, and stay"):
-            returned_after = None
-            while time.monotonic() - healed_at < 30:
-                burst = [r for c in clients for r in c.geo_burst("returning", 10)]
-                if burst and all(r["ok"] and r["region"] == "west" for r in burst) and \
-                        all(geo_metrics(e)["mode"] == 0 for e in edge_names):
-                    returned_after = time.monotonic() - healed_at
-                    break
+            returned_after = shard_returned_after = None
+            while time.monotonic() - healed_at < 30 and (returned_after is None or shard_returned_after is None):
+                if returned_after is None:
+                    burst = [r for c in clients for r in c.geo_burst("returning", 10)]
+                    if burst and all(r["ok"] and r["region"] == "west" for r in burst) and \
+                            all(geo_metrics(e)["mode"] == 0 for e in edge_names):
+                        returned_after = time.monotonic() - healed_at
+                if shard_returned_after is None:
+                    round_ = shard_round("shardReturning")
+                    if all(on_owner(r) for r in round_) and all(shard_geo(e)["mode"] == 0 for e in edge_names):
+                        shard_returned_after = time.monotonic() - healed_at
                 time.sleep(0.05)  # a steady trickle while the hold runs, not a flood
             assert returned_after is not None, f"calls never came back to west: {summary(burst)}"
             assert returned_after >= HOLD_S, returned_after
+            assert shard_returned_after is not None, \
+                f"shard calls never came back to their owner: {[r for r in round_ if not on_owner(r)][:4]}"
+            assert shard_returned_after >= HOLD_S, shard_returned_after
             figures["returnedToWestSeconds"] = round(returned_after, 3)
+            figures["shardReturnedToOwnerSeconds"] = round(shard_returned_after, 3)
             after = [r for c in clients for r in c.geo_burst("after", 40)]
             assert all(r["ok"] and r["region"] == "west" for r in after), summary(after)
             for e in edge_names:
@@ -343,6 +473,13 @@ def scenario(s: Scenario) -> None:
             after_shards = shard_round("after")
             assert all(r["ok"] and r["instance"] == r["shardOwner"] for r in after_shards), \
                 [r for r in after_shards if not r["ok"]][:3]
+            # No flapping: all of the shard route's sticky calls on their owner,
+            # exactly one trip out and one back.
+            assert all(on_owner(r) for r in after_shards), [r for r in after_shards if not on_owner(r)][:3]
+            for e in edge_names:
+                m = shard_geo(e)
+                assert m["mode"] == 0 and m["toFallback"] == 1 and m["toLocal"] == 1, (e, m)
+                figures.setdefault("shardGeoMetrics", {})[e] = m
             s.snapshot("after")
             after_docs = shard_docs(cluster)
             for name, doc in after_docs.items():
@@ -356,11 +493,17 @@ def scenario(s: Scenario) -> None:
         for phase in ("healthy", "moving", "degraded", "returning", "after"):
             figures.setdefault("geoCalls", {})[phase] = summary(
                 [r for r in observations if r["phase"] == phase and r["kind"] == "geo"])
+        for phase in ("healthy", "shardMoving", "degraded", "shardReturning", "after"):
+            figures.setdefault("shardCalls", {})[phase] = summary(
+                [r for r in observations if r["phase"] == phase and r["kind"] == "shard"])
+        figures["shardCallsFailed"] = sum(1 for r in observations if r["kind"] == "shard" and not r["ok"])
         s.save_json("observations.json", observations)
         s.save_json("figures.json", figures)
     s.note(f"moved to east in {figures['movedToEastSeconds']}s, back to west {figures['returnedToWestSeconds']}s "
            f"after heal; UDP loss west {figures['udpLossWest']['lossRatio']}; degraded geo calls "
-           f"{figures['geoCalls']['degraded']}; shard calls {figures['shardCallsDegraded']}")
+           f"{figures['geoCalls']['degraded']}; shard calls {figures['shardCallsDegraded']}; shard route to the "
+           f"east replica in {figures['shardMovedToReplicaSeconds']}s, back to the owner "
+           f"{figures['shardReturnedToOwnerSeconds']}s after heal; by role {figures['shardCallsDegradedByRole']}")
 
 
 def test_regional_degrade_geo_fallback(run_scenario):
