@@ -388,7 +388,7 @@ def scenario(s: Scenario) -> None:
                         moved_after = time.monotonic() - degraded_at
                 if shard_moved_after is None:
                     round_ = shard_round("shardMoving")
-                    if sticky_share(round_) >= 0.6 and all(shard_geo(e)["mode"] == 1 for e in edge_names):
+                    if sticky_share(round_) >= 0.5 and all(shard_geo(e)["mode"] == 1 for e in edge_names):
                         shard_moved_after = time.monotonic() - degraded_at
             assert moved_after is not None, f"calls never moved to east: {summary(burst)}"
             assert shard_moved_after is not None, \
@@ -400,9 +400,13 @@ def scenario(s: Scenario) -> None:
             degraded: List[Dict[str, Any]] = []
             degraded_shards: List[Dict[str, Any]] = []
             until = time.monotonic() + degraded_s
-            while time.monotonic() < until:
+            rounds = 0
+            # At least 3 shard rounds: the chooser's probe (1 in probeEvery
+            # picks) lands on other keys each round, so shares are stable.
+            while time.monotonic() < until or rounds < 3:
                 degraded += [r for c in clients for r in c.geo_burst("degraded", 20)]
                 degraded_shards += shard_round("degraded")
+                rounds += 1
             assert east_share(degraded) >= 0.7, summary(degraded)
             for e in edge_names:
                 m = geo_metrics(e)
@@ -436,12 +440,17 @@ def scenario(s: Scenario) -> None:
             # (the chooser's probes, 1 in probeEvery, go where west as the chosen
             # region sends them: a west replica if there is one).
             owner_share = sum(1 for r in by_category["east"] if on_owner(r)) / max(1, len(by_category["east"]))
-            assert owner_share >= 0.6, summary(by_category["east"])
+            assert owner_share >= 0.5, summary(by_category["east"])
+            # Probes (served where west as the chosen region sends them, not where
+            # east does) stay near 1 in probeEvery of all shard calls.
+            probes = [r for r in ok if served_as(r, "west") and not served_as(r, "east")]
+            assert len(probes) <= len(ok) / PROBE_EVERY + 2 * max(1, len(clients)), (len(probes), len(ok))
+            figures["shardProbeCallsDegraded"] = len(probes)
             assert all(on_owner(r) or served_as(r, "west") for r in by_category["east"]), \
                 [r for r in by_category["east"] if not (on_owner(r) or served_as(r, "west"))][:3]
             # West-owned, east replica: the replica serves, except the chooser's
             # probes (1 in probeEvery picks stays local and reaches the owner).
-            assert by_category["sticky"] and sticky_share(by_category["sticky"]) >= 0.6, \
+            assert by_category["sticky"] and sticky_share(by_category["sticky"]) >= 0.5, \
                 summary(by_category["sticky"])
             assert all(on_east_replica(r) or on_owner(r) for r in by_category["sticky"])
             # West-owned, no east replica: nobody in east holds it, the owner serves (slower).
