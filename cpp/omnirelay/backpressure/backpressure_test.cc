@@ -244,5 +244,64 @@ TEST_F(HubFixture, ShardOverBudgetIsALevelSourceWithHysteresis) {
   EXPECT_EQ(clock->pending_timers(), 0u);
 }
 
+TEST_F(HubFixture, TheSamplerReadsTheRuntimeBudgetOverride) {
+  shards::NamespaceOptions ns;
+  ns.spec.ns = "orders";
+  ns.spec.shard_count = 8;
+  ns.budget_qps = 100;  // configured: 20 calls/s is far below it
+  auto router = std::make_shared<shards::ShardRouter>(
+      "a", std::vector<shards::NamespaceOptions>{ns}, std::make_shared<shards::ShardMapHolder>(),
+      [](std::string_view) { return true; }, clock);
+  auto sampler = std::make_shared<ShardPressureSampler>(
+      router, hub, clock,
+      ShardPressureOptions{.low_ratio = 0.5, .min_hold = seconds(1), .interval = seconds(1)});
+  sampler->Start();
+  const auto source = ShardPressureSampler::SourceName("orders", 3);
+  auto drive = [&](int qps, int seconds_long) {
+    for (int second = 0; second < seconds_long; ++second) {
+      for (int i = 0; i < qps; ++i) router->RecordServed("orders", 3);
+      clock->Advance(seconds(1));
+    }
+  };
+  drive(20, 4);
+  EXPECT_FALSE(hub->local());
+  // SetShardBudget: 10 calls/s for the namespace. The source (already known
+  // at budget 100) gets the new watermarks and crosses the high one.
+  shards::BudgetOverride budgets;
+  budgets.ns_qps = 10;
+  router->ApplyBudgets("orders", budgets);
+  drive(20, 2);
+  EXPECT_TRUE(hub->local());
+  EXPECT_TRUE(router->meter("orders")->Pressured(3));
+  EXPECT_EQ(hub->ToJson()["sources"][source]["highWatermark"], 10);
+  // A shard of a namespace configured without a budget: sampled once an
+  // override gives it one.
+  shards::NamespaceOptions free_ns;
+  free_ns.spec.ns = "free";
+  free_ns.spec.shard_count = 4;
+  auto free_router = std::make_shared<shards::ShardRouter>(
+      "a", std::vector<shards::NamespaceOptions>{free_ns},
+      std::make_shared<shards::ShardMapHolder>(), [](std::string_view) { return true; }, clock);
+  auto free_sampler = std::make_shared<ShardPressureSampler>(
+      free_router, hub, clock,
+      ShardPressureOptions{.low_ratio = 0.5, .min_hold = seconds(1), .interval = seconds(1)});
+  free_sampler->Start();
+  shards::BudgetOverride one_shard;
+  one_shard.shard_qps[1] = 5;
+  free_router->ApplyBudgets("free", one_shard);
+  for (int second = 0; second < 4; ++second) {
+    for (int i = 0; i < 12; ++i) free_router->RecordServed("free", 1);
+    for (int i = 0; i < 12; ++i) free_router->RecordServed("free", 2);  // no budget: never a source
+    clock->Advance(seconds(1));
+  }
+  EXPECT_TRUE(free_router->meter("free")->Pressured(1));
+  EXPECT_FALSE(free_router->meter("free")->Pressured(2));
+  EXPECT_FALSE(hub->ToJson()["sources"].contains(ShardPressureSampler::SourceName("free", 2)));
+  sampler->Stop();
+  free_sampler->Stop();
+  clock->Advance(seconds(2));
+  EXPECT_EQ(clock->pending_timers(), 0u);
+}
+
 }  // namespace
 }  // namespace omnirelay::backpressure

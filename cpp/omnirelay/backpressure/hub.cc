@@ -51,6 +51,15 @@ void BackpressureHub::AddLevelSource(const std::string& name, WatermarkOptions o
   source.detail = {{"highWatermark", options.high}, {"lowWatermark", options.low}};
 }
 
+void BackpressureHub::SetLevelWatermarks(const std::string& name, WatermarkOptions options) {
+  std::lock_guard lock(mu_);
+  auto it = sources_.find(name);
+  if (it == sources_.end() || !it->second.machine) return;
+  it->second.machine->SetOptions(options);
+  it->second.detail["highWatermark"] = options.high;
+  it->second.detail["lowWatermark"] = options.low;
+}
+
 bool BackpressureHub::UpdateLevel(const std::string& name, double level) {
   std::lock_guard lock(mu_);
   auto it = sources_.find(name);

@@ -71,6 +71,8 @@ class BackpressureHub {
   void AddLevelSource(const std::string& source, WatermarkOptions options);
   // Returns whether the source is under backpressure after this level.
   bool UpdateLevel(const std::string& source, double level);
+  // New watermarks for a level source, keeping its state (no-op if unknown).
+  void SetLevelWatermarks(const std::string& source, WatermarkOptions options);
   // What gossip says about another member (removed members: Forget).
   void SetRemote(const std::string& member, bool active);
   void Forget(const std::string& member);

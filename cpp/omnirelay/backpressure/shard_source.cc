@@ -17,18 +17,25 @@ void ShardPressureSampler::Schedule() {
 void ShardPressureSampler::Sample() {
   const auto now = clock_->Now();
   for (const auto& ns : router_->namespaces()) {
-    if (ns.budget_qps <= 0) continue;
     const auto* meter = router_->meter(ns.spec.ns);
     if (meter == nullptr) continue;
     for (std::uint32_t shard = 0; shard < meter->shard_count(); ++shard) {
-      const double qps = meter->Qps(shard, now);
+      // The effective budget (runtime override, else configured; 0 = none).
+      const double budget = meter->Budget(shard);
       const std::string name = SourceName(ns.spec.ns, shard);
-      if (!known_.count(name)) {
+      auto known = known_.find(name);
+      if (known == known_.end() && budget <= 0) continue;
+      const double qps = meter->Qps(shard, now);
+      if (known == known_.end()) {
         if (qps <= 0) continue;
-        hub_->AddLevelSource(name, {.high = ns.budget_qps,
-                                    .low = ns.budget_qps * options_.low_ratio,
-                                    .min_hold = options_.min_hold});
-        known_.insert(name);
+        hub_->AddLevelSource(name, Watermarks(budget));
+        known = known_.emplace(name, budget).first;
+      } else if (known->second != budget) {
+        // The budget changed at run time: new watermarks, same state (an
+        // active source stays active until the level falls below the new
+        // low watermark). A removed budget (0) clears on the next level.
+        hub_->SetLevelWatermarks(name, Watermarks(budget));
+        known->second = budget;
       }
       // The owner's own admission (shards/shard_outbound.h) reads the flag.
       router_->SetPressured(ns.spec.ns, shard, hub_->UpdateLevel(name, qps));

@@ -30,6 +30,8 @@ class WatermarkStateMachine {
   core::TimePoint since() const { return since_; }
   std::uint64_t transitions() const { return transitions_; }
   const WatermarkOptions& options() const { return options_; }
+  // New watermarks; the current state and its hold are kept.
+  void SetOptions(WatermarkOptions options) { options_ = options; }
 
  private:
   WatermarkOptions options_;

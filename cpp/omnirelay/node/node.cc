@@ -358,9 +358,9 @@ absl::Status Node::Build() {
   if (auto s = BuildResourceLease(); !s.ok()) return s;
   if (auto s = BuildShards(); !s.ok()) return s;
   if (shard_router_) {
-    bool budgeted = false;
-    for (const auto& ns : shard_router_->namespaces()) budgeted = budgeted || ns.budget_qps > 0;
-    if (budgeted) {
+    // Always sampled: a budget may come at run time (SetShardBudget) on a
+    // namespace configured without one (shards without a budget cost a skip).
+    {
       const auto& b = config_.backpressure;
       bp_shards_ = std::make_shared<backpressure::ShardPressureSampler>(
           shard_router_, bp_hub_, clock_,
@@ -1272,6 +1272,9 @@ core::StatusOr<nlohmann::json> Node::SetShardBudget(const std::string& ns,
   }
   auto stored = shards::SetBudget(*coord_store_, ns, shard, qps, shard_router_->self_id());
   if (!stored.ok()) return stored.status();
+  // In force here at once (the sampler and the owner's admission read it);
+  // every other node applies it at its next reconcile (ShardManager::CheckBudgets).
+  shard_router_->ApplyBudgets(ns, *stored);
   nlohmann::json shards_json = nlohmann::json::object();
   for (const auto& [id, q] : stored->shard_qps) shards_json[std::to_string(id)] = q;
   return nlohmann::json{{"namespace", ns},

@@ -501,15 +501,19 @@ void ShardManager::PublishOwnLoad(const NamespaceOptions& ns) {
 
 void ShardManager::CheckBudgets(const NamespaceOptions& ns) {
   if (!router_) return;
+  // The runtime override (SetShardBudget) over the configured budget; applied
+  // to the router so the backpressure sampler and the owner's admission read
+  // it too. A failed read keeps the budgets applied last.
+  auto override_read = ReadBudget(*store_, ns.spec.ns);
+  if (!override_read.ok()) return;
+  const BudgetOverride& budgets = *override_read;
+  router_->ApplyBudgets(ns.spec.ns, budgets);
   const auto map = holder_->Get(ns.spec.ns);
   const ShardMeter* meter = router_->meter(ns.spec.ns);
   if (!map || map->width < 2 || meter == nullptr) return;
   const auto self = map->IndexOf(options_.node_id);
   if (!self) return;
   const auto now = clock_->Now();
-  // The runtime override (SetShardBudget) over the configured budget.
-  auto override_read = ReadBudget(*store_, ns.spec.ns);
-  const BudgetOverride budgets = override_read.ok() ? *override_read : BudgetOverride{};
   for (std::uint32_t s = 0; s < map->shard_count(); ++s) {
     if (map->OwnerIndex(s) != *self) continue;
     const double budget = budgets.For(s, ns.budget_qps);

@@ -22,10 +22,20 @@ ShardMeter::ShardMeter(std::uint32_t shard_count)
     : shard_count_(shard_count),
       cells_(new std::atomic<std::uint64_t>[static_cast<std::size_t>(shard_count) * kCells]),
       totals_(new std::atomic<std::int64_t>[shard_count]),
-      pressured_(new std::atomic<bool>[shard_count]) {
+      pressured_(new std::atomic<bool>[shard_count]),
+      budgets_(new std::atomic<double>[shard_count]) {
   for (std::size_t i = 0; i < static_cast<std::size_t>(shard_count) * kCells; ++i) cells_[i] = 0;
   for (std::uint32_t i = 0; i < shard_count; ++i) totals_[i] = 0;
   for (std::uint32_t i = 0; i < shard_count; ++i) pressured_[i] = false;
+  for (std::uint32_t i = 0; i < shard_count; ++i) budgets_[i] = 0;
+}
+
+void ShardMeter::SetBudget(std::uint32_t shard, double qps) {
+  if (shard < shard_count_) budgets_[shard].store(qps, std::memory_order_relaxed);
+}
+
+double ShardMeter::Budget(std::uint32_t shard) const {
+  return shard < shard_count_ ? budgets_[shard].load(std::memory_order_relaxed) : 0;
 }
 
 std::uint64_t ShardMeter::CurrentSecond(std::uint32_t shard, core::TimePoint now) const {
@@ -86,7 +96,9 @@ ShardRouter::ShardRouter(std::string self_id, std::vector<NamespaceOptions> name
       routable_(std::move(routable)),
       clock_(std::move(clock)) {
   for (const auto& ns : namespaces_) {
-    meters_.emplace(ns.spec.ns, std::make_unique<ShardMeter>(ns.spec.shard_count));
+    auto meter = std::make_unique<ShardMeter>(ns.spec.shard_count);
+    for (std::uint32_t s = 0; s < ns.spec.shard_count; ++s) meter->SetBudget(s, ns.budget_qps);
+    meters_.emplace(ns.spec.ns, std::move(meter));
   }
 }
 
@@ -143,6 +155,20 @@ core::StatusOr<ShardRoute> ShardRouter::Route(std::string_view ns, std::string_v
 void ShardRouter::SetPressured(std::string_view ns, std::uint32_t shard, bool pressured) const {
   auto it = meters_.find(ns);
   if (it != meters_.end()) it->second->SetPressured(shard, pressured);
+}
+
+void ShardRouter::ApplyBudgets(std::string_view ns, const BudgetOverride& budgets) const {
+  const auto* options = Find(ns);
+  auto it = meters_.find(ns);
+  if (options == nullptr || it == meters_.end()) return;
+  for (std::uint32_t s = 0; s < it->second->shard_count(); ++s) {
+    it->second->SetBudget(s, budgets.For(s, options->budget_qps));
+  }
+}
+
+double ShardRouter::EffectiveBudget(std::string_view ns, std::uint32_t shard) const {
+  auto it = meters_.find(ns);
+  return it != meters_.end() ? it->second->Budget(shard) : 0;
 }
 
 void ShardRouter::RecordServed(std::string_view ns, std::uint32_t shard) const {

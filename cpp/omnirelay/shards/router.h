@@ -46,6 +46,12 @@ class ShardMeter {
   // sampler from its watermark state; read on the data path).
   void SetPressured(std::uint32_t shard, bool pressured);
   bool Pressured(std::uint32_t shard) const;
+  // The shard's effective budget in calls/s (0 = none): the configured
+  // `budget`, or the runtime override (SetShardBudget) once the shard manager
+  // or the node that took the call has applied it (ShardRouter::ApplyBudgets).
+  // Read by the backpressure sampler and the owner's admission.
+  void SetBudget(std::uint32_t shard, double qps);
+  double Budget(std::uint32_t shard) const;
   std::uint32_t shard_count() const { return shard_count_; }
 
  private:
@@ -54,6 +60,7 @@ class ShardMeter {
   std::unique_ptr<std::atomic<std::uint64_t>[]> cells_;
   std::unique_ptr<std::atomic<std::int64_t>[]> totals_;
   std::unique_ptr<std::atomic<bool>[]> pressured_;
+  std::unique_ptr<std::atomic<double>[]> budgets_;
 };
 
 struct ShardRoute {
@@ -77,6 +84,11 @@ class ShardRouter {
   // The backpressure sampler flags shards here (the meters are the router's
   // mutable per-shard state; no-op for an unknown namespace).
   void SetPressured(std::string_view ns, std::uint32_t shard, bool pressured) const;
+  // Makes `budgets` (the runtime override over the configured budget) the
+  // effective budget of every shard of `ns` (no-op for an unknown namespace).
+  void ApplyBudgets(std::string_view ns, const BudgetOverride& budgets) const;
+  // The effective budget of `shard` of `ns` (0 = none or unknown).
+  double EffectiveBudget(std::string_view ns, std::uint32_t shard) const;
   const NamespaceOptions* Find(std::string_view ns) const;
   // Alive or suspect in this node's membership (self always); the check
   // Route applies to owners, for shard-aware callers choosing replicas.

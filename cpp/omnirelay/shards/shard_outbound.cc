@@ -423,15 +423,18 @@ void ShardOutbound::Route(dispatcher::Request request, dispatcher::UnaryCallback
 absl::Status ShardOutbound::Admit(const Decision& d) {
   const auto* ns = router_->Find(d.route.map->spec.ns);
   const auto* meter = router_->meter(d.route.map->spec.ns);
-  if (options_.throttle_pressured_shards && ns != nullptr && meter != nullptr &&
-      ns->budget_qps > 0 && meter->Pressured(d.route.shard) &&
-      static_cast<double>(meter->CurrentSecond(d.route.shard, clock_->Now())) >= ns->budget_qps) {
+  // The effective budget: the runtime override (SetShardBudget) if one is
+  // applied, else the configured one.
+  const double budget = meter != nullptr ? meter->Budget(d.route.shard) : 0;
+  if (options_.throttle_pressured_shards && ns != nullptr && meter != nullptr && budget > 0 &&
+      meter->Pressured(d.route.shard) &&
+      static_cast<double>(meter->CurrentSecond(d.route.shard, clock_->Now())) >= budget) {
     Count("throttled");
     auto status = core::MakeStatus(
         core::StatusCode::kResourceExhausted,
         "shard " + std::to_string(d.route.shard) + " of '" + ns->spec.ns + "' is under " +
             "backpressure on " + router_->self_id() + " (over its budget of " +
-            std::to_string(static_cast<std::int64_t>(ns->budget_qps)) + " calls/s)",
+            std::to_string(static_cast<std::int64_t>(budget)) + " calls/s)",
         "shard-backpressure");
     status = core::WithRetryAfter(
         std::move(status),

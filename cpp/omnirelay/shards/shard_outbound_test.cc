@@ -210,6 +210,28 @@ TEST_F(ShardOutboundTest, AShardUnderBackpressureIsAdmittedUpToItsBudgetPerSecon
   for (int i = 0; i < 8; ++i) EXPECT_TRUE(Call("hot", {}).ok());
 }
 
+TEST_F(ShardOutboundTest, TheRuntimeBudgetOverrideIsWhatAPressuredShardAdmits) {
+  Install(1, "n1");
+  const std::uint32_t shard = ShardOfKey("hot", 16);
+  // Configured 5/s; the runtime override (SetShardBudget) says 2/s for this shard.
+  shards::BudgetOverride budgets;
+  budgets.shard_qps[shard] = 2;
+  router_->ApplyBudgets("users", budgets);
+  EXPECT_EQ(router_->EffectiveBudget("users", shard), 2);
+  EXPECT_EQ(router_->EffectiveBudget("users", (shard + 1) % 16), 5);
+  router_->SetPressured("users", shard, true);
+  clock_->Advance(1s);
+  int admitted = 0;
+  for (int i = 0; i < 8; ++i) admitted += Call("hot", {}).ok() ? 1 : 0;
+  EXPECT_EQ(admitted, 2);
+  // The override removed (namespace 0 = no budget): a pressured shard is not limited.
+  shards::BudgetOverride none;
+  none.ns_qps = 0;
+  router_->ApplyBudgets("users", none);
+  clock_->Advance(1s);
+  for (int i = 0; i < 8; ++i) EXPECT_TRUE(Call("hot", {}).ok());
+}
+
 TEST_F(ShardOutboundTest, TheForwardingPoolFollowsTheMapsNodesWithoutRestart) {
   auto pool = outbound_->pool();
   ASSERT_NE(pool, nullptr);
