@@ -504,10 +504,9 @@ void ShardManager::CheckBudgets(const NamespaceOptions& ns) {
   // The runtime override (SetShardBudget) over the configured budget; applied
   // to the router so the backpressure sampler and the owner's admission read
   // it too. A failed read keeps the budgets applied last.
-  auto override_read = ReadBudget(*store_, ns.spec.ns);
-  if (!override_read.ok()) return;
-  const BudgetOverride& budgets = *override_read;
-  router_->ApplyBudgets(ns.spec.ns, budgets);
+  if (auto override_read = ReadBudget(*store_, ns.spec.ns); override_read.ok()) {
+    router_->ApplyBudgets(ns.spec.ns, *override_read);
+  }
   const auto map = holder_->Get(ns.spec.ns);
   const ShardMeter* meter = router_->meter(ns.spec.ns);
   if (!map || map->width < 2 || meter == nullptr) return;
@@ -516,7 +515,7 @@ void ShardManager::CheckBudgets(const NamespaceOptions& ns) {
   const auto now = clock_->Now();
   for (std::uint32_t s = 0; s < map->shard_count(); ++s) {
     if (map->OwnerIndex(s) != *self) continue;
-    const double budget = budgets.For(s, ns.budget_qps);
+    const double budget = meter->Budget(s);  // effective: override, else configured
     if (budget <= 0) continue;
     const double qps = meter->Qps(s, now);
     if (qps <= budget) continue;
