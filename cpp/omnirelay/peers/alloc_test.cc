@@ -6,6 +6,8 @@
 // other test.
 #include <gtest/gtest.h>
 
+#include <optional>
+
 #include "omnirelay/peers/geo_chooser.h"
 #include "omnirelay/peers/test_util.h"
 
@@ -53,6 +55,30 @@ TEST_P(HotPathAllocationTest, AcquireReleaseAllocatesNothing) {
   void* p = ::operator new(sizeof(int));
   ::operator delete(p);
   EXPECT_EQ(testing::thread_allocations - probe, 1u);
+}
+
+// Fewest-pending's buckets are sized when the snapshot is built: the first
+// lease ever taken (which moves a peer to a bucket nothing used before, as
+// the geo chooser's other region does when the mode first flips) allocates
+// nothing. Releases are left out: a thread's first release on a peer creates
+// its statistics cells (the documented one-time cost).
+TEST(FewestPendingAllocationTest, FirstAcquiresAllocateNothing) {
+  PeerListCoordinatorOptions options;
+  options.chooser = "fewest-pending";
+  options.service = "svc";
+  auto coordinator = *PeerListCoordinator::Create(options, core::SystemClock::Shared(),
+                                                  std::make_shared<core::MetricsRegistry>());
+  for (int i = 0; i < 8; ++i)
+    ASSERT_TRUE(coordinator->AddPeer(testing::Desc("p" + std::to_string(i))).ok());
+  std::vector<std::optional<PeerLease>> leases(24);  // 3 per peer: levels 1..3
+  core::RequestMeta meta;
+  const std::uint64_t before = testing::thread_allocations;
+  for (auto& lease : leases) {
+    auto acquired = coordinator->Acquire(meta);
+    if (!acquired.ok()) std::abort();
+    lease.emplace(*std::move(acquired));
+  }
+  EXPECT_EQ(testing::thread_allocations - before, 0u) << "allocations on first acquires";
 }
 
 INSTANTIATE_TEST_SUITE_P(Choosers, HotPathAllocationTest,

@@ -44,6 +44,8 @@ struct Buckets final : ChooserState {
   }
 };
 
+constexpr std::size_t kPreallocatedLevels = 4;
+
 int LevelOf(const Peer& peer) { return peer.IsEligible() ? std::max(peer.inflight(), 0) : -1; }
 
 }  // namespace
@@ -54,7 +56,14 @@ std::shared_ptr<ChooserState> FewestPendingChooser::Build(const std::vector<Peer
   auto state = std::make_shared<Buckets>();
   state->level.assign(peers.size(), -1);
   state->pos.assign(peers.size(), 0);
-  state->buckets.resize(4);
+  // Every bucket of the first levels gets room for all peers up front, so
+  // moving a peer between them never grows a vector on the pick/release path:
+  // a bucket first used only after warm-up (e.g. the geo chooser's other
+  // region, picked only once the mode flips) would otherwise allocate on its
+  // first pick. Only in-flight peaks beyond these levels allocate (once per
+  // new level and snapshot). 4 levels x n ints: 16 KB at 1,000 peers.
+  state->buckets.resize(kPreallocatedLevels);
+  for (auto& bucket : state->buckets) bucket.reserve(peers.size());
   state->min_level = state->buckets.size();
   for (int i = 0; i < static_cast<int>(peers.size()); ++i) {
     int l = LevelOf(*peers[i]);
