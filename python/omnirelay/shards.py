@@ -31,6 +31,7 @@ import urllib.parse
 import urllib.request
 from typing import Any, Dict, List, Optional, Tuple
 
+from omnirelay import _protowire as protowire
 from omnirelay.mesh import MESH_SUBVERBS
 
 #: The sharded service of :func:`sharded_topology` and its local (echo) service.
@@ -62,51 +63,19 @@ def rebalance(admin: str, namespace: str, shard: int, to: Optional[str] = None, 
     """``POST /omnirelay/control/shards/rebalance``: (HTTP status, body). 200 carries
     ``from``, ``to``, ``version``, ``previousVersion`` and ``elapsedMs`` (request to
     the new version installed on the node asked); refusals carry ``status``/``code``."""
-    from omnirelay.harness.leadership import admin_token
-
     params = {"namespace": namespace, "shard": str(shard), "timeout": timeout}
     if to:
         params["to"] = to
-    url = (admin if admin.startswith("http") else f"http://{admin}").rstrip("/")
-    request = urllib.request.Request(url + "/omnirelay/control/shards/rebalance?" + urllib.parse.urlencode(params),
-                                     method="POST", data=b"")
-    bearer = admin_token(token)
-    if bearer:
-        request.add_header("Authorization", f"Bearer {bearer}")
-    try:
-        with urllib.request.urlopen(request, timeout=60) as response:
-            return response.status, json.loads(response.read() or b"{}")
-    except urllib.error.HTTPError as error:
-        body = error.read()
-        try:
-            return error.code, json.loads(body or b"{}")
-        except ValueError:
-            return error.code, {"error": body.decode(errors="replace")}
+    return _admin_call(admin, "POST", "/omnirelay/control/shards/rebalance", params, timeout=60, token=token)
 
 
 def set_budget(admin: str, namespace: str, qps: float, shard: Optional[int] = None,
                token: Optional[str] = None) -> Tuple[int, Dict[str, Any]]:
     """``POST /omnirelay/control/shards/budget``: (HTTP status, body)."""
-    from omnirelay.harness.leadership import admin_token
-
     params = {"namespace": namespace, "qps": repr(float(qps))}
     if shard is not None:
         params["shard"] = str(shard)
-    url = (admin if admin.startswith("http") else f"http://{admin}").rstrip("/")
-    request = urllib.request.Request(url + "/omnirelay/control/shards/budget?" + urllib.parse.urlencode(params),
-                                     method="POST", data=b"")
-    bearer = admin_token(token)
-    if bearer:
-        request.add_header("Authorization", f"Bearer {bearer}")
-    try:
-        with urllib.request.urlopen(request, timeout=10) as response:
-            return response.status, json.loads(response.read() or b"{}")
-    except urllib.error.HTTPError as error:
-        body = error.read()
-        try:
-            return error.code, json.loads(body or b"{}")
-        except ValueError:
-            return error.code, {"error": body.decode(errors="replace")}
+    return _admin_call(admin, "POST", "/omnirelay/control/shards/budget", params, timeout=10, token=token)
 
 
 def key_for_shard(shard: int, shard_count: int, prefix: str = "key-", limit: int = 1_000_000) -> str:
@@ -128,125 +97,41 @@ CONTROL_REBALANCE = "/omnirelay.mesh.v1.Control/Rebalance"
 CONTROL_SET_SHARD_BUDGET = "/omnirelay.mesh.v1.Control/SetShardBudget"
 
 
-def _field(number: int, wire: int, payload: bytes) -> bytes:
-    from omnirelay.harness.leadership import _varint
-
-    return _varint(number << 3 | wire) + payload
-
-
-def _encode(fields: List[Tuple[int, Any]]) -> bytes:
-    """(number, value) pairs: str/bytes -> length-delimited, bool/int -> varint,
-    float -> 64-bit double. Defaults (empty, 0, False) are left out, as proto3 does."""
-    import struct
-
-    from omnirelay.harness.leadership import _varint
-
-    out = b""
-    for number, value in fields:
-        if isinstance(value, bool):
-            if value:
-                out += _field(number, 0, _varint(1))
-        elif isinstance(value, int):
-            if value:
-                out += _field(number, 0, _varint(value))
-        elif isinstance(value, float):
-            if value:
-                out += _field(number, 1, struct.pack("<d", value))
-        else:
-            data = value.encode() if isinstance(value, str) else bytes(value)
-            if data:
-                out += _field(number, 2, _varint(len(data)) + data)
-    return out
-
-
-def _decode(data: bytes) -> Dict[int, List[Any]]:
-    """{field number: [raw values]}: varints as int, fixed64 as float (doubles
-    only here), length-delimited as bytes."""
-    import struct
-
-    out: Dict[int, List[Any]] = {}
-    i = 0
-
-    def varint() -> int:
-        nonlocal i
-        shift = value = 0
-        while True:
-            byte = data[i]
-            i += 1
-            value |= (byte & 0x7F) << shift
-            shift += 7
-            if not byte & 0x80:
-                return value
-
-    while i < len(data):
-        key = varint()
-        number, wire = key >> 3, key & 7
-        if wire == 0:
-            value: Any = varint()
-        elif wire == 1:
-            value = struct.unpack("<d", data[i:i + 8])[0]
-            i += 8
-        elif wire == 2:
-            length = varint()
-            value = data[i:i + length]
-            i += length
-        elif wire == 5:
-            value = struct.unpack("<f", data[i:i + 4])[0]
-            i += 4
-        else:
-            raise ValueError(f"unexpected wire type {wire}")
-        out.setdefault(number, []).append(value)
-    return out
-
-
-def _one(fields: Dict[int, List[Any]], number: int, default: Any) -> Any:
-    values = fields.get(number)
-    if not values:
-        return default
-    value = values[-1]
-    if isinstance(default, str):
-        return value.decode()
-    if isinstance(default, bool):
-        return bool(value)
-    if isinstance(default, int) and value >= 1 << 63:
-        return value - (1 << 64)
-    return value
-
-
 def decode_rebalance_response(data: bytes) -> Dict[str, Any]:
-    f = _decode(data)
+    f = protowire.decode(data)
     candidates = []
     for raw in f.get(10, []):
-        c = _decode(raw)
-        known = _one(c, 2, False)
-        candidates.append({"node": _one(c, 1, ""), "loadKnown": known,
-                           "pending": _one(c, 3, 0) if known else None,
-                           "qps": _one(c, 4, 0.0) if known else None,
-                           "shardsOwned": _one(c, 5, 0), "chosen": _one(c, 6, False)})
-    return {"namespace": _one(f, 1, ""), "shard": _one(f, 2, 0), "from": _one(f, 3, ""), "to": _one(f, 4, ""),
-            "previousVersion": _one(f, 5, 0), "version": _one(f, 6, 0), "elapsedMs": _one(f, 7, 0),
-            "node": _one(f, 8, ""), "chooser": _one(f, 9, ""), "candidates": candidates}
+        c = protowire.decode(raw)
+        known = protowire.one(c, 2, False)
+        candidates.append({"node": protowire.one(c, 1, ""), "loadKnown": known,
+                           "pending": protowire.one(c, 3, 0) if known else None,
+                           "qps": protowire.one(c, 4, 0.0) if known else None,
+                           "shardsOwned": protowire.one(c, 5, 0), "chosen": protowire.one(c, 6, False)})
+    one = protowire.one
+    return {"namespace": one(f, 1, ""), "shard": one(f, 2, 0), "from": one(f, 3, ""), "to": one(f, 4, ""),
+            "previousVersion": one(f, 5, 0), "version": one(f, 6, 0), "elapsedMs": one(f, 7, 0),
+            "node": one(f, 8, ""), "chooser": one(f, 9, ""), "candidates": candidates}
 
 
 def _grpc_call(address: str, method: str, request: bytes, token: Optional[str], timeout: float,
                credentials: Any) -> bytes:
-    import grpc
+    from omnirelay.harness.leadership import control_grpc_call
 
-    from omnirelay.harness.leadership import admin_token
+    return control_grpc_call(address, method, request, token, timeout, credentials)
 
-    bearer = admin_token(token)
-    metadata = [("authorization", f"Bearer {bearer}")] if bearer else []
-    channel = grpc.secure_channel(address, credentials) if credentials else grpc.insecure_channel(address)
-    with channel:
-        call = channel.unary_unary(method, request_serializer=lambda b: b, response_deserializer=lambda b: b)
-        return call(request, timeout=timeout, metadata=metadata)
+
+def _admin_call(admin: str, method: str, path: str, params: Dict[str, str], timeout: float,
+                token: Optional[str]) -> Tuple[int, Dict[str, Any]]:
+    from omnirelay.harness.leadership import _admin_call as admin_call
+
+    return admin_call(admin, method, path, params, timeout=timeout, token=token)
 
 
 def rebalance_grpc(address: str, namespace: str, shard: int, to: Optional[str] = None, timeout_ms: int = 10000,
                    token: Optional[str] = None, credentials: Any = None) -> Dict[str, Any]:
     """``omnirelay.mesh.v1.Control/Rebalance`` on a node's gRPC listener. Raises
     ``grpc.RpcError`` with the node's status (and reason) on refusal."""
-    request = _encode([(1, namespace), (2, int(shard)), (3, to or ""), (4, int(timeout_ms))])
+    request = protowire.encode([(1, namespace), (2, int(shard)), (3, to or ""), (4, int(timeout_ms))])
     return decode_rebalance_response(_grpc_call(address, CONTROL_REBALANCE, request, token,
                                                 timeout_ms / 1000.0 + 5, credentials))
 
@@ -254,13 +139,13 @@ def rebalance_grpc(address: str, namespace: str, shard: int, to: Optional[str] =
 def set_budget_grpc(address: str, namespace: str, qps: float, shard: Optional[int] = None,
                     token: Optional[str] = None, credentials: Any = None, timeout: float = 10.0) -> Dict[str, Any]:
     """``omnirelay.mesh.v1.Control/SetShardBudget``: one shard, or the namespace (``shard=None``)."""
-    request = _encode([(1, namespace), (2, int(shard or 0)), (3, shard is None), (4, float(qps))])
-    f = _decode(_grpc_call(address, CONTROL_SET_SHARD_BUDGET, request, token, timeout, credentials))
+    request = protowire.encode([(1, namespace), (2, int(shard or 0)), (3, shard is None), (4, float(qps))])
+    f = protowire.decode(_grpc_call(address, CONTROL_SET_SHARD_BUDGET, request, token, timeout, credentials))
     shard_qps = {}
     for entry in f.get(3, []):
-        e = _decode(entry)
-        shard_qps[_one(e, 1, 0)] = _one(e, 2, 0.0)
-    return {"namespace": _one(f, 1, ""), "namespaceQps": _one(f, 2, 0.0), "shardQps": shard_qps}
+        e = protowire.decode(entry)
+        shard_qps[protowire.one(e, 1, 0)] = protowire.one(e, 2, 0.0)
+    return {"namespace": protowire.one(f, 1, ""), "namespaceQps": protowire.one(f, 2, 0.0), "shardQps": shard_qps}
 
 
 def _grpc_credentials(args: argparse.Namespace) -> Any:

@@ -14,6 +14,7 @@ import urllib.request
 from pathlib import Path
 from typing import Any, Dict, List, Optional
 
+from omnirelay import _protowire as protowire
 from omnirelay._native import find_native_binary
 from omnirelay.harness.launcher import ReadyProcess
 
@@ -50,63 +51,17 @@ def http_request(method: str, url: str, body: bytes = b"", headers: Optional[dic
         return error.code, error.read(), {k.lower(): v for k, v in error.headers.items()}
 
 
-# --- protobuf wire helpers for omnirelay.echo.v1 (no generated stubs needed)
-
-def _varint(n: int) -> bytes:
-    out = bytearray()
-    while True:
-        b = n & 0x7F
-        n >>= 7
-        if n:
-            out.append(b | 0x80)
-        else:
-            out.append(b)
-            return bytes(out)
-
+# --- omnirelay.echo.v1 messages, through the package's wire helpers (no generated stubs)
 
 def echo_request(payload: bytes, count: int = 0) -> bytes:
-    out = b"\x0a" + _varint(len(payload)) + payload
-    if count:
-        out += b"\x10" + _varint(count)
-    return out
+    # The payload is sent even when empty: the echo contract's field 1 is bytes.
+    return b"\x0a" + protowire.varint(len(payload)) + payload + protowire.encode([(2, int(count))])
 
 
 def parse_echo_response(data: bytes) -> Dict[str, Any]:
-    fields: Dict[str, Any] = {"payload": b"", "instance": "", "index": 0}
-    i = 0
-    while i < len(data):
-        key = data[i]
-        i += 1
-        field, wire = key >> 3, key & 7
-        if wire == 0:
-            value, shift = 0, 0
-            while True:
-                b = data[i]
-                i += 1
-                value |= (b & 0x7F) << shift
-                shift += 7
-                if not b & 0x80:
-                    break
-            if field == 3:
-                fields["index"] = value
-        elif wire == 2:
-            length, shift = 0, 0
-            while True:
-                b = data[i]
-                i += 1
-                length |= (b & 0x7F) << shift
-                shift += 7
-                if not b & 0x80:
-                    break
-            chunk = data[i:i + length]
-            i += length
-            if field == 1:
-                fields["payload"] = chunk
-            elif field == 2:
-                fields["instance"] = chunk.decode()
-        else:
-            raise ValueError(f"unexpected wire type {wire}")
-    return fields
+    f = protowire.decode(data)
+    return {"payload": protowire.one(f, 1, b""), "instance": protowire.one(f, 2, ""),
+            "index": protowire.one(f, 3, 0)}
 
 
 def metric_total(text: str, name: str, **labels: str) -> float:

@@ -163,6 +163,17 @@ struct Cluster {
     channels.erase(address);
   }
   void UpdateGauge() { sessions->Set(static_cast<double>(balancer.binding_count())); }
+  // After a sticky pick on either path: a new binding moves the sessions gauge;
+  // a transferred one is also counted and logged.
+  void NoteBinding(const peers::StickyPick& pick, const std::string& session) {
+    if (!pick.new_binding) return;
+    UpdateGauge();
+    if (pick.transferred) {
+      transfers->Add();
+      core::LogInfo("gateway.session_transfer",
+                    {{"session", session}, {"instance", pick.member.id}});
+    }
+  }
 };
 
 struct Route {
@@ -429,14 +440,7 @@ void ProxyCall::StartAttempt() {
     FinishLocal(static_cast<grpc::StatusCode>(refused.code()), std::string(refused.message()));
     return;
   }
-  if (pick.new_binding) {
-    cluster->UpdateGauge();
-    if (pick.transferred) {
-      cluster->transfers->Add();
-      core::LogInfo("gateway.session_transfer",
-                    {{"session", session_}, {"instance", pick.member.id}});
-    }
-  }
+  cluster->NoteBinding(pick, session_);
   ++attempts_;
   auto* a = new Attempt(shared_from_this(), pick.member, cluster,
                         cluster->ChannelFor(pick.member.address), ++seq_);
@@ -737,14 +741,7 @@ class FrameCall final : public h2relay::CallHook {
     if (absl::Status refused = peers::StickyStatus(pick, failed_any_); !refused.ok()) {
       return refused;
     }
-    if (pick.new_binding) {
-      cluster->UpdateGauge();
-      if (pick.transferred) {
-        cluster->transfers->Add();
-        core::LogInfo("gateway.session_transfer",
-                      {{"session", session_}, {"instance", pick.member.id}});
-      }
-    }
+    cluster->NoteBinding(pick, session_);
     ++attempts_;
     current_ = std::move(pick.member);
     return h2relay::HookTarget{current_.serial, current_.address};

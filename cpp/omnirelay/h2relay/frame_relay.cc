@@ -849,6 +849,16 @@ void AddErrorTrailers(HeaderList& t, absl::StatusCode code, std::string_view mes
   if (!error_code.empty()) t.Add("rpc-error-code", error_code);
 }
 
+// A non-gRPC error reply from upstream (an HTTP status, no grpc-status): the
+// client gets a gRPC answer with the status the gRPC spec maps it to.
+void AnswerNonGrpcReply(Call* call) {
+  auto code = core::GrpcStatusFromHttp(call->http_status);
+  call->upstream_status = code;
+  call->http_status = 200;
+  call->response_headers.Add("content-type", "application/grpc");
+  AddErrorTrailers(call->response_headers, code, "upstream answered HTTP status", "");
+}
+
 ssize_t ReadResponse(nghttp2_session* session, int32_t stream_id, uint8_t*, size_t length,
                      uint32_t* flags, nghttp2_data_source* source, void*) {
   auto* call = static_cast<Call*>(source->ptr);
@@ -1359,12 +1369,7 @@ int UpFrameRecv(nghttp2_session* session, const nghttp2_frame* frame, void* user
     if (!call->response_started) {
       if (call->response_final) return 0;  // we already answered (deadline)
       if (end && !call->upstream_status && call->http_status != 200) {
-        // A non-gRPC error reply: give the client a gRPC status.
-        auto code = core::GrpcStatusFromHttp(call->http_status);
-        call->upstream_status = code;
-        call->http_status = 200;
-        call->response_headers.Add("content-type", "application/grpc");
-        AddErrorTrailers(call->response_headers, code, "upstream answered HTTP status", "");
+        AnswerNonGrpcReply(call);
         SubmitResponse(call, true);
         return 0;
       }
@@ -1649,14 +1654,7 @@ int HookedUpstreamHeaders(Call* call, bool end) {
     return 0;
   }
   call->attempt_deadline.reset();  // the timer stays armed; HookedTimer sorts it out
-  if (!call->upstream_status && call->http_status != 200) {
-    // A non-gRPC error reply: give the client a gRPC status.
-    auto code = core::GrpcStatusFromHttp(call->http_status);
-    call->upstream_status = code;
-    call->http_status = 200;
-    call->response_headers.Add("content-type", "application/grpc");
-    AddErrorTrailers(call->response_headers, code, "upstream answered HTTP status", "");
-  }
+  if (!call->upstream_status && call->http_status != 200) AnswerNonGrpcReply(call);
   SubmitResponse(call, true);
   return 0;
 }

@@ -22,6 +22,7 @@ import urllib.parse
 import urllib.request
 from typing import Any, Dict, List, Optional, Sequence, Tuple
 
+from omnirelay import _protowire as protowire
 from omnirelay.mesh import MESH_SUBVERBS  # the `omnirelay mesh` verb's table
 from omnirelay.topology import Topology, TopologyBuilder
 
@@ -136,7 +137,9 @@ def admin_token(token: Optional[str] = None) -> Optional[str]:
 
 def _admin_call(admin: str, method: str, path: str, params: Optional[Dict[str, str]] = None,
                 timeout: float = 5.0, token: Optional[str] = None) -> Tuple[int, Dict[str, Any]]:
-    url = f"http://{admin}{path}"
+    """One admin request (``admin`` is host:port or a URL) with the admin bearer
+    token: (HTTP status, JSON body); a non-JSON error body comes back as ``error``."""
+    url = (admin if admin.startswith("http") else f"http://{admin}").rstrip("/") + path
     if params:
         url += "?" + urllib.parse.urlencode(params)
     request = urllib.request.Request(url, method=method, data=b"" if method == "POST" else None)
@@ -185,78 +188,38 @@ def promote(admin: str, scope: str, node: str, token: Optional[str] = None) -> D
 CONTROL_PROMOTE = "/omnirelay.mesh.v1.Control/Promote"
 
 
-def _varint(n: int) -> bytes:
-    out = bytearray()
-    n &= (1 << 64) - 1
-    while True:
-        byte = n & 0x7F
-        n >>= 7
-        if n:
-            out.append(byte | 0x80)
-        else:
-            out.append(byte)
-            return bytes(out)
-
-
 def encode_promote_request(scope: str, node: str) -> bytes:
-    out = b""
-    for field, text in ((1, scope), (2, node)):
-        data = text.encode()
-        if data:
-            out += bytes([field << 3 | 2]) + _varint(len(data)) + data
-    return out
+    return protowire.encode([(1, scope), (2, node)])
 
 
 def decode_promote_response(data: bytes) -> Dict[str, Any]:
-    names = {1: "scope", 2: "node", 3: "currentLeader", 4: "currentFencingToken"}
-    out: Dict[str, Any] = {"scope": "", "node": "", "currentLeader": "", "currentFencingToken": 0}
-    i = 0
-
-    def varint() -> int:
-        nonlocal i
-        shift = value = 0
-        while True:
-            byte = data[i]
-            i += 1
-            value |= (byte & 0x7F) << shift
-            shift += 7
-            if not byte & 0x80:
-                return value
-
-    while i < len(data):
-        key = varint()
-        field, wire = key >> 3, key & 7
-        if wire == 0:
-            value = varint()
-            if field in names:
-                out[names[field]] = value - (1 << 64) if value >= 1 << 63 else value
-        elif wire == 2:
-            length = varint()
-            if field in names:
-                out[names[field]] = data[i:i + length].decode()
-            i += length
-        else:
-            raise ValueError(f"unexpected wire type {wire} in PromoteResponse")
-    return out
+    f = protowire.decode(data)
+    return {"scope": protowire.one(f, 1, ""), "node": protowire.one(f, 2, ""),
+            "currentLeader": protowire.one(f, 3, ""), "currentFencingToken": protowire.one(f, 4, 0)}
 
 
-def promote_grpc(address: str, scope: str, node: str, token: Optional[str] = None,
-                 timeout: float = 5.0, credentials: Any = None) -> Dict[str, Any]:
-    """``omnirelay.mesh.v1.Control/Promote`` on a node's gRPC listener
-    (``host:port``), with the admin bearer token (``token``, else
-    ``$OMNIRELAY_ADMIN_TOKEN_FILE``) in ``authorization`` metadata; ``credentials``
-    (grpc.ssl_channel_credentials) for a TLS/mTLS listener. Raises
-    ``grpc.RpcError`` with the node's status on refusal."""
+def control_grpc_call(address: str, method: str, request: bytes, token: Optional[str] = None,
+                      timeout: float = 5.0, credentials: Any = None) -> bytes:
+    """One ``omnirelay.mesh.v1.Control`` call on a node's gRPC listener
+    (``host:port``) with the admin bearer token (``token``, else
+    ``$OMNIRELAY_ADMIN_TOKEN_FILE``) in ``authorization`` metadata;
+    ``credentials`` (grpc.ssl_channel_credentials) for a TLS/mTLS listener.
+    Raises ``grpc.RpcError`` with the node's status on refusal."""
     import grpc
 
     bearer = admin_token(token)
     metadata = [("authorization", f"Bearer {bearer}")] if bearer else []
     channel = grpc.secure_channel(address, credentials) if credentials else grpc.insecure_channel(address)
     with channel:
-        call = channel.unary_unary(CONTROL_PROMOTE, request_serializer=lambda b: b,
-                                   response_deserializer=lambda b: b)
-        return decode_promote_response(call(encode_promote_request(scope, node), timeout=timeout,
-                                            metadata=metadata))
+        call = channel.unary_unary(method, request_serializer=lambda b: b, response_deserializer=lambda b: b)
+        return call(request, timeout=timeout, metadata=metadata)
+
+
+def promote_grpc(address: str, scope: str, node: str, token: Optional[str] = None,
+                 timeout: float = 5.0, credentials: Any = None) -> Dict[str, Any]:
+    """``omnirelay.mesh.v1.Control/Promote`` (see :func:`control_grpc_call`)."""
+    return decode_promote_response(control_grpc_call(address, CONTROL_PROMOTE, encode_promote_request(scope, node),
+                                                     token, timeout, credentials))
 
 
 def fenced_write(admin: str, scope: str, key: str, value: str, timeout: float = 5.0,
