@@ -29,7 +29,7 @@ import sys
 import urllib.error
 import urllib.parse
 import urllib.request
-from typing import Any, Dict, List, Optional, Tuple
+from typing import Any, Callable, Dict, List, Optional, Tuple
 
 from omnirelay import _protowire as protowire
 from omnirelay.mesh import MESH_SUBVERBS
@@ -269,6 +269,31 @@ def _shards_verb(argv: List[str]) -> int:
     return 0
 
 
+def _control_request(verb: str, args: argparse.Namespace, over_grpc: Callable[[], Dict[str, Any]],
+                     over_admin: Callable[[], Tuple[int, Dict[str, Any]]]) -> Optional[Dict[str, Any]]:
+    """A control verb's one request, over ``--grpc`` or ``--admin``: the answer's
+    body, or None after printing why it failed (status and reason)."""
+    if args.grpc:
+        import grpc
+
+        try:
+            return over_grpc()
+        except grpc.RpcError as error:
+            print(f"{verb}: {error.code().name}: {error.details()}", file=sys.stderr)
+        except (OSError, ValueError) as error:
+            print(f"{verb}: {args.grpc}: {error}", file=sys.stderr)
+        return None
+    try:
+        status, body = over_admin()
+    except (urllib.error.URLError, OSError, ValueError) as error:
+        print(f"{verb}: {args.admin}: {error}", file=sys.stderr)
+        return None
+    if status != 200:
+        print(f"{verb}: HTTP {status}: {body.get('status', '')} {body.get('error', body)}", file=sys.stderr)
+        return None
+    return body
+
+
 def _rebalance_verb(argv: List[str]) -> int:
     parser = argparse.ArgumentParser(prog="omnirelay mesh rebalance",
                                      description="Move a shard's ownership to one of its replicas (through the "
@@ -284,31 +309,19 @@ def _rebalance_verb(argv: List[str]) -> int:
     parser.add_argument("--json", action="store_true")
     _add_grpc_flags(parser)
     args = parser.parse_args(argv)
-    if args.grpc:
-        import grpc
 
+    def over_grpc():
         from omnirelay import parse_duration
 
-        try:
-            timeout_ms = int(parse_duration(args.timeout).total_seconds() * 1000)
-            body = rebalance_grpc(args.grpc, args.namespace, args.shard, args.to, timeout_ms, args.token,
-                                  _grpc_credentials(args))
-        except grpc.RpcError as error:
-            print(f"omnirelay mesh rebalance: {error.code().name}: {error.details()}", file=sys.stderr)
-            return 1
-        except (OSError, ValueError) as error:
-            print(f"omnirelay mesh rebalance: {args.grpc}: {error}", file=sys.stderr)
-            return 1
-    else:
-        try:
-            status, body = rebalance(args.admin, args.namespace, args.shard, args.to, args.timeout, args.token)
-        except (urllib.error.URLError, OSError, ValueError) as error:
-            print(f"omnirelay mesh rebalance: {args.admin}: {error}", file=sys.stderr)
-            return 1
-        if status != 200:
-            print(f"omnirelay mesh rebalance: HTTP {status}: {body.get('status', '')} {body.get('error', body)}",
-                  file=sys.stderr)
-            return 1
+        timeout_ms = int(parse_duration(args.timeout).total_seconds() * 1000)
+        return rebalance_grpc(args.grpc, args.namespace, args.shard, args.to, timeout_ms, args.token,
+                              _grpc_credentials(args))
+
+    body = _control_request("omnirelay mesh rebalance", args, over_grpc,
+                            lambda: rebalance(args.admin, args.namespace, args.shard, args.to, args.timeout,
+                                              args.token))
+    if body is None:
+        return 1
     if args.json:
         print(json.dumps(body, indent=2))
         return 0
@@ -337,28 +350,12 @@ def _budget_verb(argv: List[str]) -> int:
     parser.add_argument("--json", action="store_true")
     _add_grpc_flags(parser)
     args = parser.parse_args(argv)
-    if args.grpc:
-        import grpc
-
-        try:
-            body = set_budget_grpc(args.grpc, args.namespace, args.qps, args.shard, args.token,
-                                   _grpc_credentials(args))
-        except grpc.RpcError as error:
-            print(f"omnirelay mesh budget: {error.code().name}: {error.details()}", file=sys.stderr)
-            return 1
-        except (OSError, ValueError) as error:
-            print(f"omnirelay mesh budget: {args.grpc}: {error}", file=sys.stderr)
-            return 1
-    else:
-        try:
-            status, body = set_budget(args.admin, args.namespace, args.qps, args.shard, args.token)
-        except (urllib.error.URLError, OSError, ValueError) as error:
-            print(f"omnirelay mesh budget: {args.admin}: {error}", file=sys.stderr)
-            return 1
-        if status != 200:
-            print(f"omnirelay mesh budget: HTTP {status}: {body.get('status', '')} {body.get('error', body)}",
-                  file=sys.stderr)
-            return 1
+    body = _control_request(
+        "omnirelay mesh budget", args,
+        lambda: set_budget_grpc(args.grpc, args.namespace, args.qps, args.shard, args.token, _grpc_credentials(args)),
+        lambda: set_budget(args.admin, args.namespace, args.qps, args.shard, args.token))
+    if body is None:
+        return 1
     if args.json:
         print(json.dumps(body, indent=2, default=str))
     else:

@@ -17,6 +17,7 @@ from typing import Any, Dict, List, Optional
 from omnirelay import _protowire as protowire
 from omnirelay._native import find_native_binary
 from omnirelay.harness.launcher import ReadyProcess
+from omnirelay.harness.metrics import MetricsSnapshot
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -65,15 +66,6 @@ def parse_echo_response(data: bytes) -> Dict[str, Any]:
 
 
 def metric_total(text: str, name: str, **labels: str) -> float:
-    """Sum of a Prometheus series' values whose labels include `labels`."""
-    total = 0.0
-    for line in text.splitlines():
-        if line.startswith("#") or not line.startswith(name):
-            continue
-        head, _, value = line.rpartition(" ")
-        series = head[len(name):]
-        if series and not series.startswith("{"):
-            continue
-        if all(f'{k}="{v}"' in series for k, v in labels.items()):
-            total += float(value)
-    return total
+    """Sum of a Prometheus series' values whose labels include ``labels`` (0 if
+    none), through the harness's one exposition parser."""
+    return MetricsSnapshot.parse(text).value(name, 0.0, **labels)

@@ -20,7 +20,9 @@ from typing import Any, Dict, List, Optional
 
 import pytest
 
-from omnirelay.harness.launcher import ReadyProcess
+from omnirelay.harness.launcher import ReadyProcess, wait_until
+
+from dataplane_support import metric_total as metric
 
 grpc = pytest.importorskip("grpc")
 
@@ -83,14 +85,6 @@ class Process(ReadyProcess):
         super().__init__(args, tmp_path, name, binary=binary, start_timeout=START_TIMEOUT,
                          stop_timeout=STOP_TIMEOUT)
 
-
-def wait_until(predicate, timeout: float, what: str) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if predicate():
-            return
-        time.sleep(0.05)
-    raise AssertionError(f"timed out after {timeout}s waiting for {what}")
 
 
 class Stack:
@@ -226,17 +220,6 @@ def rpc_error(call) -> grpc.RpcError:
     with pytest.raises(grpc.RpcError) as info:
         call()
     return info.value
-
-
-def metric(text: str, name: str, **labels: str) -> float:
-    total = 0.0
-    for line in text.splitlines():
-        if not line.startswith(name):
-            continue
-        head, _, value = line.rpartition(" ")
-        if all(f'{k}="{v}"' in head for k, v in labels.items()):
-            total += float(value)
-    return total
 
 
 # --------------------------------------------------------------------- tests

@@ -7,7 +7,6 @@ budget` sets a runtime budget that shows in /omnirelay/control/shards."""
 
 import subprocess
 import sys
-import time
 
 import grpc
 import pytest
@@ -15,6 +14,7 @@ import pytest
 from omnirelay._native import NativeBinaryNotFound, find_native_binary
 from omnirelay.harness import Cluster
 from omnirelay.shards import rebalance_grpc, set_budget_grpc, sharded_topology, shards
+from mesh_support import wait_until as poll
 
 try:
     find_native_binary()
@@ -25,15 +25,7 @@ NAMES = ["node-1", "node-2", "node-3"]
 
 
 def wait_until(predicate, timeout_s, interval_s=0.05):
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        try:
-            if predicate():
-                return True
-        except (OSError, KeyError, ValueError, IndexError):
-            pass
-        time.sleep(interval_s)
-    return False
+    return poll(predicate, timeout_s, interval_s, ignore=(OSError, KeyError, ValueError, IndexError))
 
 
 def agreed(cluster):

@@ -21,8 +21,9 @@ import pytest
 
 from omnirelay._native import NativeBinaryNotFound, find_native_binary
 from omnirelay.harness import Cluster
-from omnirelay.shards import ECHO_SERVICE, owners, shards
+from omnirelay.shards import ECHO_SERVICE, shards
 from omnirelay.topology import TopologyBuilder
+from mesh_support import wait_until as poll
 
 try:
     find_native_binary()
@@ -69,15 +70,7 @@ def topology():
 
 
 def wait_until(predicate, timeout_s, interval_s=0.05):
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        try:
-            if predicate():
-                return True
-        except (OSError, KeyError, ValueError, IndexError):
-            pass
-        time.sleep(interval_s)
-    return False
+    return poll(predicate, timeout_s, interval_s, ignore=(OSError, KeyError, ValueError, IndexError))
 
 
 def ready(cluster):

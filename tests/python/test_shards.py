@@ -26,6 +26,7 @@ import pytest
 from omnirelay._native import NativeBinaryNotFound, find_native_binary
 from omnirelay.harness import Cluster
 from omnirelay.shards import SHARDED_SERVICE, owners, rebalance, resolve, sharded_topology, shards, versions
+from mesh_support import wait_until as poll
 
 try:
     find_native_binary()
@@ -38,15 +39,7 @@ NAMES = ["node-1", "node-2", "node-3"]
 
 
 def wait_until(predicate, timeout_s, interval_s=0.05):
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        try:
-            if predicate():
-                return True
-        except (OSError, KeyError, ValueError):
-            pass
-        time.sleep(interval_s)
-    return False
+    return poll(predicate, timeout_s, interval_s, ignore=(OSError, KeyError, ValueError))
 
 
 def same_map(cluster, names, members):

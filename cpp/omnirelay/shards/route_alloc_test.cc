@@ -7,6 +7,7 @@
 
 #include "omnirelay/core/alloc_counter.h"
 #include "omnirelay/peers/coordinator.h"
+#include "omnirelay/shards/route_test_util.h"
 #include "omnirelay/shards/shard_chooser.h"
 #include "omnirelay/shards/strategy.h"
 
@@ -37,16 +38,7 @@ TEST(ShardRouteAllocationTest, TargetChoiceAndPeerPickAllocateNothing) {
   peers::PeerListCoordinatorOptions options;
   options.chooser_factory = [geo] { return std::make_unique<ShardTargetChooser>(geo); };
   auto coordinator = *peers::PeerListCoordinator::Create(options, clock, nullptr);
-  std::vector<peers::PeerDescriptor> descriptors;
-  for (const auto& m : members) {
-    peers::PeerDescriptor d;
-    d.id = m.id;
-    d.endpoint = m.address;
-    d.region = m.region;
-    d.status = peers::PeerStatus::kAvailable;
-    descriptors.push_back(d);
-  }
-  ASSERT_TRUE(coordinator->ReplacePeers(descriptors).ok());
+  ASSERT_TRUE(coordinator->ReplacePeers(testing::AvailablePeersOf(members)).ok());
   auto snapshot = coordinator->snapshot();
 
   std::vector<core::RequestMeta> metas(64);

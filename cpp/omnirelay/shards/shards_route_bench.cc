@@ -12,6 +12,7 @@
 
 #include "omnirelay/core/alloc_counter.h"
 #include "omnirelay/peers/coordinator.h"
+#include "omnirelay/shards/route_test_util.h"
 #include "omnirelay/shards/shard_chooser.h"
 #include "omnirelay/shards/strategy.h"
 
@@ -41,16 +42,7 @@ void BM_RouteTargetAndPick(benchmark::State& state) {
   peers::PeerListCoordinatorOptions options;
   options.chooser_factory = [geo] { return std::make_unique<ShardTargetChooser>(geo); };
   auto coordinator = *peers::PeerListCoordinator::Create(options, clock, nullptr);
-  std::vector<peers::PeerDescriptor> descriptors;
-  for (const auto& m : members) {
-    peers::PeerDescriptor d;
-    d.id = m.id;
-    d.endpoint = m.address;
-    d.region = m.region;
-    d.status = peers::PeerStatus::kAvailable;
-    descriptors.push_back(d);
-  }
-  (void)coordinator->ReplacePeers(descriptors);
+  (void)coordinator->ReplacePeers(testing::AvailablePeersOf(members));
   auto snapshot = coordinator->snapshot();
   std::vector<std::string> keys;
   std::vector<core::RequestMeta> metas(1024);
@@ -79,4 +71,3 @@ BENCHMARK(BM_RouteTargetAndPick)->Arg(0)->Arg(1)->ArgNames({"geo"});
 
 }  // namespace
 }  // namespace omnirelay::shards
-
