@@ -748,7 +748,7 @@ absl::Status Node::StartMesh() {
   }
   membership_->AddListener([](const mesh::MemberEvent& e) {
     if (e.kind == mesh::MemberEvent::Kind::kHeartbeat) return;
-    core::LogInfo("mesh.member", {{"event", std::string(mesh::MemberEventKindName(e.kind))},
+    core::LogInfo("mesh.member", {{"change", std::string(mesh::MemberEventKindName(e.kind))},
                                   {"id", e.member.id},
                                   {"incarnation", e.member.incarnation}});
   });
