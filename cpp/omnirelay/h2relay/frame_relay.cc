@@ -14,6 +14,7 @@
 #include <algorithm>
 #include <array>
 #include <atomic>
+#include <bit>
 #include <cerrno>
 #include <charconv>
 #include <condition_variable>
@@ -222,10 +223,9 @@ class NghttpMemPool {
   };
   static_assert(sizeof(BlockHeader) <= kHeader);
 
+  // The smallest class whose payload holds n bytes (n <= kMaxPooled).
   static size_t ClassOf(size_t n) {
-    size_t c = 0;
-    while ((kMinPooled << c) < n) ++c;
-    return c;
+    return n <= kMinPooled ? 0 : std::bit_width(n - 1) - std::bit_width(kMinPooled - 1);
   }
   static BlockHeader* HeaderOf(void* p) {
     return reinterpret_cast<BlockHeader*>(static_cast<char*>(p) - kHeader);
@@ -1213,7 +1213,7 @@ int InHeader(nghttp2_session* session, const nghttp2_frame* frame, const uint8_t
   std::string_view k(reinterpret_cast<const char*>(name), namelen);
   std::string_view v(reinterpret_cast<const char*>(value), valuelen);
   if (!k.empty() && k.front() == ':') {
-    if (k == ":path") call->path = std::string(v);
+    if (k == ":path") call->path.assign(v.data(), v.size());  // keeps the pooled capacity
     return 0;
   }
   if (k == "grpc-timeout") {
