@@ -15,7 +15,9 @@ the proxy's processes during the measured window, divided by the calls), then
 the ratios of the frame relay to the others. Every proxy gets the same number
 of threads/workers (`--threads`): relay event loops / grpc++ queues,
 haproxy `nbthread`, nginx `worker_processes`. haproxy uses `balance leastconn`
-and HTTP/2 on both sides; nginx keeps upstream connections alive.
+and HTTP/2 on both sides; nginx `least_conn` with upstream keepalive and
+`keepalive_requests` raised on both sides (relay_vs_nginx.NGINX_CONF says why:
+the default closes client connections every 1000 calls and refuses streams).
 
 Everything binds 127.0.0.1 with free ports. Needs Debian's haproxy and nginx
 (scripts/install-deps.sh) and a built omnirelay-native. `--quick` runs a tiny

@@ -6,13 +6,17 @@
 #pragma GCC diagnostic ignored "-Wmissing-field-initializers"
 
 #include <arpa/inet.h>
+#include <fcntl.h>
 #include <gtest/gtest.h>
 #include <netinet/in.h>
+#include <netinet/tcp.h>
 #include <nghttp2/nghttp2.h>
+#include <poll.h>
 #include <sys/socket.h>
 #include <unistd.h>
 
 #include <atomic>
+#include <cstring>
 #include <future>
 #include <thread>
 
@@ -457,6 +461,228 @@ TEST(FrameRelay, OversizedHeadersResetTheStreamAndTheRelayKeepsServing) {
   EXPECT_EQ(n, 0);  // orderly close, not a timeout
   ::close(fd);
   EXPECT_TRUE(client.Call("Echo", "still").ok());
+}
+
+// --- flow control under load (the 4 KiB / c=256 stall hunt, docs/dataplane.md)
+//
+// A raw nghttp2 client that is a slow, stingy reader: 16 KiB initial stream
+// windows, the default 64 KiB connection window, no automatic WINDOW_UPDATE,
+// and received bytes are given back only every third loop turn. Through one
+// connection it runs 128 concurrent unary echoes of 4-64 KiB (384 calls) and
+// two of 2.5 MiB: more than the relay's 1 MiB stream and 16 MiB connection
+// windows in both directions, and 64 KiB + 5 byte messages exceed the grpc++
+// upstream's 64 KiB stream window. Every byte therefore waits on a
+// WINDOW_UPDATE somewhere: from this client (relay -> client DATA deferred and
+// resumed), from the relay (its consume-after-forward windows on both
+// sessions) and from the upstream. A WINDOW_UPDATE not sent, not forwarded or
+// a DATA source never resumed leaves calls hanging, which the progress
+// watchdog turns into a failure naming what is stuck.
+struct SlowReader {
+  struct RawCall {
+    std::string request;  // gRPC-framed body
+    size_t sent = 0;
+    std::string response;
+    int grpc_status = -1;
+    uint32_t reset = 0;
+    bool closed = false;
+  };
+  nghttp2_session* session = nullptr;
+  int fd = -1;
+  std::vector<std::unique_ptr<RawCall>> calls;
+  std::vector<std::pair<int32_t, size_t>> unconsumed;
+  size_t received = 0;
+
+  explicit SlowReader(int port) {
+    fd = ::socket(AF_INET, SOCK_STREAM, 0);
+    sockaddr_in addr{};
+    addr.sin_family = AF_INET;
+    addr.sin_port = htons(static_cast<uint16_t>(port));
+    addr.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+    EXPECT_EQ(::connect(fd, reinterpret_cast<sockaddr*>(&addr), sizeof(addr)), 0);
+    ::fcntl(fd, F_SETFL, ::fcntl(fd, F_GETFL) | O_NONBLOCK);
+    int one = 1;  // as every gRPC client: no Nagle delay on WINDOW_UPDATEs
+    ::setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof(one));
+    nghttp2_session_callbacks* cb = nullptr;
+    nghttp2_session_callbacks_new(&cb);
+    nghttp2_session_callbacks_set_on_data_chunk_recv_callback(
+        cb,
+        [](nghttp2_session* s, uint8_t, int32_t sid, const uint8_t* data, size_t len,
+           void* self) -> int {
+          auto* me = static_cast<SlowReader*>(self);
+          if (auto* call = static_cast<RawCall*>(nghttp2_session_get_stream_user_data(s, sid))) {
+            call->response.append(reinterpret_cast<const char*>(data), len);
+          }
+          me->unconsumed.emplace_back(sid, len);
+          me->received += len;
+          return 0;
+        });
+    nghttp2_session_callbacks_set_on_header_callback(
+        cb,
+        [](nghttp2_session* s, const nghttp2_frame* frame, const uint8_t* name, size_t namelen,
+           const uint8_t* value, size_t valuelen, uint8_t, void*) -> int {
+          auto* call =
+              static_cast<RawCall*>(nghttp2_session_get_stream_user_data(s, frame->hd.stream_id));
+          if (call != nullptr &&
+              std::string_view(reinterpret_cast<const char*>(name), namelen) == "grpc-status") {
+            call->grpc_status =
+                std::stoi(std::string(reinterpret_cast<const char*>(value), valuelen));
+          }
+          return 0;
+        });
+    nghttp2_session_callbacks_set_on_stream_close_callback(
+        cb, [](nghttp2_session* s, int32_t sid, uint32_t error, void*) -> int {
+          if (auto* call = static_cast<RawCall*>(nghttp2_session_get_stream_user_data(s, sid))) {
+            call->closed = true;
+            call->reset = error;
+          }
+          return 0;
+        });
+    nghttp2_option* option = nullptr;
+    nghttp2_option_new(&option);
+    nghttp2_option_set_no_auto_window_update(option, 1);
+    nghttp2_session_client_new2(&session, cb, this, option);
+    nghttp2_option_del(option);
+    nghttp2_session_callbacks_del(cb);
+    nghttp2_settings_entry settings[] = {{NGHTTP2_SETTINGS_ENABLE_PUSH, 0},
+                                         {NGHTTP2_SETTINGS_INITIAL_WINDOW_SIZE, 16 * 1024}};
+    nghttp2_submit_settings(session, NGHTTP2_FLAG_NONE, settings, std::size(settings));
+  }
+  ~SlowReader() {
+    nghttp2_session_del(session);
+    ::close(fd);
+  }
+
+  void Submit(size_t body_bytes, char fill) {
+    auto call = std::make_unique<RawCall>();
+    call->request.push_back('\0');
+    for (int shift = 24; shift >= 0; shift -= 8) {
+      call->request.push_back(static_cast<char>((body_bytes >> shift) & 0xff));
+    }
+    call->request.append(body_bytes, fill);
+    auto nv = [](const char* k, const char* v) {
+      return nghttp2_nv{reinterpret_cast<uint8_t*>(const_cast<char*>(k)),
+                        reinterpret_cast<uint8_t*>(const_cast<char*>(v)), std::strlen(k),
+                        std::strlen(v), NGHTTP2_NV_FLAG_NONE};
+    };
+    nghttp2_nv headers[] = {nv(":method", "POST"),
+                            nv(":scheme", "http"),
+                            nv(":path", "/test.Svc/Echo"),
+                            nv(":authority", "relay"),
+                            nv("content-type", "application/grpc"),
+                            nv("te", "trailers")};
+    nghttp2_data_provider provider{};
+    provider.source.ptr = call.get();
+    provider.read_callback = [](nghttp2_session*, int32_t, uint8_t* buf, size_t length,
+                                uint32_t* flags, nghttp2_data_source* source, void*) -> ssize_t {
+      auto* c = static_cast<RawCall*>(source->ptr);
+      const size_t n = std::min(length, c->request.size() - c->sent);
+      std::memcpy(buf, c->request.data() + c->sent, n);
+      c->sent += n;
+      if (c->sent == c->request.size()) *flags |= NGHTTP2_DATA_FLAG_EOF;
+      return static_cast<ssize_t>(n);
+    };
+    ASSERT_GT(nghttp2_submit_request(session, nullptr, headers, std::size(headers), &provider,
+                                     call.get()),
+              0);
+    calls.push_back(std::move(call));
+  }
+
+  size_t Open() const {
+    size_t n = 0;
+    for (const auto& c : calls) n += c->closed ? 0 : 1;
+    return n;
+  }
+
+  // One loop turn: give back what was read (every third turn only), write,
+  // wait up to 2 ms for bytes, read. False when the connection failed.
+  bool Turn(int turn) {
+    if (turn % 3 == 0) {
+      for (auto [sid, len] : unconsumed) {
+        if (nghttp2_session_consume(session, sid, len) != 0) {
+          nghttp2_session_consume_connection(session, len);
+        }
+      }
+      unconsumed.clear();
+    }
+    for (;;) {
+      const uint8_t* data = nullptr;
+      ssize_t n = nghttp2_session_mem_send(session, &data);
+      if (n < 0) return false;
+      if (n == 0) break;
+      for (ssize_t off = 0; off < n;) {
+        ssize_t w = ::send(fd, data + off, static_cast<size_t>(n - off), MSG_NOSIGNAL);
+        if (w > 0) {
+          off += w;
+        } else if (w < 0 && (errno == EAGAIN || errno == EINTR)) {
+          pollfd p{fd, POLLOUT, 0};
+          ::poll(&p, 1, 10);
+        } else {
+          return false;
+        }
+      }
+    }
+    pollfd p{fd, POLLIN, 0};
+    ::poll(&p, 1, 2);
+    uint8_t buf[16384];
+    for (;;) {
+      ssize_t n = ::read(fd, buf, sizeof(buf));
+      if (n > 0) {
+        if (nghttp2_session_mem_recv(session, buf, static_cast<size_t>(n)) < 0) return false;
+        continue;
+      }
+      if (n == 0) return false;
+      return errno == EAGAIN || errno == EWOULDBLOCK || errno == EINTR;
+    }
+  }
+};
+
+TEST(FrameRelay, SlowReaderWithSmallWindowsGetsEveryCallThroughWithoutStalling) {
+  Upstream a("a");
+  auto relay = StartRelay({{.prefix = "test.Svc/", .pool = Pool({a.address()})}});
+  SlowReader client(relay->port());
+  constexpr int kCalls = 384, kConcurrency = 128;
+  const size_t kSizes[] = {4096, 16 * 1024, 40 * 1024, 64 * 1024};
+  int submitted = 0;
+  client.Submit(2560 * 1024, 'L');  // past the relay's 1 MiB stream window both ways
+  auto open_calls = [&] { return client.Open(); };
+  const auto start = std::chrono::steady_clock::now();
+  auto last_progress = start;
+  size_t last_received = 0, last_open = 0;
+  bool second_large = false;
+  for (int turn = 0;; ++turn) {
+    while (submitted < kCalls && open_calls() < kConcurrency) {
+      client.Submit(kSizes[submitted % 4], static_cast<char>('a' + submitted % 26));
+      ++submitted;
+    }
+    if (!second_large && submitted >= kCalls / 2) {
+      client.Submit(2560 * 1024, 'M');
+      second_large = true;
+    }
+    ASSERT_TRUE(client.Turn(turn)) << "the connection to the relay failed (window accounting?)";
+    if (submitted == kCalls && open_calls() == 0) break;
+    const auto now = std::chrono::steady_clock::now();
+    if (client.received != last_received || open_calls() != last_open) {
+      last_received = client.received;
+      last_open = open_calls();
+      last_progress = now;
+    }
+    // Normally done in 1-3 s; a flow-control stall makes no progress at all.
+    ASSERT_LT(now - last_progress, 20s)
+        << "no progress for 20 s with " << open_calls() << " calls open, " << submitted
+        << " submitted, " << client.received << " bytes received; the client's connection "
+        << "window towards the relay is " << nghttp2_session_get_remote_window_size(client.session);
+    ASSERT_LT(now - start, 120s);
+  }
+  ASSERT_EQ(client.calls.size(), static_cast<size_t>(kCalls + 2));
+  size_t bytes = 0;
+  for (const auto& call : client.calls) {
+    EXPECT_EQ(call->reset, 0u);
+    EXPECT_EQ(call->grpc_status, 0);
+    EXPECT_EQ(call->response, call->request);  // echoed byte for byte, one message
+    bytes += call->response.size();
+  }
+  EXPECT_GT(bytes, size_t{16} * 1024 * 1024);  // more than the relay's connection window
+  EXPECT_TRUE(Eventually([&] { return relay->active_calls() == 0; }));
 }
 
 }  // namespace
