@@ -59,7 +59,8 @@ def wait_until(predicate, timeout=5.0):
 
 def test_chooser_table():
     assert peers.chooser_names() == [
-        "fewest-pending", "hash", "least-latency", "preferred", "round-robin", "two-random"]
+        "fewest-pending", "hash", "least-latency", "preferred", "round-robin", "sticky",
+        "two-random"]
     with pytest.raises(errors.InvalidArgument):
         PeerListCoordinator("no-such-chooser")
     names = {d["name"] for d in peers.metric_descriptors()}

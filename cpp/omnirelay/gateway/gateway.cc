@@ -11,6 +11,7 @@
 #include <map>
 #include <mutex>
 #include <optional>
+#include <set>
 #include <span>
 #include <thread>
 
@@ -22,15 +23,10 @@
 #include "omnirelay/peers/sticky_chooser.h"
 #include "omnirelay/samples/registry_client.h"
 #include "omnirelay/tls/grpc_credentials.h"
+#include "omnirelay/transport/peer_pool.h"
 
 namespace omnirelay::gateway {
 namespace {
-
-using peers::StickyChooser;
-using peers::StickyMember;
-using peers::StickyMembershipChange;
-using peers::StickyOutcome;
-using peers::StickyPick;
 
 using Clock = std::chrono::steady_clock;
 
@@ -53,8 +49,8 @@ const core::MetricDescriptor kStreamTransfers{
     "request was replayed there and its first message reached the client)."};
 const core::MetricDescriptor kEvictions{
     "omnirelay.gateway.evictions", core::MetricKind::kCounter, "{binding}",
-    "Bindings dropped: reason=transport_failure (the instance failed) or left (the registry "
-    "no longer lists it)."};
+    "Bindings dropped: reason=transport_failure (the instance failed), left (the registry "
+    "no longer lists it) or ineligible (its breaker opened)."};
 const core::MetricDescriptor kAttempts{
     "omnirelay.gateway.attempts", core::MetricKind::kCounter, "{attempt}",
     "Backend attempts by outcome: ok (any status the application returned), "
@@ -120,27 +116,18 @@ class TimerQueue {
   std::thread thread_;
 };
 
-struct Cluster {
-  config::GatewayClusterConfig config;
-  std::optional<samples::RegistryClient> registry;
-  StickyChooser balancer;  // the peer kit's sticky-with-occupancy chooser
-  core::Gauge* sessions = nullptr;
-  core::Counter* transfers = nullptr;
-  core::Counter* stream_transfers = nullptr;
-  core::Counter* evictions_failure = nullptr;
-  core::Counter* evictions_left = nullptr;
-  core::Counter* attempts_ok = nullptr;
-  core::Counter* attempts_failed = nullptr;
-  core::Counter* attempts_timeout = nullptr;
+// One instance incarnation, as the cluster's peer pool hands it out (the
+// attachment of its transport::PoolPeer): a process-unique serial (the frame
+// relay keys its upstream connection by it: ids and addresses are reused
+// across restarts, an incarnation never is) and its grpc++ channel, made on
+// first use. Dropped with the pool's peer when the instance leaves and the
+// last lease on it is released.
+struct Instance {
+  Instance(std::string address, std::shared_ptr<grpc::ChannelCredentials> credentials)
+      : serial(NextSerial()), address(std::move(address)), credentials(std::move(credentials)) {}
 
-  std::mutex channels_mu;
-  std::map<std::string, std::shared_ptr<grpc::Channel>> channels;  // by address
-  // TLS credentials for `tls` clusters; plaintext when null.
-  std::shared_ptr<grpc::ChannelCredentials> credentials;
-
-  std::shared_ptr<grpc::Channel> ChannelFor(const std::string& address) {
-    std::lock_guard<std::mutex> lock(channels_mu);
-    auto& channel = channels[address];
+  std::shared_ptr<grpc::Channel> Channel() {
+    std::lock_guard<std::mutex> lock(mu);
     if (!channel) {
       grpc::ChannelArguments args;
       args.SetMaxReceiveMessageSize(-1);
@@ -158,21 +145,91 @@ struct Cluster {
     }
     return channel;
   }
-  void DropChannel(const std::string& address) {
-    std::lock_guard<std::mutex> lock(channels_mu);
-    channels.erase(address);
+
+  static uint64_t NextSerial() {
+    static std::atomic<uint64_t> next{1};
+    return next.fetch_add(1, std::memory_order_relaxed);
   }
-  void UpdateGauge() { sessions->Set(static_cast<double>(balancer.binding_count())); }
-  // After a sticky pick on either path: a new binding moves the sessions gauge;
-  // a transferred one is also counted and logged.
-  void NoteBinding(const peers::StickyPick& pick, const std::string& session) {
-    if (!pick.new_binding) return;
-    UpdateGauge();
-    if (pick.transferred) {
-      transfers->Add();
-      core::LogInfo("gateway.session_transfer",
-                    {{"session", session}, {"instance", pick.member.id}});
+
+  const uint64_t serial;
+  const std::string address;
+  const std::shared_ptr<grpc::ChannelCredentials> credentials;
+  std::mutex mu;
+  std::shared_ptr<grpc::Channel> channel;
+};
+
+Instance& InstanceOf(const transport::PeerLease& lease) {
+  return *static_cast<Instance*>(lease.peer->attachment.get());
+}
+
+struct Cluster {
+  config::GatewayClusterConfig config;
+  std::optional<samples::RegistryClient> registry;
+  // The instances are peers of the peer kit (issue 15): a PeerListCoordinator
+  // behind transport::PeerPool with the `sticky` chooser, so every attempt
+  // leases its instance and releases it with the outcome and latency
+  // (omnirelay.peer.* metrics, breaker, in-flight cap, contention rules).
+  std::shared_ptr<transport::PeerPool> pool;
+  peers::StickyChooser* chooser = nullptr;  // owned by the pool's coordinator
+  core::Gauge* sessions = nullptr;
+  core::Counter* transfers = nullptr;
+  core::Counter* stream_transfers = nullptr;
+  core::Counter* evictions_failure = nullptr;
+  core::Counter* evictions_left = nullptr;
+  core::Counter* evictions_ineligible = nullptr;
+  core::Counter* attempts_ok = nullptr;
+  core::Counter* attempts_failed = nullptr;
+  core::Counter* attempts_timeout = nullptr;
+  // TLS credentials for `tls` clusters; plaintext when null.
+  std::shared_ptr<grpc::ChannelCredentials> credentials;
+
+  // The chooser's binding changes, from whichever thread picked or
+  // refreshed: the sessions gauge, transfers and evictions.
+  void OnStickyEvent(const peers::StickyEvent& event) {
+    sessions->Set(static_cast<double>(event.bindings));
+    if (event.kind == peers::StickyEvent::Kind::kBound) {
+      if (event.transferred) {
+        transfers->Add();
+        core::LogInfo("gateway.session_transfer",
+                      {{"session", event.session}, {"instance", event.peer_id}});
+      }
+      return;
     }
+    switch (event.reason) {
+      case peers::StickyEvent::Reason::kLeft:
+        evictions_left->Add();
+        break;
+      case peers::StickyEvent::Reason::kIneligible:
+        evictions_ineligible->Add();
+        core::LogInfo("gateway.instance_ineligible",
+                      {{"session", event.session}, {"instance", event.peer_id}});
+        break;
+      default:
+        evictions_failure->Add();
+        break;
+    }
+  }
+
+  // Leases an instance for one attempt without waiting (the in-flight cap
+  // then answers at once, coordinator rule 4); the contract's status when
+  // none can be leased. `session` is "" for a round-robin route; `excluded`
+  // the instances that failed in this call.
+  absl::StatusOr<transport::PeerLease> Lease(const std::string& session,
+                                             const std::set<std::string>& excluded,
+                                             bool failed_any) {
+    core::RequestMeta meta;
+    if (!session.empty()) meta.headers.Set(chooser->key_header(), session);
+    for (const auto& id : excluded) meta.headers.Add(peers::kStickyExcludeHeader, id);
+    auto lease = pool->Acquire(meta, std::nullopt);
+    if (lease.ok()) return lease;
+    // UNAVAILABLE from the pool: its list is empty (peer-list-empty).
+    peers::StickyOutcome outcome = lease.status().code() == absl::StatusCode::kUnavailable
+                                       ? chooser->OutcomeWithoutPeers(meta)
+                                       : chooser->LastOutcome();
+    // The pick succeeded but its peer refused (a breaker opened or the cap
+    // was reached between the pick and the lease).
+    if (outcome == peers::StickyOutcome::kInstance) outcome = peers::StickyOutcome::kAtCapacity;
+    return peers::StickyStatus(outcome, failed_any);
   }
 };
 
@@ -340,12 +397,14 @@ class ProxyCall : public grpc::ServerGenericBidiReactor,
 
 class Attempt final : public grpc::ClientBidiReactor<grpc::ByteBuffer, grpc::ByteBuffer> {
  public:
-  Attempt(std::shared_ptr<ProxyCall> call, StickyMember member, Cluster* cluster,
-          std::shared_ptr<grpc::Channel> channel, uint64_t seq)
+  Attempt(std::shared_ptr<ProxyCall> call, transport::PeerLease lease, Cluster* cluster,
+          uint64_t seq)
       : call(std::move(call)),
-        member(std::move(member)),
+        lease(std::move(lease)),
+        id(this->lease.peer->id),
+        address(this->lease.peer->address),
         cluster(cluster),
-        channel(std::move(channel)),
+        channel(InstanceOf(this->lease).Channel()),
         seq(seq) {}
 
   void OnReadDone(bool ok) override { call->AttemptRead(this, ok); }
@@ -357,7 +416,10 @@ class Attempt final : public grpc::ClientBidiReactor<grpc::ByteBuffer, grpc::Byt
   }
 
   std::shared_ptr<ProxyCall> call;
-  StickyMember member;
+  // The instance's lease: released once, in AttemptDone, with the outcome.
+  transport::PeerLease lease;
+  std::string id;  // instance id
+  std::string address;
   Cluster* cluster;
   std::shared_ptr<grpc::Channel> channel;
   uint64_t seq;
@@ -428,22 +490,20 @@ void ProxyCall::StartAttempt() {
     FinishLocal(grpc::StatusCode::UNAVAILABLE, peers::kBackendUnavailable);
     return;
   }
-  StickyPick pick = route_->sticky ? cluster->balancer.PickSticky(session_, excluded_)
-                                   : cluster->balancer.PickRoundRobin(excluded_);
-  if (transferring_ && pick.outcome != StickyOutcome::kInstance) {
+  auto lease = cluster->Lease(session_, excluded_, failed_any_);
+  if (!lease.ok() && transferring_) {
     // A live stream lost its instance and no other can take it: the backend,
     // not capacity, ended it.
     FinishLocal(grpc::StatusCode::UNAVAILABLE, peers::kBackendUnavailable);
     return;
   }
-  if (absl::Status refused = peers::StickyStatus(pick, failed_any_); !refused.ok()) {
-    FinishLocal(static_cast<grpc::StatusCode>(refused.code()), std::string(refused.message()));
+  if (!lease.ok()) {
+    FinishLocal(static_cast<grpc::StatusCode>(lease.status().code()),
+                std::string(lease.status().message()));
     return;
   }
-  cluster->NoteBinding(pick, session_);
   ++attempts_;
-  auto* a = new Attempt(shared_from_this(), pick.member, cluster,
-                        cluster->ChannelFor(pick.member.address), ++seq_);
+  auto* a = new Attempt(shared_from_this(), *std::move(lease), cluster, ++seq_);
   for (const auto& [k, v] : metadata_) a->ctx.AddMetadata(k, v);
   if (deadline_ != std::chrono::system_clock::time_point::max()) a->ctx.set_deadline(deadline_);
   grpc::GenericStub stub(a->channel);
@@ -579,7 +639,7 @@ void ProxyCall::AttemptRead(Attempt* a, bool ok) {
       transferring_ = false;
       a->cluster->stream_transfers->Add();
       core::LogInfo("gateway.stream_transfer",
-                    {{"session", session_}, {"method", method_}, {"instance", a->member.id}});
+                    {{"session", session_}, {"method", method_}, {"instance", a->id}});
     }
   }
   if (!committed_) {
@@ -645,18 +705,20 @@ void ProxyCall::AttemptDone(Attempt* a, const grpc::Status& status) {
   const bool transport_failure =
       a->timed_out || (!cancelled_ && (status.error_code() == grpc::StatusCode::UNAVAILABLE ||
                                        status.error_code() == grpc::StatusCode::CANCELLED));
+  // The lease goes back with the attempt's outcome (a transport failure
+  // counts as UNAVAILABLE for the instance's breaker) before any retry leases.
+  cluster->pool->Release(a->lease, transport_failure
+                                       ? absl::StatusCode::kUnavailable
+                                       : static_cast<absl::StatusCode>(status.error_code()));
+  a->lease.token.reset();
   if (transport_failure) {
     (a->timed_out ? cluster->attempts_timeout : cluster->attempts_failed)->Add();
-    // The instance is gone (or hung): its binding ends, whoever holds it.
-    const std::string dropped = cluster->balancer.ReportFailure(a->member.id);
-    if (!dropped.empty()) {
-      cluster->evictions_failure->Add();
-      cluster->UpdateGauge();
-    }
-    core::LogInfo("gateway.instance_failed", {{"instance", a->member.id},
-                                              {"address", a->member.address},
+    // The instance is gone (or hung): its bindings end, whoever holds them.
+    const std::vector<std::string> dropped = cluster->chooser->ReportFailure(a->id);
+    core::LogInfo("gateway.instance_failed", {{"instance", a->id},
+                                              {"address", a->address},
                                               {"method", method_},
-                                              {"session", dropped},
+                                              {"session", dropped.empty() ? "" : dropped.front()},
                                               {"code", static_cast<int>(status.error_code())},
                                               {"message", status.error_message()},
                                               {"timedOut", a->timed_out}});
@@ -668,7 +730,7 @@ void ProxyCall::AttemptDone(Attempt* a, const grpc::Status& status) {
     // Before the first response message any call is replayed; after it only
     // a transferStreams method (a server stream: its request is kept).
     failed_any_ = true;
-    excluded_.insert(a->member.id);
+    excluded_.insert(a->id);
     if (committed_) transferring_ = true;
     StartAttempt();
     return;
@@ -725,6 +787,12 @@ void ProxyCall::OnDone() {
 // One call on the frame path; used by one relay loop thread.
 class FrameCall final : public h2relay::CallHook {
  public:
+  void Release(absl::StatusCode outcome) {
+    if (!lease_.token) return;
+    route_->cluster->pool->Release(lease_, outcome);
+    lease_.token.reset();
+  }
+
   FrameCall(Gateway::Impl* gateway, const Route* route, std::string session, std::string method)
       : gateway_(gateway),
         route_(route),
@@ -736,39 +804,39 @@ class FrameCall final : public h2relay::CallHook {
     if (attempts_ >= gateway_->config().max_attempts) {
       return absl::UnavailableError(peers::kBackendUnavailable);
     }
-    StickyPick pick = route_->sticky ? cluster->balancer.PickSticky(session_, excluded_)
-                                     : cluster->balancer.PickRoundRobin(excluded_);
-    if (absl::Status refused = peers::StickyStatus(pick, failed_any_); !refused.ok()) {
-      return refused;
-    }
-    cluster->NoteBinding(pick, session_);
+    auto lease = cluster->Lease(session_, excluded_, failed_any_);
+    if (!lease.ok()) return lease.status();
     ++attempts_;
-    current_ = std::move(pick.member);
-    return h2relay::HookTarget{current_.serial, current_.address};
+    lease_ = *std::move(lease);
+    return h2relay::HookTarget{InstanceOf(lease_).serial, lease_.peer->address};
   }
 
   void AttemptFailed(bool timed_out, std::string_view reason) override {
     Cluster* cluster = route_->cluster;
+    const std::string id = lease_.peer->id;
+    const std::string address = lease_.peer->address;
+    // A transport failure counts as UNAVAILABLE for the instance's breaker;
+    // released before the next attempt leases.
+    Release(absl::StatusCode::kUnavailable);
     (timed_out ? cluster->attempts_timeout : cluster->attempts_failed)->Add();
-    // The instance is gone (or hung): its binding ends, whoever holds it.
-    const std::string dropped = cluster->balancer.ReportFailure(current_.id);
-    if (!dropped.empty()) {
-      cluster->evictions_failure->Add();
-      cluster->UpdateGauge();
-    }
-    core::LogInfo("gateway.instance_failed", {{"instance", current_.id},
-                                              {"address", current_.address},
+    // The instance is gone (or hung): its bindings end, whoever holds them.
+    const std::vector<std::string> dropped = cluster->chooser->ReportFailure(id);
+    core::LogInfo("gateway.instance_failed", {{"instance", id},
+                                              {"address", address},
                                               {"method", method_},
-                                              {"session", dropped},
+                                              {"session", dropped.empty() ? "" : dropped.front()},
                                               {"message", std::string(reason)},
                                               {"timedOut", timed_out}});
     failed_any_ = true;
-    excluded_.insert(current_.id);
+    excluded_.insert(id);
   }
 
   void AttemptAnswered() override { route_->cluster->attempts_ok->Add(); }
 
   void Finished(absl::StatusCode code) override {
+    // The answered attempt's lease (if any is still held) ends with the
+    // client's status: the application's, or the relay's mapped failure.
+    Release(code);
     gateway_->CountRequest(*route_, static_cast<grpc::StatusCode>(code));
   }
 
@@ -777,7 +845,9 @@ class FrameCall final : public h2relay::CallHook {
   const Route* route_;
   std::string session_;
   std::string method_;
-  StickyMember current_;
+  // The current attempt's instance lease; released once (AttemptFailed or
+  // Finished). Destroyed unreleased, it is released as CANCELLED.
+  transport::PeerLease lease_;
   int attempts_ = 0;
   bool failed_any_ = false;
   std::set<std::string> excluded_;
@@ -887,10 +957,6 @@ absl::Status Gateway::Impl::Build() {
                                           ".registry: " + std::string(client.status().message()));
       }
       cluster->registry = std::move(*client);
-    } else {
-      std::vector<StickyMember> members;
-      for (const auto& e : cc.endpoints) members.push_back({e, e});
-      cluster->balancer.SetMembers(std::move(members));
     }
     const core::Tags tags = {{"cluster", name}};
     cluster->sessions = &metrics_->GetGauge(kSessions, tags);
@@ -900,11 +966,51 @@ absl::Status Gateway::Impl::Build() {
         &metrics_->GetCounter(kEvictions, {{"cluster", name}, {"reason", "transport_failure"}});
     cluster->evictions_left =
         &metrics_->GetCounter(kEvictions, {{"cluster", name}, {"reason", "left"}});
+    cluster->evictions_ineligible =
+        &metrics_->GetCounter(kEvictions, {{"cluster", name}, {"reason", "ineligible"}});
     cluster->attempts_ok = &metrics_->GetCounter(kAttempts, {{"cluster", name}, {"outcome", "ok"}});
     cluster->attempts_failed =
         &metrics_->GetCounter(kAttempts, {{"cluster", name}, {"outcome", "transport_failure"}});
     cluster->attempts_timeout =
         &metrics_->GetCounter(kAttempts, {{"cluster", name}, {"outcome", "timeout"}});
+    // The cluster's instances as peers of the peer kit: the `sticky`
+    // chooser (keyless calls of round-robin routes rotate), the cluster's
+    // in-flight cap and breaker; omnirelay.peer.* series tagged
+    // rpc.service=<cluster>, rpc.peer=<instance id>.
+    transport::PeerPoolOptions pool_options;
+    pool_options.service = name;
+    pool_options.transport = "grpc";
+    pool_options.max_in_flight_per_peer = cc.max_in_flight_per_instance;
+    pool_options.breaker_consecutive_failures =
+        cc.circuit_breaker.enabled ? cc.circuit_breaker.consecutive_failures : 0;
+    pool_options.breaker_open_delay = cc.circuit_breaker.open_delay;
+    peers::ChooserOptions chooser_options;
+    chooser_options.sticky_occupancy = cc.occupancy;
+    Cluster* raw = cluster.get();
+    pool_options.chooser_factory = [raw, chooser_options]() -> std::unique_ptr<peers::PeerChooser> {
+      auto chooser = std::make_unique<peers::StickyChooser>(chooser_options);
+      raw->chooser = chooser.get();
+      chooser->SetListener([raw](const peers::StickyEvent& event) { raw->OnStickyEvent(event); });
+      return chooser;
+    };
+    auto pool = transport::MakeCoordinatorPeerPool({}, std::move(pool_options),
+                                                   core::SystemClock::Shared(), metrics_);
+    if (!pool.ok()) return pool.status();
+    cluster->pool = *std::move(pool);
+    auto credentials = cluster->credentials;
+    cluster->pool->SetAttachmentFactory([credentials](const std::string& address) {
+      return std::static_pointer_cast<void>(std::make_shared<Instance>(address, credentials));
+    });
+    if (!cc.registry.empty()) {
+      // filled by Start's first poll
+    } else {
+      std::vector<transport::PeerEndpoint> endpoints;
+      for (const auto& e : cc.endpoints) endpoints.push_back({e, e});
+      if (absl::Status set = cluster->pool->SetPeers(std::move(endpoints)); !set.ok()) {
+        return absl::InvalidArgumentError("omniRelay.gateway.clusters." + name +
+                                          ".endpoints: " + std::string(set.message()));
+      }
+    }
     clusters_[name] = std::move(cluster);
   }
   for (const auto& rc : config_.routes) {
@@ -952,22 +1058,33 @@ void Gateway::Impl::Refresh(Cluster& cluster) {
         {{"cluster", cluster.config.name}, {"error", std::string(listed.status().message())}});
     return;
   }
-  std::vector<StickyMember> members;
-  for (const auto& instance : *listed) members.push_back({instance.id, instance.address});
-  StickyMembershipChange change = cluster.balancer.SetMembers(std::move(members));
-  for (const auto& m : change.removed) {
-    cluster.DropChannel(m.address);
+  std::map<std::string, std::string> next;  // id -> address (a listing has unique ids)
+  for (const auto& instance : *listed) next.emplace(instance.id, instance.address);
+  std::map<std::string, std::string> previous;
+  for (const auto& p : cluster.pool->Peers()) previous.emplace(p.id, p.address);
+  if (next == previous) return;
+  std::vector<transport::PeerEndpoint> endpoints;
+  for (const auto& [id, address] : next) endpoints.push_back({id, address});
+  // Removed instances (and ids back at another address: another process)
+  // lose their bindings through the chooser (evictions{reason=left}); their
+  // channels go with the last lease on them.
+  if (absl::Status set = cluster.pool->SetPeers(std::move(endpoints)); !set.ok()) {
+    core::LogWarn("gateway.registry_unusable",
+                  {{"cluster", cluster.config.name}, {"error", std::string(set.message())}});
+    return;
+  }
+  for (const auto& [id, address] : previous) {
+    auto it = next.find(id);
+    if (it != next.end() && it->second == address) continue;
     core::LogInfo("gateway.instance_left",
-                  {{"cluster", cluster.config.name}, {"instance", m.id}, {"address", m.address}});
+                  {{"cluster", cluster.config.name}, {"instance", id}, {"address", address}});
   }
-  for (const auto& m : change.added) {
+  for (const auto& [id, address] : next) {
+    auto it = previous.find(id);
+    if (it != previous.end() && it->second == address) continue;
     core::LogInfo("gateway.instance_joined",
-                  {{"cluster", cluster.config.name}, {"instance", m.id}, {"address", m.address}});
+                  {{"cluster", cluster.config.name}, {"instance", id}, {"address", address}});
   }
-  if (!change.unbound.empty()) {
-    cluster.evictions_left->Add(static_cast<double>(change.unbound.size()));
-  }
-  cluster.UpdateGauge();
 }
 
 void Gateway::Impl::RefreshLoop() {
@@ -1060,18 +1177,40 @@ nlohmann::json Gateway::Impl::Introspect() const {
   nlohmann::json clusters = nlohmann::json::object();
   for (const auto& [name, cluster] : clusters_) {
     nlohmann::json members = nlohmann::json::array();
-    const auto bindings = cluster->balancer.bindings();
-    std::map<std::string, std::string> by_instance;
-    for (const auto& [session, id] : bindings) by_instance[id] = session;
-    for (const auto& m : cluster->balancer.members()) {
-      nlohmann::json j = {{"id", m.id}, {"address", m.address}};
-      auto it = by_instance.find(m.id);
-      j["session"] = it == by_instance.end() ? nlohmann::json(nullptr) : nlohmann::json(it->second);
-      members.push_back(j);
+    const auto bindings = cluster->chooser->bindings();
+    std::map<std::string, std::vector<std::string>> by_instance;
+    for (const auto& [session, id] : bindings) by_instance[id].push_back(session);
+    // The peer kit's view of each instance (sorted by id): breaker, load,
+    // outcome totals.
+    const nlohmann::json pool = cluster->pool->Snapshot();
+    std::map<std::string, nlohmann::json> sorted;
+    for (const auto& peer : pool["peers"]) {
+      const std::string id = peer["id"];
+      nlohmann::json j = {{"id", id},
+                          {"address", peer["address"]},
+                          {"eligible", peer["eligible"]},
+                          {"breaker", peer["breaker"]},
+                          {"inFlight", peer["inFlight"]},
+                          {"successes", peer["successes"]},
+                          {"failures", peer["failures"]}};
+      auto it = by_instance.find(id);
+      // One session per instance at the default occupancy; the first otherwise.
+      j["session"] =
+          it == by_instance.end() ? nlohmann::json(nullptr) : nlohmann::json(it->second.front());
+      if (cluster->config.occupancy != 1) {
+        j["sessions"] =
+            it == by_instance.end() ? nlohmann::json::array() : nlohmann::json(it->second);
+      }
+      sorted.emplace(id, std::move(j));
     }
+    for (auto& [id, j] : sorted) members.push_back(std::move(j));
     clusters[name] = {{"source", cluster->registry ? "registry" : "static"},
                       {"members", members},
-                      {"bindings", bindings}};
+                      {"bindings", bindings},
+                      {"chooser", pool["chooser"]},
+                      {"occupancy", cluster->config.occupancy},
+                      {"maxInFlightPerInstance", cluster->config.max_in_flight_per_instance},
+                      {"waiting", pool["waiting"]}};
     if (cluster->registry) {
       clusters[name]["registry"] = cluster->config.registry;
       clusters[name]["refreshIntervalMs"] = ms(cluster->config.refresh_interval);
