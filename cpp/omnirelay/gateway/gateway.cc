@@ -34,6 +34,9 @@ using Clock = std::chrono::steady_clock;
 // after its first response (a server stream sends one).
 constexpr size_t kMaxReplayMessages = 16;
 
+// Threads that wait out an instance's in-flight cap for calls with a deadline.
+constexpr int kLeaseWaiterThreads = 4;
+
 // The gateway's metric table (docs/session-gateway.md, "Gateway mode").
 const core::MetricDescriptor kRequests{"omnirelay.gateway.requests", core::MetricKind::kCounter,
                                        "{request}",
@@ -162,6 +165,52 @@ Instance& InstanceOf(const transport::PeerLease& lease) {
   return *static_cast<Instance*>(lease.peer->attachment.get());
 }
 
+// Threads for leases that may wait (coordinator rule 5: a call with a
+// deadline whose instance is at its in-flight cap waits for a slot): a
+// waiting Acquire blocks its thread, so it never runs on a gRPC callback
+// thread or a relay loop. Each wait is bounded by the call's deadline and
+// attemptTimeout, so Stop joins within attemptTimeout.
+class LeaseWaiters {
+ public:
+  explicit LeaseWaiters(int threads) {
+    for (int i = 0; i < threads; ++i) threads_.emplace_back([this] { Run(); });
+  }
+  ~LeaseWaiters() {
+    {
+      std::lock_guard<std::mutex> lock(mu_);
+      stopping_ = true;
+    }
+    cv_.notify_all();
+    for (auto& t : threads_) t.join();
+  }
+  void Submit(std::function<void()> task) {
+    {
+      std::lock_guard<std::mutex> lock(mu_);
+      queue_.push_back(std::move(task));
+    }
+    cv_.notify_one();
+  }
+
+ private:
+  void Run() {
+    std::unique_lock<std::mutex> lock(mu_);
+    for (;;) {
+      cv_.wait(lock, [this] { return stopping_ || !queue_.empty(); });
+      if (queue_.empty()) return;  // stopping, and every queued wait ran
+      auto task = std::move(queue_.front());
+      queue_.pop_front();
+      lock.unlock();
+      task();
+      lock.lock();
+    }
+  }
+  std::mutex mu_;
+  std::condition_variable cv_;
+  std::deque<std::function<void()>> queue_;
+  bool stopping_ = false;
+  std::vector<std::thread> threads_;
+};
+
 struct Cluster {
   config::GatewayClusterConfig config;
   std::optional<samples::RegistryClient> registry;
@@ -214,22 +263,40 @@ struct Cluster {
   // then answers at once, coordinator rule 4); the contract's status when
   // none can be leased. `session` is "" for a round-robin route; `excluded`
   // the instances that failed in this call.
+  // `outcome` (optional) receives why nothing was leased: kAtCapacity is the
+  // one refusal a call with a deadline may wait out (WaitForLease).
   absl::StatusOr<transport::PeerLease> Lease(const std::string& session,
-                                             const std::set<std::string>& excluded,
-                                             bool failed_any) {
+                                             const std::set<std::string>& excluded, bool failed_any,
+                                             peers::StickyOutcome* outcome = nullptr) {
+    const core::RequestMeta meta = MetaFor(session, excluded);
+    auto lease = pool->Acquire(meta, std::nullopt);
+    if (lease.ok()) return lease;
+    return Refusal(lease.status(), meta, failed_any, outcome);
+  }
+
+  // The lease request: the session key under the chooser's header (whatever
+  // the route's sticky header is called) and the call's failed instances.
+  // Internal to the gateway, never sent.
+  core::RequestMeta MetaFor(const std::string& session, const std::set<std::string>& excluded) {
     core::RequestMeta meta;
     if (!session.empty()) meta.headers.Set(chooser->key_header(), session);
     for (const auto& id : excluded) meta.headers.Add(peers::kStickyExcludeHeader, id);
-    auto lease = pool->Acquire(meta, std::nullopt);
-    if (lease.ok()) return lease;
+    return meta;
+  }
+
+  // The contract's answer for a failed Acquire on this thread (the chooser's
+  // LastOutcome is per thread).
+  absl::Status Refusal(const absl::Status& refused, const core::RequestMeta& meta, bool failed_any,
+                       peers::StickyOutcome* outcome = nullptr) {
     // UNAVAILABLE from the pool: its list is empty (peer-list-empty).
-    peers::StickyOutcome outcome = lease.status().code() == absl::StatusCode::kUnavailable
-                                       ? chooser->OutcomeWithoutPeers(meta)
-                                       : chooser->LastOutcome();
+    peers::StickyOutcome why = refused.code() == absl::StatusCode::kUnavailable
+                                   ? chooser->OutcomeWithoutPeers(meta)
+                                   : chooser->LastOutcome();
     // The pick succeeded but its peer refused (a breaker opened or the cap
     // was reached between the pick and the lease).
-    if (outcome == peers::StickyOutcome::kInstance) outcome = peers::StickyOutcome::kAtCapacity;
-    return peers::StickyStatus(outcome, failed_any);
+    if (why == peers::StickyOutcome::kInstance) why = peers::StickyOutcome::kAtCapacity;
+    if (outcome != nullptr) *outcome = why;
+    return peers::StickyStatus(why, failed_any);
   }
 };
 
@@ -294,6 +361,7 @@ class Gateway::Impl : public grpc::CallbackGenericService {
   std::shared_ptr<core::MetricsRegistry>& metrics() { return metrics_; }
   const auth::JwtCodec* codec() const { return codec_.get(); }
   TimerQueue& timers() { return *timers_; }
+  LeaseWaiters& lease_waiters() { return *lease_waiters_; }
 
  private:
   void RefreshLoop();
@@ -307,6 +375,7 @@ class Gateway::Impl : public grpc::CallbackGenericService {
   std::vector<std::unique_ptr<Route>> routes_;
   std::unique_ptr<Route> default_route_;
   std::unique_ptr<TimerQueue> timers_;
+  std::unique_ptr<LeaseWaiters> lease_waiters_;
   std::unique_ptr<grpc::Server> server_;
   int port_ = 0;
   // The frame path (docs/session-gateway.md "Data path"): the relay owns the
@@ -350,6 +419,9 @@ class ProxyCall : public grpc::ServerGenericBidiReactor,
 
  private:
   void StartAttempt();
+  void LaunchAttempt(transport::PeerLease lease);
+  void WaitForLease();
+  void OnWaitedLease(absl::StatusOr<transport::PeerLease> lease);
   void PumpToBackend(Attempt* a);
   void CloseWrites(Attempt* a);
   void CloseReads(Attempt* a);
@@ -392,6 +464,7 @@ class ProxyCall : public grpc::ServerGenericBidiReactor,
   uint64_t seq_ = 0;
   int attempts_ = 0;
   bool failed_any_ = false;
+  bool waiting_ = false;  // a lease is being waited for (WaitForLease)
   std::set<std::string> excluded_;
 };
 
@@ -490,7 +563,15 @@ void ProxyCall::StartAttempt() {
     FinishLocal(grpc::StatusCode::UNAVAILABLE, peers::kBackendUnavailable);
     return;
   }
-  auto lease = cluster->Lease(session_, excluded_, failed_any_);
+  peers::StickyOutcome outcome = peers::StickyOutcome::kInstance;
+  auto lease = cluster->Lease(session_, excluded_, failed_any_, &outcome);
+  if (!lease.ok() && outcome == peers::StickyOutcome::kAtCapacity &&
+      deadline_ != std::chrono::system_clock::time_point::max()) {
+    // The instance is at its in-flight cap and the call has a deadline:
+    // wait for a slot (coordinator rule 5), off this thread.
+    WaitForLease();
+    return;
+  }
   if (!lease.ok() && transferring_) {
     // A live stream lost its instance and no other can take it: the backend,
     // not capacity, ended it.
@@ -502,8 +583,62 @@ void ProxyCall::StartAttempt() {
                 std::string(lease.status().message()));
     return;
   }
+  LaunchAttempt(*std::move(lease));
+}
+
+void ProxyCall::WaitForLease() {
+  Cluster* cluster = route_->cluster;
+  core::RequestMeta meta = cluster->MetaFor(session_, excluded_);
+  // Bounded by attemptTimeout too, so a stopping gateway joins its waiters.
+  const auto bound = std::chrono::system_clock::now() +
+                     std::chrono::duration_cast<std::chrono::system_clock::duration>(
+                         gateway_->config().attempt_timeout);
+  meta.deadline = std::min(deadline_, bound);
+  waiting_ = true;
+  std::weak_ptr<ProxyCall> weak = weak_from_this();
+  gateway_->lease_waiters().Submit(
+      [weak, cluster, meta = std::move(meta), failed_any = failed_any_] {
+        absl::StatusOr<transport::PeerLease> lease = cluster->pool->Acquire(meta, meta.deadline);
+        if (!lease.ok() && lease.status().code() != absl::StatusCode::kDeadlineExceeded) {
+          lease = cluster->Refusal(lease.status(), meta, failed_any);
+        }
+        // self_ keeps the call alive until it finished, so this normally
+        // finds it; a lease nobody takes is released CANCELLED.
+        if (auto call = weak.lock()) call->OnWaitedLease(std::move(lease));
+      });
+}
+
+void ProxyCall::OnWaitedLease(absl::StatusOr<transport::PeerLease> lease) {
+  std::lock_guard<std::recursive_mutex> lock(mu_);
+  waiting_ = false;
+  if (finished_) return;
+  if (cancelled_) {
+    FinishLocal(grpc::StatusCode::CANCELLED, "cancelled while waiting for an instance");
+    return;
+  }
+  if (!lease.ok()) {
+    if (lease.status().code() == absl::StatusCode::kDeadlineExceeded) {
+      // The call's own deadline, or the attemptTimeout bound of the wait.
+      if (std::chrono::system_clock::now() >= deadline_) {
+        FinishLocal(grpc::StatusCode::DEADLINE_EXCEEDED,
+                    "deadline passed while waiting for a free instance");
+      } else {
+        FinishLocal(grpc::StatusCode::RESOURCE_EXHAUSTED, peers::kAllInstancesBusy);
+      }
+      return;
+    }
+    FinishLocal(static_cast<grpc::StatusCode>(lease.status().code()),
+                std::string(lease.status().message()));
+    return;
+  }
+  LaunchAttempt(*std::move(lease));
+}
+
+void ProxyCall::LaunchAttempt(transport::PeerLease lease) {
+  const auto& config = gateway_->config();
+  Cluster* cluster = route_->cluster;
   ++attempts_;
-  auto* a = new Attempt(shared_from_this(), *std::move(lease), cluster, ++seq_);
+  auto* a = new Attempt(shared_from_this(), std::move(lease), cluster, ++seq_);
   for (const auto& [k, v] : metadata_) a->ctx.AddMetadata(k, v);
   if (deadline_ != std::chrono::system_clock::time_point::max()) a->ctx.set_deadline(deadline_);
   grpc::GenericStub stub(a->channel);
@@ -793,21 +928,27 @@ class FrameCall final : public h2relay::CallHook {
     lease_.token.reset();
   }
 
-  FrameCall(Gateway::Impl* gateway, const Route* route, std::string session, std::string method)
+  // `lease`: the first attempt's, taken by OnHeaders.
+  FrameCall(Gateway::Impl* gateway, const Route* route, std::string session, std::string method,
+            transport::PeerLease lease)
       : gateway_(gateway),
         route_(route),
         session_(std::move(session)),
-        method_(std::move(method)) {}
+        method_(std::move(method)),
+        lease_(std::move(lease)) {}
 
   absl::StatusOr<h2relay::HookTarget> Next() override {
     Cluster* cluster = route_->cluster;
     if (attempts_ >= gateway_->config().max_attempts) {
       return absl::UnavailableError(peers::kBackendUnavailable);
     }
-    auto lease = cluster->Lease(session_, excluded_, failed_any_);
-    if (!lease.ok()) return lease.status();
+    if (!lease_.token) {
+      // Retries never wait (they run on the loop): the cap answers at once.
+      auto lease = cluster->Lease(session_, excluded_, failed_any_);
+      if (!lease.ok()) return lease.status();
+      lease_ = *std::move(lease);
+    }
     ++attempts_;
-    lease_ = *std::move(lease);
     return h2relay::HookTarget{InstanceOf(lease_).serial, lease_.peer->address};
   }
 
@@ -891,7 +1032,19 @@ class FrameRouteHook final : public h2relay::RouteHook {
       }
       session = std::move(*admitted);
     }
-    return std::make_unique<FrameCall>(gateway_, &route, std::move(session), std::move(method));
+    // The first attempt's lease, here rather than in Next(): a loop thread
+    // never waits, so a call whose instance is at its in-flight cap goes to
+    // the grpc++ path (the relay's fallback), which waits for a slot when the
+    // call has a deadline (coordinator rule 5) and answers at once otherwise.
+    peers::StickyOutcome outcome = peers::StickyOutcome::kInstance;
+    auto lease = route.cluster->Lease(session, {}, false, &outcome);
+    if (!lease.ok()) {
+      if (outcome == peers::StickyOutcome::kAtCapacity) return nullptr;
+      gateway_->CountRequest(route, static_cast<grpc::StatusCode>(lease.status().code()));
+      return lease.status();
+    }
+    return std::make_unique<FrameCall>(gateway_, &route, std::move(session), std::move(method),
+                                       *std::move(lease));
   }
 
   std::chrono::milliseconds attempt_timeout() const override {
@@ -1112,6 +1265,7 @@ absl::Status Gateway::Impl::Start() {
     if (cluster->registry) Refresh(*cluster);
   }
   timers_ = std::make_unique<TimerQueue>();
+  lease_waiters_ = std::make_unique<LeaseWaiters>(kLeaseWaiterThreads);
   grpc::ServerBuilder builder;
   // On the frame path the grpc++ server only serves the relay's fallback.
   builder.AddListeningPort(
@@ -1165,8 +1319,9 @@ void Gateway::Impl::Stop(std::chrono::milliseconds grace) {
     relay_.reset();
   }
   server_->Shutdown(std::chrono::system_clock::now() + grace);
-  server_->Wait();
+  server_->Wait();  // calls waiting for a lease end within attemptTimeout
   server_.reset();
+  lease_waiters_.reset();
   timers_.reset();
 }
 
