@@ -11,9 +11,12 @@
 //      authorization `required` the session-id and the token
 //      (auth::VerifyRequest) -> UNAUTHENTICATED "missing session-id" /
 //      "missing or invalid token";
-//   3. pick an instance: round-robin, or sticky by a header with occupancy
-//      (balancer.h) -> RESOURCE_EXHAUSTED "all instances are busy" /
-//      "no available instances";
+//   3. lease an instance from the cluster's transport::PeerPool (the peer
+//      kit's `sticky` chooser: round-robin without a session key, sticky by
+//      a header with occupancy; breaker, in-flight cap, omnirelay.peer.*
+//      metrics) -> RESOURCE_EXHAUSTED "all instances are busy" /
+//      "no available instances"; each attempt releases its lease with its
+//      outcome and latency;
 //   4. forward request metadata and messages; stream back the backend's
 //      messages, trailing metadata and status unchanged. Client cancellation
 //      cancels the backend call; the client's deadline is the backend's.
