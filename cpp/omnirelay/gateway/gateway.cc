@@ -279,7 +279,7 @@ struct Cluster {
   // Internal to the gateway, never sent.
   core::RequestMeta MetaFor(const std::string& session, const std::set<std::string>& excluded) {
     core::RequestMeta meta;
-    if (!session.empty()) meta.headers.Set(chooser->key_header(), session);
+    if (!session.empty()) meta.headers.Add(chooser->key_header(), session);
     for (const auto& id : excluded) meta.headers.Add(peers::kStickyExcludeHeader, id);
     return meta;
   }

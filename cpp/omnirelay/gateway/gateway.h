@@ -41,7 +41,9 @@
 // Metrics (core::MetricsRegistry): omnirelay.gateway.requests{route,status},
 // omnirelay.gateway.sessions{cluster} (bindings), omnirelay.gateway.session_transfers{cluster},
 // omnirelay.gateway.stream_transfers{cluster},
-// omnirelay.gateway.evictions{cluster,reason}, omnirelay.gateway.attempts{cluster,outcome}.
+// omnirelay.gateway.evictions{cluster,reason=transport_failure|left|ineligible},
+// omnirelay.gateway.attempts{cluster,outcome}; and the peer kit's
+// omnirelay.peer.*{rpc.service=<cluster>, rpc.peer=<instance>} per instance.
 //
 // Thread-safety: Start/Stop from one controlling thread; Introspect and
 // address are thread-safe. Calls run on gRPC's callback threads.

@@ -1,6 +1,7 @@
 #include "omnirelay/peers/sticky_chooser.h"
 
 #include <algorithm>
+#include <optional>
 
 namespace omnirelay::peers {
 namespace {
@@ -30,7 +31,19 @@ bool Excluded(const core::RequestMeta& meta, std::string_view peer_id) {
 }
 
 bool AnyExcluded(const core::RequestMeta& meta) {
-  return meta.headers.Contains(kStickyExcludeHeader);
+  for (const auto& entry : meta.headers.entries()) {
+    if (entry.first == kStickyExcludeHeader) return true;
+  }
+  return false;
+}
+
+// The session key: the first value of `header` (already lower-case, as
+// Headers stores names), read without Headers::Get's per-call lower-casing.
+std::optional<std::string_view> KeyOf(const core::RequestMeta& meta, const std::string& header) {
+  for (const auto& [name, value] : meta.headers.entries()) {
+    if (name == header) return std::string_view(value);
+  }
+  return std::nullopt;
 }
 
 }  // namespace
@@ -67,7 +80,7 @@ StickyOutcome StickyChooser::LastOutcome() const {
 
 StickyOutcome StickyChooser::OutcomeWithoutPeers(const core::RequestMeta& meta) const {
   if (AnyExcluded(meta)) return StickyOutcome::kUnavailable;
-  std::optional<std::string_view> key = meta.headers.Get(header_);
+  std::optional<std::string_view> key = KeyOf(meta, header_);
   if (!key || key->empty()) return StickyOutcome::kNoInstances;
   std::lock_guard lock(mu_);
   const bool had_peer =
@@ -103,14 +116,14 @@ std::shared_ptr<ChooserState> StickyChooser::Build(const std::vector<Peer*>& pee
 }
 
 int StickyChooser::Pick(const PeerSnapshot& snapshot, const core::RequestMeta& meta) {
-  std::optional<std::string_view> key = meta.headers.Get(header_);
+  std::optional<std::string_view> key = KeyOf(meta, header_);
   if (!key || key->empty()) return PickKeyless(snapshot, meta);
   return PickSession(snapshot, meta, *key);
 }
 
 void StickyChooser::ProbeOrder(const PeerSnapshot& snapshot, const core::RequestMeta& meta,
                                int first, std::vector<int>* order) {
-  std::optional<std::string_view> key = meta.headers.Get(header_);
+  std::optional<std::string_view> key = KeyOf(meta, header_);
   if (!key || key->empty()) {
     // Stateless calls may go to any peer, as round-robin's would.
     PeerChooser::ProbeOrder(snapshot, meta, first, order);
