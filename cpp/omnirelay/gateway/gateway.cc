@@ -363,6 +363,18 @@ class Gateway::Impl : public grpc::CallbackGenericService {
   TimerQueue& timers() { return *timers_; }
   LeaseWaiters& lease_waiters() { return *lease_waiters_; }
 
+  // Backend attempts (client reactors) alive: one that was replaced (a
+  // transfer) may end after its inbound call finished, so Stop waits for
+  // them before the clusters they release their leases into go away.
+  void AttemptStarted() {
+    std::lock_guard<std::mutex> lock(attempts_mu_);
+    ++live_attempts_;
+  }
+  void AttemptEnded() {
+    std::lock_guard<std::mutex> lock(attempts_mu_);
+    if (--live_attempts_ == 0) attempts_cv_.notify_all();
+  }
+
  private:
   void RefreshLoop();
   void Refresh(Cluster& cluster);
@@ -376,6 +388,9 @@ class Gateway::Impl : public grpc::CallbackGenericService {
   std::unique_ptr<Route> default_route_;
   std::unique_ptr<TimerQueue> timers_;
   std::unique_ptr<LeaseWaiters> lease_waiters_;
+  std::mutex attempts_mu_;
+  std::condition_variable attempts_cv_;
+  int live_attempts_ = 0;
   std::unique_ptr<grpc::Server> server_;
   int port_ = 0;
   // The frame path (docs/session-gateway.md "Data path"): the relay owns the
@@ -405,6 +420,7 @@ class ProxyCall : public grpc::ServerGenericBidiReactor,
       : gateway_(gateway), ctx_(ctx) {}
 
   void Begin(std::shared_ptr<ProxyCall> self);
+  Gateway::Impl* gateway() const { return gateway_; }
 
   void OnReadDone(bool ok) override;
   void OnWriteDone(bool ok) override;
@@ -478,14 +494,18 @@ class Attempt final : public grpc::ClientBidiReactor<grpc::ByteBuffer, grpc::Byt
         address(this->lease.peer->address),
         cluster(cluster),
         channel(InstanceOf(this->lease).Channel()),
-        seq(seq) {}
+        seq(seq) {
+    this->call->gateway()->AttemptStarted();
+  }
 
   void OnReadDone(bool ok) override { call->AttemptRead(this, ok); }
   void OnWriteDone(bool ok) override { call->AttemptWrite(this, ok); }
   void OnDone(const grpc::Status& status) override {
     std::shared_ptr<ProxyCall> keep = std::move(call);
+    Gateway::Impl* gateway = keep->gateway();
     keep->AttemptDone(this, status);
     delete this;
+    gateway->AttemptEnded();  // last: Stop may now destroy the clusters
   }
 
   std::shared_ptr<ProxyCall> call;
@@ -1320,6 +1340,13 @@ void Gateway::Impl::Stop(std::chrono::milliseconds grace) {
   }
   server_->Shutdown(std::chrono::system_clock::now() + grace);
   server_->Wait();  // calls waiting for a lease end within attemptTimeout
+  {
+    // Replaced attempts still ending (cancelled when replaced): bounded, as a
+    // cancelled client call ends promptly.
+    std::unique_lock<std::mutex> lock(attempts_mu_);
+    attempts_cv_.wait_for(lock, grace + std::chrono::seconds(5),
+                          [this] { return live_attempts_ == 0; });
+  }
   server_.reset();
   lease_waiters_.reset();
   timers_.reset();
