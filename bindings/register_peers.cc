@@ -293,7 +293,8 @@ void RegisterPeers(py::module_& m) {
                        std::string preferred_zone, std::string preferred_region,
                        std::string preferred_protocol,
                        std::map<std::string, std::string> preferred_labels,
-                       std::vector<std::string> preferred_ids) {
+                       std::vector<std::string> preferred_ids, std::string sticky_header,
+                       int sticky_occupancy) {
              PeerListCoordinatorOptions o;
              o.chooser = std::move(chooser);
              o.service = std::move(service);
@@ -311,6 +312,8 @@ void RegisterPeers(py::module_& m) {
              o.chooser_options.preferred_protocol = std::move(preferred_protocol);
              o.chooser_options.preferred_labels = std::move(preferred_labels);
              o.chooser_options.preferred_ids = std::move(preferred_ids);
+             o.chooser_options.sticky_header = std::move(sticky_header);
+             o.chooser_options.sticky_occupancy = sticky_occupancy;
              return ValueOrThrow(PeerListCoordinator::Create(
                  std::move(o), std::move(clock), std::move(metrics), std::move(tracker)));
            }),
@@ -322,7 +325,8 @@ void RegisterPeers(py::module_& m) {
            py::arg("preferred_zone") = "", py::arg("preferred_region") = "",
            py::arg("preferred_protocol") = "",
            py::arg("preferred_labels") = std::map<std::string, std::string>{},
-           py::arg("preferred_ids") = std::vector<std::string>{})
+           py::arg("preferred_ids") = std::vector<std::string>{},
+           py::arg("sticky_header") = "session-id", py::arg("sticky_occupancy") = 1)
       .def(
           "add_peer",
           [](PeerListCoordinator& c, PeerDescriptor descriptor, std::optional<int> max_inflight) {

@@ -92,14 +92,15 @@ class Stack:
 
     def __init__(self, native: Path, tmp_path: Path, pb, workers: int = 3, *,
                  transfer_streams: bool = True, worker_args: Optional[List[str]] = None,
-                 data_path: str = "auto"):
+                 data_path: str = "auto", registry_ttl: str = "5s",
+                 workers_cluster: Optional[Dict[str, Any]] = None):
         self.native, self.tmp, self.pb = native, tmp_path, pb
         self.worker_args = list(worker_args or [])
         self.processes: List[Process] = []
         self.workers: Dict[str, Process] = {}
         self.registry_token = tmp_path / "registry-token"
         self.registry = self.spawn("registry", "registry", "--listen", "127.0.0.1:0",
-                                   "--ttl", "5s", "--token-file", str(self.registry_token),
+                                   "--ttl", registry_ttl, "--token-file", str(self.registry_token),
                                    "--create-token")
         secret = tmp_path / "state" / "jwt-secret"
         self.auth = self.spawn("auth", "auth", "--listen", "127.0.0.1:0",
@@ -118,7 +119,7 @@ class Stack:
                 "clusters": {
                     "auth": {"endpoints": [self.auth.address]},
                     "workers": {"registry": self.registry.address, "role": "worker",
-                                "refreshInterval": REFRESH}},
+                                "refreshInterval": REFRESH, **(workers_cluster or {})}},
                 "routes": [
                     {"prefix": "/my_service.MyServiceAPI/Login", "cluster": "auth",
                      "authorization": "none", "balancer": "round-robin", "dataPath": data_path},
@@ -510,5 +511,100 @@ def test_stream_outside_transfer_streams_ends_with_the_failure(native, tmp_path,
         # The binding was dropped all the same: the next call moves.
         assert stack.echo("plain-1", token).pod_name == "worker-2"
         assert metric(stack.metrics(), "omnirelay_gateway_stream_transfers_total") == 0
+    finally:
+        stack.close()
+
+
+# ------------------------------------------------- instances as peer-kit peers (issue 15)
+
+
+def test_instances_are_peers_with_lease_metrics_and_a_breaker(native, tmp_path, pb, data_path):
+    """Every gateway attempt leases its instance from the peer kit: the
+    omnirelay.peer.* series count the gateway's calls per instance, and the
+    instance's breaker ejects a dead worker (one failure opens it here; the
+    registry TTL is long, so the dead worker stays listed the whole time)."""
+    stack = Stack(native, tmp_path, pb, data_path=data_path, registry_ttl="120s",
+                  workers_cluster={"circuitBreaker": {"consecutiveFailures": 1,
+                                                      "openDelay": "120s"}})
+    try:
+        tokens = {s: stack.login(s) for s in ("peer-1", "peer-2", "peer-3")}
+        assert {stack.echo("peer-1", tokens["peer-1"]).pod_name for _ in range(3)} == {"worker-1"}
+        assert {stack.echo("peer-2", tokens["peer-2"]).pod_name for _ in range(2)} == {"worker-2"}
+        text = stack.metrics()
+        successes = "omnirelay_peer_successes_total"
+        assert metric(text, successes, rpc_service="workers", rpc_peer="worker-1") == 3
+        assert metric(text, successes, rpc_service="workers", rpc_peer="worker-2") == 2
+        assert metric(text, successes, rpc_service="workers", rpc_peer="worker-3") == 0
+        assert metric(text, "omnirelay_peer_lease_duration_seconds_count",
+                      rpc_service="workers", rpc_peer="worker-1") == 3
+        # The round-robin Login route's instance is a peer too (id = address).
+        assert metric(text, successes, rpc_service="auth", rpc_peer=stack.auth.address) == 3
+        view = stack.introspect()["clusters"]["workers"]
+        assert view["chooser"] == "sticky"
+        assert {m["id"]: m["breaker"] for m in view["members"]} == {
+            "worker-1": "closed", "worker-2": "closed", "worker-3": "closed"}
+
+        # kill -9: still registered (TTL 120 s), so only the breaker can keep
+        # calls away from it.
+        stack.workers["worker-1"].stop(signal.SIGKILL)
+        moved = stack.echo("peer-1", tokens["peer-1"])
+        assert moved.pod_name == "worker-3"  # worker-2 holds peer-2
+        text = stack.metrics()
+        assert metric(text, "omnirelay_peer_failures_total", rpc_service="workers",
+                      rpc_peer="worker-1") == 1
+        assert metric(text, "omnirelay_peer_breaker_transitions_total", rpc_peer="worker-1",
+                      peer_breaker_to="open") == 1
+        members = {m["id"]: m for m in stack.introspect()["clusters"]["workers"]["members"]}
+        assert (members["worker-1"]["breaker"], members["worker-1"]["eligible"]) == ("open", False)
+        assert members["worker-1"]["session"] is None
+        assert stack.introspect()["clusters"]["workers"]["bindings"] == {
+            "peer-1": "worker-3", "peer-2": "worker-2"}
+        # While it is open nothing is routed there: worker-1 is free, yet a
+        # new session is told the live instances are busy (no attempt, no
+        # failure), and the bound sessions keep working.
+        error = rpc_error(lambda: stack.echo("peer-3", tokens["peer-3"]))
+        assert (error.code(), error.details()) == (grpc.StatusCode.RESOURCE_EXHAUSTED,
+                                                   "all instances are busy")
+        for _ in range(3):
+            assert stack.echo("peer-1", tokens["peer-1"]).pod_name == "worker-3"
+            assert stack.echo("peer-2", tokens["peer-2"]).pod_name == "worker-2"
+        text = stack.metrics()
+        assert metric(text, "omnirelay_peer_failures_total", rpc_peer="worker-1") == 1
+        assert metric(text, successes, rpc_peer="worker-1") == 3
+        assert metric(text, "omnirelay_gateway_attempts_total", cluster="workers",
+                      outcome="transport_failure") == 1
+        assert metric(text, successes, rpc_service="workers", rpc_peer="worker-3") == 4
+    finally:
+        stack.close()
+
+
+def test_in_flight_cap_per_instance_and_waiting_with_a_deadline(native, tmp_path, pb, data_path):
+    """maxInFlightPerInstance: 1 — a live Subscribe holds its instance's only
+    slot. Another call of the session without a deadline is refused at once
+    (coordinator rule 4); with a deadline it waits for the slot (rule 5) and
+    goes through when the stream ends."""
+    stack = Stack(native, tmp_path, pb, data_path=data_path,
+                  workers_cluster={"maxInFlightPerInstance": 1})
+    try:
+        token = stack.login("cap-1")
+        md = [("session-id", "cap-1"), ("authorization", token)]
+        stream = _subscribe(stack, "cap-1", token)
+        assert next(stream).pod_name == "worker-1"
+        request = stack.pb.messages.EchoRequest(value="w")
+        error = rpc_error(lambda: stack.client().MyServiceEcho(request, metadata=md))
+        assert (error.code(), error.details()) == (grpc.StatusCode.RESOURCE_EXHAUSTED,
+                                                   "all instances are busy")
+        text = stack.metrics()
+        assert metric(text, "omnirelay_peer_pool_exhausted_total", rpc_service="workers") >= 1
+        assert metric(text, "omnirelay_peer_lease_rejected_total", rpc_peer="worker-1",
+                      peer_rejection_reason="busy") >= 1
+        waiting = stack.client().MyServiceEcho.future(request, metadata=md, timeout=CALL_TIMEOUT)
+        wait_until(lambda: stack.introspect()["clusters"]["workers"]["waiting"] == 1, 10,
+                   "the echo to wait for worker-1's slot")
+        assert not waiting.done()
+        stream.cancel()
+        reply = waiting.result(timeout=CALL_TIMEOUT)
+        assert (reply.pod_name, reply.client_value) == ("worker-1", "w")
+        assert stack.introspect()["clusters"]["workers"]["bindings"] == {"cap-1": "worker-1"}
     finally:
         stack.close()

@@ -59,7 +59,8 @@ def wait_until(predicate, timeout=5.0):
 
 def test_chooser_table():
     assert peers.chooser_names() == [
-        "fewest-pending", "hash", "least-latency", "preferred", "round-robin", "two-random"]
+        "fewest-pending", "hash", "least-latency", "preferred", "round-robin", "sticky",
+        "two-random"]
     with pytest.raises(errors.InvalidArgument):
         PeerListCoordinator("no-such-chooser")
     names = {d["name"] for d in peers.metric_descriptors()}
@@ -297,3 +298,20 @@ def test_metrics_tags_and_lease_context_manager():
     state = coordinator.peer_states()[0]
     assert state["inflight"] == 0
     assert state["failures"] == 0  # the caller's exception is not the peer's failure
+
+
+def test_sticky_chooser_binds_sessions_with_occupancy():
+    # A new session takes the next peer (by id) after the last one handed out
+    # that holds fewer than sticky_occupancy sessions; a bound one keeps its peer.
+    _, _, coordinator = make("sticky", n=3, sticky_header="x-tenant", sticky_occupancy=2)
+
+    def tenant(name):
+        meta = RequestMeta()
+        meta.set_header("x-tenant", name)
+        return meta
+
+    bound = {name: set(picks(coordinator, 5, tenant(name))) for name in "abcdef"}
+    assert bound == {"a": {"p0"}, "b": {"p1"}, "c": {"p2"}, "d": {"p0"}, "e": {"p1"},
+                     "f": {"p2"}}
+    with pytest.raises(errors.ResourceExhausted):  # every peer holds two tenants
+        coordinator.acquire(tenant("g"))

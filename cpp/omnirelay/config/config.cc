@@ -423,6 +423,14 @@ void ParseGateway(const nlohmann::json& value, Errors& errors, GatewayConfig& gw
         }
         c.String("role", cluster.role);
         c.Dur("refreshInterval", cluster.refresh_interval);
+        c.Int("occupancy", cluster.occupancy, 0);
+        c.Int("maxInFlightPerInstance", cluster.max_in_flight_per_instance, 0);
+        if (const auto* cb = c.Get("circuitBreaker")) {
+          Obj b(*cb, cpath + ".circuitBreaker", errors);
+          b.Bool("enabled", cluster.circuit_breaker.enabled);
+          b.Int("consecutiveFailures", cluster.circuit_breaker.consecutive_failures, 1);
+          b.Dur("openDelay", cluster.circuit_breaker.open_delay);
+        }
         if (cluster.endpoints.empty() == cluster.registry.empty()) {
           errors.Add(cpath, "needs exactly one of 'endpoints' or 'registry'");
         }
@@ -1627,6 +1635,11 @@ nlohmann::json ToJson(const NodeConfig& c) {
       nlohmann::json j = nlohmann::json::object();
       if (!cl.endpoints.empty()) j["endpoints"] = cl.endpoints;
       j["tls"] = cl.tls;
+      j["occupancy"] = cl.occupancy;
+      j["maxInFlightPerInstance"] = cl.max_in_flight_per_instance;
+      j["circuitBreaker"] = {{"enabled", cl.circuit_breaker.enabled},
+                             {"consecutiveFailures", cl.circuit_breaker.consecutive_failures},
+                             {"openDelayMs", ms(cl.circuit_breaker.open_delay)}};
       if (!cl.registry.empty()) {
         j["registry"] = (cl.registry_tls ? "https://" : "") + cl.registry;
         j["role"] = cl.role;

@@ -159,6 +159,13 @@ struct GatewayClusterConfig {
   bool tls = false;
   std::string role;  // registry role filter ("" = every role)
   core::Duration refresh_interval = std::chrono::seconds(1);
+  // The instances are peer-kit peers (issue 15, docs/session-gateway.md
+  // "Instances as peers"): sessions one instance holds (sticky routes; 0 =
+  // unlimited), concurrent calls per instance (0 = no cap), and the
+  // per-instance breaker.
+  int occupancy = 1;
+  int max_in_flight_per_instance = 0;
+  CircuitBreakerConfig circuit_breaker;
 };
 
 struct GatewayRouteConfig {

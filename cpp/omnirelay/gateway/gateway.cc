@@ -11,6 +11,7 @@
 #include <map>
 #include <mutex>
 #include <optional>
+#include <set>
 #include <span>
 #include <thread>
 
@@ -22,21 +23,19 @@
 #include "omnirelay/peers/sticky_chooser.h"
 #include "omnirelay/samples/registry_client.h"
 #include "omnirelay/tls/grpc_credentials.h"
+#include "omnirelay/transport/peer_pool.h"
 
 namespace omnirelay::gateway {
 namespace {
-
-using peers::StickyChooser;
-using peers::StickyMember;
-using peers::StickyMembershipChange;
-using peers::StickyOutcome;
-using peers::StickyPick;
 
 using Clock = std::chrono::steady_clock;
 
 // A transferStreams call keeps at most this many request messages for replay
 // after its first response (a server stream sends one).
 constexpr size_t kMaxReplayMessages = 16;
+
+// Threads that wait out an instance's in-flight cap for calls with a deadline.
+constexpr int kLeaseWaiterThreads = 4;
 
 // The gateway's metric table (docs/session-gateway.md, "Gateway mode").
 const core::MetricDescriptor kRequests{"omnirelay.gateway.requests", core::MetricKind::kCounter,
@@ -53,8 +52,8 @@ const core::MetricDescriptor kStreamTransfers{
     "request was replayed there and its first message reached the client)."};
 const core::MetricDescriptor kEvictions{
     "omnirelay.gateway.evictions", core::MetricKind::kCounter, "{binding}",
-    "Bindings dropped: reason=transport_failure (the instance failed) or left (the registry "
-    "no longer lists it)."};
+    "Bindings dropped: reason=transport_failure (the instance failed), left (the registry "
+    "no longer lists it) or ineligible (its breaker opened)."};
 const core::MetricDescriptor kAttempts{
     "omnirelay.gateway.attempts", core::MetricKind::kCounter, "{attempt}",
     "Backend attempts by outcome: ok (any status the application returned), "
@@ -120,27 +119,18 @@ class TimerQueue {
   std::thread thread_;
 };
 
-struct Cluster {
-  config::GatewayClusterConfig config;
-  std::optional<samples::RegistryClient> registry;
-  StickyChooser balancer;  // the peer kit's sticky-with-occupancy chooser
-  core::Gauge* sessions = nullptr;
-  core::Counter* transfers = nullptr;
-  core::Counter* stream_transfers = nullptr;
-  core::Counter* evictions_failure = nullptr;
-  core::Counter* evictions_left = nullptr;
-  core::Counter* attempts_ok = nullptr;
-  core::Counter* attempts_failed = nullptr;
-  core::Counter* attempts_timeout = nullptr;
+// One instance incarnation, as the cluster's peer pool hands it out (the
+// attachment of its transport::PoolPeer): a process-unique serial (the frame
+// relay keys its upstream connection by it: ids and addresses are reused
+// across restarts, an incarnation never is) and its grpc++ channel, made on
+// first use. Dropped with the pool's peer when the instance leaves and the
+// last lease on it is released.
+struct Instance {
+  Instance(std::string address, std::shared_ptr<grpc::ChannelCredentials> credentials)
+      : serial(NextSerial()), address(std::move(address)), credentials(std::move(credentials)) {}
 
-  std::mutex channels_mu;
-  std::map<std::string, std::shared_ptr<grpc::Channel>> channels;  // by address
-  // TLS credentials for `tls` clusters; plaintext when null.
-  std::shared_ptr<grpc::ChannelCredentials> credentials;
-
-  std::shared_ptr<grpc::Channel> ChannelFor(const std::string& address) {
-    std::lock_guard<std::mutex> lock(channels_mu);
-    auto& channel = channels[address];
+  std::shared_ptr<grpc::Channel> Channel() {
+    std::lock_guard<std::mutex> lock(mu);
     if (!channel) {
       grpc::ChannelArguments args;
       args.SetMaxReceiveMessageSize(-1);
@@ -158,21 +148,155 @@ struct Cluster {
     }
     return channel;
   }
-  void DropChannel(const std::string& address) {
-    std::lock_guard<std::mutex> lock(channels_mu);
-    channels.erase(address);
+
+  static uint64_t NextSerial() {
+    static std::atomic<uint64_t> next{1};
+    return next.fetch_add(1, std::memory_order_relaxed);
   }
-  void UpdateGauge() { sessions->Set(static_cast<double>(balancer.binding_count())); }
-  // After a sticky pick on either path: a new binding moves the sessions gauge;
-  // a transferred one is also counted and logged.
-  void NoteBinding(const peers::StickyPick& pick, const std::string& session) {
-    if (!pick.new_binding) return;
-    UpdateGauge();
-    if (pick.transferred) {
-      transfers->Add();
-      core::LogInfo("gateway.session_transfer",
-                    {{"session", session}, {"instance", pick.member.id}});
+
+  const uint64_t serial;
+  const std::string address;
+  const std::shared_ptr<grpc::ChannelCredentials> credentials;
+  std::mutex mu;
+  std::shared_ptr<grpc::Channel> channel;
+};
+
+Instance& InstanceOf(const transport::PeerLease& lease) {
+  return *static_cast<Instance*>(lease.peer->attachment.get());
+}
+
+// Threads for leases that may wait (coordinator rule 5: a call with a
+// deadline whose instance is at its in-flight cap waits for a slot): a
+// waiting Acquire blocks its thread, so it never runs on a gRPC callback
+// thread or a relay loop. Each wait is bounded by the call's deadline and
+// attemptTimeout, so Stop joins within attemptTimeout.
+class LeaseWaiters {
+ public:
+  explicit LeaseWaiters(int threads) {
+    for (int i = 0; i < threads; ++i) threads_.emplace_back([this] { Run(); });
+  }
+  ~LeaseWaiters() {
+    {
+      std::lock_guard<std::mutex> lock(mu_);
+      stopping_ = true;
     }
+    cv_.notify_all();
+    for (auto& t : threads_) t.join();
+  }
+  void Submit(std::function<void()> task) {
+    {
+      std::lock_guard<std::mutex> lock(mu_);
+      queue_.push_back(std::move(task));
+    }
+    cv_.notify_one();
+  }
+
+ private:
+  void Run() {
+    std::unique_lock<std::mutex> lock(mu_);
+    for (;;) {
+      cv_.wait(lock, [this] { return stopping_ || !queue_.empty(); });
+      if (queue_.empty()) return;  // stopping, and every queued wait ran
+      auto task = std::move(queue_.front());
+      queue_.pop_front();
+      lock.unlock();
+      task();
+      lock.lock();
+    }
+  }
+  std::mutex mu_;
+  std::condition_variable cv_;
+  std::deque<std::function<void()>> queue_;
+  bool stopping_ = false;
+  std::vector<std::thread> threads_;
+};
+
+struct Cluster {
+  config::GatewayClusterConfig config;
+  std::optional<samples::RegistryClient> registry;
+  // The instances are peers of the peer kit (issue 15): a PeerListCoordinator
+  // behind transport::PeerPool with the `sticky` chooser, so every attempt
+  // leases its instance and releases it with the outcome and latency
+  // (omnirelay.peer.* metrics, breaker, in-flight cap, contention rules).
+  std::shared_ptr<transport::PeerPool> pool;
+  peers::StickyChooser* chooser = nullptr;  // owned by the pool's coordinator
+  core::Gauge* sessions = nullptr;
+  core::Counter* transfers = nullptr;
+  core::Counter* stream_transfers = nullptr;
+  core::Counter* evictions_failure = nullptr;
+  core::Counter* evictions_left = nullptr;
+  core::Counter* evictions_ineligible = nullptr;
+  core::Counter* attempts_ok = nullptr;
+  core::Counter* attempts_failed = nullptr;
+  core::Counter* attempts_timeout = nullptr;
+  // TLS credentials for `tls` clusters; plaintext when null.
+  std::shared_ptr<grpc::ChannelCredentials> credentials;
+
+  // The chooser's binding changes, from whichever thread picked or
+  // refreshed: the sessions gauge, transfers and evictions.
+  void OnStickyEvent(const peers::StickyEvent& event) {
+    sessions->Set(static_cast<double>(event.bindings));
+    if (event.kind == peers::StickyEvent::Kind::kBound) {
+      if (event.transferred) {
+        transfers->Add();
+        core::LogInfo("gateway.session_transfer",
+                      {{"session", event.session}, {"instance", event.peer_id}});
+      }
+      return;
+    }
+    switch (event.reason) {
+      case peers::StickyEvent::Reason::kLeft:
+        evictions_left->Add();
+        break;
+      case peers::StickyEvent::Reason::kIneligible:
+        evictions_ineligible->Add();
+        core::LogInfo("gateway.instance_ineligible",
+                      {{"session", event.session}, {"instance", event.peer_id}});
+        break;
+      default:
+        evictions_failure->Add();
+        break;
+    }
+  }
+
+  // Leases an instance for one attempt without waiting (the in-flight cap
+  // then answers at once, coordinator rule 4); the contract's status when
+  // none can be leased. `session` is "" for a round-robin route; `excluded`
+  // the instances that failed in this call.
+  // `outcome` (optional) receives why nothing was leased: kAtCapacity is the
+  // one refusal a call with a deadline may wait out (WaitForLease).
+  absl::StatusOr<transport::PeerLease> Lease(const std::string& session,
+                                             const std::set<std::string>& excluded, bool failed_any,
+                                             peers::StickyOutcome* outcome = nullptr) {
+    const core::RequestMeta meta = MetaFor(session, excluded);
+    auto lease = pool->Acquire(meta, std::nullopt);
+    if (lease.ok()) return lease;
+    return Refusal(lease.status(), meta, failed_any, outcome);
+  }
+
+  // The lease request: the session key under the chooser's header (whatever
+  // the route's sticky header is called) and the call's failed instances.
+  // Internal to the gateway, never sent.
+  core::RequestMeta MetaFor(const std::string& session, const std::set<std::string>& excluded) {
+    core::RequestMeta meta;
+    if (!session.empty()) meta.headers.Add(chooser->key_header(), session);
+    for (const auto& id : excluded) meta.headers.Add(peers::kStickyExcludeHeader, id);
+    return meta;
+  }
+
+  // The contract's answer for a failed Acquire on this thread (the chooser's
+  // LastOutcome is per thread).
+  absl::Status Refusal(const absl::Status& refused, const core::RequestMeta& meta, bool failed_any,
+                       peers::StickyOutcome* outcome = nullptr) {
+    // UNAVAILABLE from the pool: its list is empty (peer-list-empty).
+    peers::StickyOutcome why = refused.code() == absl::StatusCode::kUnavailable
+                                   ? chooser->OutcomeWithoutPeers(meta)
+                                   : chooser->LastOutcome();
+    // The pick succeeded but its peer refused (a breaker opened or the cap
+    // was reached between the pick and the lease).
+    if (why == peers::StickyOutcome::kInstance) why = peers::StickyOutcome::kAtCapacity;
+    if (outcome != nullptr) *outcome = why;
+    return peers::StickyStatus(why, failed_any);
   }
 };
 
@@ -237,6 +361,19 @@ class Gateway::Impl : public grpc::CallbackGenericService {
   std::shared_ptr<core::MetricsRegistry>& metrics() { return metrics_; }
   const auth::JwtCodec* codec() const { return codec_.get(); }
   TimerQueue& timers() { return *timers_; }
+  LeaseWaiters& lease_waiters() { return *lease_waiters_; }
+
+  // Backend attempts (client reactors) alive: one that was replaced (a
+  // transfer) may end after its inbound call finished, so Stop waits for
+  // them before the clusters they release their leases into go away.
+  void AttemptStarted() {
+    std::lock_guard<std::mutex> lock(attempts_mu_);
+    ++live_attempts_;
+  }
+  void AttemptEnded() {
+    std::lock_guard<std::mutex> lock(attempts_mu_);
+    if (--live_attempts_ == 0) attempts_cv_.notify_all();
+  }
 
  private:
   void RefreshLoop();
@@ -250,6 +387,10 @@ class Gateway::Impl : public grpc::CallbackGenericService {
   std::vector<std::unique_ptr<Route>> routes_;
   std::unique_ptr<Route> default_route_;
   std::unique_ptr<TimerQueue> timers_;
+  std::unique_ptr<LeaseWaiters> lease_waiters_;
+  std::mutex attempts_mu_;
+  std::condition_variable attempts_cv_;
+  int live_attempts_ = 0;
   std::unique_ptr<grpc::Server> server_;
   int port_ = 0;
   // The frame path (docs/session-gateway.md "Data path"): the relay owns the
@@ -279,6 +420,7 @@ class ProxyCall : public grpc::ServerGenericBidiReactor,
       : gateway_(gateway), ctx_(ctx) {}
 
   void Begin(std::shared_ptr<ProxyCall> self);
+  Gateway::Impl* gateway() const { return gateway_; }
 
   void OnReadDone(bool ok) override;
   void OnWriteDone(bool ok) override;
@@ -293,6 +435,9 @@ class ProxyCall : public grpc::ServerGenericBidiReactor,
 
  private:
   void StartAttempt();
+  void LaunchAttempt(transport::PeerLease lease);
+  void WaitForLease();
+  void OnWaitedLease(absl::StatusOr<transport::PeerLease> lease);
   void PumpToBackend(Attempt* a);
   void CloseWrites(Attempt* a);
   void CloseReads(Attempt* a);
@@ -335,29 +480,39 @@ class ProxyCall : public grpc::ServerGenericBidiReactor,
   uint64_t seq_ = 0;
   int attempts_ = 0;
   bool failed_any_ = false;
+  bool waiting_ = false;  // a lease is being waited for (WaitForLease)
   std::set<std::string> excluded_;
 };
 
 class Attempt final : public grpc::ClientBidiReactor<grpc::ByteBuffer, grpc::ByteBuffer> {
  public:
-  Attempt(std::shared_ptr<ProxyCall> call, StickyMember member, Cluster* cluster,
-          std::shared_ptr<grpc::Channel> channel, uint64_t seq)
+  Attempt(std::shared_ptr<ProxyCall> call, transport::PeerLease lease, Cluster* cluster,
+          uint64_t seq)
       : call(std::move(call)),
-        member(std::move(member)),
+        lease(std::move(lease)),
+        id(this->lease.peer->id),
+        address(this->lease.peer->address),
         cluster(cluster),
-        channel(std::move(channel)),
-        seq(seq) {}
+        channel(InstanceOf(this->lease).Channel()),
+        seq(seq) {
+    this->call->gateway()->AttemptStarted();
+  }
 
   void OnReadDone(bool ok) override { call->AttemptRead(this, ok); }
   void OnWriteDone(bool ok) override { call->AttemptWrite(this, ok); }
   void OnDone(const grpc::Status& status) override {
     std::shared_ptr<ProxyCall> keep = std::move(call);
+    Gateway::Impl* gateway = keep->gateway();
     keep->AttemptDone(this, status);
     delete this;
+    gateway->AttemptEnded();  // last: Stop may now destroy the clusters
   }
 
   std::shared_ptr<ProxyCall> call;
-  StickyMember member;
+  // The instance's lease: released once, in AttemptDone, with the outcome.
+  transport::PeerLease lease;
+  std::string id;  // instance id
+  std::string address;
   Cluster* cluster;
   std::shared_ptr<grpc::Channel> channel;
   uint64_t seq;
@@ -428,22 +583,82 @@ void ProxyCall::StartAttempt() {
     FinishLocal(grpc::StatusCode::UNAVAILABLE, peers::kBackendUnavailable);
     return;
   }
-  StickyPick pick = route_->sticky ? cluster->balancer.PickSticky(session_, excluded_)
-                                   : cluster->balancer.PickRoundRobin(excluded_);
-  if (transferring_ && pick.outcome != StickyOutcome::kInstance) {
+  peers::StickyOutcome outcome = peers::StickyOutcome::kInstance;
+  auto lease = cluster->Lease(session_, excluded_, failed_any_, &outcome);
+  if (!lease.ok() && outcome == peers::StickyOutcome::kAtCapacity &&
+      deadline_ != std::chrono::system_clock::time_point::max()) {
+    // The instance is at its in-flight cap and the call has a deadline:
+    // wait for a slot (coordinator rule 5), off this thread.
+    WaitForLease();
+    return;
+  }
+  if (!lease.ok() && transferring_) {
     // A live stream lost its instance and no other can take it: the backend,
     // not capacity, ended it.
     FinishLocal(grpc::StatusCode::UNAVAILABLE, peers::kBackendUnavailable);
     return;
   }
-  if (absl::Status refused = peers::StickyStatus(pick, failed_any_); !refused.ok()) {
-    FinishLocal(static_cast<grpc::StatusCode>(refused.code()), std::string(refused.message()));
+  if (!lease.ok()) {
+    FinishLocal(static_cast<grpc::StatusCode>(lease.status().code()),
+                std::string(lease.status().message()));
     return;
   }
-  cluster->NoteBinding(pick, session_);
+  LaunchAttempt(*std::move(lease));
+}
+
+void ProxyCall::WaitForLease() {
+  Cluster* cluster = route_->cluster;
+  core::RequestMeta meta = cluster->MetaFor(session_, excluded_);
+  // Bounded by attemptTimeout too, so a stopping gateway joins its waiters.
+  const auto bound = std::chrono::system_clock::now() +
+                     std::chrono::duration_cast<std::chrono::system_clock::duration>(
+                         gateway_->config().attempt_timeout);
+  meta.deadline = std::min(deadline_, bound);
+  waiting_ = true;
+  std::weak_ptr<ProxyCall> weak = weak_from_this();
+  gateway_->lease_waiters().Submit(
+      [weak, cluster, meta = std::move(meta), failed_any = failed_any_] {
+        absl::StatusOr<transport::PeerLease> lease = cluster->pool->Acquire(meta, meta.deadline);
+        if (!lease.ok() && lease.status().code() != absl::StatusCode::kDeadlineExceeded) {
+          lease = cluster->Refusal(lease.status(), meta, failed_any);
+        }
+        // self_ keeps the call alive until it finished, so this normally
+        // finds it; a lease nobody takes is released CANCELLED.
+        if (auto call = weak.lock()) call->OnWaitedLease(std::move(lease));
+      });
+}
+
+void ProxyCall::OnWaitedLease(absl::StatusOr<transport::PeerLease> lease) {
+  std::lock_guard<std::recursive_mutex> lock(mu_);
+  waiting_ = false;
+  if (finished_) return;
+  if (cancelled_) {
+    FinishLocal(grpc::StatusCode::CANCELLED, "cancelled while waiting for an instance");
+    return;
+  }
+  if (!lease.ok()) {
+    if (lease.status().code() == absl::StatusCode::kDeadlineExceeded) {
+      // The call's own deadline, or the attemptTimeout bound of the wait.
+      if (std::chrono::system_clock::now() >= deadline_) {
+        FinishLocal(grpc::StatusCode::DEADLINE_EXCEEDED,
+                    "deadline passed while waiting for a free instance");
+      } else {
+        FinishLocal(grpc::StatusCode::RESOURCE_EXHAUSTED, peers::kAllInstancesBusy);
+      }
+      return;
+    }
+    FinishLocal(static_cast<grpc::StatusCode>(lease.status().code()),
+                std::string(lease.status().message()));
+    return;
+  }
+  LaunchAttempt(*std::move(lease));
+}
+
+void ProxyCall::LaunchAttempt(transport::PeerLease lease) {
+  const auto& config = gateway_->config();
+  Cluster* cluster = route_->cluster;
   ++attempts_;
-  auto* a = new Attempt(shared_from_this(), pick.member, cluster,
-                        cluster->ChannelFor(pick.member.address), ++seq_);
+  auto* a = new Attempt(shared_from_this(), std::move(lease), cluster, ++seq_);
   for (const auto& [k, v] : metadata_) a->ctx.AddMetadata(k, v);
   if (deadline_ != std::chrono::system_clock::time_point::max()) a->ctx.set_deadline(deadline_);
   grpc::GenericStub stub(a->channel);
@@ -579,7 +794,7 @@ void ProxyCall::AttemptRead(Attempt* a, bool ok) {
       transferring_ = false;
       a->cluster->stream_transfers->Add();
       core::LogInfo("gateway.stream_transfer",
-                    {{"session", session_}, {"method", method_}, {"instance", a->member.id}});
+                    {{"session", session_}, {"method", method_}, {"instance", a->id}});
     }
   }
   if (!committed_) {
@@ -645,18 +860,20 @@ void ProxyCall::AttemptDone(Attempt* a, const grpc::Status& status) {
   const bool transport_failure =
       a->timed_out || (!cancelled_ && (status.error_code() == grpc::StatusCode::UNAVAILABLE ||
                                        status.error_code() == grpc::StatusCode::CANCELLED));
+  // The lease goes back with the attempt's outcome (a transport failure
+  // counts as UNAVAILABLE for the instance's breaker) before any retry leases.
+  cluster->pool->Release(a->lease, transport_failure
+                                       ? absl::StatusCode::kUnavailable
+                                       : static_cast<absl::StatusCode>(status.error_code()));
+  a->lease.token.reset();
   if (transport_failure) {
     (a->timed_out ? cluster->attempts_timeout : cluster->attempts_failed)->Add();
-    // The instance is gone (or hung): its binding ends, whoever holds it.
-    const std::string dropped = cluster->balancer.ReportFailure(a->member.id);
-    if (!dropped.empty()) {
-      cluster->evictions_failure->Add();
-      cluster->UpdateGauge();
-    }
-    core::LogInfo("gateway.instance_failed", {{"instance", a->member.id},
-                                              {"address", a->member.address},
+    // The instance is gone (or hung): its bindings end, whoever holds them.
+    const std::vector<std::string> dropped = cluster->chooser->ReportFailure(a->id);
+    core::LogInfo("gateway.instance_failed", {{"instance", a->id},
+                                              {"address", a->address},
                                               {"method", method_},
-                                              {"session", dropped},
+                                              {"session", dropped.empty() ? "" : dropped.front()},
                                               {"code", static_cast<int>(status.error_code())},
                                               {"message", status.error_message()},
                                               {"timedOut", a->timed_out}});
@@ -668,7 +885,7 @@ void ProxyCall::AttemptDone(Attempt* a, const grpc::Status& status) {
     // Before the first response message any call is replayed; after it only
     // a transferStreams method (a server stream: its request is kept).
     failed_any_ = true;
-    excluded_.insert(a->member.id);
+    excluded_.insert(a->id);
     if (committed_) transferring_ = true;
     StartAttempt();
     return;
@@ -725,50 +942,62 @@ void ProxyCall::OnDone() {
 // One call on the frame path; used by one relay loop thread.
 class FrameCall final : public h2relay::CallHook {
  public:
-  FrameCall(Gateway::Impl* gateway, const Route* route, std::string session, std::string method)
+  void Release(absl::StatusCode outcome) {
+    if (!lease_.token) return;
+    route_->cluster->pool->Release(lease_, outcome);
+    lease_.token.reset();
+  }
+
+  // `lease`: the first attempt's, taken by OnHeaders.
+  FrameCall(Gateway::Impl* gateway, const Route* route, std::string session, std::string method,
+            transport::PeerLease lease)
       : gateway_(gateway),
         route_(route),
         session_(std::move(session)),
-        method_(std::move(method)) {}
+        method_(std::move(method)),
+        lease_(std::move(lease)) {}
 
   absl::StatusOr<h2relay::HookTarget> Next() override {
     Cluster* cluster = route_->cluster;
     if (attempts_ >= gateway_->config().max_attempts) {
       return absl::UnavailableError(peers::kBackendUnavailable);
     }
-    StickyPick pick = route_->sticky ? cluster->balancer.PickSticky(session_, excluded_)
-                                     : cluster->balancer.PickRoundRobin(excluded_);
-    if (absl::Status refused = peers::StickyStatus(pick, failed_any_); !refused.ok()) {
-      return refused;
+    if (!lease_.token) {
+      // Retries never wait (they run on the loop): the cap answers at once.
+      auto lease = cluster->Lease(session_, excluded_, failed_any_);
+      if (!lease.ok()) return lease.status();
+      lease_ = *std::move(lease);
     }
-    cluster->NoteBinding(pick, session_);
     ++attempts_;
-    current_ = std::move(pick.member);
-    return h2relay::HookTarget{current_.serial, current_.address};
+    return h2relay::HookTarget{InstanceOf(lease_).serial, lease_.peer->address};
   }
 
   void AttemptFailed(bool timed_out, std::string_view reason) override {
     Cluster* cluster = route_->cluster;
+    const std::string id = lease_.peer->id;
+    const std::string address = lease_.peer->address;
+    // A transport failure counts as UNAVAILABLE for the instance's breaker;
+    // released before the next attempt leases.
+    Release(absl::StatusCode::kUnavailable);
     (timed_out ? cluster->attempts_timeout : cluster->attempts_failed)->Add();
-    // The instance is gone (or hung): its binding ends, whoever holds it.
-    const std::string dropped = cluster->balancer.ReportFailure(current_.id);
-    if (!dropped.empty()) {
-      cluster->evictions_failure->Add();
-      cluster->UpdateGauge();
-    }
-    core::LogInfo("gateway.instance_failed", {{"instance", current_.id},
-                                              {"address", current_.address},
+    // The instance is gone (or hung): its bindings end, whoever holds them.
+    const std::vector<std::string> dropped = cluster->chooser->ReportFailure(id);
+    core::LogInfo("gateway.instance_failed", {{"instance", id},
+                                              {"address", address},
                                               {"method", method_},
-                                              {"session", dropped},
+                                              {"session", dropped.empty() ? "" : dropped.front()},
                                               {"message", std::string(reason)},
                                               {"timedOut", timed_out}});
     failed_any_ = true;
-    excluded_.insert(current_.id);
+    excluded_.insert(id);
   }
 
   void AttemptAnswered() override { route_->cluster->attempts_ok->Add(); }
 
   void Finished(absl::StatusCode code) override {
+    // The answered attempt's lease (if any is still held) ends with the
+    // client's status: the application's, or the relay's mapped failure.
+    Release(code);
     gateway_->CountRequest(*route_, static_cast<grpc::StatusCode>(code));
   }
 
@@ -777,7 +1006,9 @@ class FrameCall final : public h2relay::CallHook {
   const Route* route_;
   std::string session_;
   std::string method_;
-  StickyMember current_;
+  // The current attempt's instance lease; released once (AttemptFailed or
+  // Finished). Destroyed unreleased, it is released as CANCELLED.
+  transport::PeerLease lease_;
   int attempts_ = 0;
   bool failed_any_ = false;
   std::set<std::string> excluded_;
@@ -821,7 +1052,19 @@ class FrameRouteHook final : public h2relay::RouteHook {
       }
       session = std::move(*admitted);
     }
-    return std::make_unique<FrameCall>(gateway_, &route, std::move(session), std::move(method));
+    // The first attempt's lease, here rather than in Next(): a loop thread
+    // never waits, so a call whose instance is at its in-flight cap goes to
+    // the grpc++ path (the relay's fallback), which waits for a slot when the
+    // call has a deadline (coordinator rule 5) and answers at once otherwise.
+    peers::StickyOutcome outcome = peers::StickyOutcome::kInstance;
+    auto lease = route.cluster->Lease(session, {}, false, &outcome);
+    if (!lease.ok()) {
+      if (outcome == peers::StickyOutcome::kAtCapacity) return nullptr;
+      gateway_->CountRequest(route, static_cast<grpc::StatusCode>(lease.status().code()));
+      return lease.status();
+    }
+    return std::make_unique<FrameCall>(gateway_, &route, std::move(session), std::move(method),
+                                       *std::move(lease));
   }
 
   std::chrono::milliseconds attempt_timeout() const override {
@@ -887,10 +1130,6 @@ absl::Status Gateway::Impl::Build() {
                                           ".registry: " + std::string(client.status().message()));
       }
       cluster->registry = std::move(*client);
-    } else {
-      std::vector<StickyMember> members;
-      for (const auto& e : cc.endpoints) members.push_back({e, e});
-      cluster->balancer.SetMembers(std::move(members));
     }
     const core::Tags tags = {{"cluster", name}};
     cluster->sessions = &metrics_->GetGauge(kSessions, tags);
@@ -900,11 +1139,51 @@ absl::Status Gateway::Impl::Build() {
         &metrics_->GetCounter(kEvictions, {{"cluster", name}, {"reason", "transport_failure"}});
     cluster->evictions_left =
         &metrics_->GetCounter(kEvictions, {{"cluster", name}, {"reason", "left"}});
+    cluster->evictions_ineligible =
+        &metrics_->GetCounter(kEvictions, {{"cluster", name}, {"reason", "ineligible"}});
     cluster->attempts_ok = &metrics_->GetCounter(kAttempts, {{"cluster", name}, {"outcome", "ok"}});
     cluster->attempts_failed =
         &metrics_->GetCounter(kAttempts, {{"cluster", name}, {"outcome", "transport_failure"}});
     cluster->attempts_timeout =
         &metrics_->GetCounter(kAttempts, {{"cluster", name}, {"outcome", "timeout"}});
+    // The cluster's instances as peers of the peer kit: the `sticky`
+    // chooser (keyless calls of round-robin routes rotate), the cluster's
+    // in-flight cap and breaker; omnirelay.peer.* series tagged
+    // rpc.service=<cluster>, rpc.peer=<instance id>.
+    transport::PeerPoolOptions pool_options;
+    pool_options.service = name;
+    pool_options.transport = "grpc";
+    pool_options.max_in_flight_per_peer = cc.max_in_flight_per_instance;
+    pool_options.breaker_consecutive_failures =
+        cc.circuit_breaker.enabled ? cc.circuit_breaker.consecutive_failures : 0;
+    pool_options.breaker_open_delay = cc.circuit_breaker.open_delay;
+    peers::ChooserOptions chooser_options;
+    chooser_options.sticky_occupancy = cc.occupancy;
+    Cluster* raw = cluster.get();
+    pool_options.chooser_factory = [raw, chooser_options]() -> std::unique_ptr<peers::PeerChooser> {
+      auto chooser = std::make_unique<peers::StickyChooser>(chooser_options);
+      raw->chooser = chooser.get();
+      chooser->SetListener([raw](const peers::StickyEvent& event) { raw->OnStickyEvent(event); });
+      return chooser;
+    };
+    auto pool = transport::MakeCoordinatorPeerPool({}, std::move(pool_options),
+                                                   core::SystemClock::Shared(), metrics_);
+    if (!pool.ok()) return pool.status();
+    cluster->pool = *std::move(pool);
+    auto credentials = cluster->credentials;
+    cluster->pool->SetAttachmentFactory([credentials](const std::string& address) {
+      return std::static_pointer_cast<void>(std::make_shared<Instance>(address, credentials));
+    });
+    if (!cc.registry.empty()) {
+      // filled by Start's first poll
+    } else {
+      std::vector<transport::PeerEndpoint> endpoints;
+      for (const auto& e : cc.endpoints) endpoints.push_back({e, e});
+      if (absl::Status set = cluster->pool->SetPeers(std::move(endpoints)); !set.ok()) {
+        return absl::InvalidArgumentError("omniRelay.gateway.clusters." + name +
+                                          ".endpoints: " + std::string(set.message()));
+      }
+    }
     clusters_[name] = std::move(cluster);
   }
   for (const auto& rc : config_.routes) {
@@ -952,22 +1231,33 @@ void Gateway::Impl::Refresh(Cluster& cluster) {
         {{"cluster", cluster.config.name}, {"error", std::string(listed.status().message())}});
     return;
   }
-  std::vector<StickyMember> members;
-  for (const auto& instance : *listed) members.push_back({instance.id, instance.address});
-  StickyMembershipChange change = cluster.balancer.SetMembers(std::move(members));
-  for (const auto& m : change.removed) {
-    cluster.DropChannel(m.address);
+  std::map<std::string, std::string> next;  // id -> address (a listing has unique ids)
+  for (const auto& instance : *listed) next.emplace(instance.id, instance.address);
+  std::map<std::string, std::string> previous;
+  for (const auto& p : cluster.pool->Peers()) previous.emplace(p.id, p.address);
+  if (next == previous) return;
+  std::vector<transport::PeerEndpoint> endpoints;
+  for (const auto& [id, address] : next) endpoints.push_back({id, address});
+  // Removed instances (and ids back at another address: another process)
+  // lose their bindings through the chooser (evictions{reason=left}); their
+  // channels go with the last lease on them.
+  if (absl::Status set = cluster.pool->SetPeers(std::move(endpoints)); !set.ok()) {
+    core::LogWarn("gateway.registry_unusable",
+                  {{"cluster", cluster.config.name}, {"error", std::string(set.message())}});
+    return;
+  }
+  for (const auto& [id, address] : previous) {
+    auto it = next.find(id);
+    if (it != next.end() && it->second == address) continue;
     core::LogInfo("gateway.instance_left",
-                  {{"cluster", cluster.config.name}, {"instance", m.id}, {"address", m.address}});
+                  {{"cluster", cluster.config.name}, {"instance", id}, {"address", address}});
   }
-  for (const auto& m : change.added) {
+  for (const auto& [id, address] : next) {
+    auto it = previous.find(id);
+    if (it != previous.end() && it->second == address) continue;
     core::LogInfo("gateway.instance_joined",
-                  {{"cluster", cluster.config.name}, {"instance", m.id}, {"address", m.address}});
+                  {{"cluster", cluster.config.name}, {"instance", id}, {"address", address}});
   }
-  if (!change.unbound.empty()) {
-    cluster.evictions_left->Add(static_cast<double>(change.unbound.size()));
-  }
-  cluster.UpdateGauge();
 }
 
 void Gateway::Impl::RefreshLoop() {
@@ -995,6 +1285,7 @@ absl::Status Gateway::Impl::Start() {
     if (cluster->registry) Refresh(*cluster);
   }
   timers_ = std::make_unique<TimerQueue>();
+  lease_waiters_ = std::make_unique<LeaseWaiters>(kLeaseWaiterThreads);
   grpc::ServerBuilder builder;
   // On the frame path the grpc++ server only serves the relay's fallback.
   builder.AddListeningPort(
@@ -1048,8 +1339,16 @@ void Gateway::Impl::Stop(std::chrono::milliseconds grace) {
     relay_.reset();
   }
   server_->Shutdown(std::chrono::system_clock::now() + grace);
-  server_->Wait();
+  server_->Wait();  // calls waiting for a lease end within attemptTimeout
+  {
+    // Replaced attempts still ending (cancelled when replaced): bounded, as a
+    // cancelled client call ends promptly.
+    std::unique_lock<std::mutex> lock(attempts_mu_);
+    attempts_cv_.wait_for(lock, grace + std::chrono::seconds(5),
+                          [this] { return live_attempts_ == 0; });
+  }
   server_.reset();
+  lease_waiters_.reset();
   timers_.reset();
 }
 
@@ -1060,18 +1359,40 @@ nlohmann::json Gateway::Impl::Introspect() const {
   nlohmann::json clusters = nlohmann::json::object();
   for (const auto& [name, cluster] : clusters_) {
     nlohmann::json members = nlohmann::json::array();
-    const auto bindings = cluster->balancer.bindings();
-    std::map<std::string, std::string> by_instance;
-    for (const auto& [session, id] : bindings) by_instance[id] = session;
-    for (const auto& m : cluster->balancer.members()) {
-      nlohmann::json j = {{"id", m.id}, {"address", m.address}};
-      auto it = by_instance.find(m.id);
-      j["session"] = it == by_instance.end() ? nlohmann::json(nullptr) : nlohmann::json(it->second);
-      members.push_back(j);
+    const auto bindings = cluster->chooser->bindings();
+    std::map<std::string, std::vector<std::string>> by_instance;
+    for (const auto& [session, id] : bindings) by_instance[id].push_back(session);
+    // The peer kit's view of each instance (sorted by id): breaker, load,
+    // outcome totals.
+    const nlohmann::json pool = cluster->pool->Snapshot();
+    std::map<std::string, nlohmann::json> sorted;
+    for (const auto& peer : pool["peers"]) {
+      const std::string id = peer["id"];
+      nlohmann::json j = {{"id", id},
+                          {"address", peer["address"]},
+                          {"eligible", peer["eligible"]},
+                          {"breaker", peer["breaker"]},
+                          {"inFlight", peer["inFlight"]},
+                          {"successes", peer["successes"]},
+                          {"failures", peer["failures"]}};
+      auto it = by_instance.find(id);
+      // One session per instance at the default occupancy; the first otherwise.
+      j["session"] =
+          it == by_instance.end() ? nlohmann::json(nullptr) : nlohmann::json(it->second.front());
+      if (cluster->config.occupancy != 1) {
+        j["sessions"] =
+            it == by_instance.end() ? nlohmann::json::array() : nlohmann::json(it->second);
+      }
+      sorted.emplace(id, std::move(j));
     }
+    for (auto& [id, j] : sorted) members.push_back(std::move(j));
     clusters[name] = {{"source", cluster->registry ? "registry" : "static"},
                       {"members", members},
-                      {"bindings", bindings}};
+                      {"bindings", bindings},
+                      {"chooser", pool["chooser"]},
+                      {"occupancy", cluster->config.occupancy},
+                      {"maxInFlightPerInstance", cluster->config.max_in_flight_per_instance},
+                      {"waiting", pool["waiting"]}};
     if (cluster->registry) {
       clusters[name]["registry"] = cluster->config.registry;
       clusters[name]["refreshIntervalMs"] = ms(cluster->config.refresh_interval);

@@ -11,9 +11,12 @@
 //      authorization `required` the session-id and the token
 //      (auth::VerifyRequest) -> UNAUTHENTICATED "missing session-id" /
 //      "missing or invalid token";
-//   3. pick an instance: round-robin, or sticky by a header with occupancy
-//      (balancer.h) -> RESOURCE_EXHAUSTED "all instances are busy" /
-//      "no available instances";
+//   3. lease an instance from the cluster's transport::PeerPool (the peer
+//      kit's `sticky` chooser: round-robin without a session key, sticky by
+//      a header with occupancy; breaker, in-flight cap, omnirelay.peer.*
+//      metrics) -> RESOURCE_EXHAUSTED "all instances are busy" /
+//      "no available instances"; each attempt releases its lease with its
+//      outcome and latency;
 //   4. forward request metadata and messages; stream back the backend's
 //      messages, trailing metadata and status unchanged. Client cancellation
 //      cancels the backend call; the client's deadline is the backend's.
@@ -38,7 +41,9 @@
 // Metrics (core::MetricsRegistry): omnirelay.gateway.requests{route,status},
 // omnirelay.gateway.sessions{cluster} (bindings), omnirelay.gateway.session_transfers{cluster},
 // omnirelay.gateway.stream_transfers{cluster},
-// omnirelay.gateway.evictions{cluster,reason}, omnirelay.gateway.attempts{cluster,outcome}.
+// omnirelay.gateway.evictions{cluster,reason=transport_failure|left|ineligible},
+// omnirelay.gateway.attempts{cluster,outcome}; and the peer kit's
+// omnirelay.peer.*{rpc.service=<cluster>, rpc.peer=<instance>} per instance.
 //
 // Thread-safety: Start/Stop from one controlling thread; Introspect and
 // address are thread-safe. Calls run on gRPC's callback threads.

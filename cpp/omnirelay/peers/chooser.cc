@@ -3,6 +3,7 @@
 #include <random>
 
 #include "omnirelay/peers/choosers/choosers.h"
+#include "omnirelay/peers/sticky_chooser.h"
 
 namespace omnirelay::peers {
 
@@ -35,6 +36,7 @@ const std::map<std::string, ChooserFactory, std::less<>>& BuiltinChoosers() {
       {"preferred", Factory<PreferredChooser>()},
       {"hash", Factory<HashChooser>()},
       {"least-latency", Factory<LeastLatencyChooser>()},
+      {"sticky", Factory<StickyChooser>()},
   };
   return *table;
 }

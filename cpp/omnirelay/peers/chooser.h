@@ -91,6 +91,10 @@ struct ChooserOptions {
   std::string preferred_protocol;  // e.g. "h3"
   std::map<std::string, std::string> preferred_labels;
   std::vector<std::string> preferred_ids;
+  // sticky (sticky_chooser.h): the session key header, and how many sessions
+  // one peer holds (1 = one session per instance; 0 = unlimited).
+  std::string sticky_header = "session-id";
+  int sticky_occupancy = 1;
 };
 
 class PeerChooser {
@@ -118,7 +122,7 @@ inline bool Pickable(const Peer& peer) { return peer.IsEligible() && !peer.AtCap
 using ChooserFactory = std::function<std::unique_ptr<PeerChooser>(const ChooserOptions&)>;
 
 // The explicit table of built-in choosers: "round-robin", "two-random",
-// "fewest-pending", "preferred", "hash", "least-latency".
+// "fewest-pending", "preferred", "hash", "least-latency", "sticky".
 const std::map<std::string, ChooserFactory, std::less<>>& BuiltinChoosers();
 std::vector<std::string> ChooserNames();
 // InvalidArgument naming the known choosers when `name` is unknown.

@@ -29,8 +29,9 @@ std::map<std::string, int> Distribution(PeerListCoordinator& coordinator, int pi
 }
 
 TEST(ChooserRegistryTest, AllNamesResolveAndUnknownIsInvalidArgument) {
-  std::vector<std::string> expected = {"fewest-pending", "hash",        "least-latency",
-                                       "preferred",      "round-robin", "two-random"};
+  std::vector<std::string> expected = {"fewest-pending", "hash",       "least-latency", "preferred",
+                                       "round-robin",    "two-random", "sticky"};
+  std::sort(expected.begin(), expected.end());
   EXPECT_EQ(ChooserNames(), expected);
   for (const auto& name : expected) {
     auto chooser = CreateChooser(name);

@@ -1,26 +1,58 @@
 #include "omnirelay/peers/sticky_chooser.h"
 
 #include <algorithm>
-#include <atomic>
+#include <optional>
 
 namespace omnirelay::peers {
 namespace {
-// Process-wide, so serials of different choosers (clusters) never collide.
-uint64_t NextSerial() {
-  static std::atomic<uint64_t> next{1};
-  return next.fetch_add(1, std::memory_order_relaxed);
+
+// The snapshot's rotation order: peer indices sorted by id, so "the next
+// instance" does not depend on the order peers joined.
+class StickyState final : public ChooserState {
+ public:
+  std::vector<int> sorted;
+};
+
+// LastOutcome(): the acquiring thread's last refusal reason per chooser.
+// Pick runs on the thread that called Acquire, so the gateway reads it right
+// after a failed Acquire without the chooser keeping per-call state.
+struct LastOutcomeCell {
+  const StickyChooser* chooser = nullptr;
+  StickyOutcome outcome = StickyOutcome::kInstance;
+};
+thread_local LastOutcomeCell tls_last_outcome;
+
+bool Excluded(const core::RequestMeta& meta, std::string_view peer_id) {
+  if (meta.headers.empty()) return false;
+  for (const auto& [name, value] : meta.headers.entries()) {
+    if (name == kStickyExcludeHeader && value == peer_id) return true;
+  }
+  return false;
 }
-StickyPick Outcome(StickyOutcome outcome) {
-  StickyPick pick;
-  pick.outcome = outcome;
-  return pick;
+
+bool AnyExcluded(const core::RequestMeta& meta) {
+  for (const auto& entry : meta.headers.entries()) {
+    if (entry.first == kStickyExcludeHeader) return true;
+  }
+  return false;
 }
+
+// The session key: the first value of `header` (already lower-case, as
+// Headers stores names), read without Headers::Get's per-call lower-casing.
+std::optional<std::string_view> KeyOf(const core::RequestMeta& meta, const std::string& header) {
+  for (const auto& [name, value] : meta.headers.entries()) {
+    if (name == header) return std::string_view(value);
+  }
+  return std::nullopt;
+}
+
 }  // namespace
 
-absl::Status StickyStatus(const StickyPick& pick, bool failed_any) {
-  switch (pick.outcome) {
+absl::Status StickyStatus(StickyOutcome outcome, bool failed_any) {
+  switch (outcome) {
     case StickyOutcome::kInstance:
       return absl::OkStatus();
+    case StickyOutcome::kAtCapacity:
     case StickyOutcome::kBusy:
       return absl::ResourceExhaustedError(kAllInstancesBusy);
     case StickyOutcome::kNoInstances:
@@ -32,122 +64,227 @@ absl::Status StickyStatus(const StickyPick& pick, bool failed_any) {
   return absl::UnavailableError(kBackendUnavailable);
 }
 
-StickyMembershipChange StickyChooser::SetMembers(std::vector<StickyMember> members) {
-  std::sort(members.begin(), members.end(),
-            [](const StickyMember& a, const StickyMember& b) { return a.id < b.id; });
-  members.erase(
-      std::unique(members.begin(), members.end(),
-                  [](const StickyMember& a, const StickyMember& b) { return a.id == b.id; }),
-      members.end());
-  StickyMembershipChange change;
-  std::lock_guard<std::mutex> lock(mu_);
-  std::map<std::string, const StickyMember*> next;
-  for (const auto& m : members) next[m.id] = &m;
-  for (const auto& old : members_) {
-    auto it = next.find(old.id);
-    if (it != next.end() && it->second->address == old.address) continue;
-    change.removed.push_back(old);
-    auto bound = id_to_session_.find(old.id);
-    if (bound != id_to_session_.end()) {
-      const std::string session = bound->second;
-      change.unbound.push_back(session);
-      UnbindLocked(session, old.id);
-      RememberLostLocked(session, old.id);
-    }
-  }
-  std::map<std::string, const StickyMember*> previous;
-  for (const auto& m : members_) previous[m.id] = &m;
-  for (auto& m : members) {
-    auto it = previous.find(m.id);
-    if (it == previous.end() || it->second->address != m.address) {
-      m.serial = NextSerial();
-      change.added.push_back(m);
-    } else {
-      m.serial = it->second->serial;
-    }
-  }
-  members_ = std::move(members);
-  return change;
+StickyChooser::StickyChooser(const ChooserOptions& options)
+    : header_(core::Headers::Normalize(options.sticky_header.empty() ? "session-id"
+                                                                     : options.sticky_header)),
+      occupancy_(std::max(0, options.sticky_occupancy)) {}
+
+void StickyChooser::SetOutcome(StickyOutcome outcome) const {
+  tls_last_outcome.chooser = this;
+  tls_last_outcome.outcome = outcome;
 }
 
-StickyPick StickyChooser::PickSticky(const std::string& session,
-                                     const std::set<std::string>& exclude) {
-  std::lock_guard<std::mutex> lock(mu_);
-  if (auto it = session_to_id_.find(session); it != session_to_id_.end()) {
-    const std::string id = it->second;
-    if (!exclude.count(id)) {
-      for (const auto& m : members_) {
-        if (m.id == id) return {StickyOutcome::kInstance, m, false, false};
+StickyOutcome StickyChooser::LastOutcome() const {
+  return tls_last_outcome.chooser == this ? tls_last_outcome.outcome : StickyOutcome::kInstance;
+}
+
+StickyOutcome StickyChooser::OutcomeWithoutPeers(const core::RequestMeta& meta) const {
+  if (AnyExcluded(meta)) return StickyOutcome::kUnavailable;
+  std::optional<std::string_view> key = KeyOf(meta, header_);
+  if (!key || key->empty()) return StickyOutcome::kNoInstances;
+  std::lock_guard lock(mu_);
+  const bool had_peer =
+      sessions_.find(*key) != sessions_.end() || lost_.find(std::string(*key)) != lost_.end();
+  return had_peer ? StickyOutcome::kUnavailable : StickyOutcome::kNoInstances;
+}
+
+std::shared_ptr<ChooserState> StickyChooser::Build(const std::vector<Peer*>& peers) {
+  auto state = std::make_shared<StickyState>();
+  state->sorted.resize(peers.size());
+  for (size_t i = 0; i < peers.size(); ++i) state->sorted[i] = static_cast<int>(i);
+  std::sort(state->sorted.begin(), state->sorted.end(),
+            [&peers](int a, int b) { return peers[a]->id() < peers[b]->id(); });
+  // Bindings of peers that left (or came back at another endpoint) end here.
+  std::unordered_map<std::string_view, std::string_view> endpoints;
+  for (const Peer* peer : peers) endpoints.emplace(peer->id(), peer->descriptor().endpoint);
+  std::vector<StickyEvent> events;
+  {
+    std::lock_guard lock(mu_);
+    std::vector<std::string> gone;
+    for (const auto& [session, binding] : sessions_) {
+      auto it = endpoints.find(binding.peer_id);
+      if (it == endpoints.end() || it->second != binding.endpoint) gone.push_back(session);
+    }
+    for (const auto& session : gone) {
+      const std::string lost = sessions_.at(session).peer_id;
+      UnbindLocked(session, StickyEvent::Reason::kLeft, &events);
+      RememberLostLocked(session, lost);
+    }
+  }
+  Fire(events);
+  return state;
+}
+
+int StickyChooser::Pick(const PeerSnapshot& snapshot, const core::RequestMeta& meta) {
+  std::optional<std::string_view> key = KeyOf(meta, header_);
+  if (!key || key->empty()) return PickKeyless(snapshot, meta);
+  return PickSession(snapshot, meta, *key);
+}
+
+void StickyChooser::ProbeOrder(const PeerSnapshot& snapshot, const core::RequestMeta& meta,
+                               int first, std::vector<int>* order) {
+  std::optional<std::string_view> key = KeyOf(meta, header_);
+  if (!key || key->empty()) {
+    // Stateless calls may go to any peer, as round-robin's would.
+    PeerChooser::ProbeOrder(snapshot, meta, first, order);
+    return;
+  }
+  order->clear();
+  // A waiting Acquire probes again with first = -1: pick afresh (the
+  // session may have been rebound, or a peer freed, meanwhile).
+  const int index = first >= 0 ? first : PickSession(snapshot, meta, *key);
+  if (index >= 0) order->push_back(index);
+}
+
+int StickyChooser::PickKeyless(const PeerSnapshot& snapshot, const core::RequestMeta& meta) {
+  const auto n = static_cast<std::uint64_t>(snapshot.raw.size());
+  if (n == 0) {
+    SetOutcome(AnyExcluded(meta) ? StickyOutcome::kUnavailable : StickyOutcome::kNoInstances);
+    return -1;
+  }
+  const std::uint64_t position = cursor_.load(std::memory_order_relaxed);
+  cursor_.store(position + 1, std::memory_order_relaxed);
+  int fallback = -1;  // a pickable peer this call already tried
+  bool any_eligible = false;
+  for (std::uint64_t i = 0; i < n; ++i) {
+    const auto index = static_cast<int>((position + i) % n);
+    const Peer& peer = *snapshot.raw[index];
+    if (!peer.IsEligible()) continue;
+    any_eligible = true;
+    if (peer.AtCapacity()) continue;
+    if (Excluded(meta, peer.id())) {
+      if (fallback < 0) fallback = index;
+      continue;
+    }
+    SetOutcome(StickyOutcome::kInstance);
+    return index;
+  }
+  // Every pickable peer failed in this call: a stateless call may try one
+  // again (a single auth node with a transient connect failure deserves its
+  // retry; the caller's attempts bound this).
+  SetOutcome(fallback >= 0  ? StickyOutcome::kInstance
+             : any_eligible ? StickyOutcome::kAtCapacity
+                            : StickyOutcome::kUnavailable);
+  return fallback;
+}
+
+int StickyChooser::PickSession(const PeerSnapshot& snapshot, const core::RequestMeta& meta,
+                               std::string_view key) {
+  const auto* state = static_cast<const StickyState*>(snapshot.chooser_state.get());
+  std::vector<StickyEvent> events;
+  int picked = -1;
+  StickyOutcome outcome = StickyOutcome::kInstance;
+  {
+    std::lock_guard lock(mu_);
+    if (auto it = sessions_.find(key); it != sessions_.end()) {
+      const Binding& binding = it->second;
+      auto at = snapshot.index_by_id.find(binding.peer_id);
+      StickyEvent::Reason reason = StickyEvent::Reason::kLeft;
+      if (at != snapshot.index_by_id.end() &&
+          snapshot.raw[at->second]->descriptor().endpoint == binding.endpoint) {
+        const Peer& peer = *snapshot.raw[at->second];
+        if (Excluded(meta, binding.peer_id)) {
+          reason = StickyEvent::Reason::kFailure;
+        } else if (!peer.IsEligible()) {
+          reason = StickyEvent::Reason::kIneligible;
+        } else {
+          // Its peer, even at the in-flight cap: the coordinator then says
+          // busy, or waits for a slot when the call has a deadline.
+          SetOutcome(peer.AtCapacity() ? StickyOutcome::kAtCapacity : StickyOutcome::kInstance);
+          return at->second;
+        }
+      }
+      // Bound to something no longer usable: the binding is over.
+      const std::string session(key), lost = binding.peer_id;
+      UnbindLocked(session, reason, &events);
+      RememberLostLocked(session, lost);
+    }
+    std::string session(key);
+    auto lost = lost_.find(session);
+    const bool had_peer = lost != lost_.end();
+    const size_t n = state == nullptr ? 0 : state->sorted.size();
+    if (n == 0) {
+      outcome =
+          had_peer || AnyExcluded(meta) ? StickyOutcome::kUnavailable : StickyOutcome::kNoInstances;
+    } else {
+      // Rotation: start after the peer this session lost, else after the
+      // last peer handed out (ids sorted).
+      const std::string& after = had_peer ? lost->second : last_picked_;
+      size_t start = 0;
+      while (start < n && snapshot.raw[state->sorted[start]]->id() <= after) ++start;
+      bool any_free = false;  // eligible, unexcluded, but occupied
+      for (size_t k = 0; k < n && picked < 0; ++k) {
+        const int index = state->sorted[(start + k) % n];
+        const Peer& peer = *snapshot.raw[index];
+        if (!peer.IsEligible() || Excluded(meta, peer.id())) continue;
+        any_free = true;
+        auto& holders = by_peer_[peer.id()];
+        if (occupancy_ > 0 && holders.size() >= static_cast<size_t>(occupancy_)) continue;
+        holders.push_back(session);
+        sessions_[session] = Binding{peer.id(), peer.descriptor().endpoint};
+        last_picked_ = peer.id();
+        StickyEvent bound;
+        bound.kind = StickyEvent::Kind::kBound;
+        bound.session = session;
+        bound.peer_id = peer.id();
+        bound.transferred = had_peer;
+        bound.bindings = sessions_.size();
+        events.push_back(std::move(bound));
+        if (had_peer) lost_.erase(lost);  // the order deque is pruned lazily
+        picked = index;
+      }
+      if (picked < 0) {
+        // Nothing left that this call has not seen fail, or nothing eligible:
+        // the backend, not capacity, is the problem.
+        outcome =
+            !any_free || AnyExcluded(meta) ? StickyOutcome::kUnavailable : StickyOutcome::kBusy;
+      } else if (snapshot.raw[picked]->AtCapacity()) {
+        outcome = StickyOutcome::kAtCapacity;
       }
     }
-    // Bound to something that is no longer usable: the binding is over.
-    UnbindLocked(session, id);
-    RememberLostLocked(session, id);
   }
-  auto lost = lost_.find(session);
-  const bool had_instance = lost != lost_.end();
-  if (members_.empty()) {
-    return Outcome(had_instance || !exclude.empty() ? StickyOutcome::kUnavailable
-                                                    : StickyOutcome::kNoInstances);
-  }
-  // Rotation: start after the instance this session lost, else after the
-  // last instance handed out.
-  const std::string& after = had_instance ? lost->second : last_picked_;
-  const size_t n = members_.size();
-  size_t start = 0;
-  while (start < n && members_[start].id <= after) ++start;
-  for (size_t k = 0; k < n; ++k) {
-    const StickyMember& m = members_[(start + k) % n];
-    if (exclude.count(m.id) || id_to_session_.count(m.id)) continue;
-    session_to_id_[session] = m.id;
-    id_to_session_[m.id] = session;
-    last_picked_ = m.id;
-    if (had_instance) lost_.erase(lost);  // the order deque is pruned lazily
-    return {StickyOutcome::kInstance, m, true, had_instance};
-  }
-  // Every member is excluded or bound. If this call already saw failures and
-  // nothing unexcluded remains, the backend is unreachable rather than full.
-  bool any_unexcluded = false;
-  for (const auto& m : members_) any_unexcluded = any_unexcluded || !exclude.count(m.id);
-  if (!exclude.empty()) return Outcome(StickyOutcome::kUnavailable);
-  return Outcome(any_unexcluded ? StickyOutcome::kBusy : StickyOutcome::kUnavailable);
+  SetOutcome(outcome);
+  Fire(events);
+  return picked;
 }
 
-StickyPick StickyChooser::PickRoundRobin(const std::set<std::string>& exclude) {
-  std::lock_guard<std::mutex> lock(mu_);
-  const size_t n = members_.size();
-  if (n == 0) {
-    return Outcome(exclude.empty() ? StickyOutcome::kNoInstances : StickyOutcome::kUnavailable);
+std::vector<std::string> StickyChooser::ReportFailure(const std::string& peer_id) {
+  std::vector<StickyEvent> events;
+  std::vector<std::string> sessions;
+  {
+    std::lock_guard lock(mu_);
+    auto it = by_peer_.find(peer_id);
+    if (it != by_peer_.end()) sessions = it->second;
+    for (const auto& session : sessions) {
+      UnbindLocked(session, StickyEvent::Reason::kFailure, &events);
+      RememberLostLocked(session, peer_id);
+    }
   }
-  for (size_t k = 0; k < n; ++k) {
-    const StickyMember& m = members_[(round_robin_++) % n];
-    if (!exclude.count(m.id)) return {StickyOutcome::kInstance, m, false, false};
-  }
-  // Every member failed in this call. A stateless cluster (no bindings to
-  // protect) may try one again — a single auth node with a transient connect
-  // failure deserves its retry; the caller's maxAttempts still bounds this.
-  return {StickyOutcome::kInstance, members_[(round_robin_++) % n], false, false};
+  Fire(events);
+  return sessions;
 }
 
-std::string StickyChooser::ReportFailure(const std::string& id) {
-  std::lock_guard<std::mutex> lock(mu_);
-  auto it = id_to_session_.find(id);
-  if (it == id_to_session_.end()) return "";
-  const std::string session = it->second;
-  UnbindLocked(session, id);
-  RememberLostLocked(session, id);
-  return session;
-}
-
-void StickyChooser::UnbindLocked(const std::string& session, const std::string& id) {
-  session_to_id_.erase(session);
-  if (auto it = id_to_session_.find(id); it != id_to_session_.end() && it->second == session) {
-    id_to_session_.erase(it);
+void StickyChooser::UnbindLocked(const std::string& session, StickyEvent::Reason reason,
+                                 std::vector<StickyEvent>* events) {
+  auto it = sessions_.find(session);
+  if (it == sessions_.end()) return;
+  StickyEvent event;
+  event.kind = StickyEvent::Kind::kUnbound;
+  event.reason = reason;
+  event.session = session;
+  event.peer_id = it->second.peer_id;
+  if (auto holders = by_peer_.find(event.peer_id); holders != by_peer_.end()) {
+    auto& list = holders->second;
+    list.erase(std::remove(list.begin(), list.end(), session), list.end());
+    if (list.empty()) by_peer_.erase(holders);
   }
+  sessions_.erase(it);
+  event.bindings = sessions_.size();
+  events->push_back(std::move(event));
 }
 
-void StickyChooser::RememberLostLocked(const std::string& session, const std::string& id) {
-  if (lost_.insert_or_assign(session, id).second) lost_order_.push_back(session);
+void StickyChooser::RememberLostLocked(const std::string& session, const std::string& peer_id) {
+  if (lost_.insert_or_assign(session, peer_id).second) lost_order_.push_back(session);
   while (lost_order_.size() > kLostMemory) {
     lost_.erase(lost_order_.front());
     lost_order_.pop_front();
@@ -157,19 +294,21 @@ void StickyChooser::RememberLostLocked(const std::string& session, const std::st
   while (!lost_order_.empty() && !lost_.count(lost_order_.front())) lost_order_.pop_front();
 }
 
-std::vector<StickyMember> StickyChooser::members() const {
-  std::lock_guard<std::mutex> lock(mu_);
-  return members_;
+void StickyChooser::Fire(const std::vector<StickyEvent>& events) const {
+  if (!listener_) return;
+  for (const auto& event : events) listener_(event);
 }
 
 std::map<std::string, std::string> StickyChooser::bindings() const {
-  std::lock_guard<std::mutex> lock(mu_);
-  return session_to_id_;
+  std::lock_guard lock(mu_);
+  std::map<std::string, std::string> out;
+  for (const auto& [session, binding] : sessions_) out.emplace(session, binding.peer_id);
+  return out;
 }
 
 size_t StickyChooser::binding_count() const {
-  std::lock_guard<std::mutex> lock(mu_);
-  return session_to_id_.size();
+  std::lock_guard lock(mu_);
+  return sessions_.size();
 }
 
 }  // namespace omnirelay::peers

@@ -1,121 +1,170 @@
 #pragma once
-// The peer kit's sticky-with-occupancy chooser (issue 15): the instance
-// selection of a session gateway cluster — the membership (static endpoints
-// or a registry's latest list), round-robin picks, and the sticky session
-// table with OCCUPANCY — an instance holds at most one session. It moved here
-// from the gateway (its former `Balancer`) so the mesh has one place where
-// instances are chosen; the gateway's grpc++ path and its frame-relay path
-// (h2relay RouteHook) both pick through it. The answers the client sees for
-// each outcome are the gateway contract's and live here too (StickyStatus).
+// `sticky`: the peer kit's sticky-with-occupancy chooser (issue 15 item 4).
+// The session gateway's clusters lease their instances through a
+// PeerListCoordinator with this chooser, so gateway calls get the kit's
+// lease metrics (omnirelay.peer.*), per-instance breaker, in-flight cap and
+// contention rules like every other outbound; any outbound may select it by
+// name too (`peerChooser: sticky`).
 //
-// Sticky rules (issue 6, docs/session-gateway.md "Gateway mode"):
-//   - a bound session always gets its instance while that instance is a member;
-//   - a new session gets a FREE instance (bound to no session), chosen in
-//     rotation order: the first free id after the last instance handed out, or,
-//     for a session that lost its instance, the first free id after that
-//     instance — so a transferred session lands on the next instance,
-//     deterministically (ids are kept sorted);
-//   - no free instance -> kBusy ("all instances are busy"); no member at all ->
-//     kNoInstances ("no available instances"); and when the caller has already
-//     seen instances fail in this call (`exclude` non-empty) or the session
-//     lost its instance and nothing at all is left -> kUnavailable ("backend
-//     service unavailable"), because then the backend, not capacity, is the
-//     problem;
-//   - a binding ends when its instance fails at the transport level
-//     (ReportFailure) or leaves the membership (SetMembers; also when it comes
-//     back at another address: that is another process). Application errors
-//     never reach this class.
+// The session key is the request header `ChooserOptions::sticky_header`
+// (default `session-id`). Rules (issue 6, docs/session-gateway.md "Sticky
+// with occupancy"):
+//   - a bound session always gets its peer while that peer is in the list
+//     and eligible (a peer at its in-flight cap is still its peer: the
+//     coordinator's contention rules then apply — busy, or wait with a
+//     deadline);
+//   - a new session binds to an eligible peer holding fewer than
+//     `sticky_occupancy` sessions (1 = one session per peer, the gateway
+//     contract; 0 = unlimited), chosen in rotation order over the peers
+//     sorted by id: the first such peer after the last peer handed out or,
+//     for a session that lost its peer, after that peer — so a transferred
+//     session lands on the next instance, deterministically;
+//   - a binding ends when its peer leaves the list (or comes back at another
+//     endpoint: another process), turns ineligible (breaker open, status
+//     Unavailable, health tracker), is excluded by the caller, or is reported
+//     failed (ReportFailure). Application errors never reach this class;
+//   - a request without the key is round-robin over pickable peers
+//     (occupancy ignored: Login and other stateless calls).
 //
-// Thread-safety: every method is thread-safe (one mutex, short critical
-// sections, no I/O). Pure logic: no clock, no gRPC — the unit tests drive it
-// with fake instances.
+// Per-call exclusions: every value of the request header
+// kStickyExcludeHeader is a peer id the pick must avoid (the instances that
+// already failed in this call); the gateway adds them to the lease's meta,
+// never to the wire. A keyless pick with every pickable peer excluded takes
+// the next one anyway (a stateless retry; the caller bounds attempts).
+//
+// Why a pick refused (-1): LastOutcome() on the same thread, right after the
+// coordinator's Acquire failed (Pick/ProbeOrder run on the acquiring
+// thread), gives the gateway contract's reason; StickyStatus maps it to the
+// client's answer.
+//
+// Thread-safety: Pick/ProbeOrder/Build and every method are thread-safe: one
+// mutex guards the session table (held for a hash lookup on a bound pick);
+// the rotation order lives in the snapshot (Build). The listener is set
+// before the chooser is shared and runs outside the mutex.
+#include <atomic>
 #include <cstdint>
 #include <deque>
+#include <functional>
 #include <map>
+#include <memory>
 #include <mutex>
-#include <set>
 #include <string>
+#include <string_view>
+#include <unordered_map>
 #include <vector>
 
 #include "omnirelay/core/status.h"
+#include "omnirelay/peers/chooser.h"
 
 namespace omnirelay::peers {
 
-struct StickyMember {
-  std::string id;       // instance id (the worker's pod_name; the address for static endpoints)
-  std::string address;  // host:port
-  // Process-unique number of this incarnation (id at this address), given by
-  // SetMembers: a key for per-instance connections that never names a
-  // different process (ids and addresses are reused across restarts).
-  uint64_t serial = 0;
-  bool operator==(const StickyMember&) const = default;
-};
-
-enum class StickyOutcome { kInstance, kBusy, kNoInstances, kUnavailable };
-
-struct StickyPick {
-  StickyOutcome outcome = StickyOutcome::kNoInstances;
-  StickyMember member;
-  bool new_binding = false;  // the session was bound by this pick
-  bool transferred = false;  // ... and had lost an earlier instance (session transfer)
-};
+// Request header naming a peer id a sticky pick must avoid (one value each).
+inline constexpr char kStickyExcludeHeader[] = "omnirelay-sticky-exclude";
 
 // The contract's answers (docs/session-gateway.md, "Sticky with occupancy").
 inline constexpr char kAllInstancesBusy[] = "all instances are busy";
 inline constexpr char kNoAvailableInstances[] = "no available instances";
 inline constexpr char kBackendUnavailable[] = "backend service unavailable";
 
-// The status a caller answers when `pick` is not kInstance:
-// kBusy -> RESOURCE_EXHAUSTED "all instances are busy"; kNoInstances ->
+enum class StickyOutcome {
+  kInstance,     // a peer was picked
+  kAtCapacity,   // the session's peer (or every keyless candidate) is at its in-flight cap
+  kBusy,         // every eligible peer holds its occupancy of other sessions
+  kNoInstances,  // the list is empty
+  kUnavailable,  // nothing eligible and unexcluded is left (or the session lost its peer
+                 // and the list is empty)
+};
+
+// The status a caller answers for a refusal: kBusy and kAtCapacity ->
+// RESOURCE_EXHAUSTED "all instances are busy"; kNoInstances ->
 // RESOURCE_EXHAUSTED "no available instances", or UNAVAILABLE "backend
 // service unavailable" when this call already saw an instance fail
 // (`failed_any`); kUnavailable -> UNAVAILABLE "backend service unavailable".
 // OK for kInstance.
-absl::Status StickyStatus(const StickyPick& pick, bool failed_any);
+absl::Status StickyStatus(StickyOutcome outcome, bool failed_any);
 
-// What SetMembers changed, for logs, metrics and channel clean-up.
-struct StickyMembershipChange {
-  std::vector<StickyMember> added;
-  std::vector<StickyMember> removed;  // left, or re-registered at another address
-  std::vector<std::string> unbound;   // sessions whose instance was removed
+// A binding change, for the owner's metrics and logs.
+struct StickyEvent {
+  enum class Kind { kBound, kUnbound };
+  enum class Reason {
+    kNone,        // kBound
+    kFailure,     // ReportFailure, or excluded by the caller (failed in this call)
+    kLeft,        // the peer left the list or came back at another endpoint
+    kIneligible,  // breaker open / Unavailable / unhealthy
+  };
+  Kind kind = Kind::kBound;
+  Reason reason = Reason::kNone;
+  std::string session;
+  std::string peer_id;
+  bool transferred = false;  // kBound: the session had lost an earlier peer
+  size_t bindings = 0;       // bindings after the change
 };
 
-class StickyChooser {
+class StickyChooser final : public PeerChooser {
  public:
-  // Sessions remembered after losing their instance (rotation start and the
+  // Sessions remembered after losing their peer (rotation start and the
   // kUnavailable answer); the oldest are forgotten first.
   static constexpr size_t kLostMemory = 4096;
+  using Listener = std::function<void(const StickyEvent&)>;
 
-  // Replaces the membership (any order; kept sorted by id). Members that are
-  // new (or at a new address) get a fresh `serial`; kept ones keep theirs.
-  StickyMembershipChange SetMembers(std::vector<StickyMember> members);
+  explicit StickyChooser(const ChooserOptions& options = {});
+  std::string_view name() const override { return "sticky"; }
+  std::shared_ptr<ChooserState> Build(const std::vector<Peer*>& peers) override;
+  int Pick(const PeerSnapshot& snapshot, const core::RequestMeta& meta) override;
+  // The pick itself, nothing else: a sticky session must not spill onto
+  // another peer when its own refuses.
+  void ProbeOrder(const PeerSnapshot& snapshot, const core::RequestMeta& meta, int first,
+                  std::vector<int>* order) override;
 
-  // Sticky pick for `session`, never returning an id in `exclude`.
-  StickyPick PickSticky(const std::string& session, const std::set<std::string>& exclude);
-  // Round-robin over members not in `exclude` (occupancy is ignored); when
-  // every member is excluded, the next one anyway (stateless retry).
-  StickyPick PickRoundRobin(const std::set<std::string>& exclude);
+  // Set before the chooser is shared; called outside the chooser's mutex.
+  void SetListener(Listener listener) { listener_ = std::move(listener); }
 
-  // The instance `id` failed at the transport level: drops its binding.
-  // Returns the session that was bound to it ("" if none).
-  std::string ReportFailure(const std::string& id);
+  // The outcome of this thread's last Pick on this chooser.
+  StickyOutcome LastOutcome() const;
+  // The outcome for `meta` when the list is empty (the coordinator refuses
+  // an empty list before any pick, `peer-list-empty`): kUnavailable for a
+  // session that had a peer (or a call that saw one fail), else kNoInstances.
+  StickyOutcome OutcomeWithoutPeers(const core::RequestMeta& meta) const;
 
-  std::vector<StickyMember> members() const;
-  std::map<std::string, std::string> bindings() const;  // session -> instance id
+  // `peer_id` failed at the transport level: its bindings end. Returns the
+  // sessions that were bound to it.
+  std::vector<std::string> ReportFailure(const std::string& peer_id);
+
+  std::map<std::string, std::string> bindings() const;  // session -> peer id
   size_t binding_count() const;
+  const std::string& key_header() const { return header_; }
+  int occupancy() const { return occupancy_; }
 
  private:
-  void UnbindLocked(const std::string& session, const std::string& id);
-  void RememberLostLocked(const std::string& session, const std::string& id);
+  struct Binding {
+    std::string peer_id;
+    std::string endpoint;  // the incarnation it was bound to
+  };
+  int PickKeyless(const PeerSnapshot& snapshot, const core::RequestMeta& meta);
+  int PickSession(const PeerSnapshot& snapshot, const core::RequestMeta& meta,
+                  std::string_view session);
+  void UnbindLocked(const std::string& session, StickyEvent::Reason reason,
+                    std::vector<StickyEvent>* events);
+  void RememberLostLocked(const std::string& session, const std::string& peer_id);
+  void Fire(const std::vector<StickyEvent>& events) const;
+  void SetOutcome(StickyOutcome outcome) const;
 
+  const std::string header_;
+  const int occupancy_;
+  Listener listener_;
+  std::atomic<std::uint64_t> cursor_{0};  // keyless round-robin
+
+  // Lookups by string_view: a bound pick builds no std::string.
+  struct Hash {
+    using is_transparent = void;
+    size_t operator()(std::string_view s) const { return std::hash<std::string_view>{}(s); }
+  };
   mutable std::mutex mu_;
-  std::vector<StickyMember> members_;  // sorted by id
-  std::map<std::string, std::string> session_to_id_;
-  std::map<std::string, std::string> id_to_session_;
-  std::map<std::string, std::string> lost_;  // session -> id it lost
+  std::unordered_map<std::string, Binding, Hash, std::equal_to<>> sessions_;
+  std::unordered_map<std::string, std::vector<std::string>> by_peer_;  // peer id -> sessions
+  std::unordered_map<std::string, std::string> lost_;                  // session -> peer id it lost
   std::deque<std::string> lost_order_;
-  std::string last_picked_;  // rotation cursor (an id)
-  uint64_t round_robin_ = 0;
+  std::string last_picked_;  // rotation cursor (a peer id)
 };
 
 }  // namespace omnirelay::peers
