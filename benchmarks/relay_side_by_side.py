@@ -65,10 +65,12 @@ backend echo
 
 
 def load(address: str, concurrency: int, payload: int, duration: str, warmup: str,
-         pids=None, backend_pids=()) -> dict:
+         pids=None, backend_pids=(), timeout: str = "") -> dict:
     args = [native(), "benchmark", "--transport", "grpc", "--address", address,
             "--procedure", METHOD, "--body", "x" * payload, "--concurrency", str(concurrency),
             "--duration", duration, "--warmup", warmup, "--json", "--quiet"]
+    if timeout:  # every call carries grpc-timeout, as most real clients' calls do
+        args += ["--timeout", timeout]
     children_before = resource.getrusage(resource.RUSAGE_CHILDREN)
     proc = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     # Measure the proxy's CPU over the measured window only (after the warmup).
@@ -133,6 +135,8 @@ def main() -> int:
     parser.add_argument("--targets", nargs="+", default=list(TARGETS), choices=TARGETS)
     parser.add_argument("--quick", action="store_true", help="one short run at c=16, 64 B")
     parser.add_argument("--json", help="also write the results to this file")
+    parser.add_argument("--call-timeout", default="",
+                        help="a per-call timeout sent as grpc-timeout (e.g. 5s; default: none)")
     args = parser.parse_args()
     if args.quick:
         args.runs, args.duration, args.warmup = 1, "1s", "200ms"
@@ -215,7 +219,7 @@ def main() -> int:
                 for i in range(args.runs):
                     for name in order:
                         r = load(targets[name], c, payload, args.duration, args.warmup,
-                                 trees[name], backend_pids)
+                                 trees[name], backend_pids, args.call_timeout)
                         runs[name].append(r)
                         print(f"  {payload:>5}B c={c:<3} run {i + 1}/{args.runs} {name:7s} "
                               f"{r['qps']:9.0f} qps  p50 {r['p50']:7.2f} ms  p99 {r['p99']:7.2f} ms"

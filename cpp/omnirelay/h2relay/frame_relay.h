@@ -110,6 +110,9 @@ class FrameRelay {
   std::string address() const;
   // Calls currently pumped (frame routes and fallback); for tests.
   int64_t active_calls() const;
+  // Leases handed to the acquire threads (calls with a deadline whose first
+  // pick was refused, so they may wait); for tests.
+  uint64_t acquire_handoffs() const;
 
  private:
   struct Impl;

@@ -228,6 +228,8 @@ TEST(FrameRelay, DeadlineCrossesAsGrpcTimeoutAndExpires) {
   auto ok = client.Call("Slow", "y", 5s);
   ASSERT_TRUE(ok.ok()) << ok.status();
   EXPECT_EQ(ok->body, "y");
+  // A free peer is leased on the loop: no call went through the acquire threads.
+  EXPECT_EQ(relay->acquire_handoffs(), 0u);
 }
 
 TEST(FrameRelay, StreamsArePumpedAndClientCancelResetsUpstream) {
@@ -269,6 +271,7 @@ TEST(FrameRelay, ContentionRulesPoolExhaustedWithoutDeadlineDeadlineExceededWith
   EXPECT_EQ(core::ErrorCode(exhausted.status()).value_or(""), "peer-pool-exhausted");
   auto waited = client.Call("Echo", "x", 100ms);
   EXPECT_EQ(waited.status().code(), absl::StatusCode::kDeadlineExceeded) << waited.status();
+  EXPECT_EQ(relay->acquire_handoffs(), 1u);  // the refused pick waits off the loop
   EXPECT_TRUE(busy.get().ok());
   // With a deadline long enough, the waiter gets the peer once it is released.
   auto busy2 = std::async(std::launch::async, [&] { return client.Call("Slow", "hold"); });
@@ -276,6 +279,7 @@ TEST(FrameRelay, ContentionRulesPoolExhaustedWithoutDeadlineDeadlineExceededWith
   auto later = client.Call("Echo", "after", 5s);
   ASSERT_TRUE(later.ok()) << later.status();
   EXPECT_EQ(later->body, "after");
+  EXPECT_EQ(relay->acquire_handoffs(), 2u);
   EXPECT_TRUE(busy2.get().ok());
 }
 

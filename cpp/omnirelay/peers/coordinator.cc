@@ -429,6 +429,24 @@ absl::StatusOr<PeerLease> PeerListCoordinator::Acquire(const core::RequestMeta& 
   return AcquireSlow(snapshot, meta, deadline, index);
 }
 
+std::optional<PeerLease> PeerListCoordinator::TryAcquireNow(const core::RequestMeta& meta) {
+  const std::shared_ptr<const PeerSnapshot>& snapshot = shared_->LoadCached();
+  if (!snapshot || snapshot->raw.empty()) return std::nullopt;
+  if (meta.deadline || meta.time_to_live) {
+    const auto now = shared_->clock->Now();
+    const auto deadline = meta.EffectiveDeadline(now);
+    if (deadline && *deadline <= now) return std::nullopt;  // Acquire counts it
+  }
+  const int index = shared_->chooser->Pick(*snapshot, meta);
+  if (index < 0) return std::nullopt;
+  Admission admission = snapshot->raw[index]->TryAcquire();
+  if (!admission.ok()) {
+    if (shared_->chooser_tracks_load) shared_->chooser->OnPeerChanged(*snapshot, index);
+    return std::nullopt;
+  }
+  return PeerLease(snapshot->raw[index], index, snapshot->version, shared_->id, admission.probe);
+}
+
 absl::StatusOr<PeerLease> PeerListCoordinator::AcquireSlow(
     std::shared_ptr<const PeerSnapshot> snapshot, const core::RequestMeta& meta,
     std::optional<core::TimePoint> deadline, int tried) {

@@ -136,6 +136,14 @@ class PeerListCoordinator {
   // Rules above. Returns a lease, or Unavailable / ResourceExhausted /
   // DeadlineExceeded (each with an error code).
   absl::StatusOr<PeerLease> Acquire(const core::RequestMeta& meta);
+  // Acquire's fast path alone, for callers that must not block (an event
+  // loop): the chooser's pick, leased if it admits the call. Never waits.
+  // nullopt when there are no peers, the deadline has passed or the pick
+  // refused (the peer counts that refusal in lease_rejected, as it counts
+  // every refused probe); the caller then runs Acquire where it may wait,
+  // and that call applies the rules and counts pool_exhausted and
+  // acquire_deadline_exceeded.
+  std::optional<PeerLease> TryAcquireNow(const core::RequestMeta& meta);
 
   std::shared_ptr<const PeerSnapshot> snapshot() const;
   std::vector<PeerState> PeerStates() const;

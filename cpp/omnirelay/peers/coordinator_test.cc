@@ -112,6 +112,32 @@ TEST(CoordinatorTest, DeadlineAlreadyPastFailsAtOnceWithoutPoolExhausted) {
   EXPECT_EQ(Rejected(f, "busy"), 0);
 }
 
+TEST(CoordinatorTest, TryAcquireNowLeasesAFreePickAndNeverWaitsOrCountsExhaustion) {
+  Fixture f;
+  auto coordinator = f.Make("fewest-pending", 2, /*cap=*/1);
+  core::RequestMeta meta;
+  meta.deadline = f.clock->Now() + 10s;  // a waiting Acquire would block on the ManualClock
+  auto first = coordinator->TryAcquireNow(meta);
+  auto second = coordinator->TryAcquireNow(meta);
+  ASSERT_TRUE(first && second);
+  EXPECT_NE(first->peer()->id(), second->peer()->id());
+  EXPECT_FALSE(coordinator->TryAcquireNow(meta));  // both at their cap: no lease, no wait
+  EXPECT_EQ(f.Total("omnirelay.peer.pool_exhausted"), 0);
+  EXPECT_EQ(f.Total("omnirelay.peer.acquire_deadline_exceeded"), 0);
+  EXPECT_EQ(coordinator->waiting(), 0);
+  const std::string freed = first->peer()->id();
+  first->Release(core::StatusCode::kOk, 1ms);
+  auto again = coordinator->TryAcquireNow(meta);
+  ASSERT_TRUE(again);
+  EXPECT_EQ(again->peer()->id(), freed);
+  meta.deadline = f.clock->Now();  // passed: left to Acquire, which counts it
+  EXPECT_FALSE(coordinator->TryAcquireNow(meta));
+  EXPECT_EQ(f.Total("omnirelay.peer.acquire_deadline_exceeded"), 0);
+  second->Release(core::StatusCode::kOk, 1ms);
+  again->Release(core::StatusCode::kOk, 1ms);
+  EXPECT_FALSE(f.Make("round-robin", 0)->TryAcquireNow({}));  // no peers
+}
+
 TEST(CoordinatorTest, WithDeadlineWaitsThenDeadlineExceededWithoutPoolExhausted) {
   Fixture f;
   auto coordinator = f.Make("fewest-pending", 3, 1);

@@ -81,6 +81,21 @@ class CoordinatorPeerPool final : public PeerPool {
     }
   }
 
+  std::optional<PeerLease> TryAcquireNow(const core::RequestMeta& meta) override {
+    auto lease = coordinator_->TryAcquireNow(meta);
+    if (!lease) return std::nullopt;
+    std::shared_ptr<const PoolPeer> peer = Find(lease->peer()->id());
+    if (peer == nullptr) {  // removed a moment ago: let Acquire retry
+      lease->Release(core::StatusCode::kCancelled, core::Duration::zero());
+      return std::nullopt;
+    }
+    return PeerLease{.index = peer->index,
+                     .probe = lease->probe(),
+                     .acquired = clock_->Now(),
+                     .token = std::make_shared<peers::PeerLease>(std::move(*lease)),
+                     .peer = std::move(peer)};
+  }
+
   void Release(const PeerLease& lease, absl::StatusCode outcome) override {
     if (!lease.token) return;
     static_cast<peers::PeerLease*>(lease.token.get())

@@ -84,6 +84,14 @@ class PeerPool {
   // DeadlineExceeded when `deadline` has already passed.
   virtual absl::StatusOr<PeerLease> Acquire(const core::RequestMeta& meta,
                                             std::optional<core::TimePoint> deadline) = 0;
+  // Acquire's non-blocking fast path for event loops: a lease when the
+  // chooser's pick admits the call at once, else nullopt and the caller runs
+  // Acquire off the loop (which counts exhaustion and deadlines). Pools
+  // without a fast path return nullopt.
+  virtual std::optional<PeerLease> TryAcquireNow(const core::RequestMeta& meta) {
+    (void)meta;
+    return std::nullopt;
+  }
   virtual void Release(const PeerLease& lease, absl::StatusCode outcome) = 0;
   // The static list the pool was built with (empty for a dynamic pool); see
   // Peers() for the current list.
