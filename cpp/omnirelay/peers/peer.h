@@ -144,10 +144,25 @@ class alignas(64) Peer {
   int max_inflight() const { return max_inflight_; }
   // Eligible: not Unavailable, health tracker agrees, breaker not open.
   // Capacity is separate (a busy peer is eligible but refuses).
-  bool IsEligible() const;
+  // Inline, from the hot line only (the breaker's state through its gate).
+  bool IsEligible() const {
+    return status() != PeerStatus::kUnavailable &&
+           gate_.load(std::memory_order_acquire) != BreakerGate::kOpen &&
+           (health_view_ == nullptr || health_view_->eligible());
+  }
   bool AtCapacity() const { return max_inflight_ > 0 && inflight() >= max_inflight_; }
 
-  Admission TryAcquire();
+  // The common case (eligible, breaker closed, no cap) inline: three loads
+  // from the hot line and one locked add; everything else in TryAcquireSlow.
+  Admission TryAcquire() {
+    if (max_inflight_ == 0 && status() != PeerStatus::kUnavailable &&
+        gate_.load(std::memory_order_acquire) <= BreakerGate::kClosed &&
+        (health_view_ == nullptr || health_view_->eligible())) {
+      inflight_.fetch_add(1, std::memory_order_acq_rel);
+      return Admission{AcquireResult::kAcquired, false};
+    }
+    return TryAcquireSlow();
+  }
   // Outcome codes: OK = success; core::IsServerFailure codes = failure (count
   // for the breaker); anything else is neither (a client error).
   void Release(core::StatusCode outcome, core::Duration latency, bool probe = false);
@@ -202,8 +217,9 @@ class alignas(64) Peer {
 
   Peer(PeerDescriptor descriptor, PeerOptions options, std::shared_ptr<core::Clock> clock,
        std::shared_ptr<core::MetricsRegistry> metrics, core::Tags tags);
+  Admission TryAcquireSlow();
   void Refuse(AcquireResult result);
-  void RecordOutcome(core::StatusCode outcome, core::Duration latency);
+  void RecordOutcome(core::StatusCode outcome, bool failure, core::Duration latency);
   std::int64_t NowNanos() const;
   void OnBreakerTransition(BreakerState from, BreakerState to);
 
@@ -212,9 +228,14 @@ class alignas(64) Peer {
   // peer (1,000 peers do not stay in cache) miss once on the peer itself.
   // breaker_/health_ are raw views of the owning shared_ptrs further down.
   std::atomic<PeerStatus> status_;
-  // Clock behind last_success/last_failure: CoarseSystemNow() when clock_ is
-  // the SystemClock (a 1-4 ms-grained vDSO read instead of a precise one on
-  // every release), else clock_->Now() (ManualClock stays exact).
+  // The breaker's state as the hot path needs it (BreakerGate), written by
+  // the breaker under its mutex (CircuitBreaker::AttachGate; detached in
+  // ~Peer). kClosedClean when there is no breaker.
+  std::atomic<BreakerGate> gate_{BreakerGate::kClosedClean};
+  // Clock behind last_success/last_failure: internal::CoarseNowNanos() when
+  // clock_ is the SystemClock (a load of a time a ticker thread refreshes,
+  // instead of a clock read on every release), else clock_->Now()
+  // (ManualClock stays exact).
   const bool coarse_clock_;
   std::atomic<int> inflight_{0};
   const int max_inflight_;  // options_.max_inflight
