@@ -25,8 +25,11 @@
 // RegisterObservableHistogram) read at scrape time: in-flight from this
 // peer's atomic, successes/failures/latencies from per-thread cells
 // (peer_stats.h) that a release writes without a locked instruction.
-// last_success/last_failure come from a coarse clock (1-4 ms granularity)
-// when the clock is the SystemClock.
+// last_success/last_failure come from a ticker-refreshed clock (a few ms
+// behind at most, coarse_clock.h) when the clock is the SystemClock.
+// The breaker's state is mirrored into this peer's hot line (gate_), so a
+// pick, an admission and a success on a closed breaker with no failure run
+// never touch the breaker (docs/peers.md, Threading).
 // SetHealthHandle and SetOwner must be called before the peer is shared with
 // other threads.
 // Ownership: held by shared_ptr; a peer belongs to at most one coordinator.
