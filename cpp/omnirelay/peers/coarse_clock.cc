@@ -5,6 +5,7 @@
 #include <condition_variable>
 #include <ctime>
 #include <mutex>
+#include <new>
 #include <thread>  // this_thread::sleep_for
 
 namespace omnirelay::peers::internal {
@@ -20,8 +21,8 @@ std::int64_t RealNowNanos() {
 }
 
 // The ticker's parking place. Never destroyed (the detached ticker may run
-// during static destruction); replaced, not reset, in a forked child, where
-// the parent's ticker does not exist and the mutex may have been held.
+// during static destruction); rebuilt in place in a forked child, where the
+// parent's ticker does not exist and the mutex may have been held.
 struct Ticker {
   std::mutex mu;
   std::condition_variable wake;
@@ -58,8 +59,10 @@ Ticker& GetTicker() {
   static const bool initialised = [] {
     g_ticker = new Ticker();
     pthread_atfork(nullptr, nullptr, [] {
-      // Only this thread exists in the child: no ticker, fresh primitives.
-      g_ticker = new Ticker();
+      // Only this thread exists in the child: no ticker, fresh primitives
+      // (built over the old ones, whose mutex the parent's ticker may have
+      // held; no allocation in a forked child).
+      new (g_ticker) Ticker();
       g_coarse_clock.mode.store(kStopped, std::memory_order_relaxed);
     });
     return true;

@@ -4,6 +4,8 @@
 // work without a shared reference count (a removed or orphaned peer stays
 // usable until its last lease is released). Labelled tsan with peers_test.
 #include <gtest/gtest.h>
+#include <sys/wait.h>
+#include <unistd.h>
 
 #include <atomic>
 #include <cmath>
@@ -296,6 +298,29 @@ TEST(CoarseClockTest, TracksTheWallClockAndRestartsAfterIdling) {
   EXPECT_LE(restarted, real_ns());
   EXPECT_NE(internal::g_coarse_clock.mode.load(), internal::kStopped);
 }
+
+// A forked child has no ticker (only the forking thread survives): the
+// pthread_atfork handler resets the clock so the child's first read restarts
+// one, instead of reading the parent's last tick forever. (Not under TSan,
+// which does not support fork in a multi-threaded process.)
+#if !defined(__SANITIZE_THREAD__)
+TEST(CoarseClockTest, AForkedChildGetsItsOwnTicker) {
+  (void)internal::CoarseNowNanos();  // the parent's ticker runs
+  const pid_t pid = fork();
+  ASSERT_GE(pid, 0);
+  if (pid == 0) {
+    const std::int64_t first = internal::CoarseNowNanos();
+    for (int i = 0; i < 5000; ++i) {
+      usleep(1000);
+      if (internal::CoarseNowNanos() > first) _exit(0);
+    }
+    _exit(1);
+  }
+  int status = 0;
+  ASSERT_EQ(waitpid(pid, &status, 0), pid);
+  EXPECT_TRUE(WIFEXITED(status) && WEXITSTATUS(status) == 0) << status;
+}
+#endif
 
 }  // namespace
 }  // namespace omnirelay::peers
