@@ -83,10 +83,8 @@ void CircuitBreaker::RecordOutcome(core::StatusCode code, bool probe) {
   // failure run; avoid even the store when there is no run (keeps the cache
   // line shared between threads).
   if (!failure && !probe && !ratio_rule_ &&
-      state_.load(std::memory_order_acquire) == BreakerState::kClosed) {
-    if (consecutive_failures_.load(std::memory_order_relaxed) != 0) {
-      consecutive_failures_.store(0, std::memory_order_relaxed);
-    }
+      state_.load(std::memory_order_acquire) == BreakerState::kClosed &&
+      consecutive_failures_.load(std::memory_order_relaxed) == 0) {
     return;
   }
   std::optional<std::pair<BreakerState, BreakerState>> announce;
@@ -103,6 +101,10 @@ void CircuitBreaker::RecordOutcome(core::StatusCode code, bool probe) {
         consecutive_failures_.store(0, std::memory_order_relaxed);
         TransitionLocked(BreakerState::kClosed);
       }
+    } else if (state == BreakerState::kClosed && !failure && !probe && !ratio_rule_) {
+      // A success ending a failure run (once per run: a peer's releases skip
+      // the breaker again once the gate is clean).
+      consecutive_failures_.store(0, std::memory_order_relaxed);
     } else if (state == BreakerState::kClosed) {
       int run = failure ? consecutive_failures_.load(std::memory_order_relaxed) + 1 : 0;
       consecutive_failures_.store(run, std::memory_order_relaxed);
@@ -120,6 +122,7 @@ void CircuitBreaker::RecordOutcome(core::StatusCode code, bool probe) {
       if (trip) OpenLocked();
     }
     // kOpen: late outcomes of calls admitted before the breaker opened change nothing.
+    PublishGateLocked();
     announce = std::exchange(pending_announce_, std::nullopt);
   }
   Announce(announce);
@@ -163,6 +166,7 @@ void CircuitBreaker::OnReopenTimer(std::uint64_t generation) {
     timer_.reset();
     probes_in_flight_ = 0;
     TransitionLocked(BreakerState::kHalfOpen);
+    PublishGateLocked();
     announce = std::exchange(pending_announce_, std::nullopt);
   }
   Announce(announce);
@@ -170,6 +174,31 @@ void CircuitBreaker::OnReopenTimer(std::uint64_t generation) {
 
 void CircuitBreaker::Announce(std::optional<std::pair<BreakerState, BreakerState>> transition) {
   if (transition && listener_) listener_(transition->first, transition->second);
+}
+
+void CircuitBreaker::AttachGate(std::atomic<BreakerGate>* gate) {
+  std::lock_guard lock(mu_);
+  gate_ = gate;
+  PublishGateLocked();
+}
+
+void CircuitBreaker::PublishGateLocked() {
+  if (gate_ == nullptr) return;
+  BreakerGate gate = BreakerGate::kClosedClean;
+  switch (state_.load(std::memory_order_relaxed)) {
+    case BreakerState::kClosed:
+      gate = ratio_rule_ || consecutive_failures_.load(std::memory_order_relaxed) != 0
+                 ? BreakerGate::kClosed
+                 : BreakerGate::kClosedClean;
+      break;
+    case BreakerState::kHalfOpen:
+      gate = BreakerGate::kHalfOpen;
+      break;
+    case BreakerState::kOpen:
+      gate = BreakerGate::kOpen;
+      break;
+  }
+  gate_->store(gate, std::memory_order_release);
 }
 
 BreakerSnapshot CircuitBreaker::Snapshot() const {

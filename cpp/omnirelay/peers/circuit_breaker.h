@@ -45,6 +45,17 @@ namespace omnirelay::peers {
 enum class BreakerState : std::uint8_t { kClosed = 0, kOpen = 1, kHalfOpen = 2 };
 std::string_view BreakerStateName(BreakerState state);  // "closed", "open", "half_open"
 
+// What a lease's hot path needs from a breaker, mirrored into a byte its owner
+// keeps beside its own hot fields (Peer's first cache line; see AttachGate),
+// so acquiring and releasing on a healthy peer never reads the breaker's line.
+enum class BreakerGate : std::uint8_t {
+  kClosedClean = 0,  // closed, no failure run, no ratio rule: a non-failure
+                     // outcome that is not a probe changes nothing (skip it)
+  kClosed = 1,       // closed: admits; every outcome must be reported
+  kHalfOpen = 2,     // TryAdmit decides (probe slots)
+  kOpen = 3,         // rejects
+};
+
 struct CircuitBreakerOptions {
   // Server failures in a row that open the breaker; 0 disables the rule.
   int consecutive_failures = 5;
@@ -92,6 +103,12 @@ class alignas(64) CircuitBreaker : public std::enable_shared_from_this<CircuitBr
   // Reports a finished call. `probe` says whether TryAdmit returned kProbe.
   void RecordOutcome(core::StatusCode code, bool probe);
 
+  // Mirrors the breaker's state into `gate` from now on (nullptr detaches).
+  // Every write of the mirror happens under the breaker's mutex together with
+  // the change it reflects, so it never lags; after AttachGate(nullptr)
+  // returns the breaker never writes the old byte again (the owner may free it).
+  void AttachGate(std::atomic<BreakerGate>* gate);
+
   BreakerSnapshot Snapshot() const;
   const CircuitBreakerOptions& options() const { return options_; }
 
@@ -103,6 +120,8 @@ class alignas(64) CircuitBreaker : public std::enable_shared_from_this<CircuitBr
   void TransitionLocked(BreakerState to);
   void OnReopenTimer(std::uint64_t generation);
   void Announce(std::optional<std::pair<BreakerState, BreakerState>> transition);
+  // Requires mu_: writes the gate from state_, the failure run and the ratio rule.
+  void PublishGateLocked();
 
   // Hot first: what every admission and release reads (state, the failure
   // run, whether a ratio rule applies) shares one cache line, so a release on
@@ -125,6 +144,7 @@ class alignas(64) CircuitBreaker : public std::enable_shared_from_this<CircuitBr
   std::optional<core::TimePoint> reopen_at_;
   std::optional<core::TimerId> timer_;
   std::optional<std::pair<BreakerState, BreakerState>> pending_announce_;
+  std::atomic<BreakerGate>* gate_ = nullptr;  // guarded by mu_
 };
 
 }  // namespace omnirelay::peers

@@ -182,3 +182,89 @@ TEST(CircuitBreakerTest, DestroyedBreakerTimerIsHarmless) {
 
 }  // namespace
 }  // namespace omnirelay::peers
+
+namespace omnirelay::peers {
+namespace {
+
+using namespace std::chrono_literals;
+using core::StatusCode;
+
+// The gate a peer's hot path reads instead of the breaker follows every
+// state and failure-run change, written under the breaker's mutex.
+TEST(CircuitBreakerGateTest, GateMirrorsStateAndFailureRun) {
+  BreakerFixture f;
+  auto breaker = f.Make();  // trips after 3 failures, 100 ms first delay
+  std::atomic<BreakerGate> gate{BreakerGate::kOpen};
+  breaker->AttachGate(&gate);
+  EXPECT_EQ(gate.load(), BreakerGate::kClosedClean);  // attach publishes at once
+  f.Fail(*breaker, 1);
+  EXPECT_EQ(gate.load(), BreakerGate::kClosed);                 // a run: successes must be reported
+  breaker->RecordOutcome(StatusCode::kInvalidArgument, false);  // a client error ends it too
+  EXPECT_EQ(gate.load(), BreakerGate::kClosedClean);
+  EXPECT_EQ(breaker->Snapshot().consecutive_failures, 0);
+  f.Fail(*breaker, 3);
+  EXPECT_EQ(gate.load(), BreakerGate::kOpen);
+  f.clock->Advance(100ms);
+  EXPECT_EQ(gate.load(), BreakerGate::kHalfOpen);
+  ASSERT_EQ(breaker->TryAdmit(), CircuitBreaker::Admission::kProbe);
+  breaker->RecordOutcome(StatusCode::kOk, true);
+  EXPECT_EQ(breaker->state(), BreakerState::kClosed);
+  EXPECT_EQ(gate.load(), BreakerGate::kClosedClean);
+  // Detached: later transitions leave the byte alone.
+  breaker->AttachGate(nullptr);
+  f.Fail(*breaker, 3);
+  EXPECT_EQ(breaker->state(), BreakerState::kOpen);
+  EXPECT_EQ(gate.load(), BreakerGate::kClosedClean);
+}
+
+TEST(CircuitBreakerGateTest, RatioRuleKeepsEveryOutcomeReported) {
+  BreakerFixture f;
+  CircuitBreakerOptions options = CircuitBreakerOptions::ForTests();
+  options.failure_ratio = 0.5;
+  auto breaker = f.Make(options);
+  std::atomic<BreakerGate> gate{BreakerGate::kClosedClean};
+  breaker->AttachGate(&gate);
+  EXPECT_EQ(gate.load(), BreakerGate::kClosed);
+}
+
+// Through a peer: a success after a failure run still ends the run (the
+// release reports it because the gate is not clean), and once clean a
+// success skips the breaker without changing what the breaker would decide.
+TEST(CircuitBreakerGateTest, PeerReleasesEndFailureRunsAndTripAsBefore) {
+  auto clock = std::make_shared<core::ManualClock>();
+  PeerOptions options;
+  options.breaker = CircuitBreakerOptions::ForTests();  // 3 in a row trip it
+  auto peer = Peer::Create(testing::Desc("a"), options, clock);
+  auto lease_and_release = [&](StatusCode code) {
+    auto admission = peer->TryAcquire();
+    ASSERT_TRUE(admission.ok());
+    peer->Release(code, 1ms, admission.probe);
+  };
+  for (int round = 0; round < 5; ++round) {
+    lease_and_release(StatusCode::kUnavailable);
+    lease_and_release(StatusCode::kUnavailable);
+    lease_and_release(StatusCode::kOk);  // ends the run of 2
+    lease_and_release(StatusCode::kOk);
+  }
+  EXPECT_EQ(peer->breaker()->state(), BreakerState::kClosed);
+  EXPECT_EQ(peer->breaker()->Snapshot().consecutive_failures, 0);
+  for (int i = 0; i < 3; ++i) lease_and_release(StatusCode::kUnavailable);
+  EXPECT_EQ(peer->breaker()->state(), BreakerState::kOpen);
+  EXPECT_FALSE(peer->IsEligible());
+  EXPECT_EQ(peer->TryAcquire().result, AcquireResult::kCircuitOpen);
+  clock->Advance(100ms);  // half-open: one probe
+  EXPECT_TRUE(peer->IsEligible());
+  auto probe = peer->TryAcquire();
+  ASSERT_TRUE(probe.ok());
+  EXPECT_TRUE(probe.probe);
+  EXPECT_EQ(peer->TryAcquire().result, AcquireResult::kCircuitOpen);  // probe slot taken
+  peer->Release(StatusCode::kOk, 1ms, probe.probe);
+  EXPECT_EQ(peer->breaker()->state(), BreakerState::kClosed);
+  auto again = peer->TryAcquire();
+  EXPECT_TRUE(again.ok());
+  EXPECT_FALSE(again.probe);
+  peer->Release(StatusCode::kOk, 1ms, again.probe);
+}
+
+}  // namespace
+}  // namespace omnirelay::peers

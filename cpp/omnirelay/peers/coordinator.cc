@@ -178,10 +178,6 @@ PeerLease& PeerLease::operator=(PeerLease&& other) noexcept {
   return *this;
 }
 
-PeerLease::~PeerLease() {
-  if (peer_) Release(core::StatusCode::kCancelled, core::Duration::zero());
-}
-
 void PeerLease::Release(core::StatusCode outcome, core::Duration latency) {
   Peer* peer = peer_;
   if (peer == nullptr) return;

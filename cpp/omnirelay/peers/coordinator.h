@@ -47,6 +47,7 @@
 #include <optional>
 #include <string>
 #include <string_view>
+#include <utility>
 #include <vector>
 
 #include "omnirelay/core/clock.h"
@@ -81,11 +82,19 @@ class CoordinatorShared;
 class PeerLease {
  public:
   PeerLease() = default;
-  PeerLease(PeerLease&& other) noexcept { *this = std::move(other); }
+  // Inline: Acquire returns a lease through StatusOr, which moves it.
+  PeerLease(PeerLease&& other) noexcept
+      : peer_(std::exchange(other.peer_, nullptr)),
+        owner_id_(other.owner_id_),
+        version_(other.version_),
+        index_(other.index_),
+        probe_(other.probe_) {}
   PeerLease& operator=(PeerLease&& other) noexcept;
   PeerLease(const PeerLease&) = delete;
   PeerLease& operator=(const PeerLease&) = delete;
-  ~PeerLease();
+  ~PeerLease() {
+    if (peer_) Release(core::StatusCode::kCancelled, core::Duration::zero());
+  }
 
   explicit operator bool() const { return peer_ != nullptr; }
   Peer* peer() const { return peer_; }

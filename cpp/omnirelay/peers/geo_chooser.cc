@@ -1,8 +1,8 @@
 #include "omnirelay/peers/geo_chooser.h"
 
-#include <time.h>
-
 #include <algorithm>
+
+#include "omnirelay/peers/coarse_clock.h"
 
 namespace omnirelay::peers {
 namespace {
@@ -123,12 +123,10 @@ std::shared_ptr<ChooserState> GeoChooser::Build(const std::vector<Peer*>& peers)
 void GeoChooser::EvaluateIfDue(const PeerSnapshot& snapshot) {
   std::int64_t now_ns;
   if (coarse_clock_) {
-    // CLOCK_REALTIME_COARSE (the system clock's epoch at the kernel tick's
-    // granularity, 1-4 ms; a vDSO read without the TSC), as Peer does: the
-    // evaluation interval is far coarser than that. ManualClock stays exact.
-    timespec ts;
-    clock_gettime(CLOCK_REALTIME_COARSE, &ts);
-    now_ns = static_cast<std::int64_t>(ts.tv_sec) * 1'000'000'000 + ts.tv_nsec;
+    // The ticker-refreshed clock Peer uses (coarse_clock.h: one load, a few
+    // ms behind at most): the evaluation interval is far coarser than that.
+    // ManualClock stays exact.
+    now_ns = internal::CoarseNowNanos();
   } else {
     now_ns = Nanos(clock_->Now());
   }

@@ -112,7 +112,7 @@ class GeoChooser final : public PeerChooser {
   std::unique_ptr<PeerChooser> local_;
   std::unique_ptr<PeerChooser> other_;
   bool tracks_load_;
-  const bool coarse_clock_;  // the SystemClock: read CLOCK_REALTIME_COARSE instead
+  const bool coarse_clock_;  // the SystemClock: read internal::CoarseNowNanos() instead
 
   std::atomic<Mode> mode_{Mode::kLocal};
   std::atomic<std::int64_t> next_evaluation_ns_{0};

@@ -3,9 +3,9 @@
 #include <algorithm>
 #include <cassert>
 #include <cmath>
-#include <ctime>
 #include <utility>
 
+#include "omnirelay/peers/coarse_clock.h"
 #include "omnirelay/peers/peer_metrics.h"
 
 namespace omnirelay::peers {
@@ -77,6 +77,7 @@ std::shared_ptr<Peer> Peer::Create(PeerDescriptor descriptor, PeerOptions option
                                               }
                                             });
     peer->breaker_view_ = peer->breaker_.get();
+    peer->breaker_->AttachGate(&peer->gate_);
   }
   return peer;
 }
@@ -123,7 +124,11 @@ Peer::Peer(PeerDescriptor descriptor, PeerOptions options, std::shared_ptr<core:
          64);
 }
 
-Peer::~Peer() = default;
+Peer::~Peer() {
+  // The breaker may outlive us for a moment (its re-open timer holds a strong
+  // reference while it runs): stop it writing our gate first.
+  if (breaker_) breaker_->AttachGate(nullptr);
+}
 
 void Peer::Retire(Peer* peer) {
   // Whoever brings the word to exactly kRetired (count 0) deletes: here when
@@ -147,13 +152,6 @@ void Peer::SetStatus(PeerStatus status) {
   if (status_.exchange(status, std::memory_order_acq_rel) != status) NotifyObserver();
 }
 
-bool Peer::IsEligible() const {
-  if (status() == PeerStatus::kUnavailable) return false;
-  if (health_view_ && !health_view_->eligible()) return false;
-  if (breaker_view_ && breaker_view_->state() == BreakerState::kOpen) return false;
-  return true;
-}
-
 void Peer::Refuse(AcquireResult result) {
   if (!metrics_) return;
   switch (result) {
@@ -171,14 +169,17 @@ void Peer::Refuse(AcquireResult result) {
   }
 }
 
-Admission Peer::TryAcquire() {
+Admission Peer::TryAcquireSlow() {
   Admission admission;
   if (status() == PeerStatus::kUnavailable || (health_view_ && !health_view_->eligible())) {
     admission.result = AcquireResult::kUnhealthy;
     Refuse(admission.result);
     return admission;
   }
-  if (breaker_view_) {
+  // Closed (either gate value) admits without the breaker's line; half-open
+  // and open go to the breaker, which decides under its own rules (it may
+  // have moved since the gate was read).
+  if (breaker_view_ && gate_.load(std::memory_order_acquire) > BreakerGate::kClosed) {
     auto breaker_admission = breaker_view_->TryAdmit();
     if (breaker_admission == CircuitBreaker::Admission::kRejected) {
       admission.result = AcquireResult::kCircuitOpen;
@@ -213,17 +214,22 @@ void Peer::Release(core::StatusCode outcome, core::Duration latency, bool probe)
 }
 
 void Peer::RecordRelease(core::StatusCode outcome, core::Duration latency, bool probe) {
-  RecordOutcome(outcome, latency);
-  if (breaker_view_) breaker_view_->RecordOutcome(outcome, probe);
+  const bool failure = outcome != core::StatusCode::kOk && core::IsServerFailure(outcome);
+  RecordOutcome(outcome, failure, latency);
+  // A non-failure that is not a probe changes nothing on a clean closed
+  // breaker (BreakerGate::kClosedClean): skip the call and its cache line.
+  if (breaker_view_ != nullptr &&
+      (failure || probe || gate_.load(std::memory_order_acquire) != BreakerGate::kClosedClean)) {
+    breaker_view_->RecordOutcome(outcome, probe);
+  }
 }
 
 void Peer::RecordFeedback(core::StatusCode outcome, core::Duration rtt) {
-  RecordOutcome(outcome, rtt);
+  RecordOutcome(outcome, outcome != core::StatusCode::kOk && core::IsServerFailure(outcome), rtt);
   if (breaker_) breaker_->RecordOutcome(outcome, false);
 }
 
-void Peer::RecordOutcome(core::StatusCode outcome, core::Duration latency) {
-  const bool failure = outcome != core::StatusCode::kOk && core::IsServerFailure(outcome);
+void Peer::RecordOutcome(core::StatusCode outcome, bool failure, core::Duration latency) {
   internal::StatCell& cell = internal::ThreadCell(stat_.id());
   if (outcome == core::StatusCode::kOk) {
     internal::Bump(cell.successes);
@@ -258,13 +264,8 @@ void Peer::RecordOutcome(core::StatusCode outcome, core::Duration latency) {
 }
 
 std::int64_t Peer::NowNanos() const {
-  if (coarse_clock_) {
-    // CLOCK_REALTIME_COARSE: the same epoch as system_clock, at the kernel
-    // tick's granularity, read from the vDSO without touching the TSC.
-    timespec ts;
-    clock_gettime(CLOCK_REALTIME_COARSE, &ts);
-    return static_cast<std::int64_t>(ts.tv_sec) * 1'000'000'000 + ts.tv_nsec;
-  }
+  // The same epoch as system_clock, a few ms behind at most (coarse_clock.h).
+  if (coarse_clock_) return internal::CoarseNowNanos();
   return ToNanos(clock_->Now());
 }
 

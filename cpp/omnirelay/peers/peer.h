@@ -25,8 +25,11 @@
 // RegisterObservableHistogram) read at scrape time: in-flight from this
 // peer's atomic, successes/failures/latencies from per-thread cells
 // (peer_stats.h) that a release writes without a locked instruction.
-// last_success/last_failure come from a coarse clock (1-4 ms granularity)
-// when the clock is the SystemClock.
+// last_success/last_failure come from a ticker-refreshed clock (a few ms
+// behind at most, coarse_clock.h) when the clock is the SystemClock.
+// The breaker's state is mirrored into this peer's hot line (gate_), so a
+// pick, an admission and a success on a closed breaker with no failure run
+// never touch the breaker (docs/peers.md, Threading).
 // SetHealthHandle and SetOwner must be called before the peer is shared with
 // other threads.
 // Ownership: held by shared_ptr; a peer belongs to at most one coordinator.
@@ -144,10 +147,25 @@ class alignas(64) Peer {
   int max_inflight() const { return max_inflight_; }
   // Eligible: not Unavailable, health tracker agrees, breaker not open.
   // Capacity is separate (a busy peer is eligible but refuses).
-  bool IsEligible() const;
+  // Inline, from the hot line only (the breaker's state through its gate).
+  bool IsEligible() const {
+    return status() != PeerStatus::kUnavailable &&
+           gate_.load(std::memory_order_acquire) != BreakerGate::kOpen &&
+           (health_view_ == nullptr || health_view_->eligible());
+  }
   bool AtCapacity() const { return max_inflight_ > 0 && inflight() >= max_inflight_; }
 
-  Admission TryAcquire();
+  // The common case (eligible, breaker closed, no cap) inline: three loads
+  // from the hot line and one locked add; everything else in TryAcquireSlow.
+  Admission TryAcquire() {
+    if (max_inflight_ == 0 && status() != PeerStatus::kUnavailable &&
+        gate_.load(std::memory_order_acquire) <= BreakerGate::kClosed &&
+        (health_view_ == nullptr || health_view_->eligible())) {
+      inflight_.fetch_add(1, std::memory_order_acq_rel);
+      return Admission{AcquireResult::kAcquired, false};
+    }
+    return TryAcquireSlow();
+  }
   // Outcome codes: OK = success; core::IsServerFailure codes = failure (count
   // for the breaker); anything else is neither (a client error).
   void Release(core::StatusCode outcome, core::Duration latency, bool probe = false);
@@ -202,8 +220,9 @@ class alignas(64) Peer {
 
   Peer(PeerDescriptor descriptor, PeerOptions options, std::shared_ptr<core::Clock> clock,
        std::shared_ptr<core::MetricsRegistry> metrics, core::Tags tags);
+  Admission TryAcquireSlow();
   void Refuse(AcquireResult result);
-  void RecordOutcome(core::StatusCode outcome, core::Duration latency);
+  void RecordOutcome(core::StatusCode outcome, bool failure, core::Duration latency);
   std::int64_t NowNanos() const;
   void OnBreakerTransition(BreakerState from, BreakerState to);
 
@@ -212,9 +231,14 @@ class alignas(64) Peer {
   // peer (1,000 peers do not stay in cache) miss once on the peer itself.
   // breaker_/health_ are raw views of the owning shared_ptrs further down.
   std::atomic<PeerStatus> status_;
-  // Clock behind last_success/last_failure: CoarseSystemNow() when clock_ is
-  // the SystemClock (a 1-4 ms-grained vDSO read instead of a precise one on
-  // every release), else clock_->Now() (ManualClock stays exact).
+  // The breaker's state as the hot path needs it (BreakerGate), written by
+  // the breaker under its mutex (CircuitBreaker::AttachGate; detached in
+  // ~Peer). kClosedClean when there is no breaker.
+  std::atomic<BreakerGate> gate_{BreakerGate::kClosedClean};
+  // Clock behind last_success/last_failure: internal::CoarseNowNanos() when
+  // clock_ is the SystemClock (a load of a time a ticker thread refreshes,
+  // instead of a clock read on every release), else clock_->Now()
+  // (ManualClock stays exact).
   const bool coarse_clock_;
   std::atomic<int> inflight_{0};
   const int max_inflight_;  // options_.max_inflight

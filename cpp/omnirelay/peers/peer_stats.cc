@@ -7,25 +7,14 @@
 #include <vector>
 
 namespace omnirelay::peers::internal {
+
+constinit thread_local ThreadBlock* tls_block = nullptr;
+
 namespace {
-
-constexpr std::uint32_t kCellsPerPage = 64;
-// 4096 pages of 64 cells: up to 262,144 peers alive at once in one process.
-constexpr std::uint32_t kMaxPages = 4096;
-
-struct Page {
-  std::array<StatCell, kCellsPerPage> cells;
-};
-
-// One thread's cells (or a pooled block of an exited thread).
-struct ThreadBlock {
-  std::array<std::atomic<Page*>, kMaxPages> pages{};
-};
 
 void ZeroCell(StatCell& cell) {
   cell.successes.store(0, std::memory_order_relaxed);
   cell.failures.store(0, std::memory_order_relaxed);
-  cell.count.store(0, std::memory_order_relaxed);
   cell.sum_ticks.store(0, std::memory_order_relaxed);
   cell.min_ticks.store(UINT64_MAX, std::memory_order_relaxed);
   cell.max_ticks.store(0, std::memory_order_relaxed);
@@ -74,11 +63,6 @@ class Directory {
   }
 };
 
-// This thread's block, adopted on first use and pooled again at thread exit.
-// (A lease released from another thread_local's destructor after this one
-// ran would record into a pooled block: not supported.)
-thread_local ThreadBlock* tls_block = nullptr;
-
 struct ThreadBlockOwner {
   ThreadBlock* block = nullptr;
   ~ThreadBlockOwner() {
@@ -86,6 +70,9 @@ struct ThreadBlockOwner {
   }
 };
 
+// This thread's block (tls_block), adopted on first use and pooled again at
+// thread exit. (A lease released from another thread_local's destructor after
+// this one ran would record into a pooled block: not supported.)
 ThreadBlock& ThisThreadBlock() {
   if (tls_block != nullptr) return *tls_block;
   thread_local ThreadBlockOwner owner;
@@ -96,7 +83,7 @@ ThreadBlock& ThisThreadBlock() {
 
 }  // namespace
 
-StatCell& ThreadCell(std::uint32_t id) {
+StatCell& ThreadCellSlow(std::uint32_t id) {
   ThreadBlock& block = ThisThreadBlock();
   auto& page_ptr = block.pages[id / kCellsPerPage];
   Page* page = page_ptr.load(std::memory_order_relaxed);  // we are its only writer
@@ -110,29 +97,11 @@ StatCell& ThreadCell(std::uint32_t id) {
   return page->cells[id % kCellsPerPage];
 }
 
-void RecordLatency(StatCell& cell, std::uint64_t ticks) {
-  const std::size_t bucket = core::LatencyHistogram::BucketIndex(ticks);
-  const auto row_index = static_cast<std::uint32_t>(bucket / kHistogramRowSize);
-  HistogramRow* row = cell.last_row_ptr;
-  if (cell.last_row != row_index) {
-    auto& row_ptr = cell.rows[row_index];
-    row = row_ptr.load(std::memory_order_relaxed);
-    if (row == nullptr) {
-      row = new HistogramRow();
-      row_ptr.store(row, std::memory_order_release);
-    }
-    cell.last_row = row_index;
-    cell.last_row_ptr = row;
-  }
-  Bump(row->buckets[bucket % kHistogramRowSize]);
-  Bump(cell.count);
-  Bump(cell.sum_ticks, ticks);
-  if (ticks < cell.min_ticks.load(std::memory_order_relaxed)) {
-    cell.min_ticks.store(ticks, std::memory_order_relaxed);
-  }
-  if (ticks > cell.max_ticks.load(std::memory_order_relaxed)) {
-    cell.max_ticks.store(ticks, std::memory_order_relaxed);
-  }
+HistogramRow* NewRow(StatCell& cell, std::uint32_t row) {
+  auto* fresh = new HistogramRow();
+  // Release: a scraper that sees the pointer sees zeroed buckets.
+  cell.rows[row].store(fresh, std::memory_order_release);
+  return fresh;
 }
 
 PeerStatId::PeerStatId() {
@@ -192,18 +161,20 @@ void MergeLatency(std::uint32_t id, core::LatencyHistogram& out) {
   for (const ThreadBlock* block : directory.blocks) {
     const StatCell* cell = Directory::Find(*block, id);
     if (cell == nullptr) continue;
-    // Buckets first, then the totals: a concurrent release adds its bucket
-    // before its count, so the merged count is never below the buckets' sum
-    // (the +Inf bucket stays the largest).
+    // Buckets first, then the totals (a concurrent release adds its bucket
+    // before its sum and extremes).
+    // The count is the buckets' sum (a release keeps no separate count).
+    std::uint64_t count = 0;
     for (std::size_t r = 0; r < kHistogramRows; ++r) {
       const HistogramRow* row = cell->rows[r].load(std::memory_order_acquire);
       if (row == nullptr) continue;
       for (std::size_t b = 0; b < kHistogramRowSize; ++b) {
-        out.AddRaw(r * kHistogramRowSize + b, row->buckets[b].load(std::memory_order_relaxed));
+        const std::uint64_t samples = row->buckets[b].load(std::memory_order_relaxed);
+        count += samples;
+        out.AddRaw(r * kHistogramRowSize + b, samples);
       }
     }
-    out.AddTotals(cell->count.load(std::memory_order_relaxed),
-                  cell->sum_ticks.load(std::memory_order_relaxed),
+    out.AddTotals(count, cell->sum_ticks.load(std::memory_order_relaxed),
                   cell->min_ticks.load(std::memory_order_relaxed),
                   cell->max_ticks.load(std::memory_order_relaxed));
   }

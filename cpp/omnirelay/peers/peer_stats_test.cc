@@ -4,12 +4,15 @@
 // work without a shared reference count (a removed or orphaned peer stays
 // usable until its last lease is released). Labelled tsan with peers_test.
 #include <gtest/gtest.h>
+#include <sys/wait.h>
+#include <unistd.h>
 
 #include <atomic>
 #include <cmath>
 #include <thread>
 #include <vector>
 
+#include "omnirelay/peers/coarse_clock.h"
 #include "omnirelay/peers/test_util.h"
 
 namespace omnirelay::peers {
@@ -232,6 +235,92 @@ TEST(LeaseLifetimeTest, ReleaseOnAnotherThreadWakesAWaiter) {
   EXPECT_TRUE(got);
   EXPECT_EQ(metrics->Total("omnirelay.peer.successes"), 1);
 }
+
+}  // namespace
+}  // namespace omnirelay::peers
+
+namespace omnirelay::peers {
+namespace {
+
+// The release path's inline bucket arithmetic must file every value exactly
+// where core::LatencyHistogram would (the scrape merges by that index).
+TEST(PeerStatsBucketTest, BucketOfMatchesLatencyHistogramBucketIndex) {
+  std::vector<std::uint64_t> values;
+  for (std::uint64_t v = 0; v < 5000; ++v) values.push_back(v);
+  for (int e = 6; e < 64; ++e) {
+    const std::uint64_t base = std::uint64_t{1} << e;
+    for (std::uint64_t d : {std::uint64_t{0}, std::uint64_t{1}, base / 3, base / 2, base - 1}) {
+      values.push_back(base + d);
+      values.push_back(base - 1 - (d % base));
+    }
+  }
+  values.push_back(UINT64_MAX);
+  for (std::uint64_t ticks : values) {
+    std::uint32_t row = 0, bucket = 0;
+    internal::BucketOf(ticks, row, bucket);
+    EXPECT_EQ(row * internal::kHistogramRowSize + bucket,
+              core::LatencyHistogram::BucketIndex(ticks))
+        << ticks;
+  }
+}
+
+// The last-success clock: a ticker-refreshed time close to the real clock,
+// which keeps moving, stops ticking when nobody reads it and restarts on the
+// next read with the exact time.
+TEST(CoarseClockTest, TracksTheWallClockAndRestartsAfterIdling) {
+  auto real_ns = [] {
+    return std::chrono::duration_cast<std::chrono::nanoseconds>(
+               std::chrono::system_clock::now().time_since_epoch())
+        .count();
+  };
+  const std::int64_t before = real_ns();
+  const std::int64_t first = internal::CoarseNowNanos();
+  EXPECT_GE(first, before - 5'000'000'000);  // generous: the machine may be loaded
+  EXPECT_LE(first, real_ns());
+  // It advances (the ticker runs): poll, bounded.
+  std::int64_t later = first;
+  for (int i = 0; i < 2000 && later == first; ++i) {
+    std::this_thread::sleep_for(1ms);
+    later = internal::CoarseNowNanos();
+  }
+  EXPECT_GT(later, first);
+  EXPECT_LE(later, real_ns());
+  // Unread for kIdleTicks periods, it stops (poll up to 30 s on a loaded machine).
+  for (int i = 0; i < 3000; ++i) {
+    if (internal::g_coarse_clock.mode.load() == internal::kStopped) break;
+    std::this_thread::sleep_for(10ms);
+  }
+  ASSERT_EQ(internal::g_coarse_clock.mode.load(), internal::kStopped);
+  // The next read is the exact clock and restarts the ticker.
+  const std::int64_t restart_before = real_ns();
+  const std::int64_t restarted = internal::CoarseNowNanos();
+  EXPECT_GE(restarted, restart_before);
+  EXPECT_LE(restarted, real_ns());
+  EXPECT_NE(internal::g_coarse_clock.mode.load(), internal::kStopped);
+}
+
+// A forked child has no ticker (only the forking thread survives): the
+// pthread_atfork handler resets the clock so the child's first read restarts
+// one, instead of reading the parent's last tick forever. (Not under TSan,
+// which does not support fork in a multi-threaded process.)
+#if !defined(__SANITIZE_THREAD__)
+TEST(CoarseClockTest, AForkedChildGetsItsOwnTicker) {
+  (void)internal::CoarseNowNanos();  // the parent's ticker runs
+  const pid_t pid = fork();
+  ASSERT_GE(pid, 0);
+  if (pid == 0) {
+    const std::int64_t first = internal::CoarseNowNanos();
+    for (int i = 0; i < 5000; ++i) {
+      usleep(1000);
+      if (internal::CoarseNowNanos() > first) _exit(0);
+    }
+    _exit(1);
+  }
+  int status = 0;
+  ASSERT_EQ(waitpid(pid, &status, 0), pid);
+  EXPECT_TRUE(WIFEXITED(status) && WEXITSTATUS(status) == 0) << status;
+}
+#endif
 
 }  // namespace
 }  // namespace omnirelay::peers

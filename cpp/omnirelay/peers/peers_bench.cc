@@ -1,4 +1,4 @@
-// Acquire+release per chooser at 3, 100 and 1000 peers, 1 and 2 threads.
+// Acquire+release per chooser at 3, 8, 100 and 1000 peers, 1 and 2 threads.
 //
 //   BM_Coordinator/<chooser>/<peers>  the full path a transport takes:
 //       PeerListCoordinator::Acquire + PeerLease::Release, with metrics
@@ -159,6 +159,7 @@ void Register() {
       std::string name = std::string(prefix) + chooser;
       benchmark::RegisterBenchmark(name.c_str(), fn, chooser)
           ->Arg(3)
+          ->Arg(8)
           ->Arg(100)
           ->Arg(1000)
           ->Threads(1)

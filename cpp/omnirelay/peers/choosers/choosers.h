@@ -117,8 +117,11 @@ int PickPowerOfTwo(const PeerSnapshot& snapshot, SeededRandom& random, CostFn co
   const auto n = static_cast<std::uint32_t>(snapshot.raw.size());
   if (n == 0) return -1;
   if (n == 1) return Pickable(*snapshot.raw[0]) ? 0 : -1;
-  const std::uint32_t a = random.Below(n);
-  std::uint32_t b = random.Below(n - 1);
+  // Both draws from one 64-bit value (its halves are independent uniform
+  // 32-bit numbers): one RNG step per pick instead of two.
+  const std::uint64_t bits = random.Next();
+  const auto a = static_cast<std::uint32_t>(((bits >> 32) * n) >> 32);
+  auto b = static_cast<std::uint32_t>(((bits & 0xFFFFFFFFu) * (n - 1)) >> 32);
   if (b >= a) ++b;  // distinct, still uniform
   const Peer& pa = *snapshot.raw[a];
   const Peer& pb = *snapshot.raw[b];

@@ -1,17 +1,45 @@
 #include <algorithm>
+#include <atomic>
 #include <mutex>
+#include <thread>
 
 #include "omnirelay/peers/choosers/choosers.h"
 
 namespace omnirelay::peers {
 namespace {
 
+// Guards the buckets for the few vector operations of a pick or an update.
+// A test-and-test-and-set lock: lock is one exchange, unlock a plain release
+// store, where std::mutex costs a call and a locked instruction on each side
+// (two picks' worth of time per lease, measured). A waiter spins briefly and
+// then yields: the holder may have been preempted on a loaded machine.
+class SpinLock {
+ public:
+  void lock() {
+    while (locked_.exchange(true, std::memory_order_acquire)) {
+      for (int spins = 0; locked_.load(std::memory_order_relaxed); ++spins) {
+        if (spins < 64) {
+#if defined(__x86_64__) || defined(__i386__)
+          __builtin_ia32_pause();
+#endif
+        } else {
+          std::this_thread::yield();
+        }
+      }
+    }
+  }
+  void unlock() { locked_.store(false, std::memory_order_release); }
+
+ private:
+  std::atomic<bool> locked_{false};
+};
+
 // Peers bucketed by in-flight count. Invariant (under mu): for every peer i
 // with level[i] >= 0, buckets[level[i]][pos[i]] == i; min_level is the lowest
 // non-empty bucket (buckets.size() when none). level -1 = not pickable
 // (ineligible); such peers are in no bucket.
 struct Buckets final : ChooserState {
-  std::mutex mu;
+  SpinLock mu;
   std::vector<int> level;
   std::vector<int> pos;
   std::vector<std::vector<int>> buckets;

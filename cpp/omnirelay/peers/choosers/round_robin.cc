@@ -11,10 +11,12 @@ int RoundRobinChooser::Pick(const PeerSnapshot& snapshot, const core::RequestMet
   // The cursor advances with a relaxed load + store rather than a locked
   // fetch_add (which would be the largest single cost of a pick): threads
   // racing may both take the same peer once; the rotation stays even.
-  // One division per pick, then walk with a wrap instead of a modulo per step.
-  const std::uint64_t position = cursor_.load(std::memory_order_relaxed);
-  cursor_.store(position + 1, std::memory_order_relaxed);
-  std::uint64_t index = position % n;
+  // It stays within [0, n) (wrapping by compare), so the steady state has no
+  // division; only after the list shrank does one modulo bring it back.
+  std::uint64_t index = cursor_.load(std::memory_order_relaxed);
+  if (index >= n) [[unlikely]]
+    index %= n;
+  cursor_.store(index + 1 == n ? 0 : index + 1, std::memory_order_relaxed);
   for (std::uint64_t i = 0; i < n; ++i) {
     if (Pickable(*snapshot.raw[index])) return static_cast<int>(index);
     if (++index == n) index = 0;
