@@ -84,23 +84,26 @@ void RegisterCore(py::module_& m) {
 
   m.def("status_to_http", [](core::StatusCode code) { return core::ToHttpStatus(code); });
   m.def("status_from_http", &core::FromHttpStatus);
-  m.def("status_code_name", [](core::StatusCode code) {
-    return std::string(core::StatusCodeName(code));
-  });
-  m.def("parse_status_code", [](const std::string& name) { return core::ParseStatusCodeName(name); });
+  m.def("status_code_name",
+        [](core::StatusCode code) { return std::string(core::StatusCodeName(code)); });
+  m.def("parse_status_code",
+        [](const std::string& name) { return core::ParseStatusCodeName(name); });
   m.def("is_server_failure", &core::IsServerFailure);
   m.def("is_retryable", &core::IsRetryable);
   // Raises the omnirelay.errors exception for (code, message, error_code):
   // lets Python tests prove the C++ -> Python path end to end.
-  m.def("raise_status", [](core::StatusCode code, const std::string& message,
-                           const std::string& error_code) {
-    ThrowIfError(core::MakeStatus(code, message, error_code));
-  }, py::arg("code"), py::arg("message"), py::arg("error_code") = "");
+  m.def(
+      "raise_status",
+      [](core::StatusCode code, const std::string& message, const std::string& error_code) {
+        ThrowIfError(core::MakeStatus(code, message, error_code));
+      },
+      py::arg("code"), py::arg("message"), py::arg("error_code") = "");
 
   // ------------------------------------------------------------ clocks
   py::class_<core::Clock, std::shared_ptr<core::Clock>>(m, "Clock")
-      .def("now", [](const core::Clock& clock) { return ToEpochSeconds(clock.Now()); },
-           "Seconds since the Unix epoch (float).");
+      .def(
+          "now", [](const core::Clock& clock) { return ToEpochSeconds(clock.Now()); },
+          "Seconds since the Unix epoch (float).");
   py::class_<core::SystemClock, core::Clock, std::shared_ptr<core::SystemClock>>(m, "SystemClock")
       .def(py::init([] { return core::SystemClock::Shared(); }));
   py::class_<core::ManualClock, core::Clock, std::shared_ptr<core::ManualClock>>(m, "ManualClock")
@@ -109,16 +112,18 @@ void RegisterCore(py::module_& m) {
                           : std::make_shared<core::ManualClock>();
            }),
            py::arg("start") = py::none())
-      .def("advance",
-           [](core::ManualClock& clock, Duration delta) {
-             py::gil_scoped_release release;  // timers may wake C++ waiters
-             clock.Advance(delta);
-           },
-           py::arg("delta"), "Advance by a timedelta or float seconds; runs due timers.")
-      .def("set", [](core::ManualClock& clock, double epoch_seconds) {
-        py::gil_scoped_release release;
-        clock.Set(FromEpochSeconds(epoch_seconds));
-      })
+      .def(
+          "advance",
+          [](core::ManualClock& clock, Duration delta) {
+            py::gil_scoped_release release;  // timers may wake C++ waiters
+            clock.Advance(delta);
+          },
+          py::arg("delta"), "Advance by a timedelta or float seconds; runs due timers.")
+      .def("set",
+           [](core::ManualClock& clock, double epoch_seconds) {
+             py::gil_scoped_release release;
+             clock.Set(FromEpochSeconds(epoch_seconds));
+           })
       .def_property_readonly("pending_timers", &core::ManualClock::pending_timers);
 
   // ------------------------------------------------------------ RequestMeta
@@ -144,23 +149,23 @@ void RegisterCore(py::module_& m) {
           })
       .def("set_header", [](core::RequestMeta& meta, const std::string& name,
                             std::string value) { meta.headers.Set(name, std::move(value)); })
-      .def("header", [](const core::RequestMeta& meta, const std::string& name)
-               -> std::optional<std::string> {
-             auto value = meta.headers.Get(name);
-             if (!value) return std::nullopt;
-             return std::string(*value);
-           })
-      .def_property_readonly("headers", [](const core::RequestMeta& meta) {
-        return meta.headers.entries();
-      })
-      .def("effective_deadline", [](const core::RequestMeta& meta, double now)
-               -> std::optional<double> {
-             auto deadline = meta.EffectiveDeadline(FromEpochSeconds(now));
-             if (!deadline) return std::nullopt;
-             return ToEpochSeconds(*deadline);
-           },
-           py::arg("now"),
-           "The earlier of deadline and now+time_to_live (epoch seconds), or None.");
+      .def(
+          "header",
+          [](const core::RequestMeta& meta, const std::string& name) -> std::optional<std::string> {
+            auto value = meta.headers.Get(name);
+            if (!value) return std::nullopt;
+            return std::string(*value);
+          })
+      .def_property_readonly("headers",
+                             [](const core::RequestMeta& meta) { return meta.headers.entries(); })
+      .def(
+          "effective_deadline",
+          [](const core::RequestMeta& meta, double now) -> std::optional<double> {
+            auto deadline = meta.EffectiveDeadline(FromEpochSeconds(now));
+            if (!deadline) return std::nullopt;
+            return ToEpochSeconds(*deadline);
+          },
+          py::arg("now"), "The earlier of deadline and now+time_to_live (epoch seconds), or None.");
 
   m.def("parse_timestamp", [](const std::string& text) -> double {
     auto parsed = core::ParseTimestamp(text);
@@ -169,9 +174,8 @@ void RegisterCore(py::module_& m) {
     }
     return ToEpochSeconds(*parsed);
   });
-  m.def("format_timestamp", [](double seconds) {
-    return core::FormatTimestamp(FromEpochSeconds(seconds));
-  });
+  m.def("format_timestamp",
+        [](double seconds) { return core::FormatTimestamp(FromEpochSeconds(seconds)); });
   m.def(
       "parse_host_port",
       [](const std::string& text) {
@@ -220,32 +224,33 @@ void RegisterCore(py::module_& m) {
              }
              return out;
            })
-      .def("total", &core::MetricsRegistry::Total, py::arg("name"),
-           py::arg("tags") = core::Tags{})
-      .def("add_counter",
-           [](core::MetricsRegistry& registry, const std::string& name, double amount,
-              const core::Tags& tags, const std::string& help) {
-             registry.GetCounter(Descriptor(name, core::MetricKind::kCounter, "1", help), tags)
-                 .Add(amount);
-           },
-           py::arg("name"), py::arg("amount") = 1.0, py::arg("tags") = core::Tags{},
-           py::arg("help") = "")
-      .def("set_gauge",
-           [](core::MetricsRegistry& registry, const std::string& name, double value,
-              const core::Tags& tags, const std::string& help) {
-             registry.GetGauge(Descriptor(name, core::MetricKind::kGauge, "1", help), tags)
-                 .Set(value);
-           },
-           py::arg("name"), py::arg("value"), py::arg("tags") = core::Tags{},
-           py::arg("help") = "")
-      .def("record",
-           [](core::MetricsRegistry& registry, const std::string& name, double value,
-              const core::Tags& tags, const std::string& unit, const std::string& help) {
-             registry.GetHistogram(Descriptor(name, core::MetricKind::kHistogram, unit, help), tags)
-                 .Record(value);
-           },
-           py::arg("name"), py::arg("value"), py::arg("tags") = core::Tags{},
-           py::arg("unit") = "ms", py::arg("help") = "")
+      .def("total", &core::MetricsRegistry::Total, py::arg("name"), py::arg("tags") = core::Tags{})
+      .def(
+          "add_counter",
+          [](core::MetricsRegistry& registry, const std::string& name, double amount,
+             const core::Tags& tags, const std::string& help) {
+            registry.GetCounter(Descriptor(name, core::MetricKind::kCounter, "1", help), tags)
+                .Add(amount);
+          },
+          py::arg("name"), py::arg("amount") = 1.0, py::arg("tags") = core::Tags{},
+          py::arg("help") = "")
+      .def(
+          "set_gauge",
+          [](core::MetricsRegistry& registry, const std::string& name, double value,
+             const core::Tags& tags, const std::string& help) {
+            registry.GetGauge(Descriptor(name, core::MetricKind::kGauge, "1", help), tags)
+                .Set(value);
+          },
+          py::arg("name"), py::arg("value"), py::arg("tags") = core::Tags{}, py::arg("help") = "")
+      .def(
+          "record",
+          [](core::MetricsRegistry& registry, const std::string& name, double value,
+             const core::Tags& tags, const std::string& unit, const std::string& help) {
+            registry.GetHistogram(Descriptor(name, core::MetricKind::kHistogram, unit, help), tags)
+                .Record(value);
+          },
+          py::arg("name"), py::arg("value"), py::arg("tags") = core::Tags{}, py::arg("unit") = "ms",
+          py::arg("help") = "")
       .def_static("prometheus_name",
                   [](const std::string& dotted, core::MetricKind kind, const std::string& unit) {
                     return core::MetricsRegistry::PrometheusName(dotted, kind, unit);
@@ -266,15 +271,19 @@ void RegisterCore(py::module_& m) {
   });
   m.def("get_log_level", [] { return std::string(core::LogLevelName(core::GetLogLevel())); });
   m.def("set_log_file", &core::SetLogFile);
-  m.def("log", [](const std::string& level, const std::string& event, py::dict fields) {
-    auto parsed = core::ParseLogLevel(level);
-    if (!parsed) ThrowIfError(absl::InvalidArgumentError("unknown log level: " + level));
-    nlohmann::json json_fields = nlohmann::json::object();
-    for (auto item : fields) {
-      json_fields[py::str(item.first).cast<std::string>()] = py::str(item.second).cast<std::string>();
-    }
-    core::Log(*parsed, event, std::move(json_fields));
-  }, py::arg("level"), py::arg("event"), py::arg("fields") = py::dict());
+  m.def(
+      "log",
+      [](const std::string& level, const std::string& event, py::dict fields) {
+        auto parsed = core::ParseLogLevel(level);
+        if (!parsed) ThrowIfError(absl::InvalidArgumentError("unknown log level: " + level));
+        nlohmann::json json_fields = nlohmann::json::object();
+        for (auto item : fields) {
+          json_fields[py::str(item.first).cast<std::string>()] =
+              py::str(item.second).cast<std::string>();
+        }
+        core::Log(*parsed, event, std::move(json_fields));
+      },
+      py::arg("level"), py::arg("event"), py::arg("fields") = py::dict());
 }
 
 }  // namespace omnirelay::bindings

@@ -22,6 +22,11 @@ stage() { printf '\n==== %s (%s)\n' "$*" "$(date -u +%H:%M:%S)"; }
 stage "dependencies"
 bash scripts/install-deps.sh
 
+stage "format (clang-format, the repository's .clang-format)"
+# The style is clang-format's; drift fails here rather than piling up.
+git ls-files -z 'cpp/*.cc' 'cpp/*.h' 'bindings/*.cc' 'bindings/*.h' 'tests/*.cc' 'tests/*.h' \
+  'benchmarks/*.cc' | xargs -0 clang-format --dry-run --Werror
+
 stage "build (Release, with tests)"
 # Force the tests on: `pip install .` / scripts/demo.sh configure this same tree
 # with OMNIRELAY_BUILD_TESTS=OFF, and a cached OFF would leave ctest nothing to run.

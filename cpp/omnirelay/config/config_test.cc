@@ -342,7 +342,8 @@ TEST(ConfigTest, ResourceLeaseReplicationBlockAndErrorsByKeyPath) {
   config = Parse(root);
   ASSERT_FALSE(config.ok());
   const std::string message(config.status().message());
-  EXPECT_NE(message.find("omniRelay.resourceLease.replication.kind: must be sqlite, file, memory or grpc"),
+  EXPECT_NE(message.find(
+                "omniRelay.resourceLease.replication.kind: must be sqlite, file, memory or grpc"),
             std::string::npos)
       << message;
   EXPECT_NE(message.find("omniRelay.resourceLease.replication.durableAck: must be true or false"),

@@ -1,10 +1,10 @@
 #include "omnirelay/core/clock.h"
 
+#include <gtest/gtest.h>
+
 #include <atomic>
 #include <future>
 #include <vector>
-
-#include <gtest/gtest.h>
 
 namespace omnirelay::core {
 namespace {

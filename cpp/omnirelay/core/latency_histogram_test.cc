@@ -1,12 +1,12 @@
 #include "omnirelay/core/latency_histogram.h"
 
+#include <gtest/gtest.h>
+
 #include <algorithm>
 #include <cmath>
 #include <random>
 #include <thread>
 #include <vector>
-
-#include <gtest/gtest.h>
 
 namespace omnirelay::core {
 namespace {

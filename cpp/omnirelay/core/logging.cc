@@ -1,11 +1,11 @@
 #include "omnirelay/core/logging.h"
 
-#include <atomic>
-#include <mutex>
-
 #include <spdlog/sinks/basic_file_sink.h>
 #include <spdlog/sinks/stdout_sinks.h>
 #include <spdlog/spdlog.h>
+
+#include <atomic>
+#include <mutex>
 
 #include "omnirelay/core/request_meta.h"
 
@@ -22,9 +22,9 @@ struct LoggerHolder {
 LoggerHolder& Holder() {
   static auto* holder = [] {
     auto* h = new LoggerHolder();
-    h->logger = std::make_shared<spdlog::logger>(
-        "omnirelay", std::make_shared<spdlog::sinks::stderr_sink_mt>());
-    h->logger->set_pattern("%v");  // the JSON line is the whole message
+    h->logger = std::make_shared<spdlog::logger>("omnirelay",
+                                                 std::make_shared<spdlog::sinks::stderr_sink_mt>());
+    h->logger->set_pattern("%v");                // the JSON line is the whole message
     h->logger->set_level(spdlog::level::trace);  // filtering is ours (g_level)
     h->logger->flush_on(spdlog::level::trace);   // lines reach artifacts even on kill -9
     return h;
@@ -66,7 +66,9 @@ std::optional<LogLevel> ParseLogLevel(std::string_view name) {
   return std::nullopt;
 }
 
-void SetLogLevel(LogLevel level) { g_level.store(static_cast<int>(level), std::memory_order_relaxed); }
+void SetLogLevel(LogLevel level) {
+  g_level.store(static_cast<int>(level), std::memory_order_relaxed);
+}
 LogLevel GetLogLevel() { return static_cast<LogLevel>(g_level.load(std::memory_order_relaxed)); }
 bool LogEnabled(LogLevel level) {
   return level != LogLevel::kOff &&

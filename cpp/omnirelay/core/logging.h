@@ -5,11 +5,10 @@
 // (admin endpoint, `--log-level`, Python `omnirelay.set_log_level`).
 // Log() checks the level before building the JSON, so a disabled level costs
 // one relaxed atomic load.
+#include <nlohmann/json.hpp>
 #include <optional>
 #include <string>
 #include <string_view>
-
-#include <nlohmann/json.hpp>
 
 namespace omnirelay::core {
 

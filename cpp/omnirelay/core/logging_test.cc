@@ -1,10 +1,10 @@
 #include "omnirelay/core/logging.h"
 
+#include <gtest/gtest.h>
+
 #include <cstdio>
 #include <fstream>
 #include <string>
-
-#include <gtest/gtest.h>
 
 namespace omnirelay::core {
 namespace {

@@ -77,7 +77,8 @@ std::optional<Duration> ParseDuration(std::string_view text) {
     ++unit_start;
   }
   double value = 0;
-  if (unit_start == 0 || !absl::SimpleAtod(std::string(text.substr(0, unit_start)), &value) || value < 0) {
+  if (unit_start == 0 || !absl::SimpleAtod(std::string(text.substr(0, unit_start)), &value) ||
+      value < 0) {
     return std::nullopt;
   }
   const std::string_view unit = text.substr(unit_start);

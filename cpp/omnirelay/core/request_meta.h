@@ -20,8 +20,8 @@ namespace omnirelay::core {
 // kept so forwarded headers keep their order. Small: a linear scan beats a hash.
 class Headers {
  public:
-  void Set(std::string_view name, std::string value);  // replaces any existing value
-  void Add(std::string_view name, std::string value);  // keeps existing values
+  void Set(std::string_view name, std::string value);                // replaces any existing value
+  void Add(std::string_view name, std::string value);                // keeps existing values
   std::optional<std::string_view> Get(std::string_view name) const;  // first value
   bool Contains(std::string_view name) const { return Get(name).has_value(); }
   bool Remove(std::string_view name);

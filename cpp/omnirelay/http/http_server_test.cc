@@ -153,8 +153,8 @@ TEST(HttpServerTest, RoutesExactPrefixAndFallback) {
   HttpServer server({.host = "127.0.0.1", .port = 0, .threads = 2});
   server.Route("GET", "/healthz", [](const HttpRequest&) { return HttpResponse::Text(200, "ok"); });
   server.Route("", "/items/", [](const HttpRequest& request) {
-    return HttpResponse::Text(200, "item:" + request.path.substr(7) + ":" +
-                                       request.QueryParam("q").value_or("-"));
+    return HttpResponse::Text(
+        200, "item:" + request.path.substr(7) + ":" + request.QueryParam("q").value_or("-"));
   });
   server.Route("POST", "/echo", [](const HttpRequest& request) {
     HttpResponse response = HttpResponse::Json(201, request.body);
@@ -203,9 +203,8 @@ TEST(HttpServerTest, PortInUseIsUnavailable) {
 
 TEST(HttpServerTest, HandlerExceptionBecomes500) {
   HttpServer server({.host = "127.0.0.1", .port = 0});
-  server.Route("GET", "/boom", [](const HttpRequest&) -> HttpResponse {
-    throw std::runtime_error("boom");
-  });
+  server.Route("GET", "/boom",
+               [](const HttpRequest&) -> HttpResponse { throw std::runtime_error("boom"); });
   ASSERT_TRUE(server.Start().ok());
   auto reply = HttpCall("127.0.0.1", server.port(), "GET", "/boom");
   ASSERT_TRUE(reply.ok());

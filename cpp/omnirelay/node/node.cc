@@ -14,8 +14,8 @@
 #include "omnirelay/core/logging.h"
 #include "omnirelay/mesh/mesh_metrics.h"
 #include "omnirelay/mesh/peer_feed.h"
-#include "omnirelay/peers/geo_chooser.h"
 #include "omnirelay/node/replication_wiring.h"
+#include "omnirelay/peers/geo_chooser.h"
 #include "omnirelay/replication/hub.h"
 #include "omnirelay/resourcelease/service.h"
 #include "omnirelay/shards/shard_outbound.h"
@@ -583,8 +583,8 @@ absl::Status Node::Start() {
     }
     if (config_.replication_hub) {
       // The replication hub (docs/replication.md) on the same gRPC listener.
-      auto log = replication::SqliteReplicator::Open({.path = config_.replication_hub->path},
-                                                     "hub");
+      auto log =
+          replication::SqliteReplicator::Open({.path = config_.replication_hub->path}, "hub");
       if (!log.ok()) {
         return absl::Status(log.status().code(), "omniRelay.replicationHub.path: " +
                                                      std::string(log.status().message()));
@@ -840,7 +840,7 @@ void Node::Stop() {
   if (leadership_) leadership_->Stop();  // resigns: successors take over at once
   shard_watcher_.reset();
   dispatcher_->Stop();
-  if (replication_) replication_->Close();              // writes what is buffered
+  if (replication_) replication_->Close();  // writes what is buffered
   if (hub_log_) hub_log_->Close();
   if (backpressure_diag_) backpressure_diag_->Close();  // ends SSE streams
   if (bp_hub_) bp_hub_->Close();
@@ -1347,8 +1347,8 @@ absl::Status Node::BuildShards() {
     shards::ShardOutboundOptions options{
         .ns = ns.spec.ns,
         .local_service = ns.local_service,
-        .peer_addresses = config_.mesh ? config_.mesh->peer_addresses
-                                       : std::map<std::string, std::string>{},
+        .peer_addresses =
+            config_.mesh ? config_.mesh->peer_addresses : std::map<std::string, std::string>{},
         .tls = tls_,
         .forward = {.max_in_flight_per_peer = n.forward_max_in_flight_per_peer,
                     .breaker_consecutive_failures = n.forward_breaker_failures,
@@ -1411,8 +1411,7 @@ void Node::RefreshRoutable() {
   if (!membership_) return;
   auto ids = std::make_shared<std::set<std::string, std::less<>>>();
   for (const auto& m : membership_->Members()) {
-    if (m.record.state == mesh::MemberState::kDead ||
-        m.record.state == mesh::MemberState::kLeft) {
+    if (m.record.state == mesh::MemberState::kDead || m.record.state == mesh::MemberState::kLeft) {
       ids->insert(m.record.id);
     }
   }

@@ -5,7 +5,9 @@
 #include <gtest/gtest.h>
 
 #include <algorithm>
+#include <atomic>
 #include <map>
+#include <thread>
 
 #include "omnirelay/peers/test_util.h"
 
@@ -103,6 +105,43 @@ TEST(ChooserTest, TwoRandomBalancesHeldLoad) {
     hi = std::max(hi, state.inflight);
   }
   EXPECT_LE(hi - lo, 10);  // P2C keeps the spread tiny (random would be ~±30)
+}
+
+// ProbeOrder sorts by load while other threads change it: every order must
+// still be a permutation of the snapshot's indices (a sort whose comparator
+// reads live counts is not a strict weak order and can run off the range).
+TEST(ChooserTest, ProbeOrderIsAPermutationWhileLoadsChange) {
+  for (const char* name : {"two-random", "fewest-pending", "least-latency"}) {
+    Fixture f;
+    auto coordinator = f.Make(name, 64);
+    auto snapshot = coordinator->snapshot();
+    std::atomic<bool> stop{false};
+    std::thread churn([&] {
+      std::vector<PeerLease> held;
+      for (int i = 0; !stop.load(std::memory_order_relaxed) && i < 2'000'000; ++i) {
+        if (held.size() < 200 && (i % 3) != 0) {
+          if (auto lease = coordinator->Acquire({}); lease.ok()) held.push_back(*std::move(lease));
+        } else if (!held.empty()) {
+          held.back().Release(core::StatusCode::kOk, 1ms);
+          held.pop_back();
+        }
+      }
+      for (auto& lease : held) lease.Release(core::StatusCode::kOk, 1ms);
+    });
+    std::vector<int> order;
+    bool permutation = true;
+    for (int round = 0; round < 20'000 && permutation; ++round) {
+      coordinator->chooser().ProbeOrder(*snapshot, {}, -1, &order);
+      std::vector<int> sorted = order;
+      std::sort(sorted.begin(), sorted.end());
+      for (int i = 0; i < 64 && permutation; ++i) {
+        permutation = sorted.size() == 64 && sorted[static_cast<std::size_t>(i)] == i;
+      }
+    }
+    stop = true;
+    churn.join();
+    EXPECT_TRUE(permutation) << name;
+  }
 }
 
 TEST(ChooserTest, SameSeedSameSequence) {

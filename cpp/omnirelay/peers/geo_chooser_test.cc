@@ -137,12 +137,14 @@ TEST(GeoChooserTest, FailuresBelowMinSamplesDoNotCount) {
 
 TEST(GeoChooserTest, FallsBackWhenNoLocalPeerIsHealthy) {
   GeoFixture f;
-  for (auto& peer : f.west) ASSERT_TRUE(f.coordinator->SetPeerStatus(peer->id(), PeerStatus::kUnavailable).ok());
+  for (auto& peer : f.west)
+    ASSERT_TRUE(f.coordinator->SetPeerStatus(peer->id(), PeerStatus::kUnavailable).ok());
   // Even before an evaluation, a pick never fails while another region can serve.
   EXPECT_EQ(f.PickRegion(), "east");
   f.Tick();
   EXPECT_EQ(f.geo->mode(), Mode::kFallback);
-  for (auto& peer : f.west) ASSERT_TRUE(f.coordinator->SetPeerStatus(peer->id(), PeerStatus::kAvailable).ok());
+  for (auto& peer : f.west)
+    ASSERT_TRUE(f.coordinator->SetPeerStatus(peer->id(), PeerStatus::kAvailable).ok());
   f.Tick();
   EXPECT_EQ(f.geo->mode(), Mode::kFallback) << "returned before the hold period";
 }
@@ -153,7 +155,7 @@ TEST(GeoChooserTest, ReturnsAfterHoldAndNotBefore) {
   f.Tick();
   ASSERT_EQ(f.geo->mode(), Mode::kFallback);
   f.FeedWest(10ms, core::StatusCode::kOk, 30);  // EWMA back well under 100 ms
-  f.Tick();                                      // good from here on
+  f.Tick();                                     // good from here on
   const auto good_from = f.clock->Now();
   while (f.clock->Now() - good_from < 5s - 100ms) {
     f.Tick();
