@@ -380,6 +380,17 @@ nlohmann::json YamlNode(const YAML::Node& node, int depth, YamlWalk& walk) {
   }
 }
 
+// The `circuitBreaker` block of an outbound and of a gateway cluster.
+void ParseCircuitBreaker(Obj& parent, const std::string& path, Errors& errors,
+                         CircuitBreakerConfig& out) {
+  if (const auto* cb = parent.Get("circuitBreaker")) {
+    Obj b(*cb, path + ".circuitBreaker", errors);
+    b.Bool("enabled", out.enabled);
+    b.Int("consecutiveFailures", out.consecutive_failures, 1);
+    b.Dur("openDelay", out.open_delay);
+  }
+}
+
 void ParseGateway(const nlohmann::json& value, Errors& errors, GatewayConfig& gw) {
   const std::string path = "omniRelay.gateway";
   Obj g(value, path, errors);
@@ -425,12 +436,7 @@ void ParseGateway(const nlohmann::json& value, Errors& errors, GatewayConfig& gw
         c.Dur("refreshInterval", cluster.refresh_interval);
         c.Int("occupancy", cluster.occupancy, 0);
         c.Int("maxInFlightPerInstance", cluster.max_in_flight_per_instance, 0);
-        if (const auto* cb = c.Get("circuitBreaker")) {
-          Obj b(*cb, cpath + ".circuitBreaker", errors);
-          b.Bool("enabled", cluster.circuit_breaker.enabled);
-          b.Int("consecutiveFailures", cluster.circuit_breaker.consecutive_failures, 1);
-          b.Dur("openDelay", cluster.circuit_breaker.open_delay);
-        }
+        ParseCircuitBreaker(c, cpath, errors, cluster.circuit_breaker);
         if (cluster.endpoints.empty() == cluster.registry.empty()) {
           errors.Add(cpath, "needs exactly one of 'endpoints' or 'registry'");
         }
@@ -1281,12 +1287,7 @@ absl::StatusOr<NodeConfig> Parse(const nlohmann::json& root) {
           }
           o.Int("maxInFlightPerPeer", out.max_in_flight_per_peer);
           o.Int("threads", out.threads, 1);
-          if (const auto* cb = o.Get("circuitBreaker")) {
-            Obj c(*cb, path + ".circuitBreaker", errors);
-            c.Bool("enabled", out.circuit_breaker.enabled);
-            c.Int("consecutiveFailures", out.circuit_breaker.consecutive_failures, 1);
-            c.Dur("openDelay", out.circuit_breaker.open_delay);
-          }
+          ParseCircuitBreaker(o, path, errors, out.circuit_breaker);
           if (const auto* retry = o.Get("retry")) {
             Obj r(*retry, path + ".retry", errors);
             out.retry.enabled = true;
