@@ -1324,19 +1324,16 @@ absl::Status Node::BuildShards() {
     namespaces.push_back(std::move(ns));
   }
   shard_holder_ = std::make_shared<shards::ShardMapHolder>(metrics_.get());
-  // Routable = not dead or left in this node's membership view. A suspect
-  // may be refuting and is still serving. A member this node has not heard
-  // of yet is routable too: the map (written by a leader that saw it alive)
-  // is the better witness, and gossip may take a push-pull interval to tell
-  // this node about it; if it really is gone, the forward fails UNAVAILABLE.
+  // Routable = alive or suspect in this node's membership view (a member
+  // being refuted is still serving). Self is always routable.
   auto routable = [this, self](std::string_view id) {
     if (id == self) return true;
     std::shared_ptr<const std::set<std::string, std::less<>>> ids;
     {
       std::lock_guard lock(routable_mu_);
-      ids = unroutable_ids_;
+      ids = routable_ids_;
     }
-    return ids == nullptr || ids->find(id) == ids->end();
+    return ids != nullptr && ids->find(id) != ids->end();
   };
   shard_router_ =
       std::make_shared<shards::ShardRouter>(self, namespaces, shard_holder_, routable, clock_);
@@ -1411,13 +1408,14 @@ void Node::RefreshRoutable() {
   if (!membership_) return;
   auto ids = std::make_shared<std::set<std::string, std::less<>>>();
   for (const auto& m : membership_->Members()) {
-    if (m.record.state == mesh::MemberState::kDead || m.record.state == mesh::MemberState::kLeft) {
+    if (m.record.state == mesh::MemberState::kAlive ||
+        m.record.state == mesh::MemberState::kSuspect) {
       ids->insert(m.record.id);
     }
   }
   std::shared_ptr<const std::set<std::string, std::less<>>> next = std::move(ids);
   std::lock_guard lock(routable_mu_);
-  unroutable_ids_.swap(next);
+  routable_ids_.swap(next);
 }
 
 std::vector<shards::ShardMember> Node::ShardMembers() const {

@@ -197,13 +197,12 @@ class Node {
   std::shared_ptr<shards::ShardRouter> shard_router_;
   std::unique_ptr<shards::ShardMapWatcher> shard_watcher_;
   std::shared_ptr<shards::ShardManager> shard_manager_;
-  // The members the shard router must not route to: those this node's
-  // membership holds dead or left. An immutable set rebuilt on every
-  // membership event: the data path copies one shared_ptr under the mutex
-  // and looks up without allocating.
+  // The members the shard router may route to (alive or suspect), as an
+  // immutable set rebuilt on every membership event: the data path copies
+  // one shared_ptr under the mutex and looks up without allocating.
   void RefreshRoutable();
   mutable std::mutex routable_mu_;
-  std::shared_ptr<const std::set<std::string, std::less<>>> unroutable_ids_;
+  std::shared_ptr<const std::set<std::string, std::less<>>> routable_ids_;
   std::optional<tls::TlsOptions> tls_;  // from omniRelay.tls
   std::string admin_token_;             // from omniRelay.admin.tokenFile
   // The HTTP/2 frame relay: when any route takes the fast path it owns the
